@@ -1,0 +1,229 @@
+"""Per-exit threshold calibration on labelled held-out data.
+
+The bundle is run once over the data with every exit evaluated; thresholds are then searched
+on those outputs with an exact simulation of the runtime (same policy, same rule that a
+disabled exit's head is not run). Objectives:
+
+(a) ``max_accuracy_drop``: the smallest mean cost whose accuracy is within that many points of
+    the final exit's accuracy;
+(b) ``max_cost_fraction``: the best accuracy whose mean cost is at most that fraction of the
+    full model's cost.
+
+Cost per stage and head is the counted MAC model in the manifest, until measured profiles
+replace it.
+"""
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgesdk import bundle as bundle_io
+from edgesdk.errors import CalibrationError, InputError
+from edgesdk.progress import Progress
+
+CANDIDATES_PER_EXIT = 120
+MAX_PASSES = 8
+
+
+@dataclass
+class OperatingPoint:
+    """Predicted behaviour of one threshold setting on the calibration data."""
+
+    thresholds: list           # per exit; None = exit disabled (last exit always None)
+    accuracy: float
+    mean_cost: float           # MACs per sample
+    exit_fractions: list
+
+
+@dataclass
+class CalibrationResult:
+    """What :func:`calibrate` chose and what it expects."""
+
+    point: OperatingPoint
+    final_exit_accuracy: float
+    full_cost: float
+    objective: dict
+    policy: str
+    samples: int
+
+    @property
+    def cost_fraction(self):
+        return self.point.mean_cost / self.full_cost
+
+
+class ExitSimulator:
+    """Replays early exiting for given thresholds on precomputed per-exit probabilities."""
+
+    def __init__(self, probs, labels, policy, stage_costs, head_costs):
+        self.policy = policy
+        self.scores = [policy.score(p) for p in probs]
+        self.correct = [p.argmax(axis=1) == labels for p in probs]
+        self.stage_costs = np.asarray(stage_costs, dtype=np.float64)
+        self.head_costs = np.asarray(head_costs, dtype=np.float64)
+        self.n = len(labels)
+        self.k = len(probs)
+
+    @property
+    def full_cost(self):
+        """Cost with every early exit disabled: all stages and the final head."""
+        return float(self.stage_costs.sum() + self.head_costs[-1])
+
+    def evaluate(self, thresholds):
+        """The :class:`OperatingPoint` of ``thresholds`` (list, None = disabled)."""
+        remaining = np.ones(self.n, dtype=bool)
+        correct = 0
+        cost_sum, paid = 0.0, 0.0
+        fractions = []
+        for k in range(self.k):
+            last = k == self.k - 1
+            paid += self.stage_costs[k]
+            t = thresholds[k]
+            if not last and t is None:
+                fractions.append(0.0)
+                continue
+            paid += self.head_costs[k]
+            if last:
+                leave = remaining
+            else:
+                s = self.scores[k]
+                leave = remaining & ((s >= t) if self.policy.higher_is_confident else (s <= t))
+            count = int(leave.sum())
+            correct += int((self.correct[k] & leave).sum())
+            cost_sum += count * paid
+            fractions.append(count / self.n)
+            remaining = remaining & ~leave
+        return OperatingPoint(list(thresholds), correct / self.n, cost_sum / self.n, fractions)
+
+    def candidates(self, k):
+        """Threshold candidates for exit ``k``: quantiles of its scores, plus disabled."""
+        q = np.unique(np.quantile(self.scores[k], np.linspace(0.0, 1.0, CANDIDATES_PER_EXIT)))
+        return [None] + [float(v) for v in q]
+
+    def search(self, feasible, better, start):
+        """Coordinate search over the early exits' thresholds from a feasible start."""
+        best = self.evaluate(start)
+        if not feasible(best):
+            return None
+        cands = [self.candidates(k) for k in range(self.k - 1)]
+        for _ in range(MAX_PASSES):
+            improved = False
+            for k in range(self.k - 1):
+                for c in cands[k]:
+                    trial = list(best.thresholds)
+                    trial[k] = c
+                    point = self.evaluate(trial)
+                    if feasible(point) and better(point, best):
+                        best, improved = point, True
+            if not improved:
+                break
+        return best
+
+
+def _check_data(x, y, num_classes):
+    y = np.asarray(y)
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise InputError("labels must be a 1-D integer array, got shape {} dtype {}".format(
+            list(y.shape), y.dtype))
+    if len(y) != len(x):
+        raise InputError("{} inputs but {} labels".format(len(x), len(y)))
+    if len(y) == 0:
+        raise InputError("calibration needs at least one labelled sample")
+    if y.min() < 0 or y.max() >= num_classes:
+        raise InputError("labels must be in 0..{}, found {}..{}".format(
+            num_classes - 1, int(y.min()), int(y.max())))
+    return y.astype(np.int64)
+
+
+def data_sha256(x, y):
+    """A hash of the calibration data, recorded in the manifest."""
+    h = hashlib.sha256(np.ascontiguousarray(x).tobytes())
+    h.update(np.ascontiguousarray(y).tobytes())
+    return h.hexdigest()
+
+
+def exit_probabilities(model, x, batch_size=256, progress=True):
+    """Probabilities at every exit for ``x``, with a progress bar."""
+    with Progress(len(x), "running exits", enabled=progress) as bar:
+        return model.exit_probabilities(x, batch_size=batch_size, progress=bar.update)
+
+
+def simulator_for(model, probs, y, policy_name=None):
+    """An :class:`ExitSimulator` for a loaded bundle (MAC costs from its manifest)."""
+    from edgesdk.runtime.policies import get_policy
+    m = model.bundle.manifest
+    policy = get_policy(policy_name or m["exits"][0]["policy"])
+    return ExitSimulator(probs, y, policy, [s["macs"] for s in m["stages"]],
+                         [e["macs"] for e in m["exits"]])
+
+
+def choose_thresholds(sim, max_accuracy_drop=None, max_cost_fraction=None):
+    """Search thresholds for one objective; returns (OperatingPoint, objective dict)."""
+    if (max_accuracy_drop is None) == (max_cost_fraction is None):
+        raise InputError("give exactly one objective: max_accuracy_drop (points) or "
+                         "max_cost_fraction (of the full model's cost)")
+    final_acc = sim.evaluate([None] * sim.k).accuracy
+    eps = 1e-12
+    if max_accuracy_drop is not None:
+        if not 0 <= max_accuracy_drop <= 100:
+            raise InputError("max_accuracy_drop is in percentage points, 0..100; got {}".format(
+                max_accuracy_drop))
+        target = final_acc - max_accuracy_drop / 100.0
+        point = sim.search(lambda p: p.accuracy >= target - eps,
+                           lambda p, b: (p.mean_cost, -p.accuracy) < (b.mean_cost, -b.accuracy),
+                           [None] * sim.k)
+        return point, {"kind": "min-cost-within-accuracy-drop",
+                       "max_accuracy_drop_points": max_accuracy_drop}
+    if not 0 < max_cost_fraction <= 1:
+        raise InputError("max_cost_fraction must be in (0, 1]; got {}".format(max_cost_fraction))
+    budget = max_cost_fraction * sim.full_cost
+    # Cheapest setting: every sample leaves at exit 0 (a threshold every score passes).
+    lowest = (-np.inf if sim.policy.higher_is_confident else np.inf)
+    start = [float(lowest)] + [None] * (sim.k - 1) if sim.k > 1 else [None]
+    cheapest = sim.evaluate(start)
+    if cheapest.mean_cost > budget + eps:
+        raise CalibrationError(
+            "a mean cost of {:.1%} of the full model cannot be met: the cheapest achievable is "
+            "{:.1%} (every sample leaving at exit 0)".format(
+                max_cost_fraction, cheapest.mean_cost / sim.full_cost))
+    point = sim.search(lambda p: p.mean_cost <= budget + eps,
+                       lambda p, b: (-p.accuracy, p.mean_cost) < (-b.accuracy, b.mean_cost),
+                       start)
+    return point, {"kind": "max-accuracy-within-cost", "max_cost_fraction": max_cost_fraction}
+
+
+def calibrate(bundle_path, x, y, *, max_accuracy_drop=None, max_cost_fraction=None,
+              policy=None, batch_size=256, threads=None, progress=True):
+    """Choose per-exit thresholds on labelled data and write them into the bundle's manifest.
+
+    Exactly one objective: ``max_accuracy_drop`` (percentage points below the final exit's
+    accuracy on this data) or ``max_cost_fraction`` (mean cost as a fraction of the full
+    model's). ``policy`` switches every exit to another exit policy. The manifest is replaced
+    atomically; on any error it is left as it was.
+    """
+    from edgesdk.runtime.engine import load_bundle
+    model = load_bundle(bundle_path, threads=threads)
+    y = _check_data(x, y, model.num_classes)
+    probs = exit_probabilities(model, x, batch_size, progress)
+    sim = simulator_for(model, probs, y, policy)
+    point, objective = choose_thresholds(sim, max_accuracy_drop, max_cost_fraction)
+    # Thresholds of -inf/inf (everything leaves) become the policy's range end in JSON.
+    lo, hi = sim.policy.valid_range(model.num_classes)
+    point.thresholds = [None if t is None else float(min(max(t, lo), hi)) for t in point.thresholds]
+    point = sim.evaluate(point.thresholds)
+    result = CalibrationResult(point, sim.evaluate([None] * sim.k).accuracy, sim.full_cost,
+                               objective, sim.policy.name, len(y))
+    chosen = {"method": "calibrate", "objective": objective,
+              "cost_model": "counted MACs per stage and head",
+              "data": {"samples": len(y), "sha256": data_sha256(x, y)},
+              "expected": {"accuracy": point.accuracy, "final_exit_accuracy": result.final_exit_accuracy,
+                           "mean_cost_fraction": result.cost_fraction,
+                           "exit_fractions": point.exit_fractions}}
+
+    def change(manifest):
+        for k, ex in enumerate(manifest["exits"]):
+            ex["policy"] = sim.policy.name
+            if k < len(manifest["exits"]) - 1:
+                ex["threshold"] = point.thresholds[k]
+                ex["chosen_from"] = chosen
+    bundle_io.update_manifest(model.bundle.root, change)
+    return result

@@ -1,0 +1,229 @@
+"""PyTorch multi-exit model -> verified bundle (one ONNX graph per stage and per exit head)."""
+import datetime
+import hashlib
+import os
+import platform
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import edgesdk
+from edgesdk import bundle as bundle_io
+from edgesdk.deps import require
+from edgesdk.errors import ConversionError, InputError
+from edgesdk.manifest import SCHEMA_VERSION
+from edgesdk.progress import Progress
+from edgesdk.converters.macs import count_macs
+from edgesdk.converters.model import as_state, chain, split_model, trace_structure
+from edgesdk.converters.onnx_export import DEFAULT_OPSET, export_graph
+from edgesdk.targets import get_target
+
+INPUT_NAME = "x"
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert` wrote and measured."""
+
+    path: str
+    max_abs_error: list          # per exit: ONNX Runtime vs PyTorch on the reference inputs
+    stage_macs: list
+    exit_macs: list
+    files: dict = field(default_factory=dict)
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _state_names(k, n):
+    return [INPUT_NAME] if k < 0 else ["s{}_{}".format(k, i) for i in range(n)]
+
+
+def _model_sha256(model):
+    """A hash of the parameters and buffers (names, shapes, bytes): provenance without pickles."""
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(list(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(-1).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _as_tensor(x, what):
+    torch = require("torch", "torch", "convert PyTorch models")
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] < 1:
+        raise InputError("{} must be a float tensor or array with a batch dimension first, got {}"
+                         .format(what, getattr(x, "shape", type(x).__name__)))
+    if not torch.isfinite(x).all():
+        raise InputError("{} contains NaN or infinite values".format(what))
+    return x.float().contiguous()
+
+
+def _versions():
+    out = {"edgesdk": edgesdk.__version__, "python": platform.python_version(),
+           "machine": platform.machine()}
+    for mod in ("torch", "onnx", "onnxruntime"):
+        out[mod] = require(mod, "onnx" if mod != "torch" else "torch", "convert models").__version__
+    return out
+
+
+def convert(model, example_input, output, *, stages_attr="stages", heads_attr="heads",
+            target="host", opset=DEFAULT_OPSET, policy="max-softmax", threshold=None,
+            preprocessing=None, reference_input=None, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL,
+            name=None, class_names=None, force=False, threads=None, progress=True):
+    """Convert a PyTorch multi-exit model into a verified bundle directory at ``output``.
+
+    ``model``: a :func:`MultiExitModel` or any ``nn.Module`` with its stages and heads in two
+    ``nn.ModuleList`` attributes (``stages_attr``, ``heads_attr``) whose forward returns the
+    list of exit logits. ``example_input``: a batch ``(N, ...)`` fixing the input shape (the
+    batch dimension stays dynamic). ``reference_input`` (default: the example) is run through
+    PyTorch and ONNX Runtime; every exit must agree within ``|ort - torch| <= atol + rtol *
+    |torch|`` and the data is stored for ``edgesdk validate --check``. ``threshold`` sets
+    every early exit's threshold (None: early exits off until calibrated).
+
+    Written to a temporary directory and renamed: a failure leaves nothing behind.
+    """
+    from edgesdk.runtime.engine import load_bundle
+    from edgesdk.runtime.policies import get_policy
+    torch = require("torch", "torch", "convert PyTorch models")
+    require("onnxruntime", "onnx", "verify converted stages")
+    tgt = get_target(target)
+    if "onnx" not in tgt.formats:
+        raise InputError("target '{}' takes {} builds; this converter writes onnx".format(
+            target, ", ".join(tgt.formats)))
+    if not 7 <= int(opset) <= 20:
+        raise InputError("opset {} is outside 7..20, what the TorchScript exporter writes".format(opset))
+    if tgt.max_opset is not None and opset > tgt.max_opset:
+        raise InputError("target '{}' reads ONNX opset <= {}; got --opset {}".format(
+            target, tgt.max_opset, opset))
+    stages, heads = split_model(model, stages_attr, heads_attr)
+    pol = get_policy(policy)
+    example = _as_tensor(example_input, "example_input")
+    reference = example if reference_input is None else _as_tensor(reference_input, "reference_input")
+    if reference.shape[1:] != example.shape[1:]:
+        raise InputError("reference_input shape {} differs from example_input {}".format(
+            list(reference.shape), list(example.shape)))
+    output = os.path.abspath(output)
+    if not output.endswith(bundle_io.SUFFIX):
+        raise InputError("bundle paths end in '{}': got '{}'".format(bundle_io.SUFFIX, output))
+    name = name or os.path.basename(output)[:-len(bundle_io.SUFFIX)]
+
+    was_training = model.training
+    model.eval()
+    try:
+        # Trace with at least 2 samples so a tensor that lost its batch dimension shows up.
+        trace_input = example if example.shape[0] > 1 else torch.cat([example, example])
+        structure = trace_structure(model, stages, heads, trace_input)
+        thr = pol.check_threshold(threshold, structure.num_classes, "threshold")
+        if class_names is not None and len(class_names) != structure.num_classes:
+            raise InputError("{} class names given, the heads have {} classes".format(
+                len(class_names), structure.num_classes))
+        with torch.no_grad():
+            ref_logits = [t.numpy() for t in chain(stages, heads, (reference,))]
+        with bundle_io.staging_directory(output, force=force) as tmp:
+            report = _write(tmp, output, stages, heads, structure, example, reference, ref_logits,
+                            opset, pol, thr, preprocessing, atol, rtol, name, class_names, tgt,
+                            model, progress)
+            verified = load_bundle(tmp, threads=threads)
+            report.max_abs_error = _verify(verified, reference.numpy(), ref_logits, atol, rtol)
+    finally:
+        model.train(was_training)
+    return report
+
+
+def _verify(model, x, expected, atol, rtol):
+    got = model.exit_logits(x)
+    errors, bad = [], []
+    for k, (g, e) in enumerate(zip(got, expected)):
+        diff = np.abs(g.astype(np.float64) - e)
+        errors.append(float(diff.max()))
+        if not np.all(diff <= atol + rtol * np.abs(e)):
+            bad.append(k)
+    if bad:
+        raise ConversionError(
+            "ONNX Runtime disagrees with PyTorch at exit(s) {}: max abs error per exit {} exceeds "
+            "atol={} + rtol={} * |logit|. Nothing was written.".format(
+                bad, ["{:.3g}".format(e) for e in errors], atol, rtol))
+    return errors
+
+
+def _write(tmp, output, stages, heads, structure, example, reference, ref_logits, opset, pol,
+           thr, preprocessing, atol, rtol, name, class_names, tgt, model, progress):
+    onnx = require("onnx", "onnx", "write ONNX stages")
+    os.makedirs(os.path.join(tmp, "stages"))
+    os.makedirs(os.path.join(tmp, "heads"))
+    os.makedirs(os.path.join(tmp, "reference"))
+    n_exits = len(stages)
+    stage_entries, exit_entries, files = [], [], []
+    torch = require("torch", "torch", "export stages to ONNX")
+    state = (example,)
+    with Progress(2 * n_exits, "exporting", enabled=progress) as bar:
+        for k, (stage, head) in enumerate(zip(stages, heads)):
+            in_names = _state_names(k - 1, len(state))
+            with torch.no_grad():
+                nxt = as_state(stage(*state))
+            out_names = _state_names(k, len(nxt))
+            for gid, folder, module, args, ins, outs, entries in (
+                    ("stage{}".format(k), "stages", stage, state, in_names, out_names, stage_entries),
+                    ("exit{}".format(k), "heads", head, nxt, out_names, ["logits"], exit_entries)):
+                graph = export_graph(module, args, ins, outs, opset,
+                                     "{} {} ({})".format(folder[:-1], k, type(module).__name__))
+                rel = "{}/{}.onnx".format(folder, gid)
+                onnx.save_model(graph, os.path.join(tmp, folder, gid + ".onnx"))
+                files.append(rel)
+                entry = {"id": gid, "file": rel, "format": "onnx", "inputs": ins, "outputs": outs,
+                         "macs": count_macs(graph)}
+                if folder == "stages":
+                    entry["output_shapes"] = [[None] + list(s[1:]) for s in structure.state_shapes[k]]
+                else:
+                    last = k == n_exits - 1
+                    entry.update({"after_stage": k, "policy": pol.name,
+                                  "threshold": None if last else thr,
+                                  "chosen_from": {"method": "final exit" if last else
+                                                  ("user" if thr is not None else "uncalibrated")}})
+                entries.append(entry)
+                bar.update(note=gid)
+            state = nxt
+    ref_rel = "reference/reference.npz"
+    arrays = {"input": reference.numpy()}
+    arrays.update({"exit_{}".format(k): l for k, l in enumerate(ref_logits)})
+    np.savez(os.path.join(tmp, "reference", "reference.npz"), **arrays)
+    files.append(ref_rel)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "sdk_version": edgesdk.__version__,
+        "name": name,
+        "created": utc_now(),
+        "target": tgt.name,
+        "built_with": dict(_versions(), opset=opset, exporter="torch.onnx (TorchScript, dynamo=False)"),
+        "inputs": [{"name": INPUT_NAME, "dtype": "float32", "shape": [None] + list(example.shape[1:]),
+                    "preprocessing": preprocessing}],
+        "num_classes": structure.num_classes,
+        "class_names": list(class_names) if class_names is not None else None,
+        "stages": stage_entries,
+        "exits": exit_entries,
+        "quantization": None,
+        "pruning": [],
+        "provenance": {
+            "source": "pytorch", "class": type(model).__name__,
+            "source_sha256": _model_sha256(model),
+            "passes": [{"name": "onnx-export", "opset": opset, "dynamic_batch": True},
+                       {"name": "onnx-checker", "full_check": True},
+                       {"name": "onnxruntime-verify", "atol": atol, "rtol": rtol,
+                        "samples": int(reference.shape[0])}],
+        },
+        "reference": {"file": ref_rel, "atol": atol, "rtol": rtol},
+        "files": bundle_io.hash_files(tmp, files),
+    }
+    bundle_io.write_manifest(tmp, manifest)
+    return ConversionReport(path=output, max_abs_error=[],
+                            stage_macs=[e["macs"] for e in stage_entries],
+                            exit_macs=[e["macs"] for e in exit_entries],
+                            files=manifest["files"])

@@ -1,0 +1,52 @@
+"""Export one stage or head to its own ONNX graph and check it."""
+import io
+import warnings
+
+from edgesdk.deps import require
+from edgesdk.errors import ConversionError, ModelStructureError
+
+DEFAULT_OPSET = 13  # TensorRT 8.2 on the TX2 parses opset <= 13
+
+
+def export_graph(module, args, input_names, output_names, opset, what):
+    """Export ``module(*args)`` with a dynamic batch dimension; returns a checked ModelProto.
+
+    Uses the TorchScript exporter (``dynamo=False``): the dynamo exporter writes opset >= 18
+    only, which TensorRT 8.2 cannot read. ``what`` names the graph in error messages.
+    """
+    torch = require("torch", "torch", "export stages to ONNX")
+    onnx = require("onnx", "onnx", "export stages to ONNX")
+    buf = io.BytesIO()
+    axes = {name: {0: "N"} for name in list(input_names) + list(output_names)}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, tuple(args), buf, dynamo=False, opset_version=opset,
+                              input_names=list(input_names), output_names=list(output_names),
+                              dynamic_axes=axes, do_constant_folding=True)
+    except Exception as exc:
+        raise ConversionError("exporting {} to ONNX opset {} failed: {}: {}".format(
+            what, opset, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""))
+    model = onnx.load_from_string(buf.getvalue())
+    # onnx 1.23 stamps IR version 14, which onnxruntime 1.31 (and older runtimes on boards)
+    # refuse; the lowest IR version that carries this opset is what every reader accepts.
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
+    _check_inputs_used(model, input_names, what)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise ConversionError("onnx.checker rejected {}: {}".format(what, exc))
+    return model
+
+
+def _check_inputs_used(model, input_names, what):
+    """Every state tensor handed to a graph must be read by it (else the state is wrong)."""
+    present = [i.name for i in model.graph.input]
+    consumed = {name for node in model.graph.node for name in node.input}
+    consumed |= {o.name for o in model.graph.output}
+    for i, name in enumerate(input_names):
+        if name not in present or name not in consumed:
+            raise ModelStructureError(
+                "{} does not use its input {} ('{}'): the previous stage's output {} does not "
+                "feed it. Return only the tensors the next stage and head need.".format(
+                    what, i, name, i))

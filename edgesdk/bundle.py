@@ -1,0 +1,219 @@
+"""The bundle directory: verified reading, atomic writing, atomic manifest updates.
+
+A bundle is ``NAME.edgebundle/`` with ``manifest.json`` and the files it lists, each with a
+sha256. Reading refuses anything that does not match; writing goes to a temporary sibling
+directory that is renamed into place, so a crash never leaves half a bundle. Runs on the
+device (Python 3.6, stdlib only).
+"""
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+
+from edgesdk import manifest as mf
+from edgesdk.errors import BundleError, IntegrityError, ManifestError
+
+MANIFEST = "manifest.json"
+SUFFIX = ".edgebundle"
+
+
+def sha256_file(path, chunk=1 << 20):
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Bundle(object):
+    """A bundle directory whose manifest and files have been checked."""
+
+    def __init__(self, root, manifest):
+        self.root = root
+        self.manifest = manifest
+
+    def path(self, rel):
+        """Absolute path of a bundle-relative file (already checked to stay inside)."""
+        return os.path.join(self.root, *rel.split("/"))
+
+    @property
+    def name(self):
+        return self.manifest["name"]
+
+    def file_sha256(self, rel):
+        return self.manifest["files"][rel]["sha256"]
+
+
+def _read_manifest(root):
+    path = os.path.join(root, MANIFEST)
+    if not os.path.isdir(root):
+        raise BundleError("'{}' is not a bundle directory (expected NAME{}/ with {})".format(
+            root, SUFFIX, MANIFEST))
+    if not os.path.isfile(path):
+        raise IntegrityError("'{}' has no {}; it is not a bundle, or it was not written "
+                             "completely. Convert the model again.".format(root, MANIFEST))
+    size = os.path.getsize(path)
+    if size > mf.MAX_MANIFEST_BYTES:
+        raise ManifestError("{}: {} bytes is larger than the {} bytes a manifest may have".format(
+            path, size, mf.MAX_MANIFEST_BYTES))
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise ManifestError("{}: not UTF-8 text ({})".format(path, exc))
+    except ValueError as exc:
+        raise ManifestError("{}: not valid JSON ({})".format(path, exc))
+    except RecursionError:
+        raise ManifestError("{}: JSON nested too deeply".format(path))
+
+
+def _reject_constant(name):
+    raise ValueError("{} is not allowed in a manifest".format(name))
+
+
+def _resolve_inside(root, rel):
+    """Absolute path of ``rel``; refuse symlinks or anything resolving outside ``root``."""
+    real_root = os.path.realpath(root)
+    full = os.path.join(root, *rel.split("/"))
+    real = os.path.realpath(full)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise IntegrityError("{}: '{}' resolves outside the bundle ({}); bundles may only "
+                             "reference their own files".format(root, rel, real))
+    if os.path.islink(full):
+        raise IntegrityError("{}: '{}' is a symbolic link; bundles must hold regular files".format(
+            root, rel))
+    return full
+
+
+def verify_files(root, manifest):
+    """Check every listed file: inside the bundle, a regular file, right size, right sha256."""
+    for rel, entry in sorted(manifest["files"].items()):
+        full = _resolve_inside(root, rel)
+        try:
+            st = os.stat(full)
+        except OSError:
+            raise IntegrityError("{}: '{}' is listed in the manifest but missing; copy the whole "
+                                 "bundle directory again".format(root, rel))
+        if not stat.S_ISREG(st.st_mode):
+            raise IntegrityError("{}: '{}' is not a regular file".format(root, rel))
+        if st.st_size != entry["bytes"]:
+            raise IntegrityError("{}: '{}' has {} bytes, the manifest records {} (truncated or "
+                                 "changed); copy the bundle again or convert again".format(
+                                     root, rel, st.st_size, entry["bytes"]))
+        digest = sha256_file(full)
+        if digest != entry["sha256"]:
+            raise IntegrityError("{}: '{}' sha256 {} does not match the manifest's {} (the file "
+                                 "was changed or corrupted); copy the bundle again or convert "
+                                 "again".format(root, rel, digest[:16], entry["sha256"][:16]))
+
+
+def read_bundle(root, verify=True):
+    """Open a bundle: parse and validate the manifest, check its digest and every file hash."""
+    root = os.path.abspath(root)
+    manifest = mf.validate(_read_manifest(root))
+    if mf.content_digest(manifest) != manifest["manifest_sha256"]:
+        raise IntegrityError(
+            "{}/{} was changed outside edgesdk (its content no longer matches manifest_sha256). "
+            "Change thresholds with `edgesdk calibrate`, or convert the model again.".format(
+                root, MANIFEST))
+    if verify:
+        verify_files(root, manifest)
+    return Bundle(root, manifest)
+
+
+def _fsync_dir(path):
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_json_atomic(path, obj):
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(directory)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def seal_manifest(manifest):
+    """Set ``manifest_sha256`` and validate; returns the manifest."""
+    manifest["manifest_sha256"] = mf.content_digest(manifest)
+    return mf.validate(manifest)
+
+
+def hash_files(root, rels):
+    """The ``files`` table entries for bundle-relative paths under ``root``."""
+    table = {}
+    for rel in rels:
+        full = os.path.join(root, *rel.split("/"))
+        table[rel] = {"sha256": sha256_file(full), "bytes": os.path.getsize(full)}
+    return table
+
+
+@contextlib.contextmanager
+def staging_directory(final, force=False):
+    """Yield a temporary directory beside ``final``; on success it replaces ``final``.
+
+    The caller writes every file (manifest last); if anything raises, the temporary directory
+    is removed and ``final`` is untouched. With ``force`` an existing bundle is replaced only
+    after the new one is complete.
+    """
+    final = os.path.abspath(final)
+    parent = os.path.dirname(final)
+    if os.path.exists(final) and not force:
+        raise BundleError("'{}' already exists; choose another output path or pass force=True "
+                          "(--force) to replace it".format(final))
+    if not os.path.isdir(parent):
+        raise BundleError("output directory '{}' does not exist".format(parent))
+    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(final) + ".tmp-", dir=parent)
+    try:
+        yield tmp
+        for dirpath, _, filenames in os.walk(tmp):
+            for name in filenames:
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    os.fsync(f.fileno())
+        if os.path.exists(final):
+            old = tempfile.mkdtemp(prefix="." + os.path.basename(final) + ".old-", dir=parent)
+            os.rename(final, os.path.join(old, "bundle"))
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_manifest(root, manifest):
+    """Seal and write ``manifest.json`` into a (staging) bundle directory atomically."""
+    _write_json_atomic(os.path.join(root, MANIFEST), seal_manifest(manifest))
+
+
+def update_manifest(root, change):
+    """Re-read and verify a bundle, apply ``change(manifest)`` and replace the manifest atomically.
+
+    The old manifest stays in place until the new one is completely on disk.
+    """
+    bundle = read_bundle(root)
+    manifest = json.loads(json.dumps(bundle.manifest))
+    change(manifest)
+    write_manifest(bundle.root, manifest)
+    return read_bundle(bundle.root)

@@ -1,0 +1,54 @@
+"""The user-facing error hierarchy.
+
+Every error a user can cause derives from :class:`EdgeSDKError`; the CLI maps it to exit code
+4 (or 5 for a missing dependency). Anything else escaping is an internal bug. Runs on the
+device too, so it stays Python 3.6 compatible.
+"""
+
+
+class EdgeSDKError(Exception):
+    """Root of all errors caused by user input, files or environment."""
+
+    exit_code = 4
+
+
+class MissingDependencyError(EdgeSDKError):
+    """An optional package (an 'extra') is needed for this operation but not installed."""
+
+    exit_code = 5
+
+
+class UnknownNameError(EdgeSDKError):
+    """A registry name (target, policy, executor) that does not exist."""
+
+
+class BundleError(EdgeSDKError):
+    """A bundle cannot be read, written or trusted."""
+
+
+class ManifestError(BundleError):
+    """manifest.json is malformed; the message names the JSON path."""
+
+
+class SchemaVersionError(BundleError):
+    """The bundle was written with a newer schema than this SDK reads."""
+
+
+class IntegrityError(BundleError):
+    """A file is missing, changed, truncated or outside the bundle directory."""
+
+
+class InputError(EdgeSDKError):
+    """Runtime input (tensor, data file, thresholds) does not fit the bundle."""
+
+
+class ModelStructureError(EdgeSDKError):
+    """A model does not have the multi-exit structure the converter needs."""
+
+
+class ConversionError(EdgeSDKError):
+    """Export, checking or numerical verification of a converted graph failed."""
+
+
+class CalibrationError(EdgeSDKError):
+    """Threshold calibration cannot meet the request (the message says what can)."""

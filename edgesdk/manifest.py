@@ -1,0 +1,220 @@
+"""manifest.json: the schema, a hand-written validator and the content digest.
+
+Read on the device with the standard library's json; every message names the JSON path that
+is wrong and what is accepted. ``schema/manifest.schema.json`` mirrors these rules for tools.
+Python 3.6 compatible.
+"""
+import hashlib
+import json
+import math
+import re
+
+from edgesdk.errors import ManifestError, SchemaVersionError
+
+SCHEMA_VERSION = 1
+# Graph file formats the SDK knows; each maps to one runtime executor (runtime/executors).
+FORMATS = ("onnx",)
+DTYPES = ("float32",)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+# A manifest is small; refusing huge ones keeps a hostile file from exhausting memory.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_DIM = 1 << 20
+
+
+def canonical_json(obj):
+    """The byte string the digest is computed over (sorted keys, no spaces, ASCII)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+def content_digest(manifest):
+    """sha256 of the manifest without its own ``manifest_sha256`` field."""
+    body = dict((k, v) for k, v in manifest.items() if k != "manifest_sha256")
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def _fail(path, msg):
+    raise ManifestError("manifest.json: {}: {}".format(path, msg))
+
+
+def _get(obj, key, path, types, optional=False):
+    if not isinstance(obj, dict):
+        _fail(path, "expected an object, got {}".format(type(obj).__name__))
+    if key not in obj:
+        if optional:
+            return None
+        _fail(path, "missing required key '{}'".format(key))
+    value = obj[key]
+    # bool is an int subclass in Python; never accept it where a number is meant.
+    if isinstance(value, bool) and bool not in types:
+        _fail("{}.{}".format(path, key), "expected {}, got a boolean".format(_names(types)))
+    if not isinstance(value, types):
+        _fail("{}.{}".format(path, key), "expected {}, got {}".format(
+            _names(types), type(value).__name__))
+    return value
+
+
+def _names(types):
+    table = {dict: "an object", list: "a list", str: "a string", int: "an integer",
+             float: "a number", bool: "a boolean", type(None): "null"}
+    return " or ".join(table.get(t, t.__name__) for t in types)
+
+
+def _number(obj, key, path, optional=False, allow_null=False):
+    types = (int, float, type(None)) if allow_null else (int, float)
+    value = _get(obj, key, path, types, optional)
+    if isinstance(value, float) and not math.isfinite(value):
+        _fail("{}.{}".format(path, key), "must be finite")
+    return value
+
+
+def check_relative_path(rel, path):
+    """A bundle-relative POSIX path: no absolute path, no '..', no backslashes or drive letters."""
+    if not isinstance(rel, str) or not rel:
+        _fail(path, "expected a non-empty relative path")
+    if rel.startswith("/") or "\\" in rel or ":" in rel or "\x00" in rel:
+        _fail(path, "'{}' must be a relative POSIX path inside the bundle".format(rel))
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        _fail(path, "'{}' must not contain empty, '.' or '..' components".format(rel))
+    return rel
+
+
+def _check_files_table(files):
+    for rel, entry in files.items():
+        p = "$.files['{}']".format(rel)
+        check_relative_path(rel, p)
+        if rel == "manifest.json":
+            _fail(p, "manifest.json cannot list itself")
+        digest = _get(entry, "sha256", p, (str,))
+        if not _SHA256.match(digest):
+            _fail(p + ".sha256", "expected 64 lowercase hex digits")
+        size = _get(entry, "bytes", p, (int,))
+        if size < 0:
+            _fail(p + ".bytes", "must be >= 0")
+
+
+def _check_graph(entry, path, files):
+    rel = check_relative_path(_get(entry, "file", path, (str,)), path + ".file")
+    if rel not in files:
+        _fail(path + ".file", "'{}' is not listed in $.files (every file needs a sha256)".format(rel))
+    fmt = _get(entry, "format", path, (str,))
+    if fmt not in FORMATS:
+        _fail(path + ".format", "'{}' is not a known format; accepted: {}".format(
+            fmt, ", ".join(FORMATS)))
+    for key in ("inputs", "outputs"):
+        names = _get(entry, key, path, (list,))
+        if not names or not all(isinstance(n, str) and n for n in names):
+            _fail("{}.{}".format(path, key), "expected a non-empty list of tensor names")
+    macs = _get(entry, "macs", path, (int,))
+    if macs < 0:
+        _fail(path + ".macs", "must be >= 0")
+
+
+def _check_shape(shape, path):
+    if not isinstance(shape, list) or not shape:
+        _fail(path, "expected a non-empty list of dimensions")
+    for i, d in enumerate(shape):
+        if d is None:
+            continue
+        if isinstance(d, bool) or not isinstance(d, int) or not 0 < d <= MAX_DIM:
+            _fail("{}[{}]".format(path, i), "expected null (dynamic) or an integer in 1..{}".format(MAX_DIM))
+
+
+def _check_preprocessing(pre, path):
+    if pre is None:
+        return
+    if not isinstance(pre, dict):
+        _fail(path, "expected an object or null")
+    scale = _number(pre, "scale", path)
+    if scale <= 0:
+        _fail(path + ".scale", "must be > 0")
+    for key in ("mean", "std"):
+        values = _get(pre, key, path, (list,))
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                 and math.isfinite(v) for v in values):
+            _fail("{}.{}".format(path, key), "expected a non-empty list of finite numbers")
+    if any(v <= 0 for v in pre["std"]):
+        _fail(path + ".std", "every std must be > 0")
+    if len(pre["mean"]) != len(pre["std"]):
+        _fail(path, "mean and std must have the same length")
+
+
+def validate(manifest, sdk_schema=SCHEMA_VERSION):
+    """Check the structure of a parsed manifest; raise ManifestError / SchemaVersionError.
+
+    Checks types, ranges, identifiers, relative paths and cross references. File hashes are
+    checked by :mod:`edgesdk.bundle`, which owns the directory.
+    """
+    if not isinstance(manifest, dict):
+        _fail("$", "expected a JSON object at the top level")
+    version = _get(manifest, "schema_version", "$", (int,))
+    if version > sdk_schema:
+        raise SchemaVersionError(
+            "bundle schema_version {} was written by edgesdk {}; this edgesdk reads schema "
+            "versions up to {}. Upgrade edgesdk on this machine (or the runtime copy on the "
+            "device), or convert the model again with this version.".format(
+                version, manifest.get("sdk_version", "?"), sdk_schema))
+    if version < 1:
+        _fail("$.schema_version", "must be >= 1")
+    for key in ("sdk_version", "name", "target"):
+        _get(manifest, key, "$", (str,))
+    _get(manifest, "built_with", "$", (dict,))
+    _get(manifest, "provenance", "$", (dict,))
+    files = _get(manifest, "files", "$", (dict,))
+    _check_files_table(files)
+
+    inputs = _get(manifest, "inputs", "$", (list,))
+    if len(inputs) != 1:
+        _fail("$.inputs", "exactly one model input is supported, got {}".format(len(inputs)))
+    for i, spec in enumerate(inputs):
+        p = "$.inputs[{}]".format(i)
+        _get(spec, "name", p, (str,))
+        if _get(spec, "dtype", p, (str,)) not in DTYPES:
+            _fail(p + ".dtype", "accepted: {}".format(", ".join(DTYPES)))
+        _check_shape(_get(spec, "shape", p, (list,)), p + ".shape")
+        _check_preprocessing(_get(spec, "preprocessing", p, (dict, type(None)), optional=True),
+                             p + ".preprocessing")
+
+    num_classes = _get(manifest, "num_classes", "$", (int,))
+    if num_classes < 2:
+        _fail("$.num_classes", "must be >= 2")
+    stages = _get(manifest, "stages", "$", (list,))
+    exits = _get(manifest, "exits", "$", (list,))
+    if not stages:
+        _fail("$.stages", "at least one stage is required")
+    ids = set()
+    for i, st in enumerate(stages):
+        p = "$.stages[{}]".format(i)
+        sid = _get(st, "id", p, (str,))
+        if not _ID.match(sid) or sid in ids:
+            _fail(p + ".id", "expected a unique id of [a-z0-9_.-], got '{}'".format(sid))
+        ids.add(sid)
+        _check_graph(st, p, files)
+    if len(exits) != len(stages):
+        _fail("$.exits", "expected one exit per stage ({}), got {}".format(len(stages), len(exits)))
+    for i, ex in enumerate(exits):
+        p = "$.exits[{}]".format(i)
+        eid = _get(ex, "id", p, (str,))
+        if not _ID.match(eid) or eid in ids:
+            _fail(p + ".id", "expected a unique id of [a-z0-9_.-], got '{}'".format(eid))
+        ids.add(eid)
+        if _get(ex, "after_stage", p, (int,)) != i:
+            _fail(p + ".after_stage", "exit {} must follow stage {}".format(i, i))
+        _check_graph(ex, p, files)
+        _get(ex, "policy", p, (str,))
+        _number(ex, "threshold", p, allow_null=True)
+        _get(ex, "chosen_from", p, (dict,))
+    ref = _get(manifest, "reference", "$", (dict, type(None)), optional=True)
+    if ref is not None:
+        rel = check_relative_path(_get(ref, "file", "$.reference", (str,)), "$.reference.file")
+        if rel not in files:
+            _fail("$.reference.file", "'{}' is not listed in $.files".format(rel))
+        for key in ("atol", "rtol"):
+            if _number(ref, key, "$.reference") < 0:
+                _fail("$.reference." + key, "must be >= 0")
+    digest = _get(manifest, "manifest_sha256", "$", (str,))
+    if not _SHA256.match(digest):
+        _fail("$.manifest_sha256", "expected 64 lowercase hex digits")
+    return manifest

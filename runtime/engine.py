@@ -1,0 +1,166 @@
+"""The device-side engine: run a bundle stage by stage and stop at the first confident exit.
+
+Samples that exit leave the batch (compaction); later stages run on the rest only. Heads of
+exits without a threshold are not run at all. Python 3.6 / numpy 1.19 compatible.
+"""
+import collections
+import time
+
+import numpy as np
+
+from edgesdk.bundle import read_bundle
+from edgesdk.errors import InputError
+from edgesdk.runtime.executors import EXECUTORS
+from edgesdk.runtime.inputs import check_batch
+from edgesdk.runtime.policies import get_policy, softmax
+
+SampleResult = collections.namedtuple(
+    "SampleResult", ["label", "probabilities", "exit_index", "stage_ms"])
+
+
+class RunResult(object):
+    """Per-sample results of one batched call.
+
+    Attributes: ``labels`` (N,), ``probabilities`` (N, C), ``exit_index`` (N,), ``stage_ms``
+    (N, stages): the wall time of each stage call (stage + its head) shared equally by the
+    samples in that call, NaN for stages a sample did not reach; ``total_ms``: the whole call.
+    """
+
+    def __init__(self, labels, probabilities, exit_index, stage_ms, total_ms):
+        self.labels = labels
+        self.probabilities = probabilities
+        self.exit_index = exit_index
+        self.stage_ms = stage_ms
+        self.total_ms = total_ms
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return SampleResult(int(self.labels[i]), self.probabilities[i], int(self.exit_index[i]),
+                            self.stage_ms[i])
+
+    def exit_counts(self):
+        """Number of samples that stopped at each exit."""
+        return np.bincount(self.exit_index, minlength=self.stage_ms.shape[1])
+
+    def to_dicts(self):
+        """JSON-ready per-sample records."""
+        return [{"label": int(self.labels[i]), "exit": int(self.exit_index[i]),
+                 "confidence": float(self.probabilities[i].max()) if self.probabilities.size else None,
+                 "stage_ms": [None if np.isnan(t) else round(float(t), 4) for t in self.stage_ms[i]]}
+                for i in range(len(self))]
+
+
+class EdgeModel(object):
+    """A loaded, verified bundle ready to run. Create with :func:`load_bundle`."""
+
+    def __init__(self, bundle, threads=None):
+        self.bundle = bundle
+        m = bundle.manifest
+        self.input_spec = m["inputs"][0]
+        self.num_classes = m["num_classes"]
+        self.stages = [self._graph(s, threads) for s in m["stages"]]
+        self.heads = [self._graph(e, threads) for e in m["exits"]]
+        self.policies = [get_policy(e["policy"]) for e in m["exits"]]
+        self.thresholds = [self.policies[k].check_threshold(
+            e["threshold"], self.num_classes, "manifest.json: $.exits[{}].threshold".format(k))
+            for k, e in enumerate(m["exits"])]
+
+    def _graph(self, entry, threads):
+        executor = EXECUTORS.get(entry["format"])
+        return executor(self.bundle.path(entry["file"]), entry["inputs"], entry["outputs"], threads)
+
+    @property
+    def num_exits(self):
+        return len(self.heads)
+
+    def resolve_thresholds(self, thresholds):
+        """Validate a user list of per-exit thresholds (None disables an exit)."""
+        if thresholds is None:
+            return list(self.thresholds)
+        thresholds = list(thresholds)
+        if len(thresholds) != self.num_exits:
+            raise InputError("expected {} thresholds (one per exit, None to disable), got {}".format(
+                self.num_exits, len(thresholds)))
+        return [p.check_threshold(t, self.num_classes, "threshold of exit {}".format(k))
+                for k, (p, t) in enumerate(zip(self.policies, thresholds))]
+
+    def run(self, x, thresholds=None, early_exit=True):
+        """Run a batch ``(N, ...)``; returns a :class:`RunResult`.
+
+        ``thresholds`` overrides the manifest's per-exit thresholds; ``early_exit=False`` runs
+        every sample through all stages and only the final head.
+        """
+        start = time.perf_counter()
+        x = check_batch(x, self.input_spec)
+        thr = self.resolve_thresholds(thresholds) if early_exit else [None] * self.num_exits
+        n, last = x.shape[0], self.num_exits - 1
+        labels = np.full(n, -1, dtype=np.int64)
+        probs = np.zeros((n, self.num_classes), dtype=np.float32)
+        exit_index = np.full(n, -1, dtype=np.int64)
+        stage_ms = np.full((n, self.num_exits), np.nan, dtype=np.float64)
+        alive = np.arange(n)
+        state = (x,)
+        for k in range(self.num_exits):
+            if alive.size == 0:
+                break
+            t0 = time.perf_counter()
+            state = tuple(self.stages[k].run(state))
+            done = None
+            if k == last or thr[k] is not None:
+                p = softmax(self.heads[k].run(state)[0])
+                done = slice(None) if k == last else self.policies[k].exits(p, thr[k])
+            stage_ms[alive, k] = (time.perf_counter() - t0) * 1000.0 / alive.size
+            if done is None:
+                continue
+            idx = alive[done]
+            if idx.size:
+                probs[idx] = p[done]
+                labels[idx] = p[done].argmax(axis=1)
+                exit_index[idx] = k
+                if k < last:
+                    keep = ~done
+                    alive = alive[keep]
+                    state = tuple(s[keep] for s in state)
+        return RunResult(labels, probs, exit_index, stage_ms,
+                         (time.perf_counter() - start) * 1000.0)
+
+    def run_one(self, sample, thresholds=None, early_exit=True):
+        """Run one sample given without the batch dimension; returns a SampleResult."""
+        sample = np.asarray(sample)
+        if sample.ndim != len(self.input_spec["shape"]) - 1:
+            raise InputError("run_one() takes one sample of rank {} (no batch dimension), got "
+                             "shape {}".format(len(self.input_spec["shape"]) - 1, list(sample.shape)))
+        return self.run(sample[None], thresholds, early_exit)[0]
+
+    def exit_logits(self, x, batch_size=256, progress=None):
+        """Logits at every exit for every sample (no early exit): a list of (N, C) arrays.
+
+        Used for calibration, accuracy reports and reference checks. ``progress`` is called
+        with the number of samples done after each batch.
+        """
+        x = check_batch(x, self.input_spec)
+        out = [[] for _ in self.heads]
+        for i in range(0, x.shape[0], batch_size):
+            state = (x[i:i + batch_size],)
+            for k in range(self.num_exits):
+                state = tuple(self.stages[k].run(state))
+                out[k].append(self.heads[k].run(state)[0])
+            if progress:
+                progress(min(batch_size, x.shape[0] - i))
+        empty = np.zeros((0, self.num_classes), dtype=np.float32)
+        return [np.concatenate(o) if o else empty for o in out]
+
+    def exit_probabilities(self, x, batch_size=256, progress=None):
+        """Like :meth:`exit_logits`, as softmax probabilities."""
+        return [softmax(l) for l in self.exit_logits(x, batch_size, progress)]
+
+
+def load_bundle(path, threads=None, verify=True):
+    """Open and verify a bundle and prepare its graphs for running.
+
+    ``threads``: CPU threads for the executors (default: all cores). ``verify=False`` skips
+    the per-file sha256 check (the manifest is always validated).
+    """
+    return EdgeModel(read_bundle(path, verify=verify), threads=threads)

@@ -1,0 +1,6 @@
+"""Executors: one per graph file format, a closed table (no plugins on the device)."""
+from edgesdk.registry import Registry
+
+EXECUTORS = Registry("graph format", {
+    "onnx": "edgesdk.runtime.executors.ort:OrtGraph",
+})

@@ -1,0 +1,34 @@
+"""Check a loaded bundle against the reference inputs/outputs stored in it at conversion."""
+import numpy as np
+
+from edgesdk.errors import IntegrityError
+
+
+def check_reference(model):
+    """Run the reference inputs; compare every exit's logits with those recorded at conversion.
+
+    Returns ``{"passed", "max_abs_error" (per exit), "atol", "rtol", "samples"}``; an element
+    passes when ``|got - expected| <= atol + rtol * |expected|``.
+    """
+    ref = model.bundle.manifest.get("reference")
+    if ref is None:
+        raise IntegrityError("bundle '{}' has no reference data to check against".format(
+            model.bundle.root))
+    try:
+        with np.load(model.bundle.path(ref["file"]), allow_pickle=False) as data:
+            x = data["input"]
+            expected = [data["exit_{}".format(k)] for k in range(model.num_exits)]
+    except (OSError, KeyError, ValueError) as exc:
+        raise IntegrityError("reference file '{}' cannot be read: {}".format(ref["file"], exc))
+    got = model.exit_logits(x)
+    atol, rtol = float(ref["atol"]), float(ref["rtol"])
+    errors, passed = [], True
+    for g, e in zip(got, expected):
+        if g.shape != e.shape:
+            raise IntegrityError("reference output shape {} differs from the bundle's {}".format(
+                list(e.shape), list(g.shape)))
+        diff = np.abs(g.astype(np.float64) - e)
+        errors.append(float(diff.max()) if diff.size else 0.0)
+        passed = passed and bool(np.all(diff <= atol + rtol * np.abs(e)))
+    return {"passed": passed, "max_abs_error": errors, "atol": atol, "rtol": rtol,
+            "samples": int(x.shape[0])}

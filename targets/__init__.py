@@ -1,0 +1,15 @@
+"""Board descriptors: what each target runs, which formats and precisions apply.
+
+Descriptors are data (see :class:`Target`); the registry maps kebab-case names to them.
+"""
+from edgesdk.registry import Registry
+from edgesdk.targets.descriptor import Target  # noqa: F401
+
+TARGETS = Registry("target", {
+    "host": "edgesdk.targets.host:HOST",
+})
+
+
+def get_target(name):
+    """The :class:`Target` registered as ``name``."""
+    return TARGETS.get(name)
