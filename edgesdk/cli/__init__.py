@@ -1,0 +1,45 @@
+"""`edgesdk <verb>`: one module per verb, each a thin wrapper over a public function.
+
+Results go to stdout (``--json`` for machines), logs and progress to stderr. Exit codes:
+0 ok, 2 usage, 4 user error, 5 missing dependency.
+"""
+import argparse
+import importlib
+import logging
+import sys
+
+import edgesdk
+from edgesdk.runtime.cli import run_command
+
+# verb -> module in edgesdk.cli; each module has add_arguments(parser) and run(args).
+VERBS = {
+    "convert": ("convert", "convert a PyTorch multi-exit model into a bundle"),
+    "calibrate": ("calibrate", "choose per-exit thresholds on labelled data"),
+    "run": ("run", "run a bundle over an .npz file or a folder of images"),
+    "inspect": ("inspect", "summarise a bundle: stages, exits, thresholds, sizes, hashes"),
+    "validate": ("validate", "check a bundle's hashes (and reference outputs with --check)"),
+    "pack-runtime": ("pack_runtime", "write the standalone device runtime (.pyz)"),
+}
+
+
+def build_parser():
+    """The argparse parser for every verb."""
+    parser = argparse.ArgumentParser(prog="edgesdk", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version="edgesdk " + edgesdk.__version__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="VERB")
+    sub.required = True
+    for verb, (module, help_text) in VERBS.items():
+        mod = importlib.import_module("edgesdk.cli." + module)
+        p = sub.add_parser(verb, help=help_text, description=(mod.__doc__ or help_text).strip())
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+    return parser
+
+
+def main(argv=None):
+    """Parse arguments and run one verb; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return run_command(args.func, args, "edgesdk " + args.command)

@@ -1,0 +1,129 @@
+"""Convert a PyTorch multi-exit model into a verified bundle.
+
+The model is given as FILE.py:NAME or package.module:NAME, where NAME is an nn.Module class
+or a factory called without arguments; --weights loads a state_dict (torch.load with
+weights_only=True, never arbitrary pickles).
+"""
+import importlib
+import importlib.util
+import json
+import os
+
+import numpy as np
+
+from edgesdk.errors import InputError
+
+
+def add_arguments(p):
+    p.add_argument("--model", required=True, help="FILE.py:NAME or package.module:NAME")
+    p.add_argument("--weights", help="state_dict saved with torch.save (.pt)")
+    p.add_argument("--stages-attr", default="stages", help="nn.ModuleList of stages (default: stages)")
+    p.add_argument("--heads-attr", default="heads", help="nn.ModuleList of exit heads (default: heads)")
+    p.add_argument("--input-shape", help="one sample's shape, e.g. 1,28,28 (or give --example-data)")
+    p.add_argument("--example-data", help=".npz whose 'x' gives example and reference inputs")
+    p.add_argument("-o", "--output", required=True, help="bundle path, NAME.edgebundle")
+    p.add_argument("--target", default="host", help="target board (default: host)")
+    p.add_argument("--opset", type=int, default=13, help="ONNX opset (default 13, TensorRT 8.2's)")
+    p.add_argument("--policy", default="max-softmax", help="exit policy: max-softmax, entropy, margin")
+    p.add_argument("--threshold", type=float, help="threshold for every early exit "
+                                                    "(default: off until `edgesdk calibrate`)")
+    p.add_argument("--scale", type=float, help="preprocessing: multiply raw pixels by this")
+    p.add_argument("--mean", help="preprocessing: per-channel means, comma separated")
+    p.add_argument("--std", help="preprocessing: per-channel stds, comma separated")
+    p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance (absolute)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="verification tolerance (relative)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def load_model(spec, weights=None):
+    """Instantiate ``FILE.py:NAME`` / ``module:NAME`` and load a state_dict into it."""
+    from edgesdk.deps import require
+    torch = require("torch", "torch", "convert PyTorch models")
+    source, sep, attr = spec.rpartition(":")
+    if not sep or not source or not attr:
+        raise InputError("--model must be FILE.py:NAME or package.module:NAME, got '{}'".format(spec))
+    try:
+        if source.endswith(".py"):
+            if not os.path.isfile(source):
+                raise InputError("model file '{}' does not exist".format(source))
+            loader = importlib.util.spec_from_file_location("edgesdk_user_model", source)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(source)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError("cannot import '{}': {}: {}".format(source, type(exc).__name__, exc))
+    if not hasattr(module, attr):
+        raise InputError("'{}' has no attribute '{}'".format(source, attr))
+    model = getattr(module, attr)()
+    if not isinstance(model, torch.nn.Module):
+        raise InputError("{} returned a {}, expected an nn.Module".format(spec, type(model).__name__))
+    if weights:
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputError("cannot load weights '{}' (a state_dict saved with torch.save is "
+                             "expected): {}".format(weights, exc))
+        try:
+            model.load_state_dict(state)
+        except Exception as exc:
+            raise InputError("weights '{}' do not fit {}: {}".format(weights, spec, exc))
+    return model
+
+
+def _floats(text, what):
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError("{} must be comma-separated numbers, got '{}'".format(what, text))
+
+
+def preprocessing_from(args):
+    """The manifest preprocessing record from --scale/--mean/--std (None if none given)."""
+    if args.scale is None and args.mean is None and args.std is None:
+        return None
+    if args.mean is None or args.std is None:
+        raise InputError("give --mean and --std together (and optionally --scale, default 1/255)")
+    return {"scale": args.scale if args.scale is not None else 1.0 / 255.0,
+            "mean": _floats(args.mean, "--mean"), "std": _floats(args.std, "--std")}
+
+
+def run(args):
+    """Load the model and example data, then call :func:`edgesdk.converters.convert`."""
+    from edgesdk.converters import convert
+    from edgesdk.runtime.datafiles import load_npz
+    from edgesdk.runtime.inputs import preprocess
+    pre = preprocessing_from(args)
+    if args.example_data:
+        x, _ = load_npz(args.example_data)
+        x = x[:16]
+        if x.dtype.kind in "ui":
+            if pre is None:
+                raise InputError("--example-data holds raw integer pixels; give --mean/--std so "
+                                 "they can be preprocessed")
+            x = preprocess(x, {"name": "x", "preprocessing": pre})
+    elif args.input_shape:
+        try:
+            shape = [int(v) for v in args.input_shape.split(",")]
+        except ValueError:
+            raise InputError("--input-shape must be comma-separated integers, e.g. 1,28,28")
+        x = np.random.default_rng(0).standard_normal([8] + shape).astype(np.float32)
+    else:
+        raise InputError("give --example-data (preferred: real inputs) or --input-shape")
+    model = load_model(args.model, args.weights)
+    report = convert(model, x, args.output, stages_attr=args.stages_attr, heads_attr=args.heads_attr,
+                     target=args.target, opset=args.opset, policy=args.policy,
+                     threshold=args.threshold, preprocessing=pre, atol=args.atol, rtol=args.rtol,
+                     force=args.force, progress=not args.json)
+    if args.json:
+        print(json.dumps({"bundle": report.path, "max_abs_error": report.max_abs_error,
+                          "stage_macs": report.stage_macs, "exit_macs": report.exit_macs}))
+        return 0
+    print("wrote {}".format(report.path))
+    for k, err in enumerate(report.max_abs_error):
+        print("  exit {}: stage {:.2f}M + head {:.3f}M MACs, ONNX Runtime vs PyTorch max abs "
+              "error {:.2e}".format(k, report.stage_macs[k] / 1e6, report.exit_macs[k] / 1e6, err))
+    return 0

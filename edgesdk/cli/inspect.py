@@ -1,0 +1,51 @@
+"""Summarise a bundle: target, input, stages and exits with MACs, sizes, hashes, thresholds."""
+import json
+
+from edgesdk.bundle import read_bundle
+from edgesdk.table import format_table
+
+
+def add_arguments(p):
+    p.add_argument("bundle", help="path to NAME.edgebundle")
+    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+
+
+def _size(n):
+    return "{:.1f} KiB".format(n / 1024.0) if n < 1 << 20 else "{:.2f} MiB".format(n / float(1 << 20))
+
+
+def run(args):
+    """Print the bundle summary (hashes are verified first)."""
+    bundle = read_bundle(args.bundle)
+    m = bundle.manifest
+    if args.json:
+        print(json.dumps(m, indent=2, sort_keys=True))
+        return 0
+    files = m["files"]
+    inp = m["inputs"][0]
+    print("bundle   {}  ({})".format(m["name"], bundle.root))
+    print("target   {}   schema {}   edgesdk {}   created {}".format(
+        m["target"], m["schema_version"], m["sdk_version"], m.get("created", "?")))
+    print("input    {} {} {}   preprocessing {}".format(
+        inp["name"], inp["dtype"], ["N" if d is None else d for d in inp["shape"]],
+        json.dumps(inp.get("preprocessing"))))
+    print("built    " + ", ".join("{} {}".format(k, v) for k, v in sorted(m["built_with"].items())))
+    print()
+    rows = []
+    for st, ex in zip(m["stages"], m["exits"]):
+        for entry, kind in ((st, "stage"), (ex, "exit")):
+            f = files[entry["file"]]
+            thr = policy = chosen = ""
+            if kind == "exit":
+                policy = entry["policy"]
+                thr = "always" if entry is m["exits"][-1] else (
+                    "off" if entry["threshold"] is None else "{:.6g}".format(entry["threshold"]))
+                chosen = entry["chosen_from"].get("method", "")
+            rows.append([entry["id"], entry["format"], "{:.2f}M".format(entry["macs"] / 1e6),
+                         _size(f["bytes"]), f["sha256"][:12], policy, thr, chosen])
+    print(format_table(["graph", "format", "MACs", "size", "sha256", "policy", "threshold",
+                        "chosen by"], rows))
+    total = sum(f["bytes"] for f in files.values())
+    print("\n{} files, {} in all; manifest sha256 {}".format(len(files), _size(total),
+                                                            m["manifest_sha256"][:12]))
+    return 0

@@ -1,0 +1,145 @@
+"""`run` and `validate`: the device-side commands.
+
+The host CLI (`edgesdk run`, `edgesdk validate`) and the standalone runtime
+(`python3 edgesdk-runtime.pyz run ...`) both use these, so a board without the host SDK
+behaves exactly like the host. Python 3.6 compatible.
+"""
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from edgesdk.errors import EdgeSDKError, InputError
+from edgesdk.table import format_table
+
+MAX_ROWS = 20
+
+
+def _thresholds(text):
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        out.append(None if part in ("none", "off", "-") else part)
+    return out
+
+
+def add_run_arguments(p):
+    p.add_argument("bundle", help="path to NAME.edgebundle")
+    p.add_argument("input", help=".npz with 'x' (and optional 'y' labels) or a folder of images")
+    p.add_argument("--batch-size", type=int, default=1, help="samples per call (default 1)")
+    p.add_argument("--thresholds", help="per-exit thresholds, comma separated; 'none' disables "
+                                        "an exit (default: the bundle's)")
+    p.add_argument("--no-early-exit", action="store_true", help="run every stage for every sample")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def cmd_run(args):
+    """Run a bundle over an input file or folder; print per-sample results or a summary."""
+    from edgesdk.progress import Progress
+    from edgesdk.runtime.datafiles import load_inputs
+    from edgesdk.runtime.engine import load_bundle
+    if args.batch_size < 1:
+        raise InputError("--batch-size must be >= 1")
+    model = load_bundle(args.bundle, threads=args.threads)
+    x, y, names = load_inputs(args.input, model.input_spec)
+    thr = model.resolve_thresholds(_thresholds(args.thresholds))
+    parts = []
+    with Progress(len(x), "running", enabled=not args.json) as bar:
+        for i in range(0, len(x), args.batch_size):
+            parts.append(model.run(x[i:i + args.batch_size], thr, not args.no_early_exit))
+            bar.update(len(parts[-1]))
+    labels = np.concatenate([r.labels for r in parts]) if parts else np.zeros(0, np.int64)
+    exits = np.concatenate([r.exit_index for r in parts]) if parts else np.zeros(0, np.int64)
+    conf = np.concatenate([r.probabilities.max(axis=1) for r in parts]) if parts else np.zeros(0)
+    call_ms = np.array([r.total_ms for r in parts])
+    summary = {
+        "samples": int(len(x)), "batch_size": args.batch_size,
+        "early_exit": not args.no_early_exit,
+        "thresholds": thr if not args.no_early_exit else None,
+        "exit_counts": np.bincount(exits, minlength=model.num_exits).tolist(),
+        "mean_ms_per_sample": float(call_ms.sum() / max(len(x), 1)),
+        "accuracy": float((labels == y).mean()) if y is not None and len(y) else None,
+    }
+    names_ = model.bundle.manifest.get("class_names")
+    records = []
+    for i in range(len(x)):
+        rec = {"sample": names[i], "label": int(labels[i]), "exit": int(exits[i]),
+               "confidence": round(float(conf[i]), 6)}
+        if names_:
+            rec["class"] = names_[labels[i]]
+        if y is not None:
+            rec["true_label"] = int(y[i])
+        records.append(rec)
+    if args.json:
+        print(json.dumps({"summary": summary, "samples": records}))
+        return 0
+    if records and len(records) <= MAX_ROWS:
+        keys = list(records[0])
+        print(format_table(keys, [[r[k] for k in keys] for r in records]))
+        print()
+    rows = [["exit {}".format(k), c, "{:.1%}".format(c / max(len(x), 1))]
+            for k, c in enumerate(summary["exit_counts"])]
+    print(format_table(["exit", "samples", "share"], rows))
+    print("\nsamples: {}  mean latency: {:.3f} ms/sample (batch {})".format(
+        len(x), summary["mean_ms_per_sample"], args.batch_size))
+    if summary["accuracy"] is not None:
+        print("accuracy: {:.2%}".format(summary["accuracy"]))
+    return 0
+
+
+def add_validate_arguments(p):
+    p.add_argument("bundle", help="path to NAME.edgebundle")
+    p.add_argument("--check", action="store_true",
+                   help="also run the reference inputs and compare every exit's outputs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def cmd_validate(args):
+    """Verify the manifest and every file hash; with --check, the reference outputs too."""
+    from edgesdk.bundle import read_bundle
+    from edgesdk.errors import IntegrityError
+    bundle = read_bundle(args.bundle)
+    out = {"bundle": bundle.root, "files": len(bundle.manifest["files"]), "hashes": "ok"}
+    if args.check:
+        from edgesdk.runtime.engine import EdgeModel
+        from edgesdk.runtime.reference import check_reference
+        out["reference"] = check_reference(EdgeModel(bundle))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print("{}: manifest and {} file hashes ok".format(bundle.root, out["files"]))
+        if args.check:
+            ref = out["reference"]
+            print("reference check ({} samples, atol={} rtol={}): {}; max abs error per exit: {}".format(
+                ref["samples"], ref["atol"], ref["rtol"], "passed" if ref["passed"] else "FAILED",
+                ", ".join("{:.3g}".format(e) for e in ref["max_abs_error"])))
+    if args.check and not out["reference"]["passed"]:
+        raise IntegrityError("reference outputs do not match: the bundle's graphs or this "
+                             "machine's executor produce different results than at conversion")
+    return 0
+
+
+def run_command(func, args, prog):
+    """Run a command function; map EdgeSDKError to its exit code with a message on stderr."""
+    try:
+        return func(args)
+    except EdgeSDKError as exc:
+        sys.stderr.write("{}: error: {}\n".format(prog, exc))
+        return exc.exit_code
+
+
+def main(argv=None):
+    """Entry point of the standalone runtime (`python3 edgesdk-runtime.pyz run|validate ...`)."""
+    parser = argparse.ArgumentParser(prog="edgesdk-runtime",
+                                     description="Run and validate edgesdk bundles on a device.")
+    sub = parser.add_subparsers(dest="command")
+    sub.required = True  # Python 3.6 has no add_subparsers(required=...)
+    add_run_arguments(sub.add_parser("run", help="run a bundle over inputs"))
+    add_validate_arguments(sub.add_parser("validate", help="check a bundle's integrity"))
+    args = parser.parse_args(argv)
+    func = {"run": cmd_run, "validate": cmd_validate}[args.command]
+    return run_command(func, args, "edgesdk-runtime " + args.command)

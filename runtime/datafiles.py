@@ -1,0 +1,67 @@
+"""Read runtime inputs from files: an ``.npz`` (key ``x``, optional ``y``) or a folder of images.
+
+``x`` of a floating dtype is taken as model-ready input; integer ``x`` (raw pixels) goes
+through the bundle's preprocessing. Images are read with Pillow when it is installed,
+converted to grey or RGB as the preprocessing's channel count says, and resized to the
+model's input size. Python 3.6 compatible.
+"""
+import os
+import zipfile
+
+import numpy as np
+
+from edgesdk.deps import require
+from edgesdk.errors import InputError
+from edgesdk.runtime.inputs import preprocess
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff")
+
+
+def load_npz(path):
+    """``(x, y or None)`` from an .npz file (never unpickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "x" not in data.files:
+                raise InputError("{} has arrays {}; it needs 'x' (inputs) and optionally 'y' "
+                                 "(integer labels)".format(path, data.files))
+            return data["x"], (data["y"] if "y" in data.files else None)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InputError("cannot read {} as .npz: {}".format(path, exc))
+
+
+def load_image_folder(path, spec):
+    """``(raw uint8 images (N, H, W[, C]), file names)`` from a folder, sorted by name."""
+    image = require("PIL.Image", "images", "read image folders")
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
+    if not names:
+        raise InputError("{} holds no images ({})".format(path, ", ".join(IMAGE_EXTENSIONS)))
+    pre = spec.get("preprocessing") or {}
+    channels = len(pre.get("mean", [1]))
+    height, width = spec["shape"][2], spec["shape"][3]
+    arrays = []
+    for name in names:
+        try:
+            with image.open(os.path.join(path, name)) as img:
+                img = img.convert("L" if channels == 1 else "RGB").resize((width, height))
+                arrays.append(np.asarray(img, dtype=np.uint8))
+        except OSError as exc:
+            raise InputError("cannot read image {}: {}".format(name, exc))
+    return np.stack(arrays), names
+
+
+def load_inputs(path, spec):
+    """``(model-ready float32 x, labels or None, sample names)`` for an .npz or image folder."""
+    if os.path.isdir(path):
+        raw, names = load_image_folder(path, spec)
+        return preprocess(raw, spec), None, names
+    if not os.path.isfile(path):
+        raise InputError("input '{}' does not exist".format(path))
+    if not path.endswith(".npz"):
+        raise InputError("input '{}' must be an .npz file or a folder of images".format(path))
+    x, y = load_npz(path)
+    if x.dtype.kind in "ui":
+        x = preprocess(x, spec)
+    if y is not None and (y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(x)):
+        raise InputError("{}: 'y' must be integer labels, one per sample ({}), got shape {} "
+                         "dtype {}".format(path, len(x), list(y.shape), y.dtype))
+    return x, y, [str(i) for i in range(len(x))]

@@ -1,0 +1,125 @@
+"""The CLI in-process: convert -> inspect -> validate -> calibrate -> run, and exit codes."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import snapshot
+from edgesdk.cli import main
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = os.path.join(HERE, "models.py") + ":TinyNet"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, trained_tiny, mnist_split):
+    """Weights and .npz data files as a user would have them."""
+    d = tmp_path_factory.mktemp("cli")
+    torch.save(trained_tiny.state_dict(), str(d / "w.pt"))
+    _, (x, y) = mnist_split
+    raw = np.clip(x[:, 0] * 0.3081 + 0.1307, 0, 1) * 255.0
+    np.savez(str(d / "cal.npz"), x=np.round(raw).astype(np.uint8), y=y)
+    np.savez(str(d / "few.npz"), x=x[:5], y=y[:5])
+    return d
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_end_to_end(files, tmp_path, capsys):
+    b = tmp_path / "tiny.edgebundle"
+    code, out, _ = cli(capsys, "convert", "--model", MODEL, "--weights", files / "w.pt",
+                       "--stages-attr", "blocks", "--heads-attr", "exits",
+                       "--example-data", files / "cal.npz", "--mean", "0.1307", "--std", "0.3081",
+                       "-o", b, "--json")
+    assert code == 0
+    rep = json.loads(out)
+    assert len(rep["max_abs_error"]) == 3 and max(rep["max_abs_error"]) < 1e-4
+
+    code, out, _ = cli(capsys, "inspect", b)
+    assert code == 0
+    for word in ("stage0", "exit2", "max-softmax", "always", "uncalibrated", "sha256"):
+        assert word in out
+    code, out, _ = cli(capsys, "inspect", b, "--json")
+    assert json.loads(out)["name"] == "tiny"
+
+    code, out, _ = cli(capsys, "validate", b, "--check")
+    assert code == 0 and "passed" in out
+
+    code, out, _ = cli(capsys, "calibrate", b, "--data", files / "cal.npz",
+                       "--max-accuracy-drop", "1", "--json")
+    assert code == 0
+    cal = json.loads(out)
+    assert cal["mean_cost_fraction"] < 1 and cal["accuracy"] >= cal["final_exit_accuracy"] - 0.01
+
+    code, out, _ = cli(capsys, "run", b, files / "cal.npz", "--batch-size", "32", "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["summary"]["samples"] == 600
+    assert abs(res["summary"]["accuracy"] - cal["accuracy"]) < 1e-9   # same data, same thresholds
+    assert res["summary"]["exit_counts"][0] > 0
+    assert res["samples"][0].keys() >= {"label", "exit", "confidence", "true_label", "class"} - {"class"}
+
+    code, out, _ = cli(capsys, "run", b, files / "few.npz", "--no-early-exit")
+    assert code == 0 and "exit 2" in out and "accuracy" in out and "true_label" in out
+
+    code, out, _ = cli(capsys, "run", b, files / "few.npz", "--thresholds", "0.0,none,none", "--json")
+    assert json.loads(out)["summary"]["exit_counts"] == [5, 0, 0]
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["convert"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["frobnicate"])
+    assert e.value.code == 2
+
+
+def test_user_errors_exit_4_with_message(tmp_path, files, bundle, capsys):
+    code, _, err = cli(capsys, "run", tmp_path / "missing.edgebundle", files / "few.npz")
+    assert code == 4 and "edgesdk run: error:" in err and "not a bundle directory" in err
+    code, _, err = cli(capsys, "run", bundle, files / "few.npz", "--thresholds", "0.5")
+    assert code == 4 and "expected 3 thresholds" in err
+    before = snapshot(bundle)
+    code, _, err = cli(capsys, "calibrate", bundle, "--data", files / "few.npz",
+                       "--max-cost-fraction", "0.0001")
+    assert code == 4 and "cheapest achievable" in err
+    assert snapshot(bundle) == before
+    code, _, err = cli(capsys, "convert", "--model", "nosuchmodule:Net", "--input-shape", "1,28,28",
+                       "-o", tmp_path / "x.edgebundle")
+    assert code == 4 and "cannot import 'nosuchmodule'" in err
+    code, _, err = cli(capsys, "convert", "--model", MODEL, "--input-shape", "1,28,28",
+                       "-o", tmp_path / "x.edgebundle")
+    assert code == 4 and "--stages-attr" in err
+    assert not (tmp_path / "x.edgebundle").exists()
+
+
+def test_tampered_bundle_fails_validate(bundle, capsys):
+    with open(os.path.join(bundle, "heads", "exit0.onnx"), "ab") as f:
+        f.write(b"\0")
+    code, _, err = cli(capsys, "validate", bundle)
+    assert code == 4 and "heads/exit0.onnx" in err
+
+
+def test_missing_dependency_exits_5(bundle, tmp_path, capsys, monkeypatch):
+    (tmp_path / "imgs").mkdir()
+    monkeypatch.setitem(sys.modules, "PIL", None)   # makes `import PIL.Image` fail
+    monkeypatch.delitem(sys.modules, "PIL.Image", raising=False)
+    code, _, err = cli(capsys, "run", bundle, tmp_path / "imgs")
+    assert code == 5 and "pip install 'edgesdk[images]'" in err
+
+
+def test_help_lists_every_verb(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for verb in ("convert", "calibrate", "run", "inspect", "validate", "pack-runtime"):
+        assert verb in out

@@ -1,0 +1,75 @@
+"""The hand-written manifest validator: every rule names the JSON path it found wrong."""
+import copy
+import json
+
+import pytest
+
+from edgesdk import manifest as mf
+from edgesdk.bundle import read_bundle, seal_manifest
+from edgesdk.errors import ManifestError, SchemaVersionError
+
+
+@pytest.fixture
+def good(bundle_master):
+    return copy.deepcopy(read_bundle(bundle_master).manifest)
+
+
+def test_converted_manifest_is_valid_and_sealed(good):
+    assert mf.validate(good) is good
+    assert mf.content_digest(good) == good["manifest_sha256"]
+    assert good["schema_version"] == mf.SCHEMA_VERSION
+    assert set(good["files"]) == {e["file"] for e in good["stages"] + good["exits"]} | {
+        good["reference"]["file"]}
+
+
+@pytest.mark.parametrize("mutate, path", [
+    (lambda m: m.pop("stages"), "missing required key 'stages'"),
+    (lambda m: m.update(num_classes="10"), "$.num_classes"),
+    (lambda m: m.update(num_classes=True), "$.num_classes: expected an integer, got a boolean"),
+    (lambda m: m["stages"][0].update(format="tflite"), "$.stages[0].format"),
+    (lambda m: m["stages"][1].update(macs=-1), "$.stages[1].macs"),
+    (lambda m: m["exits"][0].update(after_stage=2), "$.exits[0].after_stage"),
+    (lambda m: m["exits"].pop(), "$.exits: expected one exit per stage"),
+    (lambda m: m["exits"][0].update(threshold="high"), "$.exits[0].threshold"),
+    (lambda m: m["inputs"][0].update(shape=[None, 1, 0, 28]), "$.inputs[0].shape[2]"),
+    (lambda m: m["inputs"][0].update(dtype="uint8"), "$.inputs[0].dtype"),
+    (lambda m: m["inputs"][0]["preprocessing"].update(std=[0.0]), "$.inputs[0].preprocessing.std"),
+    (lambda m: m["stages"][0].update(id="Stage 0"), "$.stages[0].id"),
+    (lambda m: m["exits"][1].update(id="stage0"), "$.exits[1].id"),
+    (lambda m: m["stages"][0].update(file="stages/other.onnx"), "not listed in $.files"),
+    (lambda m: m["files"]["stages/stage0.onnx"].update(sha256="ABC"), ".sha256"),
+    (lambda m: m.update(manifest_sha256=123), "$.manifest_sha256"),
+    (lambda m: m.update(schema_version=0), "$.schema_version"),
+    (lambda m: m.update(stages=[]), "$.stages"),
+])
+def test_invalid_manifest_names_the_path(good, mutate, path):
+    mutate(good)
+    with pytest.raises(ManifestError) as err:
+        mf.validate(good)
+    assert path in str(err.value)
+
+
+@pytest.mark.parametrize("bad", ["../outside.onnx", "/etc/passwd", "stages/../../x.onnx",
+                                 "stages\\x.onnx", "C:/x.onnx", "stages//x.onnx", "./x.onnx"])
+def test_paths_must_stay_inside_the_bundle(good, bad):
+    entry = good["files"].pop("stages/stage0.onnx")
+    good["files"][bad] = entry
+    good["stages"][0]["file"] = bad
+    with pytest.raises(ManifestError) as err:
+        mf.validate(good)
+    assert "$.files['{}']".format(bad) in str(err.value)
+
+
+def test_newer_schema_is_refused_with_the_fix(good):
+    good["schema_version"] = mf.SCHEMA_VERSION + 1
+    with pytest.raises(SchemaVersionError) as err:
+        mf.validate(good)
+    assert "Upgrade edgesdk" in str(err.value)
+
+
+def test_digest_ignores_key_order_and_formatting(good):
+    shuffled = json.loads(json.dumps(good, sort_keys=False, indent=3))
+    assert mf.content_digest(shuffled) == mf.content_digest(good)
+    good["exits"][0]["threshold"] = 0.5
+    assert mf.content_digest(good) != good["manifest_sha256"]
+    assert seal_manifest(good)["manifest_sha256"] == mf.content_digest(good)

@@ -1,0 +1,70 @@
+"""Layering: the device runtime imports no host code and stays Python 3.6 compatible."""
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEAVY = ("torch", "onnx", "onnxruntime", "tvm", "tensorrt", "hls4ml", "cv2", "PIL", "matplotlib")
+HOST = ("edgesdk.converters", "edgesdk.targets", "edgesdk.cli")
+# The core modules the runtime imports (also what the standalone runtime zipapp carries).
+from edgesdk.runtime_pack import CORE_MODULES  # noqa: E402
+
+
+def _modules_after(code):
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint('\\n'.join(sys.modules))"],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(out.stdout.split())
+
+
+def test_importing_the_runtime_pulls_in_no_host_code_or_heavy_packages():
+    mods = _modules_after("import edgesdk.runtime")
+    assert not {m for m in mods if m.split(".")[0] in HEAVY}
+    assert not {m for m in mods if m.startswith(HOST)}
+
+
+def test_import_edgesdk_and_cli_help_are_cheap():
+    mods = _modules_after("import edgesdk, edgesdk.cli; edgesdk.cli.build_parser()")
+    assert not {m for m in mods if m.split(".")[0] in HEAVY}
+
+
+def _imports(path):
+    tree = ast.parse(open(path).read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+def _runtime_files():
+    files = [os.path.join(ROOT, "edgesdk", m) for m in CORE_MODULES]
+    for d, _, names in os.walk(os.path.join(ROOT, "runtime")):
+        files += [os.path.join(d, n) for n in names if n.endswith(".py")]
+    return files
+
+
+def test_runtime_sources_never_import_host_packages():
+    for path in _runtime_files():
+        bad = [m for m in _imports(path) if m.startswith(HOST)]
+        assert not bad, "{} imports {}".format(path, bad)
+
+
+def test_converters_and_targets_do_not_import_the_cli():
+    for pkg in ("converters", "targets"):
+        for d, _, names in os.walk(os.path.join(ROOT, pkg)):
+            for n in names:
+                if n.endswith(".py"):
+                    assert not [m for m in _imports(os.path.join(d, n)) if m.startswith("edgesdk.cli")]
+
+
+def test_runtime_is_python36_compatible():
+    vermin = pytest.importorskip("vermin")
+    assert vermin
+    proc = subprocess.run([sys.executable, "-m", "vermin", "-t=3.6-", "--no-tips", "--violations",
+                           "--eval-annotations", "--backport", "typing"] + _runtime_files(),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
