@@ -46,6 +46,8 @@ class TwoScaleStage(nn.Module):
 
     def forward(self, *state):
         x = state[0]
+        if len(state) == 2:  # fold the coarse map of the previous stage in (global context)
+            x = x + state[1].mean(dim=(2, 3), keepdim=True)
         return self.fine(x), self.coarse(x)
 
 

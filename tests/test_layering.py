@@ -1,10 +1,10 @@
 """Layering: the device runtime imports no host code and stays Python 3.6 compatible."""
 import ast
 import os
+import shutil
 import subprocess
 import sys
 
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAVY = ("torch", "onnx", "onnxruntime", "tvm", "tensorrt", "hls4ml", "cv2", "PIL", "matplotlib")
@@ -62,9 +62,9 @@ def test_converters_and_targets_do_not_import_the_cli():
 
 
 def test_runtime_is_python36_compatible():
-    vermin = pytest.importorskip("vermin")
-    assert vermin
-    proc = subprocess.run([sys.executable, "-m", "vermin", "-t=3.6-", "--no-tips", "--violations",
-                           "--eval-annotations", "--backport", "typing"] + _runtime_files(),
-                          capture_output=True, text=True)
+    vermin = shutil.which("vermin", path=os.path.dirname(sys.executable)) or shutil.which("vermin")
+    assert vermin, "vermin is part of the dev extra (make test installs it)"
+    proc = subprocess.run([vermin, "-t=3.6-", "--no-tips", "--violations", "--eval-annotations"]
+                          + _runtime_files(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Minimum required versions" in proc.stdout

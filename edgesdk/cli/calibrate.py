@@ -1,8 +1,9 @@
 """Choose per-exit thresholds on labelled held-out data (.npz with 'x' and 'y').
 
 Give one objective: --max-accuracy-drop POINTS (cheapest thresholds within that many
-percentage points of the final exit's accuracy) or --max-cost-fraction F (best accuracy at a
-mean cost of at most F of the full model; cost = counted MACs).
+percentage points of the final exit's accuracy, held with --confidence, default 0.99) or
+--max-cost-fraction F (best accuracy at a mean cost of at most F of the full model; cost =
+counted MACs).
 """
 import json
 
@@ -16,6 +17,9 @@ def add_arguments(p):
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--max-accuracy-drop", type=float, metavar="POINTS")
     goal.add_argument("--max-cost-fraction", type=float, metavar="F")
+    p.add_argument("--confidence", type=float, default=0.99,
+                   help="confidence that the accuracy drop stays within --max-accuracy-drop "
+                        "(default 0.99; 0 compares point estimates)")
     p.add_argument("--policy", help="switch every exit to this policy (max-softmax, entropy, margin)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -31,7 +35,8 @@ def run(args):
     if y is None:
         raise InputError("{} has no 'y' labels; calibration needs labelled data".format(args.data))
     res = calibrate(args.bundle, x, y, max_accuracy_drop=args.max_accuracy_drop,
-                    max_cost_fraction=args.max_cost_fraction, policy=args.policy,
+                    max_cost_fraction=args.max_cost_fraction, confidence=args.confidence,
+                    policy=args.policy,
                     threads=args.threads, progress=not args.json)
     p = res.point
     if args.json:

@@ -29,7 +29,23 @@ def test_min_cost_within_accuracy_drop(bundle, mnist_split):
     chosen = model.bundle.manifest["exits"][0]["chosen_from"]
     assert chosen["method"] == "calibrate" and chosen["data"]["samples"] == len(y)
     assert chosen["objective"] == {"kind": "min-cost-within-accuracy-drop",
-                                   "max_accuracy_drop_points": 1.0}
+                                   "max_accuracy_drop_points": 1.0, "confidence": 0.99}
+
+
+def test_confidence_bound_holds_and_costs_more_than_point_estimates(bundle, mnist_split):
+    from statistics import NormalDist
+    _, (x, y) = mnist_split
+    model = load_bundle(bundle)
+    sim = simulator_for(model, model.exit_probabilities(x), y)
+    final = sim.evaluate([None] * sim.k).accuracy
+    loose, _ = choose_thresholds(sim, max_accuracy_drop=0.5, confidence=0)
+    strict, obj = choose_thresholds(sim, max_accuracy_drop=0.5, confidence=0.99)
+    assert final - loose.accuracy <= 0.005 + 1e-12
+    assert final - strict.accuracy + NormalDist().inv_cdf(0.99) * strict.drop_se <= 0.005 + 1e-12
+    assert strict.drop_se > 0 and strict.mean_cost >= loose.mean_cost
+    assert obj["confidence"] == 0.99
+    with pytest.raises(InputError, match="confidence"):
+        choose_thresholds(sim, max_accuracy_drop=0.5, confidence=1.0)
 
 
 def test_best_accuracy_under_cost_budget(bundle, mnist_split):
@@ -88,7 +104,7 @@ def test_simulator_on_a_hand_made_case():
     # samples 0, 1 leave at exit 0 (cost 11); 2, 3 go on (cost 10 + 1 + 30 + 2 = 43)
     assert on.exit_fractions == [0.5, 0.5] and on.mean_cost == (2 * 11 + 2 * 43) / 4
     assert on.accuracy == 0.75
-    point, _ = choose_thresholds(sim, max_accuracy_drop=0)
+    point, _ = choose_thresholds(sim, max_accuracy_drop=0, confidence=0)
     assert point.accuracy == 1.0 and point.thresholds[0] is not None and point.mean_cost < 42
     ent = ExitSimulator([p0, p1], y, Entropy(), [10, 30], [1, 2])
     assert ent.evaluate([0.25, None]).exit_fractions == [0.25, 0.75]

@@ -14,7 +14,7 @@ def test_preprocess_layouts_agree():
     raw = np.random.default_rng(0).integers(0, 256, (3, 28, 28)).astype(np.uint8)
     a = preprocess(raw, SPEC)
     assert a.shape == (3, 1, 28, 28) and a.dtype == np.float32
-    np.testing.assert_allclose(a[:, 0], (raw / 255.0 - 0.5) / 0.25, rtol=1e-5)
+    np.testing.assert_allclose(a[:, 0], (raw / 255.0 - 0.5) / 0.25, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(preprocess(raw[..., None], SPEC), a)
     np.testing.assert_array_equal(preprocess(raw[:, None], SPEC), a)
     with pytest.raises(InputError, match="3 channel"):
