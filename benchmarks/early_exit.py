@@ -80,7 +80,7 @@ def main(argv=None):
     parser.add_argument("--workdir", default=os.path.join(SAMPLE, "out"),
                         help="sample output folder (trained weights are reused from there)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--samples", type=int, default=1000, help="test images to time on")
     args = parser.parse_args(argv)
 

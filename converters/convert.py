@@ -184,7 +184,7 @@ def _write(tmp, output, stages, heads, structure, example, reference, ref_logits
                     entry["output_shapes"] = [[None] + list(s[1:]) for s in structure.state_shapes[k]]
                 else:
                     last = k == n_exits - 1
-                    entry.update({"after_stage": k, "policy": pol.name,
+                    entry.update({"output_shapes": [[None, structure.num_classes]], "after_stage": k, "policy": pol.name,
                                   "threshold": None if last else thr,
                                   "chosen_from": {"method": "final exit" if last else
                                                   ("user" if thr is not None else "uncalibrated")}})

@@ -1,7 +1,7 @@
 """manifest.json: the schema, a hand-written validator and the content digest.
 
 Read on the device with the standard library's json; every message names the JSON path that
-is wrong and what is accepted. ``schema/manifest.schema.json`` mirrors these rules for tools.
+is wrong and what is accepted. ``manifest.schema.json`` beside this module mirrors these rules for tools.
 Python 3.6 compatible.
 """
 import hashlib
@@ -110,6 +110,14 @@ def _check_graph(entry, path, files):
     macs = _get(entry, "macs", path, (int,))
     if macs < 0:
         _fail(path + ".macs", "must be >= 0")
+    shapes = _get(entry, "output_shapes", path, (list,))
+    if len(shapes) != len(entry["outputs"]):
+        _fail(path + ".output_shapes", "expected one shape per output ({})".format(len(entry["outputs"])))
+    for i, shape in enumerate(shapes):
+        p = "{}.output_shapes[{}]".format(path, i)
+        _check_shape(shape, p)
+        if shape[0] is not None or None in shape[1:]:
+            _fail(p, "expected a dynamic batch dimension (null) followed by fixed dimensions")
 
 
 def _check_shape(shape, path):

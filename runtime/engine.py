@@ -63,17 +63,16 @@ class EdgeModel(object):
         self.stages = [self._graph(s, threads) for s in m["stages"]]
         self.heads = [self._graph(e, threads) for e in m["exits"]]
         self.policies = [get_policy(e["policy"]) for e in m["exits"]]
+        self.num_exits = len(self.heads)
+        self._no_exit = [None] * self.num_exits
         self.thresholds = [self.policies[k].check_threshold(
             e["threshold"], self.num_classes, "manifest.json: $.exits[{}].threshold".format(k))
             for k, e in enumerate(m["exits"])]
 
     def _graph(self, entry, threads):
         executor = EXECUTORS.get(entry["format"])
-        return executor(self.bundle.path(entry["file"]), entry["inputs"], entry["outputs"], threads)
-
-    @property
-    def num_exits(self):
-        return len(self.heads)
+        return executor(self.bundle.path(entry["file"]), entry["inputs"], entry["outputs"],
+                        entry["output_shapes"], threads)
 
     def resolve_thresholds(self, thresholds):
         """Validate a user list of per-exit thresholds (None disables an exit)."""
@@ -94,36 +93,45 @@ class EdgeModel(object):
         """
         start = time.perf_counter()
         x = check_batch(x, self.input_spec)
-        thr = self.resolve_thresholds(thresholds) if early_exit else [None] * self.num_exits
+        thr = self.resolve_thresholds(thresholds) if early_exit else self._no_exit
         n, last = x.shape[0], self.num_exits - 1
-        labels = np.full(n, -1, dtype=np.int64)
-        probs = np.zeros((n, self.num_classes), dtype=np.float32)
-        exit_index = np.full(n, -1, dtype=np.int64)
-        stage_ms = np.full((n, self.num_exits), np.nan, dtype=np.float64)
-        alive = np.arange(n)
-        state = (x,)
+        probs = np.empty((n, self.num_classes), dtype=np.float32)
+        exit_index = np.empty(n, dtype=np.int64)
+        stage_ms = np.full((n, self.num_exits), np.nan)
+        if n == 0:
+            return RunResult(np.zeros(0, dtype=np.int64), probs, exit_index, stage_ms, 0.0)
+        # ``alive`` stays None while every sample is still in the batch: plain slices then,
+        # no index arrays (this loop's own cost matters at batch 1).
+        alive, state = None, (x,)
         for k in range(self.num_exits):
-            if alive.size == 0:
-                break
             t0 = time.perf_counter()
-            state = tuple(self.stages[k].run(state))
-            done = None
+            state = self.stages[k].run(state)
             if k == last or thr[k] is not None:
                 p = softmax(self.heads[k].run(state)[0])
-                done = slice(None) if k == last else self.policies[k].exits(p, thr[k])
-            stage_ms[alive, k] = (time.perf_counter() - t0) * 1000.0 / alive.size
-            if done is None:
-                continue
-            idx = alive[done]
-            if idx.size:
+                if k == last:
+                    rows = slice(None) if alive is None else alive
+                    probs[rows] = p
+                    exit_index[rows] = k
+                    done = None
+                else:
+                    done = self.policies[k].exits(p, thr[k])
+            else:
+                done = None
+            ms = (time.perf_counter() - t0) * 1000.0
+            if alive is None:
+                stage_ms[:, k] = ms / n
+            else:
+                stage_ms[alive, k] = ms / alive.size
+            if done is not None and done.any():
+                idx = np.flatnonzero(done) if alive is None else alive[done]
                 probs[idx] = p[done]
-                labels[idx] = p[done].argmax(axis=1)
                 exit_index[idx] = k
-                if k < last:
-                    keep = ~done
-                    alive = alive[keep]
-                    state = tuple(s[keep] for s in state)
-        return RunResult(labels, probs, exit_index, stage_ms,
+                keep = ~done
+                alive = np.flatnonzero(keep) if alive is None else alive[keep]
+                if alive.size == 0:
+                    break
+                state = [s[keep] for s in state]
+        return RunResult(probs.argmax(axis=1), probs, exit_index, stage_ms,
                          (time.perf_counter() - start) * 1000.0)
 
     def run_one(self, sample, thresholds=None, early_exit=True):
@@ -145,7 +153,7 @@ class EdgeModel(object):
         for i in range(0, x.shape[0], batch_size):
             state = (x[i:i + batch_size],)
             for k in range(self.num_exits):
-                state = tuple(self.stages[k].run(state))
+                state = self.stages[k].run(state)
                 out[k].append(self.heads[k].run(state)[0])
             if progress:
                 progress(min(batch_size, x.shape[0] - i))

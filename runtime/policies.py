@@ -12,9 +12,8 @@ from edgesdk.registry import Registry
 
 
 def softmax(logits):
-    """Row-wise softmax in float32, stable for large logits."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
+    """Row-wise softmax (a new array), stable for large logits."""
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
     z /= z.sum(axis=1, keepdims=True)
     return z
 

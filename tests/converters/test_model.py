@@ -101,3 +101,10 @@ def test_unused_state_tensor_is_reported(tmp_path):
     with pytest.raises(ModelStructureError, match="does not use its input 1"):
         convert(model, torch.randn(2, 1, 28, 28), str(tmp_path / "m.edgebundle"), progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_structure_error_at_conversion_writes_nothing(tmp_path):
+    model = MultiExitModel(stages=[conv(1, 8), conv(4, 8)], heads=[Head(8), Head(8)])
+    with pytest.raises(ModelStructureError, match="cannot take stage 0's output"):
+        convert(model, torch.randn(2, 1, 28, 28), str(tmp_path / "m.edgebundle"), progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -73,3 +73,24 @@ def test_digest_ignores_key_order_and_formatting(good):
     good["exits"][0]["threshold"] = 0.5
     assert mf.content_digest(good) != good["manifest_sha256"]
     assert seal_manifest(good)["manifest_sha256"] == mf.content_digest(good)
+
+
+def _schema():
+    import os
+    with open(os.path.join(os.path.dirname(mf.__file__), "manifest.schema.json")) as f:
+        return json.load(f)
+
+
+def test_json_schema_mirror_accepts_real_manifests_and_rejects_bad_ones(good):
+    import jsonschema
+    validator = jsonschema.Draft202012Validator(_schema())
+    assert list(validator.iter_errors(good)) == []
+    for mutate in (lambda m: m["stages"][0].update(format="tflite"),
+                   lambda m: m.update(num_classes=1),
+                   lambda m: m["files"].update({"../x": {"sha256": "0" * 64, "bytes": 1}}),
+                   lambda m: m["inputs"][0].update(shape=[None, 0])):
+        bad = copy.deepcopy(good)
+        mutate(bad)
+        assert list(validator.iter_errors(bad)), "schema accepted a manifest the validator refuses"
+        with pytest.raises(ManifestError):
+            mf.validate(bad)
