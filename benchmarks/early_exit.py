@@ -82,13 +82,14 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--samples", type=int, default=1000, help="test images to time on")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs if no weights exist")
     args = parser.parse_args(argv)
 
     import torch
     from run import prepare
     from edgesdk.runtime import load_bundle, preprocess
     torch.set_num_threads(args.threads)
-    splits, model, bundle, cal = prepare(args.workdir, threads=args.threads)
+    splits, model, bundle, cal = prepare(args.workdir, epochs=args.epochs, threads=args.threads)
     edge = load_bundle(bundle, threads=args.threads)
     x = preprocess(splits["test"][0], edge.input_spec)[:args.samples]
     y = splits["test"][1][:args.samples]

@@ -1,0 +1,46 @@
+"""The MNIST sample and the benchmark run end to end (1 training epoch, few samples)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "samples", "mnist_early_exit", "run.py"),
+                           "--out", str(out), "--epochs", "1"],
+                          capture_output=True, text=True, timeout=900)
+    return out, proc
+
+
+def test_sample_trains_converts_calibrates_runs_and_plots(sample_run):
+    out, proc = sample_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for text in ("accuracy alone", "early exits off", "calibrated exits", "latency ratio"):
+        assert text in proc.stdout
+    png = out / "accuracy_vs_latency.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
+    from edgesdk.runtime import check_reference, load_bundle
+    model = load_bundle(str(out / "mnist_resnet.edgebundle"))
+    assert check_reference(model)["passed"]
+    assert model.bundle.manifest["exits"][0]["chosen_from"]["method"] == "calibrate"
+
+
+def test_benchmark_prints_the_json_summary_last(sample_run):
+    out, _ = sample_run
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "early_exit.py"),
+                           "--workdir", str(out), "--epochs", "1", "--samples", "64",
+                           "--rounds", "1"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("staged_vs_monolithic_b1", "staged_vs_monolithic_b64", "early_exit_vs_monolithic_b1",
+                "early_exit_vs_monolithic_b64", "accuracy_monolithic", "accuracy_early_exit",
+                "accuracy_drop_points"):
+        assert isinstance(summary[key], (int, float)), key
+    assert summary["samples"] == 64 and sum(summary["exit_counts"]) == 64
+    assert "reusing trained weights" in proc.stderr   # the sample's weights, not a retrain
