@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench venv runtime-zip clean
+.PHONY: demo test bench venv runtime-zip clean
 
 venv: $(STAMP)
 
@@ -26,10 +26,7 @@ demo: venv
 	$(PY) samples/mnist_early_exit/run.py
 
 test: venv
-	$(PY) -m pytest -q -m "not slow"
-
-test-slow: venv
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q
 
 bench: venv
 	$(PY) benchmarks/early_exit.py

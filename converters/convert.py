@@ -69,8 +69,8 @@ def _as_tensor(x, what):
 def _versions():
     out = {"edgesdk": edgesdk.__version__, "python": platform.python_version(),
            "machine": platform.machine()}
-    for mod in ("torch", "onnx", "onnxruntime"):
-        out[mod] = require(mod, "onnx" if mod != "torch" else "torch", "convert models").__version__
+    for mod, extra in (("torch", "torch"), ("onnx", "onnx"), ("onnxruntime", "onnx")):
+        out[mod] = require(mod, extra, "convert models").__version__
     return out
 
 

@@ -13,7 +13,7 @@ from edgesdk.converters import MultiExitModel, convert
 from edgesdk.converters.macs import count_macs
 from edgesdk.errors import BundleError, ConversionError, InputError, UnknownNameError
 from edgesdk.runtime import load_bundle
-from models import Head, TinyNet, conv, two_scale_model
+from models import Head, TinyNet, two_scale_model
 
 
 def test_bundle_layout_opset_and_verification(bundle_master):
