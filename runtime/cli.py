@@ -1,4 +1,4 @@
-"""`run` and `validate`: the device-side commands.
+"""`run`, `validate` and `profile`: the device-side commands.
 
 The host CLI (`edgesdk run`, `edgesdk validate`) and the standalone runtime
 (`python3 edgesdk-runtime.pyz run ...`) both use these, so a board without the host SDK
@@ -123,6 +123,86 @@ def cmd_validate(args):
     return 0
 
 
+def add_profile_arguments(p):
+    p.add_argument("bundle", nargs="?", help="path to NAME.edgebundle")
+    p.add_argument("--list-sensors", action="store_true", help="list this machine's power sensors")
+    p.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default 1)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls per graph (default 10)")
+    p.add_argument("--repeats", type=int, default=50, help="timed calls per graph (default 50)")
+    p.add_argument("--data", help=".npz with 'x' (and 'y') for an end-to-end early-exit run")
+    p.add_argument("--no-sensor", action="store_true", help="measure latency only")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _list_sensors(args):
+    from edgesdk.runtime.power import probe_sensors
+    sensors = [s.describe() for s in probe_sensors()]
+    if args.json:
+        print(json.dumps({"sensors": sensors}))
+    elif not sensors:
+        print("no sensor: no Jetson INA3221, power_supply, readable RAPL or NVML energy counter "
+              "found; profiles will have latency but no energy")
+    else:
+        print(format_table(["sensor", "rail", "kind", "total", "source"],
+                           [[d["sensor"], d["rail"], d["kind"], "yes" if d["total"] else "",
+                             d["source"]] for d in sensors]))
+    return 0
+
+
+def pick_sensor(disabled):
+    """The board-total sensor to measure with (first found), or None."""
+    if disabled:
+        return None
+    from edgesdk.runtime.power import probe_sensors
+    totals = [s for s in probe_sensors() if s.total]
+    return totals[0] if totals else None
+
+
+def cmd_profile(args):
+    """Profile every stage and head of a bundle (and optionally an end-to-end run)."""
+    if args.list_sensors:
+        return _list_sensors(args)
+    if not args.bundle:
+        raise InputError("give a bundle to profile (or --list-sensors)")
+    from edgesdk.progress import Progress
+    from edgesdk.runtime.datafiles import load_inputs
+    from edgesdk.runtime.engine import load_bundle
+    from edgesdk.runtime.profiler import profile_end_to_end, profile_graphs
+    try:
+        batches = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        raise InputError("--batch-sizes must be comma-separated integers, e.g. 1,8,64")
+    model = load_bundle(args.bundle, threads=args.threads)
+    sensor = pick_sensor(args.no_sensor)
+    total = 2 * model.num_exits * len(batches)
+    with Progress(total, "profiling", enabled=not args.json) as bar:
+        rows = profile_graphs(model, batches, args.warmup, args.repeats, sensor,
+                              progress=lambda row: bar.update(note=row["graph"]))
+    out = {"bundle": model.bundle.root, "sensor": sensor.describe() if sensor else None,
+           "graphs": rows}
+    if args.data:
+        x, y, _ = load_inputs(args.data, model.input_spec)
+        out["end_to_end"] = profile_end_to_end(model, x, y, sensor=sensor)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print("sensor: {}".format("{} {}".format(sensor.name, sensor.rail) if sensor else
+                              "no sensor (latency only, energy not measured)"))
+    print(format_table(
+        ["graph", "batch", "mean ms", "p50", "p90", "p99", "std", "energy mJ", "peak RSS MiB"],
+        [[r["graph"], r["batch"], "{:.3f}".format(r["mean_ms"]), "{:.3f}".format(r["p50_ms"]),
+          "{:.3f}".format(r["p90_ms"]), "{:.3f}".format(r["p99_ms"]), "{:.3f}".format(r["std_ms"]),
+          "{:.3f}".format(r["energy_mj"]) if r["energy_mj"] is not None else r["energy_status"],
+          "{:.0f}".format(r["peak_rss_mb"]) if r["peak_rss_mb"] else "?"] for r in rows]))
+    e2e = out.get("end_to_end")
+    if e2e:
+        print("\nend to end ({} samples, batch 1): {:.3f} ms/sample, exits {}{}".format(
+            e2e["samples"], e2e["mean_ms_per_sample"], e2e["exit_counts"],
+            ", accuracy {:.2%}".format(e2e["accuracy"]) if e2e["accuracy"] is not None else ""))
+    return 0
+
+
 def run_command(func, args, prog):
     """Run a command function; map EdgeSDKError to its exit code with a message on stderr."""
     try:
@@ -133,13 +213,14 @@ def run_command(func, args, prog):
 
 
 def main(argv=None):
-    """Entry point of the standalone runtime (`python3 edgesdk-runtime.pyz run|validate ...`)."""
+    """Entry point of the standalone runtime (`python3 edgesdk-runtime.pyz run|validate|profile`)."""
     parser = argparse.ArgumentParser(prog="edgesdk-runtime",
                                      description="Run and validate edgesdk bundles on a device.")
     sub = parser.add_subparsers(dest="command")
     sub.required = True  # Python 3.6 has no add_subparsers(required=...)
     add_run_arguments(sub.add_parser("run", help="run a bundle over inputs"))
     add_validate_arguments(sub.add_parser("validate", help="check a bundle's integrity"))
+    add_profile_arguments(sub.add_parser("profile", help="measure stages and heads on this device"))
     args = parser.parse_args(argv)
-    func = {"run": cmd_run, "validate": cmd_validate}[args.command]
+    func = {"run": cmd_run, "validate": cmd_validate, "profile": cmd_profile}[args.command]
     return run_command(func, args, "edgesdk-runtime " + args.command)

@@ -54,8 +54,10 @@ def load_inputs(path, spec):
     if os.path.isdir(path):
         raw, names = load_image_folder(path, spec)
         return preprocess(raw, spec), None, names
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise InputError("input '{}' does not exist".format(path))
+    if not os.path.isfile(path):
+        raise InputError("input '{}' is neither a regular file nor a folder".format(path))
     if not path.endswith(".npz"):
         raise InputError("input '{}' must be an .npz file or a folder of images".format(path))
     x, y = load_npz(path)

@@ -18,6 +18,7 @@ VERBS = {
     "run": ("run", "run a bundle over an .npz file or a folder of images"),
     "inspect": ("inspect", "summarise a bundle: stages, exits, thresholds, sizes, hashes"),
     "validate": ("validate", "check a bundle's hashes (and reference outputs with --check)"),
+    "profile": ("profile", "measure latency (and energy) of every stage and head on this machine"),
     "pack-runtime": ("pack_runtime", "write the standalone device runtime (.pyz)"),
 }
 

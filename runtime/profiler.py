@@ -1,0 +1,132 @@
+"""Measure a loaded bundle on this device: every stage and exit head, per batch size.
+
+Latency: warm-up, then ``repeats`` timed calls (mean, std, p50/p90/p99). Memory: the
+process's peak resident set after the graph ran (what the OS had to give; ONNX Runtime's own
+allocations are invisible to Python's tracers). Energy: where a power sensor exists, the
+timed calls run again inside an :class:`EnergyMeter` window of at least ``min_window_s`` (a
+board's power monitor updates every few milliseconds), with the idle power measured just
+before reported beside it. No sensor: energy fields are None and the status says "no sensor".
+Python 3.6 compatible.
+"""
+import time
+
+import numpy as np
+
+from edgesdk.errors import InputError
+from edgesdk.runtime.power.meter import EnergyMeter, idle_power
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
+
+
+def peak_rss_mb():
+    """The process's peak resident set size in MiB (Linux reports KiB), or None."""
+    if resource is None:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def latency_stats(ms):
+    """Summary of per-call latencies in milliseconds."""
+    a = np.asarray(ms, dtype=np.float64)
+    return {"mean_ms": float(a.mean()), "std_ms": float(a.std()), "p50_ms": float(np.percentile(a, 50)),
+            "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
+            "min_ms": float(a.min()), "repeats": int(a.size)}
+
+
+def example_batch(model, batch):
+    """A model input of ``batch`` samples: the bundle's reference inputs, repeated as needed."""
+    ref = model.bundle.manifest.get("reference")
+    if ref is not None:
+        with np.load(model.bundle.path(ref["file"]), allow_pickle=False) as data:
+            x = data["input"]
+    else:
+        shape = [d for d in model.input_spec["shape"][1:]]
+        x = np.random.RandomState(0).standard_normal([1] + shape).astype(np.float32)
+    reps = -(-batch // x.shape[0])
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch], dtype=np.float32)
+
+
+def graph_inputs(model, batch):
+    """``[(kind, index, graph, input tensors), ...]`` for every stage and head at ``batch``."""
+    out, state = [], (example_batch(model, batch),)
+    for k in range(model.num_exits):
+        out.append(("stage", k, model.stages[k], state))
+        state = tuple(model.stages[k].run(state))
+        out.append(("exit", k, model.heads[k], state))
+    return out
+
+
+def _time_calls(graph, tensors, warmup, repeats):
+    for _ in range(warmup):
+        graph.run(tensors)
+    ms = []
+    clock = time.perf_counter
+    for _ in range(repeats):
+        t0 = clock()
+        graph.run(tensors)
+        ms.append((clock() - t0) * 1000.0)
+    return ms
+
+
+def _energy(graph, tensors, sensor, mean_ms, min_window_s):
+    calls = max(1, int(min_window_s * 1000.0 / max(mean_ms, 1e-3)))
+    with EnergyMeter(sensor) as meter:
+        for _ in range(calls):
+            graph.run(tensors)
+    r = meter.result
+    return (r.energy_j * 1000.0 / calls if r.energy_j is not None else None), r.status
+
+
+def profile_graphs(model, batch_sizes=(1,), warmup=10, repeats=50, sensor=None,
+                   min_window_s=0.5, progress=None):
+    """One row (a dict) per stage/head and batch size; see the module docstring.
+
+    ``progress`` is called after each row.
+    """
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise InputError("batch sizes must be integers >= 1, got {}".format(list(batch_sizes)))
+    if warmup < 0 or repeats < 1:
+        raise InputError("need warmup >= 0 and repeats >= 1")
+    idle = idle_power(sensor, seconds=min(1.0, 2 * min_window_s)) if sensor is not None else None
+    rows = []
+    for batch in batch_sizes:
+        for kind, k, graph, tensors in graph_inputs(model, int(batch)):
+            entry = (model.bundle.manifest["stages"] if kind == "stage" else
+                     model.bundle.manifest["exits"])[k]
+            stats = latency_stats(_time_calls(graph, tensors, warmup, repeats))
+            energy_mj, status = (None, "no sensor")
+            if sensor is not None:
+                energy_mj, status = _energy(graph, tensors, sensor, stats["mean_ms"], min_window_s)
+            row = {"graph": entry["id"], "kind": kind, "index": k, "batch": int(batch),
+                   "build": entry["format"], "precision": "fp32", "macs": entry["macs"],
+                   "peak_rss_mb": peak_rss_mb(), "energy_mj": energy_mj,
+                   "idle_power_w": idle, "energy_status": status}
+            row.update(stats)
+            rows.append(row)
+            if progress:
+                progress(row)
+    return rows
+
+
+def profile_end_to_end(model, x, y=None, batch_size=1, sensor=None):
+    """Run real inputs through the early-exit runtime; per-sample exits and the totals."""
+    exits, labels = [], []
+    with EnergyMeter(sensor) as meter:
+        for i in range(0, len(x), batch_size):
+            r = model.run(x[i:i + batch_size])
+            exits.append(r.exit_index)
+            labels.append(r.labels)
+    exits = np.concatenate(exits) if exits else np.zeros(0, np.int64)
+    labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    res = meter.result
+    n = max(len(x), 1)
+    return {"samples": int(len(x)), "batch_size": batch_size,
+            "thresholds": model.thresholds, "exit_index": exits.tolist(),
+            "exit_counts": np.bincount(exits, minlength=model.num_exits).tolist(),
+            "mean_ms_per_sample": res.seconds * 1000.0 / n,
+            "accuracy": float((labels == y).mean()) if y is not None and len(y) else None,
+            "energy_mj_per_sample": res.energy_j * 1000.0 / n if res.energy_j is not None else None,
+            "energy_status": res.status}
