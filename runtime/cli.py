@@ -131,6 +131,7 @@ def add_profile_arguments(p):
     p.add_argument("--repeats", type=int, default=50, help="timed calls per graph (default 50)")
     p.add_argument("--data", help=".npz with 'x' (and 'y') for an end-to-end early-exit run")
     p.add_argument("--no-sensor", action="store_true", help="measure latency only")
+    p.add_argument("--db", help="profile database (SQLite) to record the rows in")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -159,6 +160,24 @@ def pick_sensor(disabled):
     return totals[0] if totals else None
 
 
+def _recorder(db, model, sensor):
+    """A function storing one profiled graph's rows (committed at once), or a no-op."""
+    if not db:
+        return lambda row: None
+    import datetime
+    from edgesdk.profiles import ProfileStore, device_description, device_fingerprint, rows_from_profile
+    store = ProfileStore(db)
+    desc = device_description()
+    device = device_fingerprint(desc)
+    store.add_device(device, desc)
+    sensor_name = "{} {}".format(sensor.name, sensor.rail) if sensor else "none"
+
+    def record(row):
+        now = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        store.write(rows_from_profile([row], model.bundle.manifest, device, sensor_name, now))
+    return record
+
+
 def cmd_profile(args):
     """Profile every stage and head of a bundle (and optionally an end-to-end run)."""
     if args.list_sensors:
@@ -175,10 +194,13 @@ def cmd_profile(args):
         raise InputError("--batch-sizes must be comma-separated integers, e.g. 1,8,64")
     model = load_bundle(args.bundle, threads=args.threads)
     sensor = pick_sensor(args.no_sensor)
+    record = _recorder(args.db, model, sensor)
     total = 2 * model.num_exits * len(batches)
     with Progress(total, "profiling", enabled=not args.json) as bar:
-        rows = profile_graphs(model, batches, args.warmup, args.repeats, sensor,
-                              progress=lambda row: bar.update(note=row["graph"]))
+        def done(row):
+            record(row)
+            bar.update(note=row["graph"])
+        rows = profile_graphs(model, batches, args.warmup, args.repeats, sensor, progress=done)
     out = {"bundle": model.bundle.root, "sensor": sensor.describe() if sensor else None,
            "graphs": rows}
     if args.data:

@@ -73,3 +73,20 @@ def test_cli_profile_json_and_sensor_listing(bundle_master, capsys):
     assert main(["profile"]) == 4
     assert "--list-sensors" in capsys.readouterr().err
     assert main(["profile", bundle_master, "--batch-sizes", "one"]) == 4
+
+
+def test_cli_profile_into_a_database_and_profiles_verbs(bundle_master, tmp_path, capsys):
+    db, csv_path, db2 = (str(tmp_path / n) for n in ("p.sqlite", "p.csv", "q.sqlite"))
+    assert main(["profile", bundle_master, "--repeats", "2", "--warmup", "0", "--db", db, "--json"]) == 0
+    capsys.readouterr()
+    assert main(["profiles", "show", db, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    graphs = {r["graph"] for r in shown["rows"]}
+    assert graphs == {"stage0", "stage1", "stage2", "exit0", "exit1", "exit2"}
+    assert len(shown["rows"]) == 6 * 7 and len(shown["devices"]) == 1
+    energy = [r for r in shown["rows"] if r["metric"] == "energy_mj"]
+    assert all(r["value"] is None and r["sensor"] == "none" for r in energy)
+    assert main(["profiles", "export", db, csv_path]) == 0
+    assert main(["profiles", "import", db2, csv_path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["imported"] == 42
+    assert main(["profiles", "export", db]) == 4

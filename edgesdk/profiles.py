@@ -1,0 +1,256 @@
+"""The profile store: measured costs in SQLite (stdlib), shared by the device and the host.
+
+One row per (device, target, bundle graphs sha256, graph, build, precision, batch,
+resolution, metric) with the value (NULL = not measured, e.g. energy without a sensor), the
+sensor, the SDK version and the time. Re-measuring replaces a row; merging keeps the newer.
+WAL journaling and one transaction per write: a profiler killed mid-run loses nothing that
+was committed and leaves a readable database. CSV/JSON export and import. Python 3.6.
+"""
+import csv
+import hashlib
+import json
+import os
+import platform
+import sqlite3
+
+import edgesdk
+from edgesdk.errors import EdgeSDKError, InputError
+
+STORE_FORMAT = "edgesdk-profiles"
+STORE_VERSION = 1
+KEY = ("device", "target", "bundle_sha256", "graph", "build", "precision", "batch",
+       "resolution", "metric")
+COLUMNS = KEY + ("value", "sensor", "sdk_version", "measured_at")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, description TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS measurements (
+    device TEXT NOT NULL, target TEXT NOT NULL, bundle_sha256 TEXT NOT NULL,
+    graph TEXT NOT NULL, build TEXT NOT NULL, precision TEXT NOT NULL,
+    batch INTEGER NOT NULL, resolution TEXT NOT NULL, metric TEXT NOT NULL,
+    value REAL, sensor TEXT NOT NULL, sdk_version TEXT NOT NULL, measured_at TEXT NOT NULL,
+    PRIMARY KEY (device, target, bundle_sha256, graph, build, precision, batch, resolution, metric)
+);
+"""
+
+
+class ProfileStoreError(EdgeSDKError):
+    """The database is corrupt, foreign, newer than this SDK, or cannot be written."""
+
+
+def graphs_sha256(manifest):
+    """Identity of a bundle's graphs (stage and head files): what a profile measured.
+
+    Thresholds and other manifest fields may change without invalidating profiles; a changed
+    graph file changes this hash.
+    """
+    h = hashlib.sha256()
+    for entry in manifest["stages"] + manifest["exits"]:
+        h.update(entry["id"].encode("utf-8"))
+        h.update(manifest["files"][entry["file"]]["sha256"].encode("ascii"))
+    return h.hexdigest()
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    return line.split(":", 1)[1].strip()
+    except (IOError, OSError):
+        pass
+    return platform.processor() or "unknown cpu"
+
+
+def device_description():
+    """What identifies this device: host name, architecture, CPU model, cores, OS."""
+    return {"hostname": platform.node(), "machine": platform.machine(), "cpu": _cpu_model(),
+            "cores": os.cpu_count(), "system": platform.system(), "release": platform.release()}
+
+
+def device_fingerprint(description=None):
+    """A short stable id for a device description (16 hex digits)."""
+    desc = description or device_description()
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+class ProfileStore(object):
+    """An open profile database. ``ProfileStore(path)`` creates it if missing."""
+
+    def __init__(self, path, create=True):
+        self.path = path
+        if not create and not os.path.exists(path):
+            raise ProfileStoreError("profile database '{}' does not exist".format(path))
+        try:
+            self.db = sqlite3.connect(path, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables and "meta" not in tables:
+                raise ProfileStoreError(
+                    "'{}' is an SQLite database but not an edgesdk profile store (tables: {})".format(
+                        path, ", ".join(sorted(tables))))
+            with self.db:
+                self.db.executescript(_SCHEMA)
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (STORE_FORMAT,))
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)", (str(STORE_VERSION),))
+            meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        except sqlite3.DatabaseError as exc:
+            raise ProfileStoreError("'{}' cannot be used as a profile database: {}".format(path, exc))
+        if meta.get("format") != STORE_FORMAT:
+            raise ProfileStoreError("'{}' is not an edgesdk profile store (format {!r})".format(
+                path, meta.get("format")))
+        if int(meta.get("version", "0")) > STORE_VERSION:
+            raise ProfileStoreError("'{}' was written by a newer edgesdk (store version {}); this "
+                                    "edgesdk reads up to {}: upgrade edgesdk".format(
+                                        path, meta["version"], STORE_VERSION))
+
+    def close(self):
+        self.db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def add_device(self, fingerprint, description):
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO devices VALUES (?, ?)",
+                            (fingerprint, json.dumps(description, sort_keys=True)))
+
+    def write(self, rows, keep_newer=False):
+        """Insert rows (dicts with :data:`COLUMNS`) in one transaction; all or nothing.
+
+        ``keep_newer``: where a row with the same key exists, keep whichever was measured later
+        (merging stores); otherwise the new row replaces it (re-profiling).
+        """
+        clean = [validate_row(r, i) for i, r in enumerate(rows)]
+        sql = "INSERT OR REPLACE INTO measurements ({}) VALUES ({})".format(
+            ", ".join(COLUMNS), ", ".join("?" * len(COLUMNS)))
+        with self.db:
+            for row in clean:
+                if keep_newer:
+                    old = self.db.execute(
+                        "SELECT measured_at FROM measurements WHERE {}".format(
+                            " AND ".join("{} = ?".format(k) for k in KEY)),
+                        [row[k] for k in KEY]).fetchone()
+                    if old is not None and old[0] >= row["measured_at"]:
+                        continue
+                self.db.execute(sql, [row[c] for c in COLUMNS])
+        return len(clean)
+
+    def rows(self, **where):
+        """Rows (dicts) matching ``column=value`` filters, in key order."""
+        for k in where:
+            if k not in COLUMNS:
+                raise InputError("unknown profile column '{}'; columns: {}".format(k, ", ".join(COLUMNS)))
+        sql = "SELECT {} FROM measurements".format(", ".join(COLUMNS))
+        if where:
+            sql += " WHERE " + " AND ".join("{} = ?".format(k) for k in where)
+        sql += " ORDER BY " + ", ".join(KEY)
+        return [dict(zip(COLUMNS, r)) for r in self.db.execute(sql, list(where.values()))]
+
+    def devices(self):
+        return {d: json.loads(desc) for d, desc in self.db.execute("SELECT device, description FROM devices")}
+
+
+def validate_row(row, index=0):
+    """A measurement row with every column of the right type; InputError names the row."""
+    if not isinstance(row, dict):
+        raise InputError("profile row {}: expected an object, got {}".format(index, type(row).__name__))
+    missing = [c for c in COLUMNS if c not in row]
+    if missing:
+        raise InputError("profile row {}: missing column(s) {}".format(index, ", ".join(missing)))
+    out = {}
+    for c in COLUMNS:
+        v = row[c]
+        if c == "batch":
+            try:
+                v = int(v)
+            except (TypeError, ValueError):
+                raise InputError("profile row {}: batch {!r} is not an integer".format(index, v))
+            if v < 1:
+                raise InputError("profile row {}: batch must be >= 1".format(index))
+        elif c == "value":
+            if v in (None, ""):
+                v = None
+            else:
+                try:
+                    v = float(v)
+                except (TypeError, ValueError):
+                    raise InputError("profile row {}: value {!r} is not a number".format(index, v))
+                if v != v or v in (float("inf"), float("-inf")):
+                    raise InputError("profile row {}: value must be finite".format(index))
+        elif not isinstance(v, str) or not v:
+            raise InputError("profile row {}: {} must be a non-empty string".format(index, c))
+        out[c] = v
+    return out
+
+
+def export_rows(store, path):
+    """Write every row to ``path`` (.csv or .json); returns the row count."""
+    rows = store.rows()
+    tmp = path + ".tmp"
+    if path.endswith(".json"):
+        with open(tmp, "w") as f:
+            json.dump({"format": STORE_FORMAT, "version": STORE_VERSION, "devices": store.devices(),
+                       "rows": rows}, f, indent=1)
+    elif path.endswith(".csv"):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(COLUMNS))
+            w.writeheader()
+            for r in rows:
+                w.writerow(dict(r, value="" if r["value"] is None else repr(r["value"])))
+    else:
+        raise InputError("export to .csv or .json, not '{}'".format(path))
+    os.replace(tmp, path)
+    return len(rows)
+
+
+def read_rows(path):
+    """``(rows, devices)`` from a .csv, .json or another profile database (.sqlite/.db)."""
+    if not os.path.isfile(path):
+        raise InputError("'{}' does not exist".format(path))
+    if path.endswith(".json"):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except ValueError as exc:
+            raise InputError("{} is not valid JSON: {}".format(path, exc))
+        if not isinstance(data, dict) or data.get("format") != STORE_FORMAT or not isinstance(
+                data.get("rows"), list):
+            raise InputError("{} is not an edgesdk profile export (format/rows missing)".format(path))
+        return data["rows"], data.get("devices") or {}
+    if path.endswith(".csv"):
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or set(COLUMNS) - set(reader.fieldnames):
+                raise InputError("{}: CSV header must have the columns {}".format(path, ", ".join(COLUMNS)))
+            return list(reader), {}
+    with ProfileStore(path, create=False) as other:
+        return other.rows(), other.devices()
+
+
+def merge_into(store, path):
+    """Import rows from a file or another database, keeping the newer of duplicates."""
+    rows, devices = read_rows(path)
+    for fingerprint, desc in devices.items():
+        store.add_device(fingerprint, desc)
+    return store.write(rows, keep_newer=True)
+
+
+def rows_from_profile(graph_rows, manifest, device, sensor_name, measured_at, resolution=None):
+    """Store rows for the profiler's per-graph results (one per metric)."""
+    res = resolution or "x".join(str(d) for d in manifest["inputs"][0]["shape"][2:]) or "-"
+    out = []
+    for g in graph_rows:
+        for metric in ("mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "peak_rss_mb", "energy_mj"):
+            out.append({"device": device, "target": manifest["target"],
+                        "bundle_sha256": graphs_sha256(manifest), "graph": g["graph"],
+                        "build": g["build"], "precision": g["precision"], "batch": g["batch"],
+                        "resolution": res, "metric": metric, "value": g.get(metric),
+                        "sensor": sensor_name, "sdk_version": edgesdk.__version__,
+                        "measured_at": measured_at})
+    return out
