@@ -52,6 +52,7 @@ class CalibrationResult:
     objective: dict
     policy: str
     samples: int
+    unit: str = "MACs"
 
     @property
     def cost_fraction(self):
@@ -158,24 +159,33 @@ def exit_probabilities(model, x, batch_size=256, progress=True):
         return model.exit_probabilities(x, batch_size=batch_size, progress=bar.update)
 
 
-def simulator_for(model, probs, y, policy_name=None):
-    """An :class:`ExitSimulator` for a loaded bundle (MAC costs from its manifest)."""
+def simulator_for(model, probs, y, policy_name=None, costs=None):
+    """An :class:`ExitSimulator` for a loaded bundle.
+
+    ``costs``: a measured :class:`~edgesdk.converters.cost_model.CostTable`; default: the
+    MACs counted in the manifest.
+    """
     from edgesdk.runtime.policies import get_policy
     m = model.bundle.manifest
     policy = get_policy(policy_name or m["exits"][0]["policy"])
-    return ExitSimulator(probs, y, policy, [s["macs"] for s in m["stages"]],
-                         [e["macs"] for e in m["exits"]])
+    if costs is None:
+        return ExitSimulator(probs, y, policy, [s["macs"] for s in m["stages"]],
+                             [e["macs"] for e in m["exits"]])
+    return ExitSimulator(probs, y, policy, costs.stage, costs.head)
 
 
-def choose_thresholds(sim, max_accuracy_drop=None, max_cost_fraction=None, confidence=0.99):
+def choose_thresholds(sim, max_accuracy_drop=None, max_cost_fraction=None, confidence=0.99,
+                      max_mean_cost=None, unit="MACs"):
     """Search thresholds for one objective; returns (OperatingPoint, objective dict).
 
-    ``confidence`` applies to ``max_accuracy_drop``: the drop's one-sided upper confidence
-    bound at this level must be within the allowed drop (0 compares point estimates).
+    Objectives: ``max_accuracy_drop`` (points), ``max_cost_fraction`` (of the full model's
+    cost) or ``max_mean_cost`` (absolute, in the simulator's cost ``unit``). ``confidence``
+    applies to ``max_accuracy_drop``: the drop's one-sided upper confidence bound at this
+    level must be within the allowed drop (0 compares point estimates).
     """
-    if (max_accuracy_drop is None) == (max_cost_fraction is None):
-        raise InputError("give exactly one objective: max_accuracy_drop (points) or "
-                         "max_cost_fraction (of the full model's cost)")
+    if sum(v is not None for v in (max_accuracy_drop, max_cost_fraction, max_mean_cost)) != 1:
+        raise InputError("give exactly one objective: max_accuracy_drop (points), "
+                         "max_cost_fraction (of the full model's cost) or a cost budget")
     final_acc = sim.evaluate([None] * sim.k).accuracy
     eps = 1e-12
     if max_accuracy_drop is not None:
@@ -191,50 +201,80 @@ def choose_thresholds(sim, max_accuracy_drop=None, max_cost_fraction=None, confi
                            [None] * sim.k)
         return point, {"kind": "min-cost-within-accuracy-drop",
                        "max_accuracy_drop_points": max_accuracy_drop, "confidence": confidence}
-    if not 0 < max_cost_fraction <= 1:
-        raise InputError("max_cost_fraction must be in (0, 1]; got {}".format(max_cost_fraction))
-    budget = max_cost_fraction * sim.full_cost
+    if max_cost_fraction is not None:
+        if not 0 < max_cost_fraction <= 1:
+            raise InputError("max_cost_fraction must be in (0, 1]; got {}".format(max_cost_fraction))
+        budget = max_cost_fraction * sim.full_cost
+        objective = {"kind": "max-accuracy-within-cost", "max_cost_fraction": max_cost_fraction}
+    else:
+        if not max_mean_cost > 0:
+            raise InputError("the cost budget must be > 0; got {}".format(max_mean_cost))
+        budget = float(max_mean_cost)
+        objective = {"kind": "max-accuracy-within-cost", "max_mean_cost": budget, "unit": unit}
     # Cheapest setting: every sample leaves at exit 0 (a threshold every score passes).
     lowest = (-np.inf if sim.policy.higher_is_confident else np.inf)
     start = [float(lowest)] + [None] * (sim.k - 1) if sim.k > 1 else [None]
     cheapest = sim.evaluate(start)
     if cheapest.mean_cost > budget + eps:
         raise CalibrationError(
-            "a mean cost of {:.1%} of the full model cannot be met: the cheapest achievable is "
-            "{:.1%} (every sample leaving at exit 0)".format(
-                max_cost_fraction, cheapest.mean_cost / sim.full_cost))
+            "a mean cost of {:.4g} {} ({:.1%} of the full model) cannot be met: the cheapest "
+            "achievable is {:.4g} {} ({:.1%}), every sample leaving at exit 0".format(
+                budget, unit, budget / sim.full_cost, cheapest.mean_cost, unit,
+                cheapest.mean_cost / sim.full_cost))
     point = sim.search(lambda p: p.mean_cost <= budget + eps,
                        lambda p, b: (-p.accuracy, p.mean_cost) < (-b.accuracy, b.mean_cost),
                        start)
-    return point, {"kind": "max-accuracy-within-cost", "max_cost_fraction": max_cost_fraction}
+    return point, objective
 
 
 def calibrate(bundle_path, x, y, *, max_accuracy_drop=None, max_cost_fraction=None,
-              confidence=0.99, policy=None, batch_size=256, threads=None, progress=True):
+              confidence=0.99, policy=None, profile=None, device=None, budget_latency_ms=None,
+              budget_energy_mj=None, p99=False, batch=1, batch_size=256, threads=None,
+              progress=True):
     """Choose per-exit thresholds on labelled data and write them into the bundle's manifest.
 
     Exactly one objective: ``max_accuracy_drop`` (percentage points below the final exit's
-    accuracy on this data, held with ``confidence``) or ``max_cost_fraction`` (mean cost as a
-    fraction of the full model's). ``policy`` switches every exit to another exit policy. The manifest is replaced
+    accuracy on this data, held with ``confidence``), ``max_cost_fraction`` (mean cost as a
+    fraction of the full model's), or, with a measured ``profile`` database,
+    ``budget_latency_ms`` / ``budget_energy_mj`` (mean per sample at ``batch``; ``p99`` sums
+    per-graph p99 latencies instead of means, a conservative bound). With ``profile`` the
+    costs are the measured ones of ``device`` (needed when the database holds several). ``policy`` switches every exit to another exit policy. The manifest is replaced
     atomically; on any error it is left as it was.
     """
     from edgesdk.runtime.engine import load_bundle
     model = load_bundle(bundle_path, threads=threads)
     y = _check_data(x, y, model.num_classes)
+    costs, unit, budget = None, "MACs", None
+    if budget_latency_ms is not None or budget_energy_mj is not None:
+        if profile is None:
+            raise InputError("latency and energy budgets need measured costs: give profile= "
+                             "(--profile DB from `edgesdk profile --db`)")
+        if budget_latency_ms is not None and budget_energy_mj is not None:
+            raise InputError("give one budget: latency or energy")
+        budget = budget_latency_ms if budget_latency_ms is not None else budget_energy_mj
+    if profile is not None:
+        from edgesdk.converters.cost_model import cost_table
+        metric = "energy_mj" if budget_energy_mj is not None else ("p99_ms" if p99 else "mean_ms")
+        costs = cost_table(profile, model.bundle.manifest, metric, device, batch)
+        unit = costs.unit
     probs = exit_probabilities(model, x, batch_size, progress)
-    sim = simulator_for(model, probs, y, policy)
-    point, objective = choose_thresholds(sim, max_accuracy_drop, max_cost_fraction, confidence)
+    sim = simulator_for(model, probs, y, policy, costs)
+    point, objective = choose_thresholds(sim, max_accuracy_drop, max_cost_fraction, confidence,
+                                         max_mean_cost=budget, unit=unit)
     # Thresholds of -inf/inf (everything leaves) become the policy's range end in JSON.
     lo, hi = sim.policy.valid_range(model.num_classes)
     point.thresholds = [None if t is None else float(min(max(t, lo), hi)) for t in point.thresholds]
     point = sim.evaluate(point.thresholds)
     result = CalibrationResult(point, sim.evaluate([None] * sim.k).accuracy, sim.full_cost,
-                               objective, sim.policy.name, len(y))
+                               objective, sim.policy.name, len(y), unit)
     chosen = {"method": "calibrate", "objective": objective,
-              "cost_model": "counted MACs per stage and head",
+              "cost_model": ("counted MACs per stage and head" if costs is None else
+                             "measured {} per stage and head".format(costs.metric)),
+              "profile": costs.record() if costs is not None else None,
               "data": {"samples": len(y), "sha256": data_sha256(x, y)},
               "expected": {"accuracy": point.accuracy, "final_exit_accuracy": result.final_exit_accuracy,
                            "mean_cost_fraction": result.cost_fraction,
+                           "mean_cost": point.mean_cost, "unit": unit,
                            "exit_fractions": point.exit_fractions}}
 
     def change(manifest):

@@ -1,9 +1,11 @@
 """Choose per-exit thresholds on labelled held-out data (.npz with 'x' and 'y').
 
 Give one objective: --max-accuracy-drop POINTS (cheapest thresholds within that many
-percentage points of the final exit's accuracy, held with --confidence, default 0.99) or
---max-cost-fraction F (best accuracy at a mean cost of at most F of the full model; cost =
-counted MACs).
+percentage points of the final exit's accuracy, held with --confidence, default 0.99),
+--max-cost-fraction F (best accuracy at a mean cost of at most F of the full model), or with
+--profile DB (measured by `edgesdk profile --db`) --budget-latency-ms MS / --budget-energy-mj MJ
+(best accuracy whose predicted mean cost per sample meets the measured budget). Costs are
+counted MACs without --profile, the device's measured table with it.
 """
 import json
 
@@ -17,6 +19,12 @@ def add_arguments(p):
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--max-accuracy-drop", type=float, metavar="POINTS")
     goal.add_argument("--max-cost-fraction", type=float, metavar="F")
+    goal.add_argument("--budget-latency-ms", type=float, metavar="MS")
+    goal.add_argument("--budget-energy-mj", type=float, metavar="MJ")
+    p.add_argument("--profile", metavar="DB", help="profile database with this bundle's measured costs")
+    p.add_argument("--device", help="device fingerprint in the database (when it holds several)")
+    p.add_argument("--p99", action="store_true", help="budget per-graph p99 latencies, not means")
+    p.add_argument("--batch", type=int, default=1, help="batch size the costs are taken at (default 1)")
     p.add_argument("--confidence", type=float, default=0.99,
                    help="confidence that the accuracy drop stays within --max-accuracy-drop "
                         "(default 0.99; 0 compares point estimates)")
@@ -36,13 +44,16 @@ def run(args):
         raise InputError("{} has no 'y' labels; calibration needs labelled data".format(args.data))
     res = calibrate(args.bundle, x, y, max_accuracy_drop=args.max_accuracy_drop,
                     max_cost_fraction=args.max_cost_fraction, confidence=args.confidence,
-                    policy=args.policy,
+                    policy=args.policy, profile=args.profile, device=args.device,
+                    budget_latency_ms=args.budget_latency_ms, budget_energy_mj=args.budget_energy_mj,
+                    p99=args.p99, batch=args.batch,
                     threads=args.threads, progress=not args.json)
     p = res.point
     if args.json:
         print(json.dumps({"thresholds": p.thresholds, "accuracy": p.accuracy,
                           "final_exit_accuracy": res.final_exit_accuracy,
-                          "mean_cost_fraction": res.cost_fraction,
+                          "mean_cost_fraction": res.cost_fraction, "mean_cost": p.mean_cost,
+                          "unit": res.unit,
                           "exit_fractions": p.exit_fractions, "objective": res.objective,
                           "policy": res.policy, "samples": res.samples}))
         return 0
@@ -50,7 +61,9 @@ def run(args):
              ("off" if t is None else "{:.6g}".format(t)), "{:.1%}".format(f)]
             for k, (t, f) in enumerate(zip(p.thresholds, p.exit_fractions))]
     print(format_table(["exit", res.policy + " threshold", "samples leaving"], rows))
-    print("\non {} samples: accuracy {:.2%} (final exit alone {:.2%}), mean cost {:.1%} of the "
-          "full model".format(res.samples, p.accuracy, res.final_exit_accuracy, res.cost_fraction))
+    print("\non {} samples: accuracy {:.2%} (final exit alone {:.2%}), predicted mean cost "
+          "{:.4g} {} per sample, {:.1%} of the full model".format(
+              res.samples, p.accuracy, res.final_exit_accuracy, p.mean_cost, res.unit,
+              res.cost_fraction))
     print("thresholds written to {}".format(args.bundle))
     return 0

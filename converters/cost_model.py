@@ -1,0 +1,100 @@
+"""Measured costs for the cost model: per-stage and per-head latency or energy from a profile store.
+
+The expected cost of a bundle under thresholds is sum over stages of P(sample reaches stage k)
+x (cost of stage k + its head when the head runs): :class:`ExitSimulator` computes exactly that
+from the tables built here. Batch sizes that were not measured are interpolated linearly in the
+per-sample cost between the nearest measured sizes, and flagged.
+"""
+from dataclasses import dataclass, field
+
+from edgesdk.errors import InputError
+from edgesdk.profiles import ProfileStore, ProfileStoreError, graphs_sha256
+
+METRICS = {"latency": "mean_ms", "latency-p99": "p99_ms", "energy": "energy_mj"}
+
+
+@dataclass
+class CostTable:
+    """Per-sample cost of each stage and head (``unit``: ms or mJ) on one device."""
+
+    metric: str
+    unit: str
+    stage: list
+    head: list
+    device: str
+    bundle_sha256: str
+    batch: int
+    interpolated: bool
+    measured_at: list = field(default_factory=list)   # [oldest, newest] row times
+    db: str = ""
+
+    def record(self):
+        """What goes into the manifest's ``chosen_from``."""
+        return {"db": self.db, "device": self.device, "bundle_sha256": self.bundle_sha256,
+                "metric": self.metric, "batch": self.batch, "interpolated": self.interpolated,
+                "measured_at": self.measured_at, "stage": self.stage, "head": self.head}
+
+
+def _per_sample(points, batch, what):
+    """``{batch: value per call}`` -> per-sample value at ``batch`` and whether interpolated."""
+    if batch in points:
+        return points[batch] / batch, False
+    sizes = sorted(points)
+    lo = max([b for b in sizes if b < batch], default=None)
+    hi = min([b for b in sizes if b > batch], default=None)
+    if lo is None or hi is None:
+        raise InputError("{} was measured at batch sizes {} only; batch {} is outside that range: "
+                         "profile it (edgesdk profile --batch-sizes {})".format(what, sizes, batch, batch))
+    a, b = points[lo] / lo, points[hi] / hi
+    return a + (b - a) * (batch - lo) / float(hi - lo), True
+
+
+def cost_table(db, manifest, metric="mean_ms", device=None, batch=1):
+    """Build the cost table of the bundle described by ``manifest`` from the store at ``db``.
+
+    Refuses, with the reason, a store without rows for this bundle's graphs (another bundle, or
+    the bundle changed since profiling), another or an ambiguous device, and missing values
+    (e.g. energy from a device without a power sensor).
+    """
+    bundle = graphs_sha256(manifest)
+    with ProfileStore(db, create=False) as store:
+        rows = store.rows(bundle_sha256=bundle)
+        if not rows:
+            others = sorted({r["bundle_sha256"][:12] for r in store.rows()})
+            raise ProfileStoreError(
+                "{} has no measurements of this bundle's graphs (sha256 {}); it holds bundles {}. "
+                "The bundle was changed or converted again since it was profiled: profile it "
+                "again (edgesdk profile BUNDLE --db {})".format(db, bundle[:12], others or "none", db))
+    devices = sorted({r["device"] for r in rows})
+    if device is None:
+        if len(devices) > 1:
+            raise InputError("{} has measurements of this bundle from several devices {}; choose "
+                             "one with --device".format(db, devices))
+        device = devices[0]
+    elif device not in devices:
+        raise ProfileStoreError("{} has no measurements of this bundle from device {}; it has {}"
+                                .format(db, device, devices))
+    rows = [r for r in rows if r["device"] == device and r["metric"] == metric]
+    values, times = {}, []
+    for r in rows:
+        if r["value"] is None:
+            raise ProfileStoreError(
+                "{} of {} at batch {} was not measured on device {} (sensor: {}); {}".format(
+                    metric, r["graph"], r["batch"], device, r["sensor"],
+                    "no power sensor there: energy budgets need a board with one"
+                    if metric == "energy_mj" else "profile again"))
+        values.setdefault(r["graph"], {})[r["batch"]] = r["value"]
+        times.append(r["measured_at"])
+    interpolated = False
+    tables = {"stage": [], "head": []}
+    for kind, entries in (("stage", manifest["stages"]), ("head", manifest["exits"])):
+        for e in entries:
+            if e["id"] not in values:
+                raise ProfileStoreError("{} has no {} measurement of {} on device {}".format(
+                    db, metric, e["id"], device))
+            v, interp = _per_sample(values[e["id"]], batch, e["id"])
+            interpolated = interpolated or interp
+            tables[kind].append(v)
+    unit = "mJ" if metric.startswith("energy") else "ms"
+    return CostTable(metric, unit, tables["stage"], tables["head"], device, bundle, batch,
+                     interpolated, [min(times), max(times)], db)

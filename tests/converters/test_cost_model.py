@@ -1,0 +1,77 @@
+"""Measured cost tables from the profile store and calibration against measured budgets."""
+import pytest
+
+from edgesdk.bundle import read_bundle
+from edgesdk.converters import calibrate
+from edgesdk.converters.cost_model import cost_table
+from edgesdk.errors import CalibrationError, InputError
+from edgesdk.profiles import ProfileStore, ProfileStoreError, graphs_sha256
+
+
+def fill(db, manifest, device="board", per_call=None, energy=None, batches=(1, 4)):
+    """Rows as the profiler writes them; latency per call = (k + 1) ms x batch for stage k."""
+    rows = []
+    for kind, entries in (("stage", manifest["stages"]), ("head", manifest["exits"])):
+        for k, e in enumerate(entries):
+            for b in batches:
+                ms = (per_call or {}).get((e["id"], b), ((k + 1.0) if kind == "stage" else 0.1) * b)
+                for metric, value in (("mean_ms", ms), ("p99_ms", 2 * ms), ("energy_mj", energy)):
+                    rows.append({"device": device, "target": "host",
+                                 "bundle_sha256": graphs_sha256(manifest), "graph": e["id"],
+                                 "build": "onnx", "precision": "fp32", "batch": b,
+                                 "resolution": "28x28", "metric": metric, "value": value,
+                                 "sensor": "none" if energy is None else "fake VDD_IN",
+                                 "sdk_version": "0.1.0", "measured_at": "2026-11-22T12:00:00Z"})
+    with ProfileStore(db) as s:
+        s.write(rows)
+
+
+def test_table_values_and_interpolation(bundle, tmp_path):
+    m = read_bundle(bundle).manifest
+    db = str(tmp_path / "p.sqlite")
+    fill(db, m, per_call={("stage0", 4): 2.0})     # stage0: 1 ms/sample at b1, 0.5 at b4
+    t = cost_table(db, m)
+    assert t.stage == [1.0, 2.0, 3.0] and t.head == pytest.approx([0.1] * 3) and not t.interpolated
+    t2 = cost_table(db, m, batch=2)
+    assert t2.interpolated and t2.stage[0] == pytest.approx(1.0 + (0.5 - 1.0) / 3)
+    assert cost_table(db, m, metric="p99_ms").stage == [2.0, 4.0, 6.0]
+    with pytest.raises(InputError, match="batch 8 is outside"):
+        cost_table(db, m, batch=8)
+
+
+def test_refusals_name_the_reason(bundle, tmp_path):
+    m = read_bundle(bundle).manifest
+    db = str(tmp_path / "p.sqlite")
+    fill(db, m, device="tx2")
+    fill(db, m, device="rb5")
+    with pytest.raises(InputError, match=r"several devices \['rb5', 'tx2'\]; choose one with --device"):
+        cost_table(db, m)
+    with pytest.raises(ProfileStoreError, match="from device nano"):
+        cost_table(db, m, device="nano")
+    with pytest.raises(ProfileStoreError, match="no power sensor there"):
+        cost_table(db, m, metric="energy_mj", device="tx2")
+    changed = dict(m, files=dict(m["files"]))
+    changed["files"]["stages/stage2.onnx"] = {"sha256": "f" * 64, "bytes": 1}
+    with pytest.raises(ProfileStoreError, match="changed or converted again since it was profiled"):
+        cost_table(db, changed, device="tx2")
+
+
+def test_calibrate_under_a_measured_latency_budget(bundle, mnist_split, tmp_path):
+    _, (x, y) = mnist_split
+    m = read_bundle(bundle).manifest
+    db = str(tmp_path / "p.sqlite")
+    fill(db, m, energy=0.5)
+    full = 1.0 + 2.0 + 3.0 + 0.1
+    res = calibrate(bundle, x, y, profile=db, budget_latency_ms=0.6 * full, progress=False)
+    assert res.unit == "ms" and res.point.mean_cost <= 0.6 * full + 1e-9
+    assert res.full_cost == pytest.approx(full)
+    chosen = read_bundle(bundle).manifest["exits"][0]["chosen_from"]
+    assert chosen["cost_model"] == "measured mean_ms per stage and head"
+    assert chosen["profile"]["device"] == "board" and chosen["profile"]["db"] == db
+    assert chosen["expected"]["unit"] == "ms"
+    res_e = calibrate(bundle, x, y, profile=db, budget_energy_mj=2.0, progress=False)
+    assert res_e.unit == "mJ" and res_e.point.mean_cost <= 2.0
+    with pytest.raises(CalibrationError, match=r"cheapest achievable is 1\.1 ms"):
+        calibrate(bundle, x, y, profile=db, budget_latency_ms=0.5, progress=False)
+    with pytest.raises(InputError, match="need measured costs"):
+        calibrate(bundle, x, y, budget_latency_ms=1.0, progress=False)
