@@ -2,7 +2,8 @@
 
 The expected cost of a bundle under thresholds is sum over stages of P(sample reaches stage k)
 x (cost of stage k + its head when the head runs): :class:`ExitSimulator` computes exactly that
-from the tables built here. Batch sizes that were not measured are interpolated linearly in the
+from the tables built here. Latency tables add the runtime's own measured work per stage step
+(the profiler's ``runtime`` row) to every stage. Batch sizes that were not measured are interpolated linearly in the
 per-sample cost between the nearest measured sizes, and flagged.
 """
 from dataclasses import dataclass, field
@@ -74,7 +75,8 @@ def cost_table(db, manifest, metric="mean_ms", device=None, batch=1):
     elif device not in devices:
         raise ProfileStoreError("{} has no measurements of this bundle from device {}; it has {}"
                                 .format(db, device, devices))
-    rows = [r for r in rows if r["device"] == device and r["metric"] == metric]
+    rows = [r for r in rows if r["device"] == device and r["metric"] == metric
+            and not (r["graph"] == "runtime" and metric.startswith("energy"))]
     values, times = {}, []
     for r in rows:
         if r["value"] is None:
@@ -95,6 +97,10 @@ def cost_table(db, manifest, metric="mean_ms", device=None, batch=1):
             v, interp = _per_sample(values[e["id"]], batch, e["id"])
             interpolated = interpolated or interp
             tables[kind].append(v)
+    if "runtime" in values:
+        step, interp = _per_sample(values["runtime"], batch, "the runtime's own work")
+        tables["stage"] = [v + step for v in tables["stage"]]
+        interpolated = interpolated or interp
     unit = "mJ" if metric.startswith("energy") else "ms"
     return CostTable(metric, unit, tables["stage"], tables["head"], device, bundle, batch,
                      interpolated, [min(times), max(times)], db)

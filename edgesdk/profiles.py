@@ -254,3 +254,25 @@ def rows_from_profile(graph_rows, manifest, device, sensor_name, measured_at, re
                         "sensor": sensor_name, "sdk_version": edgesdk.__version__,
                         "measured_at": measured_at})
     return out
+
+
+class ProfileRecorder(object):
+    """Stores the profiler's per-graph rows for one bundle on this device as they arrive,
+    each graph in its own transaction (a killed profiler keeps every finished graph)."""
+
+    def __init__(self, db, manifest, sensor_name="none"):
+        import datetime
+        self._now = lambda: datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self.store = ProfileStore(db)
+        self.manifest = manifest
+        self.sensor_name = sensor_name
+        desc = device_description()
+        self.device = device_fingerprint(desc)
+        self.store.add_device(self.device, desc)
+
+    def __call__(self, graph_row):
+        self.store.write(rows_from_profile([graph_row], self.manifest, self.device,
+                                           self.sensor_name, self._now()))
+
+    def close(self):
+        self.store.close()

@@ -7,4 +7,5 @@ Jetson TX2 as shipped (JetPack 4.6).
 from edgesdk.runtime.engine import EdgeModel, RunResult, SampleResult, load_bundle  # noqa: F401
 from edgesdk.runtime.inputs import preprocess  # noqa: F401
 from edgesdk.runtime.policies import POLICIES, get_policy, softmax  # noqa: F401
+from edgesdk.runtime.profiler import profile_end_to_end, profile_graphs  # noqa: F401
 from edgesdk.runtime.reference import check_reference  # noqa: F401

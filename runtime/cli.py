@@ -164,18 +164,9 @@ def _recorder(db, model, sensor):
     """A function storing one profiled graph's rows (committed at once), or a no-op."""
     if not db:
         return lambda row: None
-    import datetime
-    from edgesdk.profiles import ProfileStore, device_description, device_fingerprint, rows_from_profile
-    store = ProfileStore(db)
-    desc = device_description()
-    device = device_fingerprint(desc)
-    store.add_device(device, desc)
-    sensor_name = "{} {}".format(sensor.name, sensor.rail) if sensor else "none"
-
-    def record(row):
-        now = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        store.write(rows_from_profile([row], model.bundle.manifest, device, sensor_name, now))
-    return record
+    from edgesdk.profiles import ProfileRecorder
+    return ProfileRecorder(db, model.bundle.manifest,
+                           "{} {}".format(sensor.name, sensor.rail) if sensor else "none")
 
 
 def cmd_profile(args):
@@ -195,7 +186,7 @@ def cmd_profile(args):
     model = load_bundle(args.bundle, threads=args.threads)
     sensor = pick_sensor(args.no_sensor)
     record = _recorder(args.db, model, sensor)
-    total = 2 * model.num_exits * len(batches)
+    total = (2 * model.num_exits + 1) * len(batches)  # graphs + the runtime's own row
     with Progress(total, "profiling", enabled=not args.json) as bar:
         def done(row):
             record(row)
@@ -214,7 +205,8 @@ def cmd_profile(args):
     print(format_table(
         ["graph", "batch", "mean ms", "p50", "p90", "p99", "std", "energy mJ", "peak RSS MiB"],
         [[r["graph"], r["batch"], "{:.3f}".format(r["mean_ms"]), "{:.3f}".format(r["p50_ms"]),
-          "{:.3f}".format(r["p90_ms"]), "{:.3f}".format(r["p99_ms"]), "{:.3f}".format(r["std_ms"]),
+          "{:.3f}".format(r["p90_ms"]), "{:.3f}".format(r["p99_ms"]),
+          "-" if r["std_ms"] is None else "{:.3f}".format(r["std_ms"]),
           "{:.3f}".format(r["energy_mj"]) if r["energy_mj"] is not None else r["energy_status"],
           "{:.0f}".format(r["peak_rss_mb"]) if r["peak_rss_mb"] else "?"] for r in rows]))
     e2e = out.get("end_to_end")

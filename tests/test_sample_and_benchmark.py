@@ -21,7 +21,8 @@ def sample_run(tmp_path_factory):
 def test_sample_trains_converts_calibrates_runs_and_plots(sample_run):
     out, proc = sample_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for text in ("accuracy alone", "early exits off", "calibrated exits", "latency ratio"):
+    for text in ("accuracy alone", "early exits off", "calibrated exits", "latency ratio",
+                 "cost model: predicted"):
         assert text in proc.stdout
     png = out / "accuracy_vs_latency.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
@@ -29,6 +30,9 @@ def test_sample_trains_converts_calibrates_runs_and_plots(sample_run):
     model = load_bundle(str(out / "mnist_resnet.edgebundle"))
     assert check_reference(model)["passed"]
     assert model.bundle.manifest["exits"][0]["chosen_from"]["method"] == "calibrate"
+    from edgesdk.profiles import ProfileStore
+    with ProfileStore(str(out / "profiles.sqlite"), create=False) as store:
+        assert {r["graph"] for r in store.rows(metric="mean_ms")} >= {"stage0", "exit3", "runtime"}
 
 
 def test_benchmark_prints_the_json_summary_last(sample_run):

@@ -2,7 +2,9 @@
 
 train (or reuse) -> convert to a bundle -> calibrate thresholds on held-out data -> run with
 the device runtime at batch 1 -> per-exit accuracy, exit histogram, latency -> a plot of
-accuracy vs mean latency across thresholds. Outputs go to samples/mnist_early_exit/out/.
+accuracy vs mean latency across thresholds -> profile every stage and head into a profile
+database and compare the cost model's prediction with the measured run. Outputs go to
+samples/mnist_early_exit/out/.
 """
 import argparse
 import json
@@ -17,8 +19,9 @@ sys.path.insert(0, HERE)
 
 from data import PREPROCESSING, load_splits, to_model_input  # noqa: E402
 
-from edgesdk.converters import calibrate, convert  # noqa: E402
-from edgesdk.runtime import load_bundle, preprocess  # noqa: E402
+from edgesdk.converters import calibrate, convert, cost_table, simulator_for  # noqa: E402
+from edgesdk.profiles import ProfileRecorder  # noqa: E402
+from edgesdk.runtime import load_bundle, preprocess, profile_graphs  # noqa: E402
 
 # One max-softmax threshold for every exit, swept for the trade-off plot.
 SWEEP = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999]
@@ -129,6 +132,16 @@ def main(argv=None):
     png = os.path.join(args.out, "accuracy_vs_latency.png")
     plot(points, (ms_ee, acc_ee), (ms_full, acc_full), png)
 
+    # Profile every stage and head on this machine; the cost model then predicts the early-exit
+    # run's mean latency from the measured table and the test split's exits.
+    db = os.path.join(args.out, "profiles.sqlite")
+    recorder = ProfileRecorder(db, model.bundle.manifest)
+    profile_graphs(model, [1], warmup=20, repeats=100, progress=recorder)
+    recorder.close()
+    table = cost_table(db, model.bundle.manifest)
+    sim = simulator_for(model, model.exit_probabilities(x_test), y_test, costs=table)
+    predicted = sim.evaluate(model.thresholds).mean_cost
+
     counts = np.bincount(exits, minlength=model.num_exits)
     print("\nTest set: {} real MNIST images, batch 1, {} stages".format(len(y_test), model.num_exits))
     print("calibrated thresholds ({}): {}".format(cal.policy, ", ".join(
@@ -141,6 +154,10 @@ def main(argv=None):
     print("{:<22}{:>10.2%}{:>12.3f}".format("calibrated exits", acc_ee, ms_ee))
     print("\nlatency ratio {:.2f}, accuracy change {:+.2f} points; plot: {}".format(
         ms_ee / ms_full, 100 * (acc_ee - acc_full), png))
+    print("measured per-sample ms: stages {}, heads {} (profile: {})".format(
+        [round(v, 3) for v in table.stage], [round(v, 3) for v in table.head], db))
+    print("cost model: predicted {:.3f} ms for the calibrated run, measured {:.3f} ms ({:+.1%})".format(
+        predicted, ms_ee, (predicted - ms_ee) / ms_ee))
     print("bundle: {}  ({:.0f}s in all)".format(bundle, time.time() - t0))
     return 0
 
