@@ -17,7 +17,6 @@ disabled exit's head is not run). Objectives:
 Cost per stage and head is the counted MAC model in the manifest, until measured profiles
 replace it.
 """
-import hashlib
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from edgesdk import bundle as bundle_io
 from edgesdk.errors import CalibrationError, InputError
+from edgesdk.profiles import dataset_sha256
 from edgesdk.progress import Progress
 
 CANDIDATES_PER_EXIT = 120
@@ -63,14 +63,26 @@ class ExitSimulator:
     """Replays early exiting for given thresholds on precomputed per-exit probabilities."""
 
     def __init__(self, probs, labels, policy, stage_costs, head_costs):
+        self._setup([policy.score(p) for p in probs], [p.argmax(axis=1) == labels for p in probs],
+                    policy, stage_costs, head_costs)
+
+    @classmethod
+    def from_scores(cls, scores, correct, policy, stage_costs, head_costs):
+        """A simulator from stored per-exit scores and correctness (no probabilities needed)."""
+        sim = cls.__new__(cls)
+        sim._setup([np.asarray(s, dtype=np.float64) for s in scores],
+                   [np.asarray(c, dtype=bool) for c in correct], policy, stage_costs, head_costs)
+        return sim
+
+    def _setup(self, scores, correct, policy, stage_costs, head_costs):
         self.policy = policy
-        self.scores = [policy.score(p) for p in probs]
-        self.correct = [p.argmax(axis=1) == labels for p in probs]
+        self.scores = scores
+        self.correct = correct
         self.final_correct = self.correct[-1].astype(np.int8)
         self.stage_costs = np.asarray(stage_costs, dtype=np.float64)
         self.head_costs = np.asarray(head_costs, dtype=np.float64)
-        self.n = len(labels)
-        self.k = len(probs)
+        self.n = len(correct[0])
+        self.k = len(scores)
 
     @property
     def full_cost(self):
@@ -144,13 +156,6 @@ def _check_data(x, y, num_classes):
         raise InputError("labels must be in 0..{}, found {}..{}".format(
             num_classes - 1, int(y.min()), int(y.max())))
     return y.astype(np.int64)
-
-
-def data_sha256(x, y):
-    """A hash of the calibration data, recorded in the manifest."""
-    h = hashlib.sha256(np.ascontiguousarray(x).tobytes())
-    h.update(np.ascontiguousarray(y).tobytes())
-    return h.hexdigest()
 
 
 def exit_probabilities(model, x, batch_size=256, progress=True):
@@ -271,7 +276,7 @@ def calibrate(bundle_path, x, y, *, max_accuracy_drop=None, max_cost_fraction=No
               "cost_model": ("counted MACs per stage and head" if costs is None else
                              "measured {} per stage and head".format(costs.metric)),
               "profile": costs.record() if costs is not None else None,
-              "data": {"samples": len(y), "sha256": data_sha256(x, y)},
+              "data": {"samples": len(y), "sha256": dataset_sha256(x, y)},
               "expected": {"accuracy": point.accuracy, "final_exit_accuracy": result.final_exit_accuracy,
                            "mean_cost_fraction": result.cost_fraction,
                            "mean_cost": point.mean_cost, "unit": unit,

@@ -75,7 +75,14 @@ def cost_table(db, manifest, metric="mean_ms", device=None, batch=1):
     elif device not in devices:
         raise ProfileStoreError("{} has no measurements of this bundle from device {}; it has {}"
                                 .format(db, device, devices))
-    rows = [r for r in rows if r["device"] == device and r["metric"] == metric
+    return table_from_rows([r for r in rows if r["device"] == device], metric,
+                           [e["id"] for e in manifest["stages"]], [e["id"] for e in manifest["exits"]],
+                           device, bundle, batch, db)
+
+
+def table_from_rows(rows, metric, stage_ids, head_ids, device, bundle, batch=1, db=""):
+    """A :class:`CostTable` from one device's measurement rows of one bundle."""
+    rows = [r for r in rows if r["metric"] == metric
             and not (r["graph"] == "runtime" and metric.startswith("energy"))]
     values, times = {}, []
     for r in rows:
@@ -89,12 +96,12 @@ def cost_table(db, manifest, metric="mean_ms", device=None, batch=1):
         times.append(r["measured_at"])
     interpolated = False
     tables = {"stage": [], "head": []}
-    for kind, entries in (("stage", manifest["stages"]), ("head", manifest["exits"])):
-        for e in entries:
-            if e["id"] not in values:
+    for kind, ids in (("stage", stage_ids), ("head", head_ids)):
+        for gid in ids:
+            if gid not in values:
                 raise ProfileStoreError("{} has no {} measurement of {} on device {}".format(
-                    db, metric, e["id"], device))
-            v, interp = _per_sample(values[e["id"]], batch, e["id"])
+                    db or "the profile", metric, gid, device))
+            v, interp = _per_sample(values[gid], batch, gid)
             interpolated = interpolated or interp
             tables[kind].append(v)
     if "runtime" in values:
@@ -103,4 +110,4 @@ def cost_table(db, manifest, metric="mean_ms", device=None, batch=1):
         interpolated = interpolated or interp
     unit = "mJ" if metric.startswith("energy") else "ms"
     return CostTable(metric, unit, tables["stage"], tables["head"], device, bundle, batch,
-                     interpolated, [min(times), max(times)], db)
+                     interpolated, [min(times), max(times)] if times else [], db)

@@ -31,6 +31,17 @@ CREATE TABLE IF NOT EXISTS measurements (
     value REAL, sensor TEXT NOT NULL, sdk_version TEXT NOT NULL, measured_at TEXT NOT NULL,
     PRIMARY KEY (device, target, bundle_sha256, graph, build, precision, batch, resolution, metric)
 );
+CREATE TABLE IF NOT EXISTS exit_scores (
+    bundle_sha256 TEXT NOT NULL, dataset_sha256 TEXT NOT NULL, policy TEXT NOT NULL,
+    sample INTEGER NOT NULL, exit INTEGER NOT NULL, score REAL NOT NULL, correct INTEGER NOT NULL,
+    PRIMARY KEY (bundle_sha256, dataset_sha256, policy, sample, exit)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    device TEXT NOT NULL, bundle_sha256 TEXT NOT NULL, dataset_sha256 TEXT NOT NULL,
+    batch INTEGER NOT NULL, thresholds TEXT NOT NULL, samples INTEGER NOT NULL,
+    exit_counts TEXT NOT NULL, mean_ms REAL NOT NULL, energy_mj REAL, accuracy REAL,
+    sensor TEXT NOT NULL, measured_at TEXT NOT NULL
+);
 """
 
 
@@ -48,6 +59,15 @@ def graphs_sha256(manifest):
     for entry in manifest["stages"] + manifest["exits"]:
         h.update(entry["id"].encode("utf-8"))
         h.update(manifest["files"][entry["file"]]["sha256"].encode("ascii"))
+    return h.hexdigest()
+
+
+def dataset_sha256(x, y=None):
+    """A hash of a data set's inputs (and labels): which data a calibration or run used."""
+    import numpy as np
+    h = hashlib.sha256(np.ascontiguousarray(x).tobytes())
+    if y is not None:
+        h.update(np.ascontiguousarray(y).tobytes())
     return h.hexdigest()
 
 
@@ -151,6 +171,54 @@ class ProfileStore(object):
             sql += " WHERE " + " AND ".join("{} = ?".format(k) for k in where)
         sql += " ORDER BY " + ", ".join(KEY)
         return [dict(zip(COLUMNS, r)) for r in self.db.execute(sql, list(where.values()))]
+
+    def write_exit_scores(self, bundle, dataset, policy, scores, correct):
+        """Per-sample policy scores and correctness at every exit (lists of 1-D sequences),
+        so thresholds can be replayed later without the bundle or the data."""
+        data = [(bundle, dataset, policy, i, k, float(s), int(c))
+                for k, (ks, kc) in enumerate(zip(scores, correct))
+                for i, (s, c) in enumerate(zip(ks, kc))]
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO exit_scores VALUES (?, ?, ?, ?, ?, ?, ?)", data)
+
+    def exit_scores(self, bundle):
+        """``{(dataset, policy): (scores, correct)}``, each a list per exit of per-sample lists."""
+        out = {}
+        for d, pol, i, k, s, c in self.db.execute(
+                "SELECT dataset_sha256, policy, sample, exit, score, correct FROM exit_scores "
+                "WHERE bundle_sha256 = ? ORDER BY dataset_sha256, policy, exit, sample", (bundle,)):
+            scores, correct = out.setdefault((d, pol), ([], []))
+            while len(scores) <= k:
+                scores.append([])
+                correct.append([])
+            scores[k].append(s)
+            correct[k].append(bool(c))
+        return out
+
+    def write_run(self, run):
+        """One measured end-to-end run (dict with the ``runs`` columns; lists as JSON)."""
+        cols = ("device", "bundle_sha256", "dataset_sha256", "batch", "thresholds", "samples",
+                "exit_counts", "mean_ms", "energy_mj", "accuracy", "sensor", "measured_at")
+        values = [json.dumps(run[c]) if c in ("thresholds", "exit_counts") else run[c] for c in cols]
+        with self.db:
+            self.db.execute("INSERT INTO runs VALUES ({})".format(", ".join("?" * len(cols))), values)
+
+    def runs(self, bundle=None):
+        cur = self.db.execute("SELECT * FROM runs" + (" WHERE bundle_sha256 = ?" if bundle else "")
+                              + " ORDER BY measured_at", (bundle,) if bundle else ())
+        names = [d[0] for d in cur.description]
+        out = []
+        for r in cur:
+            row = dict(zip(names, r))
+            row["thresholds"] = json.loads(row["thresholds"])
+            row["exit_counts"] = json.loads(row["exit_counts"])
+            out.append(row)
+        return out
+
+    def bundles(self):
+        """Bundle graph hashes with measurements."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT bundle_sha256 FROM measurements ORDER BY bundle_sha256")]
 
     def devices(self):
         return {d: json.loads(desc) for d, desc in self.db.execute("SELECT device, description FROM devices")}
@@ -273,6 +341,23 @@ class ProfileRecorder(object):
     def __call__(self, graph_row):
         self.store.write(rows_from_profile([graph_row], self.manifest, self.device,
                                            self.sensor_name, self._now()))
+
+    def end_to_end(self, model, x, y, e2e):
+        """Store a labelled end-to-end run: every sample's score and correctness at every exit
+        (for threshold sweeps in reports) and the measured run (for predicted vs measured)."""
+        import numpy as np
+        bundle = graphs_sha256(self.manifest)
+        dataset = dataset_sha256(x, y)
+        policy = model.policies[0]
+        probs = model.exit_probabilities(x)
+        self.store.write_exit_scores(bundle, dataset, policy.name, [policy.score(p) for p in probs],
+                                     [p.argmax(axis=1) == np.asarray(y) for p in probs])
+        self.store.write_run({
+            "device": self.device, "bundle_sha256": bundle, "dataset_sha256": dataset,
+            "batch": e2e["batch_size"], "thresholds": e2e["thresholds"], "samples": e2e["samples"],
+            "exit_counts": e2e["exit_counts"], "mean_ms": e2e["mean_ms_per_sample"],
+            "energy_mj": e2e["energy_mj_per_sample"], "accuracy": e2e["accuracy"],
+            "sensor": self.sensor_name, "measured_at": self._now()})
 
     def close(self):
         self.store.close()

@@ -197,6 +197,8 @@ def cmd_profile(args):
     if args.data:
         x, y, _ = load_inputs(args.data, model.input_spec)
         out["end_to_end"] = profile_end_to_end(model, x, y, sensor=sensor)
+        if args.db and y is not None:
+            record.end_to_end(model, x, y, out["end_to_end"])
     if args.json:
         print(json.dumps(out))
         return 0

@@ -20,6 +20,7 @@ VERBS = {
     "validate": ("validate", "check a bundle's hashes (and reference outputs with --check)"),
     "profile": ("profile", "measure latency (and energy) of every stage and head on this machine"),
     "profiles": ("profiles", "import, export or show a profile database"),
+    "report": ("report", "write a Markdown/HTML report with plots from a profile database"),
     "pack-runtime": ("pack_runtime", "write the standalone device runtime (.pyz)"),
 }
 

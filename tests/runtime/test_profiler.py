@@ -1,7 +1,6 @@
 """The on-device profiler: per-graph latency rows, energy with a sensor, end-to-end exits."""
 import json
 
-import numpy as np
 import pytest
 
 from edgesdk.cli import main

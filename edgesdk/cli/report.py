@@ -1,0 +1,20 @@
+"""Write a Markdown and an HTML report with PNG plots from a profile database: per-stage costs,
+accuracy vs latency/energy over thresholds with the Pareto front, the exit histogram, and
+predicted vs measured cost of the measured runs."""
+
+
+def add_arguments(p):
+    p.add_argument("db", help="profile database (from `edgesdk profile --db`; --data adds accuracy)")
+    p.add_argument("-o", "--output", default="edgesdk-report", help="output folder")
+
+
+def run(args):
+    """Call :func:`edgesdk.converters.report.write_report`."""
+    import os
+    from edgesdk.converters.report import write_report
+    from edgesdk.errors import InputError
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise InputError("'{}' exists and is not a folder".format(args.output))
+    path = write_report(args.db, args.output)
+    print("wrote {} and report.html beside it".format(path))
+    return 0
