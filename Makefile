@@ -30,6 +30,7 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/early_exit.py
+	$(PY) benchmarks/profiler.py
 
 runtime-zip: venv
 	$(VENV)/bin/edgesdk pack-runtime dist/edgesdk-runtime.pyz

@@ -48,3 +48,15 @@ def test_benchmark_prints_the_json_summary_last(sample_run):
         assert isinstance(summary[key], (int, float)), key
     assert summary["samples"] == 64 and sum(summary["exit_counts"]) == 64
     assert "reusing trained weights" in proc.stderr   # the sample's weights, not a retrain
+
+
+def test_profiler_benchmark_prints_the_json_summary_last(sample_run):
+    out, _ = sample_run
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profiler.py"),
+                           "--workdir", str(out), "--epochs", "1", "--samples", "64",
+                           "--repeats", "5"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("cost_model_error", "budget_met", "accuracy_at_budget", "profiler_overhead"):
+        assert isinstance(summary[key], (int, float)), key
+    assert summary["samples"] == 64 and summary["sensor"].startswith("none")
