@@ -57,6 +57,8 @@ class OrtGraph(object):
     Plain ``run()`` with named outputs: on the sample (4 stages, batch 1, medians of 12 rounds)
     chained sessions cost 1.074x a monolithic session this way and 1.10x with IOBinding into
     reused buffers, whose per-call binding costs more than the allocations it saves on CPU.
+    ``output_shapes`` (from the manifest) is part of every executor's signature: ONNX Runtime
+    allocates outputs itself, executors that bind device buffers (TensorRT) need them.
     """
 
     def __init__(self, path, input_names, output_names, output_shapes=None, threads=None):
