@@ -35,28 +35,27 @@ def test_sample_trains_converts_calibrates_runs_and_plots(sample_run):
         assert {r["graph"] for r in store.rows(metric="mean_ms")} >= {"stage0", "exit3", "runtime"}
 
 
-def test_benchmark_prints_the_json_summary_last(sample_run):
-    out, _ = sample_run
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "early_exit.py"),
-                           "--workdir", str(out), "--epochs", "1", "--samples", "64",
-                           "--rounds", "1"], capture_output=True, text=True, timeout=900)
+def benchmark_summary(script, workdir, *args):
+    """Run a benchmark on the sample's weights; returns its last line, parsed, and stderr."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script),
+                           "--workdir", str(workdir), "--epochs", "1", "--samples", "64"] + list(args),
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def test_benchmark_prints_the_json_summary_last(sample_run):
+    summary, err = benchmark_summary("early_exit.py", sample_run[0], "--rounds", "1")
     for key in ("staged_vs_monolithic_b1", "staged_vs_monolithic_b64", "early_exit_vs_monolithic_b1",
                 "early_exit_vs_monolithic_b64", "accuracy_monolithic", "accuracy_early_exit",
                 "accuracy_drop_points"):
         assert isinstance(summary[key], (int, float)), key
     assert summary["samples"] == 64 and sum(summary["exit_counts"]) == 64
-    assert "reusing trained weights" in proc.stderr   # the sample's weights, not a retrain
+    assert "reusing trained weights" in err   # the sample's weights, not a retrain
 
 
 def test_profiler_benchmark_prints_the_json_summary_last(sample_run):
-    out, _ = sample_run
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profiler.py"),
-                           "--workdir", str(out), "--epochs", "1", "--samples", "64",
-                           "--repeats", "5"], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary, _ = benchmark_summary("profiler.py", sample_run[0], "--repeats", "5")
     for key in ("cost_model_error", "budget_met", "accuracy_at_budget", "profiler_overhead"):
         assert isinstance(summary[key], (int, float)), key
     assert summary["samples"] == 64 and summary["sensor"].startswith("none")
