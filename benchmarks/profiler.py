@@ -83,7 +83,7 @@ def main(argv=None):
     from run import prepare
     from edgesdk.converters import calibrate, simulator_for
     from edgesdk.converters.cost_model import cost_table
-    from edgesdk.profiles import ProfileStore, device_fingerprint, rows_from_profile
+    from edgesdk.profiles import ProfileRecorder
     from edgesdk.runtime import load_bundle, preprocess
     from edgesdk.runtime.profiler import graph_inputs, profile_graphs
 
@@ -100,10 +100,9 @@ def main(argv=None):
         mean_latency(model, xt[:100])  # warm-up
 
         db = os.path.join(tmp, "profiles.sqlite")
-        rows = profile_graphs(model, [1], warmup=20, repeats=args.repeats)
-        with ProfileStore(db) as store:
-            store.write(rows_from_profile(rows, model.bundle.manifest, device_fingerprint(), "none",
-                                          datetime.datetime.utcnow().isoformat() + "Z"))
+        recorder = ProfileRecorder(db, model.bundle.manifest)
+        profile_graphs(model, [1], warmup=20, repeats=args.repeats, progress=recorder)
+        recorder.close()
         table = cost_table(db, model.bundle.manifest)
 
         # 2. cost model vs reality at the sample's calibrated thresholds

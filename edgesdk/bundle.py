@@ -44,9 +44,6 @@ class Bundle(object):
     def name(self):
         return self.manifest["name"]
 
-    def file_sha256(self, rel):
-        return self.manifest["files"][rel]["sha256"]
-
 
 def _read_manifest(root):
     path = os.path.join(root, MANIFEST)

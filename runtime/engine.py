@@ -44,13 +44,6 @@ class RunResult(object):
         """Number of samples that stopped at each exit."""
         return np.bincount(self.exit_index, minlength=self.stage_ms.shape[1])
 
-    def to_dicts(self):
-        """JSON-ready per-sample records."""
-        return [{"label": int(self.labels[i]), "exit": int(self.exit_index[i]),
-                 "confidence": float(self.probabilities[i].max()) if self.probabilities.size else None,
-                 "stage_ms": [None if np.isnan(t) else round(float(t), 4) for t in self.stage_ms[i]]}
-                for i in range(len(self))]
-
 
 class EdgeModel(object):
     """A loaded, verified bundle ready to run. Create with :func:`load_bundle`."""
