@@ -220,6 +220,11 @@ class ProfileStore(object):
         return [r[0] for r in self.db.execute(
             "SELECT DISTINCT bundle_sha256 FROM measurements ORDER BY bundle_sha256")]
 
+    def bundles_with_scores(self):
+        """Bundle graph hashes with stored per-exit scores."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT bundle_sha256 FROM exit_scores ORDER BY bundle_sha256")]
+
     def devices(self):
         return {d: json.loads(desc) for d, desc in self.db.execute("SELECT device, description FROM devices")}
 
@@ -302,11 +307,25 @@ def read_rows(path):
 
 
 def merge_into(store, path):
-    """Import rows from a file or another database, keeping the newer of duplicates."""
+    """Import rows from a file or another database, keeping the newer of duplicates.
+
+    From another database, its end-to-end runs and per-exit scores come along too (runs
+    already present are not repeated). Returns the number of measurement rows read.
+    """
     rows, devices = read_rows(path)
     for fingerprint, desc in devices.items():
         store.add_device(fingerprint, desc)
-    return store.write(rows, keep_newer=True)
+    n = store.write(rows, keep_newer=True)
+    if not path.endswith((".json", ".csv")):
+        with ProfileStore(path, create=False) as other:
+            known = {(r["device"], r["bundle_sha256"], r["measured_at"]) for r in store.runs()}
+            for run in other.runs():
+                if (run["device"], run["bundle_sha256"], run["measured_at"]) not in known:
+                    store.write_run(run)
+            for bundle in other.bundles_with_scores():
+                for (dataset, policy), (scores, correct) in other.exit_scores(bundle).items():
+                    store.write_exit_scores(bundle, dataset, policy, scores, correct)
+    return n
 
 
 def rows_from_profile(graph_rows, manifest, device, sensor_name, measured_at, resolution=None):

@@ -133,6 +133,12 @@ def add_profile_arguments(p):
     p.add_argument("--no-sensor", action="store_true", help="measure latency only")
     p.add_argument("--db", help="profile database (SQLite) to record the rows in")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                   help="profile on a free board reserved through this TVM RPC tracker "
+                        "(boards run `edgesdk rpc-server`); rows merge into --db")
+    p.add_argument("--key", help="with --rpc-tracker: the kind of board, e.g. jetson-tx2")
+    p.add_argument("--session-timeout", type=float, default=0,
+                   help="with --rpc-tracker: seconds before the board ends the session (0: none)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -151,59 +157,49 @@ def _list_sensors(args):
     return 0
 
 
-def pick_sensor(disabled):
-    """The board-total sensor to measure with (first found), or None."""
-    if disabled:
-        return None
-    from edgesdk.runtime.power import probe_sensors
-    totals = [s for s in probe_sensors() if s.total]
-    return totals[0] if totals else None
-
-
-def _recorder(db, model, sensor):
-    """A function storing one profiled graph's rows (committed at once), or a no-op."""
-    if not db:
-        return lambda row: None
-    from edgesdk.profiles import ProfileRecorder
-    return ProfileRecorder(db, model.bundle.manifest,
-                           "{} {}".format(sensor.name, sensor.rail) if sensor else "none")
-
-
 def cmd_profile(args):
     """Profile every stage and head of a bundle (and optionally an end-to-end run)."""
     if args.list_sensors:
         return _list_sensors(args)
     if not args.bundle:
         raise InputError("give a bundle to profile (or --list-sensors)")
-    from edgesdk.progress import Progress
-    from edgesdk.runtime.datafiles import load_inputs
-    from edgesdk.runtime.engine import load_bundle
-    from edgesdk.runtime.profiler import profile_end_to_end, profile_graphs
+    batches = parse_batch_sizes(args.batch_sizes)
+    if args.rpc_tracker or args.key:
+        if not (args.rpc_tracker and args.key):
+            raise InputError("remote profiling needs both --rpc-tracker HOST:PORT and --key BOARD")
+        from edgesdk.runtime.rpc import profile_remote
+        out = profile_remote(args.bundle, args.rpc_tracker, args.key, batches, args.warmup,
+                             args.repeats, db=args.db, data=args.data, no_sensor=args.no_sensor,
+                             threads=args.threads, session_timeout=args.session_timeout)
+        if not args.json:
+            sys.stderr.write("profiled on a '{}' board through {}; {} rows merged into {}\n".format(
+                args.key, args.rpc_tracker, out["merged_rows"], args.db or "no database (no --db)"))
+    else:
+        from edgesdk.runtime.profiler import profile_bundle
+        out = profile_bundle(args.bundle, batches, args.warmup, args.repeats, db=args.db,
+                             data=args.data, no_sensor=args.no_sensor, threads=args.threads,
+                             progress=not args.json)
+    print_profile(out, args.json)
+    return 0
+
+
+def parse_batch_sizes(text):
+    """``"1,8,64"`` -> ``[1, 8, 64]``."""
     try:
-        batches = [int(b) for b in args.batch_sizes.split(",")]
+        return [int(b) for b in text.split(",")]
     except ValueError:
         raise InputError("--batch-sizes must be comma-separated integers, e.g. 1,8,64")
-    model = load_bundle(args.bundle, threads=args.threads)
-    sensor = pick_sensor(args.no_sensor)
-    record = _recorder(args.db, model, sensor)
-    total = (2 * model.num_exits + 1) * len(batches)  # graphs + the runtime's own row
-    with Progress(total, "profiling", enabled=not args.json) as bar:
-        def done(row):
-            record(row)
-            bar.update(note=row["graph"])
-        rows = profile_graphs(model, batches, args.warmup, args.repeats, sensor, progress=done)
-    out = {"bundle": model.bundle.root, "sensor": sensor.describe() if sensor else None,
-           "graphs": rows}
-    if args.data:
-        x, y, _ = load_inputs(args.data, model.input_spec)
-        out["end_to_end"] = profile_end_to_end(model, x, y, sensor=sensor)
-        if args.db and y is not None:
-            record.end_to_end(model, x, y, out["end_to_end"])
-    if args.json:
+
+
+def print_profile(out, as_json):
+    """Print :func:`~edgesdk.runtime.profiler.profile_bundle`'s result as JSON or tables."""
+    if as_json:
         print(json.dumps(out))
-        return 0
-    print("sensor: {}".format("{} {}".format(sensor.name, sensor.rail) if sensor else
+        return
+    sensor = out["sensor"]
+    print("sensor: {}".format("{} {}".format(sensor["sensor"], sensor["rail"]) if sensor else
                               "no sensor (latency only, energy not measured)"))
+    rows = out["graphs"]
     print(format_table(
         ["graph", "batch", "mean ms", "p50", "p90", "p99", "std", "energy mJ", "peak RSS MiB"],
         [[r["graph"], r["batch"], "{:.3f}".format(r["mean_ms"]), "{:.3f}".format(r["p50_ms"]),
@@ -216,7 +212,6 @@ def cmd_profile(args):
         print("\nend to end ({} samples, batch 1): {:.3f} ms/sample, exits {}{}".format(
             e2e["samples"], e2e["mean_ms_per_sample"], e2e["exit_counts"],
             ", accuracy {:.2%}".format(e2e["accuracy"]) if e2e["accuracy"] is not None else ""))
-    return 0
 
 
 def run_command(func, args, prog):
@@ -237,6 +232,9 @@ def main(argv=None):
     add_run_arguments(sub.add_parser("run", help="run a bundle over inputs"))
     add_validate_arguments(sub.add_parser("validate", help="check a bundle's integrity"))
     add_profile_arguments(sub.add_parser("profile", help="measure stages and heads on this device"))
+    from edgesdk.runtime.rpc import add_server_arguments, cmd_rpc_server
+    add_server_arguments(sub.add_parser("rpc-server", help="serve profiling to a TVM RPC tracker"))
     args = parser.parse_args(argv)
-    func = {"run": cmd_run, "validate": cmd_validate, "profile": cmd_profile}[args.command]
+    func = {"run": cmd_run, "validate": cmd_validate, "profile": cmd_profile,
+            "rpc-server": cmd_rpc_server}[args.command]
     return run_command(func, args, "edgesdk-runtime " + args.command)

@@ -170,3 +170,59 @@ def profile_end_to_end(model, x, y=None, batch_size=1, sensor=None):
             "accuracy": float((labels == y).mean()) if y is not None and len(y) else None,
             "energy_mj_per_sample": res.energy_j * 1000.0 / n if res.energy_j is not None else None,
             "energy_status": res.status}
+
+
+def pick_sensor(disabled=False):
+    """The board-total sensor to measure with (the first one probing finds), or None."""
+    if disabled:
+        return None
+    from edgesdk.runtime.power import probe_sensors
+    totals = [s for s in probe_sensors() if s.total]
+    return totals[0] if totals else None
+
+
+class _NoRecorder(object):
+    def __call__(self, row):
+        pass
+
+    def close(self):
+        pass
+
+
+def profile_bundle(bundle_path, batch_sizes=(1,), warmup=10, repeats=50, db=None, data=None,
+                   no_sensor=False, threads=None, progress=True):
+    """Profile a bundle on this device, as ``edgesdk profile`` does; returns a JSON-able dict.
+
+    Every stage and head at each batch size (see :func:`profile_graphs`), with the first
+    board-total power sensor found unless ``no_sensor``; with ``data`` (an .npz or image
+    folder) also an end-to-end early-exit run. With ``db`` each graph's rows are committed
+    to that profile store as soon as they are measured (and the labelled end-to-end run too).
+    """
+    from edgesdk.progress import Progress
+    from edgesdk.runtime.datafiles import load_inputs
+    from edgesdk.runtime.engine import load_bundle
+    model = load_bundle(bundle_path, threads=threads)
+    sensor = pick_sensor(no_sensor)
+    if db:
+        from edgesdk.profiles import ProfileRecorder
+        record = ProfileRecorder(db, model.bundle.manifest,
+                                 "{} {}".format(sensor.name, sensor.rail) if sensor else "none")
+    else:
+        record = _NoRecorder()
+    total = (2 * model.num_exits + 1) * len(batch_sizes)  # graphs + the runtime's own row
+    try:
+        with Progress(total, "profiling", enabled=progress) as bar:
+            def done(row):
+                record(row)
+                bar.update(note=row["graph"])
+            rows = profile_graphs(model, batch_sizes, warmup, repeats, sensor, progress=done)
+        out = {"bundle": model.bundle.root, "sensor": sensor.describe() if sensor else None,
+               "graphs": rows}
+        if data:
+            x, y, _ = load_inputs(data, model.input_spec)
+            out["end_to_end"] = profile_end_to_end(model, x, y, sensor=sensor)
+            if db and y is not None:
+                record.end_to_end(model, x, y, out["end_to_end"])
+    finally:
+        record.close()
+    return out

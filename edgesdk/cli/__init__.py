@@ -19,6 +19,7 @@ VERBS = {
     "inspect": ("inspect", "summarise a bundle: stages, exits, thresholds, sizes, hashes"),
     "validate": ("validate", "check a bundle's hashes (and reference outputs with --check)"),
     "profile": ("profile", "measure latency (and energy) of every stage and head on this machine"),
+    "rpc-server": ("rpc_server", "serve profiling to a TVM RPC tracker (run on each board)"),
     "profiles": ("profiles", "import, export or show a profile database"),
     "report": ("report", "write a Markdown/HTML report with plots from a profile database"),
     "pack-runtime": ("pack_runtime", "write the standalone device runtime (.pyz)"),

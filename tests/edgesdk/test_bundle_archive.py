@@ -1,0 +1,70 @@
+"""Bundles as tar archives: round trip, and every unsafe member refused before writing."""
+import io
+import os
+import tarfile
+
+import pytest
+
+from conftest import snapshot
+from edgesdk.bundle_archive import pack_bundle, unpack_bundle
+from edgesdk.errors import BundleError, IntegrityError
+
+
+def _tar(members):
+    """Tar bytes from ``[(TarInfo, bytes or None)]``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _file(name, data=b"x"):
+    return tarfile.TarInfo(name), data
+
+
+def test_round_trip_gives_the_same_bundle(bundle, tmp_path):
+    out = unpack_bundle(pack_bundle(bundle), str(tmp_path / "copy.edgebundle"))
+    assert snapshot(out.root) == snapshot(bundle)
+
+
+def test_changed_byte_is_refused_and_nothing_is_left(bundle, tmp_path):
+    data = bytearray(pack_bundle(bundle))
+    with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
+        graph = next(m for m in tar.getmembers() if m.name.endswith(".onnx"))
+    data[graph.offset_data + graph.size // 2] ^= 0xFF
+    out = tmp_path / "unpacked"
+    out.mkdir()
+    with pytest.raises(IntegrityError, match="sha256"):
+        unpack_bundle(bytes(data), str(out / "bad.edgebundle"))
+    assert os.listdir(str(out)) == []
+
+
+def _link(name, target, kind):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, None
+
+
+@pytest.mark.parametrize("member, message", [
+    (_file("../evil"), "unsafe path"),
+    (_file("/etc/evil"), "unsafe path"),
+    (_file("stages/../../evil"), "unsafe path"),
+    (_file("a/./b"), "unsafe path"),
+    (_link("manifest.json", "/etc/passwd", tarfile.SYMTYPE), "link or special"),
+    (_link("x", "manifest.json", tarfile.LNKTYPE), "link or special"),
+])
+def test_unsafe_members_are_refused(tmp_path, member, message):
+    data = _tar([_file("manifest.json", b"{}"), member])
+    with pytest.raises(BundleError, match=message):
+        unpack_bundle(data, str(tmp_path / "b.edgebundle"))
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_not_a_tar_and_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="not a readable bundle archive"):
+        unpack_bundle(b"garbage" * 100, str(tmp_path / "b.edgebundle"))
+    with pytest.raises(BundleError, match="no manifest.json"):
+        unpack_bundle(_tar([_file("stages/x.onnx")]), str(tmp_path / "b.edgebundle"))
