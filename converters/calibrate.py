@@ -83,6 +83,7 @@ class ExitSimulator:
         self.head_costs = np.asarray(head_costs, dtype=np.float64)
         self.n = len(correct[0])
         self.k = len(scores)
+        self.disabled = set()  # exits never enabled (dropped at conversion)
 
     @property
     def full_cost(self):
@@ -98,7 +99,7 @@ class ExitSimulator:
         for k in range(self.k):
             last = k == self.k - 1
             paid += self.stage_costs[k]
-            t = thresholds[k]
+            t = None if k in self.disabled else thresholds[k]
             if not last and t is None:
                 fractions.append(0.0)
                 continue
@@ -120,6 +121,8 @@ class ExitSimulator:
 
     def candidates(self, k):
         """Threshold candidates for exit ``k``: quantiles of its scores, plus disabled."""
+        if k in self.disabled:
+            return [None]
         q = np.unique(np.quantile(self.scores[k], np.linspace(0.0, 1.0, CANDIDATES_PER_EXIT)))
         return [None] + [float(v) for v in q]
 
@@ -216,16 +219,18 @@ def choose_thresholds(sim, max_accuracy_drop=None, max_cost_fraction=None, confi
             raise InputError("the cost budget must be > 0; got {}".format(max_mean_cost))
         budget = float(max_mean_cost)
         objective = {"kind": "max-accuracy-within-cost", "max_mean_cost": budget, "unit": unit}
-    # Cheapest setting: every sample leaves at exit 0 (a threshold every score passes).
+    # Cheapest setting: every sample leaves at the first exit in use (a threshold every
+    # score passes).
     lowest = (-np.inf if sim.policy.higher_is_confident else np.inf)
-    start = [float(lowest)] + [None] * (sim.k - 1) if sim.k > 1 else [None]
+    first = min(set(range(sim.k - 1)) - sim.disabled, default=None)
+    start = [float(lowest) if k == first else None for k in range(sim.k)]
     cheapest = sim.evaluate(start)
     if cheapest.mean_cost > budget + eps:
         raise CalibrationError(
             "a mean cost of {:.4g} {} ({:.1%} of the full model) cannot be met: the cheapest "
-            "achievable is {:.4g} {} ({:.1%}), every sample leaving at exit 0".format(
+            "achievable is {:.4g} {} ({:.1%}), every sample leaving at exit {}".format(
                 budget, unit, budget / sim.full_cost, cheapest.mean_cost, unit,
-                cheapest.mean_cost / sim.full_cost))
+                cheapest.mean_cost / sim.full_cost, sim.k - 1 if first is None else first))
     point = sim.search(lambda p: p.mean_cost <= budget + eps,
                        lambda p, b: (-p.accuracy, p.mean_cost) < (-b.accuracy, b.mean_cost),
                        start)
@@ -264,6 +269,7 @@ def calibrate(bundle_path, x, y, *, max_accuracy_drop=None, max_cost_fraction=No
         unit = costs.unit
     probs = exit_probabilities(model, x, batch_size, progress)
     sim = simulator_for(model, probs, y, policy, costs)
+    sim.disabled = {k for k, e in enumerate(model.bundle.manifest["exits"]) if e.get("dropped")}
     point, objective = choose_thresholds(sim, max_accuracy_drop, max_cost_fraction, confidence,
                                          max_mean_cost=budget, unit=unit)
     # Thresholds of -inf/inf (everything leaves) become the policy's range end in JSON.
@@ -285,7 +291,7 @@ def calibrate(bundle_path, x, y, *, max_accuracy_drop=None, max_cost_fraction=No
     def change(manifest):
         for k, ex in enumerate(manifest["exits"]):
             ex["policy"] = sim.policy.name
-            if k < len(manifest["exits"]) - 1:
+            if k < len(manifest["exits"]) - 1 and not ex.get("dropped"):
                 ex["threshold"] = point.thresholds[k]
                 ex["chosen_from"] = chosen
     bundle_io.update_manifest(model.bundle.root, change)

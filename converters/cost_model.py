@@ -50,12 +50,12 @@ def _per_sample(points, batch, what):
     return a + (b - a) * (batch - lo) / float(hi - lo), True
 
 
-def cost_table(db, manifest, metric="mean_ms", device=None, batch=1):
-    """Build the cost table of the bundle described by ``manifest`` from the store at ``db``.
+def device_rows(db, manifest, device=None):
+    """``(rows, device, bundle sha256)``: the store's measurements of this bundle's graphs on
+    one device.
 
     Refuses, with the reason, a store without rows for this bundle's graphs (another bundle, or
-    the bundle changed since profiling), another or an ambiguous device, and missing values
-    (e.g. energy from a device without a power sensor).
+    the bundle changed since profiling) and another or an ambiguous device.
     """
     bundle = graphs_sha256(manifest)
     with ProfileStore(db, create=False) as store:
@@ -75,15 +75,64 @@ def cost_table(db, manifest, metric="mean_ms", device=None, batch=1):
     elif device not in devices:
         raise ProfileStoreError("{} has no measurements of this bundle from device {}; it has {}"
                                 .format(db, device, devices))
-    return table_from_rows([r for r in rows if r["device"] == device], metric,
-                           [e["id"] for e in manifest["stages"]], [e["id"] for e in manifest["exits"]],
-                           device, bundle, batch, db)
+    return [r for r in rows if r["device"] == device], device, bundle
 
 
-def table_from_rows(rows, metric, stage_ids, head_ids, device, bundle, batch=1, db=""):
-    """A :class:`CostTable` from one device's measurement rows of one bundle."""
-    rows = [r for r in rows if r["metric"] == metric
-            and not (r["graph"] == "runtime" and metric.startswith("energy"))]
+def cost_table(db, manifest, metric="mean_ms", device=None, batch=1):
+    """Build the cost table of the bundle described by ``manifest`` (its selected builds)
+    from the store at ``db``; see :func:`device_rows` for what is refused, and missing values
+    (e.g. energy from a device without a power sensor) are refused too."""
+    rows, device, bundle = device_rows(db, manifest, device)
+    return table_from_rows(rows, metric, [e["id"] for e in manifest["stages"]],
+                           [e["id"] for e in manifest["exits"]], device, bundle, batch, db,
+                           builds=selected_builds(manifest))
+
+
+def build_costs(rows, metric, batch=1):
+    """``{(graph, format, precision): per-sample cost}`` of every measured build at ``batch``,
+    and whether any value was interpolated."""
+    points = {}
+    for r in rows:
+        if r["metric"] == metric and r["value"] is not None and r["graph"] != "runtime":
+            points.setdefault((r["graph"], r["build"], r["precision"]), {})[r["batch"]] = r["value"]
+    out, interpolated = {}, False
+    for key, values in points.items():
+        out[key], interp = _per_sample(values, batch, "{} ({} {})".format(*key))
+        interpolated = interpolated or interp
+    return out, interpolated
+
+
+def selected_builds(manifest):
+    """``{graph id: (format, precision)}`` of the builds the manifest selects."""
+    return {e["id"]: (e["format"], e.get("precision", "fp32"))
+            for e in manifest["stages"] + manifest["exits"]}
+
+
+def _one_build(rows, builds):
+    """Keep each graph's rows of one build: ``builds[graph]``, or fp32 where several were
+    measured and no selection is given (reports read stores without the manifest)."""
+    measured = {}
+    for r in rows:
+        measured.setdefault(r["graph"], set()).add((r["build"], r["precision"]))
+    keep = {}
+    for graph, options in measured.items():
+        if builds and graph in builds:
+            keep[graph] = builds[graph]
+        elif len(options) == 1:
+            keep[graph] = next(iter(options))
+        else:
+            keep[graph] = min(options, key=lambda o: (o[1] != "fp32", o))
+    return [r for r in rows if (r["build"], r["precision"]) == keep[r["graph"]]]
+
+
+def table_from_rows(rows, metric, stage_ids, head_ids, device, bundle, batch=1, db="", builds=None):
+    """A :class:`CostTable` from one device's measurement rows of one bundle.
+
+    ``builds`` (``{graph id: (format, precision)}``) says which build's rows to use for each
+    graph (see :func:`_one_build` without it).
+    """
+    rows = _one_build([r for r in rows if r["metric"] == metric
+                       and not (r["graph"] == "runtime" and metric.startswith("energy"))], builds)
     values, times = {}, []
     for r in rows:
         if r["value"] is None:
@@ -99,8 +148,9 @@ def table_from_rows(rows, metric, stage_ids, head_ids, device, bundle, batch=1, 
     for kind, ids in (("stage", stage_ids), ("head", head_ids)):
         for gid in ids:
             if gid not in values:
-                raise ProfileStoreError("{} has no {} measurement of {} on device {}".format(
-                    db or "the profile", metric, gid, device))
+                raise ProfileStoreError("{} has no {} measurement of {}{} on device {}".format(
+                    db or "the profile", metric, gid,
+                    " ({} {})".format(*builds[gid]) if builds and gid in builds else "", device))
             v, interp = _per_sample(values[gid], batch, gid)
             interpolated = interpolated or interp
             tables[kind].append(v)

@@ -14,6 +14,8 @@ from edgesdk.errors import ManifestError, SchemaVersionError
 SCHEMA_VERSION = 1
 # Graph file formats the SDK knows; each maps to one runtime executor (runtime/executors).
 FORMATS = ("onnx",)
+# Numeric precision of a graph build (weights/compute; inputs and outputs stay float32).
+PRECISIONS = ("fp32", "fp16", "int8")
 DTYPES = ("float32",)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -95,7 +97,8 @@ def _check_files_table(files):
             _fail(p + ".bytes", "must be >= 0")
 
 
-def _check_graph(entry, path, files):
+def _check_build(entry, path, files):
+    """``file``, ``format`` and (optional, default fp32) ``precision`` of one graph build."""
     rel = check_relative_path(_get(entry, "file", path, (str,)), path + ".file")
     if rel not in files:
         _fail(path + ".file", "'{}' is not listed in $.files (every file needs a sha256)".format(rel))
@@ -103,6 +106,34 @@ def _check_graph(entry, path, files):
     if fmt not in FORMATS:
         _fail(path + ".format", "'{}' is not a known format; accepted: {}".format(
             fmt, ", ".join(FORMATS)))
+    precision = _get(entry, "precision", path, (str,), optional=True) or "fp32"
+    if precision not in PRECISIONS:
+        _fail(path + ".precision", "'{}' is not a known precision; accepted: {}".format(
+            precision, ", ".join(PRECISIONS)))
+    return rel, fmt, precision
+
+
+def _check_builds(entry, path, files, selected):
+    """The optional ``builds`` list: every build of this graph the bundle holds, one of
+    which (the entry's own file) is the selected one."""
+    builds = _get(entry, "builds", path, (list, type(None)), optional=True)
+    if builds is None:
+        return
+    seen = {}
+    for i, b in enumerate(builds):
+        rel, fmt, precision = _check_build(b, "{}.builds[{}]".format(path, i), files)
+        if (fmt, precision) in seen:
+            _fail("{}.builds[{}]".format(path, i), "a second {} {} build".format(fmt, precision))
+        seen[(fmt, precision)] = rel
+    if seen.get(selected[1:]) != selected[0]:
+        _fail(path + ".builds", "the selected build ({} {} '{}') must be one of the builds".format(
+            selected[1], selected[2], selected[0]))
+
+
+def _check_graph(entry, path, files):
+    selected = _check_build(entry, path, files)
+    _check_builds(entry, path, files, selected)
+    _get(entry, "chosen_from", path, (dict,), optional=True)
     for key in ("inputs", "outputs"):
         names = _get(entry, key, path, (list,))
         if not names or not all(isinstance(n, str) and n for n in names):
@@ -212,8 +243,12 @@ def validate(manifest, sdk_schema=SCHEMA_VERSION):
             _fail(p + ".after_stage", "exit {} must follow stage {}".format(i, i))
         _check_graph(ex, p, files)
         _get(ex, "policy", p, (str,))
-        _number(ex, "threshold", p, allow_null=True)
+        threshold = _number(ex, "threshold", p, allow_null=True)
         _get(ex, "chosen_from", p, (dict,))
+        if _get(ex, "dropped", p, (bool,), optional=True) and threshold is not None:
+            _fail(p + ".threshold", "a dropped exit has no threshold (null)")
+        if ex.get("dropped") and i == len(exits) - 1:
+            _fail(p + ".dropped", "the final exit cannot be dropped")
     ref = _get(manifest, "reference", "$", (dict, type(None)), optional=True)
     if ref is not None:
         rel = check_relative_path(_get(ref, "file", "$.reference", (str,)), "$.reference.file")

@@ -50,15 +50,20 @@ class ProfileStoreError(EdgeSDKError):
 
 
 def graphs_sha256(manifest):
-    """Identity of a bundle's graphs (stage and head files): what a profile measured.
+    """Identity of a bundle's graphs (every build of every stage and head): what a profile
+    measured.
 
-    Thresholds and other manifest fields may change without invalidating profiles; a changed
-    graph file changes this hash.
+    Thresholds, dropped exits, which build is selected and other manifest fields may change
+    without invalidating profiles; a changed graph file changes this hash.
     """
     h = hashlib.sha256()
     for entry in manifest["stages"] + manifest["exits"]:
         h.update(entry["id"].encode("utf-8"))
-        h.update(manifest["files"][entry["file"]]["sha256"].encode("ascii"))
+        if entry.get("builds"):
+            for rel in sorted(b["file"] for b in entry["builds"]):
+                h.update(manifest["files"][rel]["sha256"].encode("ascii"))
+        else:
+            h.update(manifest["files"][entry["file"]]["sha256"].encode("ascii"))
     return h.hexdigest()
 
 

@@ -45,14 +45,40 @@ class RunResult(object):
         return np.bincount(self.exit_index, minlength=self.stage_ms.shape[1])
 
 
-class EdgeModel(object):
-    """A loaded, verified bundle ready to run. Create with :func:`load_bundle`."""
+def graph_builds(entry):
+    """Every build of a stage or head entry as ``{"file", "format", "precision"}``, the
+    selected one first."""
+    selected = {"file": entry["file"], "format": entry["format"],
+                "precision": entry.get("precision", "fp32")}
+    return [selected] + [{"file": b["file"], "format": b["format"],
+                          "precision": b.get("precision", "fp32")}
+                         for b in entry.get("builds") or [] if b["file"] != entry["file"]]
 
-    def __init__(self, bundle, threads=None):
+
+def _pick_build(entry, want):
+    """The build of ``entry`` with precision ``want`` (None: the selected one); a graph
+    without such a build keeps its selected one."""
+    builds = graph_builds(entry)
+    return next((b for b in builds if b["precision"] == want), builds[0])
+
+
+class EdgeModel(object):
+    """A loaded, verified bundle ready to run. Create with :func:`load_bundle`.
+
+    ``builds``: which build of each graph to run instead of the manifest's selection: a
+    precision for every graph that has one (``"int8"``) or ``{graph id: precision}``.
+    ``self.builds`` maps each graph id to the build in use.
+    """
+
+    def __init__(self, bundle, threads=None, builds=None):
         self.bundle = bundle
         m = bundle.manifest
         self.input_spec = m["inputs"][0]
         self.num_classes = m["num_classes"]
+        self.builds = {}
+        for e in m["stages"] + m["exits"]:
+            want = builds.get(e["id"]) if isinstance(builds, dict) else builds
+            self.builds[e["id"]] = _pick_build(e, want)
         self.stages = [self._graph(s, threads) for s in m["stages"]]
         self.heads = [self._graph(e, threads) for e in m["exits"]]
         self.policies = [get_policy(e["policy"]) for e in m["exits"]]
@@ -63,8 +89,9 @@ class EdgeModel(object):
             for k, e in enumerate(m["exits"])]
 
     def _graph(self, entry, threads):
-        executor = EXECUTORS.get(entry["format"])
-        return executor(self.bundle.path(entry["file"]), entry["inputs"], entry["outputs"],
+        build = self.builds[entry["id"]]
+        executor = EXECUTORS.get(build["format"])
+        return executor(self.bundle.path(build["file"]), entry["inputs"], entry["outputs"],
                         entry["output_shapes"], threads)
 
     def resolve_thresholds(self, thresholds):
@@ -160,10 +187,11 @@ class EdgeModel(object):
         return [softmax(l) for l in self.exit_logits(x, batch_size, progress)]
 
 
-def load_bundle(path, threads=None, verify=True):
+def load_bundle(path, threads=None, verify=True, builds=None):
     """Open and verify a bundle and prepare its graphs for running.
 
     ``threads``: CPU threads for the executors (default: all cores). ``verify=False`` skips
-    the per-file sha256 check (the manifest is always validated).
+    the per-file sha256 check (the manifest is always validated). ``builds``: run other
+    builds than the selected ones (see :class:`EdgeModel`).
     """
-    return EdgeModel(read_bundle(path, verify=verify), threads=threads)
+    return EdgeModel(read_bundle(path, verify=verify), threads=threads, builds=builds)

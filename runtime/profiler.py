@@ -127,8 +127,9 @@ def profile_graphs(model, batch_sizes=(1,), warmup=10, repeats=50, sensor=None,
             energy_mj, status = (None, "no sensor")
             if sensor is not None:
                 energy_mj, status = _energy(graph, tensors, sensor, stats["mean_ms"], min_window_s)
+            build = model.builds[entry["id"]]
             row = {"graph": entry["id"], "kind": kind, "index": k, "batch": int(batch),
-                   "build": entry["format"], "precision": "fp32", "macs": entry["macs"],
+                   "build": build["format"], "precision": build["precision"], "macs": entry["macs"],
                    "peak_rss_mb": peak_rss_mb(), "energy_mj": energy_mj,
                    "idle_power_w": idle, "energy_status": status}
             row.update(stats)
@@ -181,6 +182,11 @@ def pick_sensor(disabled=False):
     return totals[0] if totals else None
 
 
+def _entry(model, graph_id):
+    m = model.bundle.manifest
+    return next(e for e in m["stages"] + m["exits"] if e["id"] == graph_id)
+
+
 class _NoRecorder(object):
     def __call__(self, row):
         pass
@@ -200,8 +206,13 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=10, repeats=50, db=None
     """
     from edgesdk.progress import Progress
     from edgesdk.runtime.datafiles import load_inputs
-    from edgesdk.runtime.engine import load_bundle
+    from edgesdk.runtime.engine import EdgeModel, graph_builds, load_bundle
     model = load_bundle(bundle_path, threads=threads)
+    # The selected builds first, then each other precision the bundle holds, chained as the
+    # runtime would run them; a build already measured is not measured again.
+    others = sorted({b["precision"] for e in model.builds for b in
+                     graph_builds(_entry(model, e))[1:]})
+    configs = [model] + [EdgeModel(model.bundle, threads=threads, builds=p) for p in others]
     sensor = pick_sensor(no_sensor)
     if db:
         from edgesdk.profiles import ProfileRecorder
@@ -209,13 +220,20 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=10, repeats=50, db=None
                                  "{} {}".format(sensor.name, sensor.rail) if sensor else "none")
     else:
         record = _NoRecorder()
-    total = (2 * model.num_exits + 1) * len(batch_sizes)  # graphs + the runtime's own row
+    # graphs + the runtime's own row, per configuration
+    total = (2 * model.num_exits + 1) * len(batch_sizes) * len(configs)
+    rows, seen = [], set()
     try:
         with Progress(total, "profiling", enabled=progress) as bar:
             def done(row):
-                record(row)
+                key = (row["graph"], row["build"], row["precision"], row["batch"])
+                if key not in seen:
+                    seen.add(key)
+                    rows.append(row)
+                    record(row)
                 bar.update(note=row["graph"])
-            rows = profile_graphs(model, batch_sizes, warmup, repeats, sensor, progress=done)
+            for config in configs:
+                profile_graphs(config, batch_sizes, warmup, repeats, sensor, progress=done)
         out = {"bundle": model.bundle.root, "sensor": sensor.describe() if sensor else None,
                "graphs": rows}
         if data:

@@ -9,7 +9,7 @@ HOST = Target(
     arch=platform.machine(),
     formats=("onnx",),
     executors=("onnxruntime",),
-    precisions=("fp32",),
+    precisions=("fp32", "int8"),
     build_on="host",
     power_sensor="none known (probe with the profiler)",
 )

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from edgesdk.converters.cost_model import METRICS
+from edgesdk.converters.selection import DEFAULT_EXIT_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT
 from edgesdk.errors import InputError
 
 
@@ -32,6 +34,26 @@ def add_arguments(p):
     p.add_argument("--std", help="preprocessing: per-channel stds, comma separated")
     p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance (absolute)")
     p.add_argument("--rtol", type=float, default=1e-3, help="verification tolerance (relative)")
+    p.add_argument("--precisions", default="fp32",
+                   help="builds per graph among the target's, e.g. fp32,int8 (default fp32)")
+    p.add_argument("--calibration-data", metavar="NPZ",
+                   help="real inputs 'x' (and labels 'y') for INT8 ranges, agreement checks and "
+                        "--profile choices (default: --example-data)")
+    p.add_argument("--quant-method", default="minmax", choices=["minmax", "entropy", "percentile"],
+                   help="how INT8 activation ranges are set (default minmax)")
+    p.add_argument("--profile", metavar="DB",
+                   help="choose each graph's build and drop exits that do not pay, from this "
+                        "profile database of the same bundle measured on the board")
+    p.add_argument("--device", help="device fingerprint in --profile (when it holds several)")
+    p.add_argument("--profile-metric", default="latency", choices=sorted(METRICS),
+                   help="what --profile minimises (default latency: the mean)")
+    p.add_argument("--profile-batch", type=int, default=1, help="batch size costs are taken at")
+    p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                   help="a reduced-precision build must keep this top-1 agreement with fp32 at "
+                        "every exit (default %(default)s)")
+    p.add_argument("--exit-accuracy-drop", type=float, default=DEFAULT_EXIT_ACCURACY_DROP,
+                   help="accuracy points an exit may cost when judging whether it pays for "
+                        "itself (needs labels; default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -97,14 +119,23 @@ def run(args):
     from edgesdk.runtime.datafiles import load_npz
     from edgesdk.runtime.inputs import preprocess
     pre = preprocessing_from(args)
-    if args.example_data:
-        x, _ = load_npz(args.example_data)
-        x = x[:16]
+
+    def model_inputs(path, what):
+        x, y = load_npz(path)
         if x.dtype.kind in "ui":
             if pre is None:
-                raise InputError("--example-data holds raw integer pixels; give --mean/--std so "
-                                 "they can be preprocessed")
+                raise InputError("{} holds raw integer pixels; give --mean/--std so they can be "
+                                 "preprocessed".format(what))
             x = preprocess(x, {"name": "x", "preprocessing": pre})
+        return x, y
+
+    calibration = None
+    if args.calibration_data or args.example_data:
+        cx, cy = model_inputs(args.calibration_data or args.example_data,
+                              "--calibration-data" if args.calibration_data else "--example-data")
+        calibration = (cx, cy) if cy is not None else cx
+    if args.example_data:
+        x = model_inputs(args.example_data, "--example-data")[0][:16]
     elif args.input_shape:
         try:
             shape = [int(v) for v in args.input_shape.split(",")]
@@ -117,13 +148,27 @@ def run(args):
     report = convert(model, x, args.output, stages_attr=args.stages_attr, heads_attr=args.heads_attr,
                      target=args.target, opset=args.opset, policy=args.policy,
                      threshold=args.threshold, preprocessing=pre, atol=args.atol, rtol=args.rtol,
-                     force=args.force, progress=not args.json)
+                     force=args.force, progress=not args.json,
+                     precisions=[p.strip() for p in args.precisions.split(",") if p.strip()],
+                     calibration_data=calibration if (args.precisions != "fp32" or args.profile) else None,
+                     quant_method=args.quant_method, profile=args.profile, device=args.device,
+                     profile_metric=METRICS[args.profile_metric], profile_batch=args.profile_batch,
+                     min_agreement=args.min_agreement, exit_accuracy_drop=args.exit_accuracy_drop)
     if args.json:
         print(json.dumps({"bundle": report.path, "max_abs_error": report.max_abs_error,
-                          "stage_macs": report.stage_macs, "exit_macs": report.exit_macs}))
+                          "stage_macs": report.stage_macs, "exit_macs": report.exit_macs,
+                          "builds": report.builds, "choices": report.choices}))
         return 0
     print("wrote {}".format(report.path))
     for k, err in enumerate(report.max_abs_error):
         print("  exit {}: stage {:.2f}M + head {:.3f}M MACs, ONNX Runtime vs PyTorch max abs "
               "error {:.2e}".format(k, report.stage_macs[k] / 1e6, report.exit_macs[k] / 1e6, err))
+    for gid, agreement in sorted(report.builds.items()):
+        print("  {}: builds {}".format(gid, ", ".join(
+            "{} (top-1 agreement with fp32 {:.2%})".format(p, a) for p, a in sorted(agreement.items()))))
+    if report.choices:
+        c = report.choices
+        print("chosen from the profile of device {} ({}):".format(c["device"], c["metric"]))
+        print("  builds: {}".format(", ".join("{}={}".format(g, b) for g, b in c["builds"].items())))
+        print("  dropped exits: {}".format(", ".join(map(str, c["dropped_exits"])) or "none"))
     return 0

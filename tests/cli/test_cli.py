@@ -123,3 +123,34 @@ def test_help_lists_every_verb(capsys):
     assert e.value.code == 0
     for verb in ("convert", "calibrate", "run", "inspect", "validate", "pack-runtime"):
         assert verb in out
+
+
+def test_feedback_loop_convert_profile_convert(files, tmp_path, capsys):
+    """convert with INT8 builds -> profile on this machine -> convert --profile DB."""
+    common = ["--model", MODEL, "--weights", files / "w.pt", "--stages-attr", "blocks",
+              "--heads-attr", "exits", "--example-data", files / "cal.npz", "--mean", "0.1307",
+              "--std", "0.3081", "--precisions", "fp32,int8"]
+    first, db = tmp_path / "a.edgebundle", tmp_path / "p.sqlite"
+    code, out, _ = cli(capsys, "convert", *common, "-o", first)
+    assert code == 0 and "int8 (top-1 agreement with fp32" in out
+    code, out, _ = cli(capsys, "profile", first, "--db", db, "--repeats", "5", "--warmup", "1", "--json")
+    assert code == 0
+    assert {r["precision"] for r in json.loads(out)["graphs"]} == {"fp32", "int8", "-"}
+    second = tmp_path / "b.edgebundle"
+    code, out, _ = cli(capsys, "convert", *common, "--profile", db, "--min-agreement", "0.9",
+                       "-o", second, "--json")
+    assert code == 0
+    choices = json.loads(out)["choices"]
+    assert set(choices["builds"]) == {"stage0", "stage1", "stage2", "exit0", "exit1", "exit2"}
+    manifest = json.loads((second / "manifest.json").read_text())
+    for e in manifest["stages"] + manifest["exits"]:
+        costs = e["build_chosen_from"]["costs"]
+        assert set(costs) == {"onnx fp32", "onnx int8"} and all(v > 0 for v in costs.values())
+        assert e["build_chosen_from"]["chosen"] == choices["builds"][e["id"]]
+    # The calibrated budget then comes from the same table: the graphs did not change.
+    code, out, err = cli(capsys, "calibrate", second, "--data", files / "cal.npz", "--profile", db,
+                         "--budget-latency-ms", "1000", "--json")
+    assert code == 0, err
+    code, _, err = cli(capsys, "convert", *common, "--profile", tmp_path / "none.sqlite",
+                       "-o", tmp_path / "c.edgebundle")
+    assert code == 4 and "does not exist" in err and not (tmp_path / "c.edgebundle").exists()

@@ -1,0 +1,104 @@
+"""Extra builds of a bundle's graphs (INT8 today) and how closely each follows the FP32 one.
+
+Every stage and head keeps its FP32 ONNX graph; other builds sit beside it in the entry's
+``builds`` list, the selected one named by the entry's own ``file``/``format``/``precision``.
+Which build runs is chosen later from measured profiles (:mod:`.selection`); what is recorded
+here is the evidence for that choice: for each extra build, the top-1 agreement with the
+selected builds at every exit it influences, on the user's calibration data.
+"""
+import os
+
+import numpy as np
+
+from edgesdk import bundle as bundle_io
+from edgesdk.converters.quantize import quantize_graphs
+from edgesdk.errors import InputError
+
+FEED_LIMIT = 512  # calibration samples used for activation ranges and agreement
+
+
+def graph_entries(manifest):
+    """Every stage and head entry, in the runtime's order (stage 0, head 0, stage 1, ...)."""
+    return [e for k in range(len(manifest["stages"]))
+            for e in (manifest["stages"][k], manifest["exits"][k])]
+
+
+def exits_reached(manifest, graph_id):
+    """The exits whose outputs depend on ``graph_id``: a stage's own and all later, a head's own."""
+    n = len(manifest["stages"])
+    for k in range(n):
+        if manifest["stages"][k]["id"] == graph_id:
+            return list(range(k, n))
+        if manifest["exits"][k]["id"] == graph_id:
+            return [k]
+    raise KeyError(graph_id)
+
+
+def _graph_inputs(model, x, batch=256):
+    """``{graph id: {input name: array}}``: what every stage and head receives for ``x``."""
+    m = model.bundle.manifest
+    out = {e["id"]: {n: [] for n in e["inputs"]} for e in graph_entries(m)}
+    for i in range(0, len(x), batch):
+        state = (x[i:i + batch],)
+        for k in range(model.num_exits):
+            stage, head = m["stages"][k], m["exits"][k]
+            for n, a in zip(stage["inputs"], state):
+                out[stage["id"]][n].append(a)
+            state = tuple(model.stages[k].run(state))
+            for n, a in zip(head["inputs"], state):
+                out[head["id"]][n].append(a)
+    return {g: {n: np.concatenate(parts) for n, parts in ins.items()} for g, ins in out.items()}
+
+
+def add_int8_builds(root, x, method="minmax"):
+    """Quantize every stage and head of the (staging) bundle at ``root`` to INT8 with
+    calibration inputs ``x`` (real, preprocessed model inputs) and list the builds."""
+    from edgesdk.runtime.engine import EdgeModel
+    if x is None or len(x) == 0:
+        raise InputError("INT8 builds need real calibration inputs (calibration_data / "
+                         "--calibration-data)")
+    x = np.ascontiguousarray(x[:FEED_LIMIT], dtype=np.float32)
+    bundle = bundle_io.read_bundle(root)
+    manifest = bundle.manifest
+    inputs = _graph_inputs(EdgeModel(bundle), x)
+    jobs, new = [], {}
+    for entry in graph_entries(manifest):
+        rel = entry["file"][:-len(".onnx")] + ".int8.onnx"
+        jobs.append((bundle.path(entry["file"]), bundle.path(rel), inputs[entry["id"]], method))
+        new[entry["id"]] = rel
+    quantize_graphs(jobs)
+    for entry in graph_entries(manifest):
+        entry["builds"] = [{"file": entry["file"], "format": entry["format"],
+                            "precision": entry.get("precision", "fp32")},
+                           {"file": new[entry["id"]], "format": "onnx", "precision": "int8",
+                            "calibration": {"method": method, "samples": int(len(x))}}]
+    manifest["files"].update(bundle_io.hash_files(root, sorted(new.values())))
+    manifest["provenance"]["passes"].append(
+        {"name": "onnxruntime-quantize-static", "format": "QDQ", "weights": "int8 per-channel",
+         "activations": "uint8", "calibration": method, "samples": int(len(x))})
+    bundle_io.write_manifest(root, manifest)
+
+
+def top1_labels(model, x):
+    """Top-1 class at every exit for ``x``: a list of (N,) arrays."""
+    return [l.argmax(axis=1) for l in model.exit_logits(x)]
+
+
+def record_agreement(root, x):
+    """For every build that is not selected: its top-1 agreement with the selected builds on
+    ``x``, the worst over the exits it influences (``top1_agreement``, ``agreement_samples``)."""
+    from edgesdk.runtime.engine import EdgeModel, graph_builds
+    x = np.ascontiguousarray(x[:FEED_LIMIT], dtype=np.float32)
+    bundle = bundle_io.read_bundle(root)
+    manifest = bundle.manifest
+    base = top1_labels(EdgeModel(bundle), x)
+    for entry in graph_entries(manifest):
+        for build in entry.get("builds") or []:
+            if build["file"] == entry["file"]:
+                continue
+            labels = top1_labels(EdgeModel(bundle, builds={entry["id"]: build["precision"]}), x)
+            build["top1_agreement"] = min(float((labels[k] == base[k]).mean())
+                                          for k in exits_reached(manifest, entry["id"]))
+            build["agreement_samples"] = int(len(x))
+    bundle_io.write_manifest(root, manifest)
+    return base

@@ -1,0 +1,120 @@
+"""INT8 builds of ONNX stages and heads with ONNX Runtime's static quantization.
+
+QDQ format, per-channel signed weights and unsigned activations: the combination that runs
+fast on x86 (VNNI) and that TensorRT and QNN read. Activation ranges come from calibration
+inputs the caller computes from real data (each graph's own inputs: the state the previous
+stage produced), never from random tensors.
+
+Quantization runs in a fresh child process (``python -m``, so a caller's script is never
+re-imported as multiprocessing's spawn would): once edgesdk's executors have created ONNX
+Runtime's process-wide thread pool, ORT refuses the per-session pools its calibrator asks for
+("use_per_session_threads must be false when using a global thread pool").
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from edgesdk.deps import require
+from edgesdk.errors import ConversionError, InputError
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+class _Feeds(object):
+    """ONNX Runtime's CalibrationDataReader protocol over a list of input dicts."""
+
+    def __init__(self, feeds):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # called by some ORT versions between passes
+        pass
+
+
+def quantize_graphs(jobs, feed_batch=32):
+    """Run :func:`quantize_int8` for each ``(src, dst, inputs, method)`` in a child process.
+
+    ``inputs``: ``{input name: float32 array}`` of calibration data for that graph, fed in
+    batches of ``feed_batch``.
+    """
+    scratch = tempfile.mkdtemp(prefix="edgesdk-quant-")
+    try:
+        spec = []
+        for i, (src, dst, inputs, method) in enumerate(jobs):
+            data = os.path.join(scratch, "feeds{}.npz".format(i))
+            np.savez(data, **inputs)
+            spec.append({"src": src, "dst": dst, "data": data, "method": method,
+                         "feed_batch": feed_batch})
+        with open(os.path.join(scratch, "jobs.json"), "w") as f:
+            json.dump(spec, f)
+        proc = subprocess.run([sys.executable, "-m", "edgesdk.converters.quantize",
+                               os.path.join(scratch, "jobs.json")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        error = os.path.join(scratch, "error.json")
+        if os.path.exists(error):
+            with open(error) as f:
+                kind, message = json.load(f)
+            raise (InputError if kind == "InputError" else ConversionError)(message)
+        if proc.returncode != 0:
+            raise ConversionError("the INT8 quantization process failed (exit {}): {}".format(
+                proc.returncode, proc.stderr.strip()[-2000:]))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_jobs(jobs_file):
+    """The child process: quantize each job, reporting an EdgeSDK error as error.json."""
+    with open(jobs_file) as f:
+        jobs = json.load(f)
+    try:
+        for job in jobs:
+            with np.load(job["data"], allow_pickle=False) as data:
+                inputs = {k: data[k] for k in data.files}
+            n = len(next(iter(inputs.values())))
+            b = job["feed_batch"]
+            feeds = [{k: v[i:i + b] for k, v in inputs.items()} for i in range(0, n, b)]
+            quantize_int8(job["src"], job["dst"], feeds, job["method"])
+    except (InputError, ConversionError) as exc:
+        with open(os.path.join(os.path.dirname(jobs_file), "error.json"), "w") as f:
+            json.dump([type(exc).__name__, str(exc)], f)
+
+
+def quantize_int8(src, dst, feeds, method="minmax"):
+    """Write an INT8 QDQ copy of the ONNX graph ``src`` to ``dst``.
+
+    ``feeds``: a list of ``{input name: float32 array}`` batches of real calibration inputs.
+    ``method``: how activation ranges are set from them (minmax, entropy, percentile).
+    """
+    q = require("onnxruntime.quantization", "onnx", "quantize stages to INT8")
+    if method not in CALIBRATION_METHODS:
+        raise InputError("unknown calibration method '{}'; choose one of {}".format(
+            method, ", ".join(CALIBRATION_METHODS)))
+    if not feeds:
+        raise InputError("INT8 quantization needs calibration inputs (real data)")
+    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+               "percentile": q.CalibrationMethod.Percentile}
+    # ORT writes calibration scratch files into the working directory: keep them out of it.
+    scratch = tempfile.mkdtemp(prefix="edgesdk-quant-")
+    cwd = os.getcwd()
+    try:
+        os.chdir(scratch)
+        q.quantize_static(src, dst, _Feeds(feeds), quant_format=q.QuantFormat.QDQ,
+                          per_channel=True, activation_type=q.QuantType.QUInt8,
+                          weight_type=q.QuantType.QInt8, calibrate_method=methods[method])
+    except Exception as exc:  # ORT raises plain exceptions for graphs it cannot quantize
+        raise ConversionError("ONNX Runtime could not quantize {}: {}: {}".format(
+            os.path.basename(src), type(exc).__name__, exc))
+    finally:
+        os.chdir(cwd)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    _run_jobs(sys.argv[1])

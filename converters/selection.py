@@ -1,0 +1,123 @@
+"""Conversion choices from measured profiles (``edgesdk convert --profile DB``).
+
+1. **Builds**: for each stage and head, the cheapest measured build (e.g. INT8 where the
+   board runs it faster, FP32 where it does not) among those whose top-1 agreement with the
+   FP32 model stays at or above ``min_agreement``. Builds are taken greedily, biggest
+   measured saving first, and a build is kept only if the whole model with it still agrees
+   at every exit: errors of several quantized graphs add up.
+2. **Exit heads**: an early exit costs its head for every sample that reaches it and saves
+   the rest of the model for those that leave there. With labelled data, the exits that the
+   cheapest threshold setting within ``exit_accuracy_drop`` points leaves disabled are
+   dropped (that search already weighs each head's measured cost against what it saves).
+   Without labels, a head is dropped when it costs at least as much as everything after it,
+   the most it could ever save.
+
+The measured table must be of exactly these graphs (same graphs sha256) from one device;
+anything else is refused with the reason. Every choice, its costs and the table it came from
+go into the manifest: ``build_chosen_from`` on each graph, ``chosen_from`` on dropped exits.
+"""
+import numpy as np
+
+from edgesdk import bundle as bundle_io
+from edgesdk.converters.builds import FEED_LIMIT, graph_entries, top1_labels
+from edgesdk.converters.cost_model import build_costs, device_rows, table_from_rows
+from edgesdk.runtime.engine import EdgeModel, graph_builds
+
+DEFAULT_MIN_AGREEMENT = 0.99
+DEFAULT_EXIT_ACCURACY_DROP = 0.5
+
+
+def _label(build):
+    return "{} {}".format(build["format"], build["precision"])
+
+
+def choose_builds(bundle, costs, x, baseline, min_agreement):
+    """``({graph id: precision}, worst top-1 agreement per exit)`` chosen greedily."""
+    candidates = []
+    for entry in graph_entries(bundle.manifest):
+        builds = graph_builds(entry)
+        current = costs.get((entry["id"], builds[0]["format"], builds[0]["precision"]))
+        for b in (builds[1:] if current is not None else []):
+            cost = costs.get((entry["id"], b["format"], b["precision"]))
+            agreement = next((o.get("top1_agreement") for o in entry["builds"]
+                              if o["file"] == b["file"]), None)
+            if cost is not None and cost < current and agreement is not None \
+                    and agreement >= min_agreement:
+                candidates.append((current - cost, entry["id"], b["precision"]))
+    x = x[:len(baseline[0])]  # the samples the baseline labels are of
+    chosen = {}
+    agreement = [1.0] * len(bundle.manifest["exits"])
+    for _, gid, precision in sorted(candidates, reverse=True):
+        trial = dict(chosen, **{gid: precision})
+        labels = top1_labels(EdgeModel(bundle, builds=trial), x)
+        trial_agreement = [float((a == b).mean()) for a, b in zip(labels, baseline)]
+        if min(trial_agreement) >= min_agreement:
+            chosen, agreement = trial, trial_agreement
+    return chosen, agreement
+
+
+def exits_to_drop(table, probs=None, y=None, policy=None, exit_accuracy_drop=DEFAULT_EXIT_ACCURACY_DROP,
+                  confidence=0.99):
+    """``({exit index: reason}, how)`` for the early exits that do not pay for themselves."""
+    from edgesdk.converters.calibrate import ExitSimulator, choose_thresholds
+    n = len(table.head)
+    if y is not None:
+        sim = ExitSimulator(probs, y, policy, table.stage, table.head)
+        point, objective = choose_thresholds(sim, max_accuracy_drop=exit_accuracy_drop,
+                                             confidence=confidence, unit=table.unit)
+        return ({k: "the cheapest thresholds within {} points of the final exit's accuracy ({}% "
+                    "confidence) leave it off".format(exit_accuracy_drop, int(confidence * 100))
+                 for k in range(n - 1) if point.thresholds[k] is None},
+                {"criterion": "threshold search on labelled data", "objective": objective,
+                 "expected_mean_cost": point.mean_cost, "unit": table.unit})
+    drop = {}
+    for k in range(n - 1):
+        rest = sum(table.stage[k + 1:]) + table.head[-1]
+        if table.head[k] >= rest:
+            drop[k] = "its head costs {:.4g} {}, everything after it {:.4g}: it can never save " \
+                      "more than it costs".format(table.head[k], table.unit, rest)
+    return drop, {"criterion": "head cost >= cost of the rest (no labelled data given)"}
+
+
+def apply_profile(root, db, x, y=None, device=None, metric="mean_ms", batch=1,
+                  min_agreement=DEFAULT_MIN_AGREEMENT, exit_accuracy_drop=DEFAULT_EXIT_ACCURACY_DROP,
+                  baseline=None):
+    """Choose builds and drop exits in the (staging) bundle at ``root`` from the profile
+    store ``db``; rewrites its manifest. Returns a summary dict of the choices."""
+    bundle = bundle_io.read_bundle(root)
+    manifest = bundle.manifest
+    rows, device, sha = device_rows(db, manifest, device)
+    costs, interpolated = build_costs(rows, metric, batch)
+    times = sorted(r["measured_at"] for r in rows)
+    source = {"db": db, "device": device, "bundle_sha256": sha, "metric": metric, "batch": batch,
+              "interpolated": interpolated, "measured_at": [times[0], times[-1]]}
+    if baseline is None:
+        baseline = top1_labels(EdgeModel(bundle), x[:FEED_LIMIT])
+    chosen, agreement = choose_builds(bundle, costs, x, baseline, min_agreement)
+    for entry in graph_entries(manifest):
+        options = {_label(b): costs.get((entry["id"], b["format"], b["precision"]))
+                   for b in graph_builds(entry)}
+        pick = next(b for b in graph_builds(entry)
+                    if b["precision"] == chosen.get(entry["id"], entry.get("precision", "fp32")))
+        entry.update(file=pick["file"], format=pick["format"], precision=pick["precision"])
+        entry["build_chosen_from"] = {
+            "method": "profile", "profile": source, "costs": options, "chosen": _label(pick),
+            "min_agreement": min_agreement,
+            "reason": ("cheapest measured build agreeing with fp32" if entry["id"] in chosen else
+                       "no other build is cheaper and agrees with fp32 well enough")}
+    model = EdgeModel(bundle_io.Bundle(bundle.root, manifest))
+    table = table_from_rows(rows, metric, [e["id"] for e in manifest["stages"]],
+                            [e["id"] for e in manifest["exits"]], device, sha, batch, db,
+                            builds={e["id"]: (e["format"], e["precision"])
+                                    for e in graph_entries(manifest)})
+    probs = model.exit_probabilities(x) if y is not None else None
+    drop, how = exits_to_drop(table, probs, y, model.policies[0], exit_accuracy_drop)
+    for k, reason in drop.items():
+        ex = manifest["exits"][k]
+        ex.update(dropped=True, threshold=None)
+        ex["chosen_from"] = dict(how, method="dropped by profile", reason=reason, profile=source,
+                                 head_cost=table.head[k])
+    bundle_io.write_manifest(root, manifest)
+    return {"builds": {e["id"]: _label(e) for e in graph_entries(manifest)},
+            "dropped_exits": sorted(drop), "top1_agreement": agreement,
+            "device": device, "metric": metric, "expected": how}
