@@ -31,6 +31,7 @@ test: venv
 bench: venv
 	$(PY) benchmarks/early_exit.py
 	$(PY) benchmarks/profiler.py
+	$(PY) benchmarks/build_choice.py
 
 runtime-zip: venv
 	$(VENV)/bin/edgesdk pack-runtime dist/edgesdk-runtime.pyz

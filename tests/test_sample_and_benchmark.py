@@ -59,3 +59,10 @@ def test_profiler_benchmark_prints_the_json_summary_last(sample_run):
     for key in ("cost_model_error", "budget_met", "accuracy_at_budget", "profiler_overhead"):
         assert isinstance(summary[key], (int, float)), key
     assert summary["samples"] == 64 and summary["sensor"].startswith("none")
+
+
+def test_build_choice_benchmark_prints_the_json_summary_last(sample_run):
+    summary, _ = benchmark_summary("build_choice.py", sample_run[0], "--repeats", "5", "--rounds", "1")
+    for key in ("chosen_vs_fp32", "int8_vs_fp32", "accuracy_fp32", "accuracy_int8", "accuracy_chosen"):
+        assert isinstance(summary[key], (int, float)), key
+    assert summary["graphs"] == 8 and 0 <= summary["int8_graphs"] <= 8

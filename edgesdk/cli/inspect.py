@@ -35,16 +35,21 @@ def run(args):
     for st, ex in zip(m["stages"], m["exits"]):
         for entry, kind in ((st, "stage"), (ex, "exit")):
             f = files[entry["file"]]
-            thr = policy = chosen = ""
+            thr = policy = ""
+            chosen = "build: profile" if entry.get("build_chosen_from") else ""
             if kind == "exit":
                 policy = entry["policy"]
                 thr = "always" if entry is m["exits"][-1] else (
+                    "dropped" if entry.get("dropped") else
                     "off" if entry["threshold"] is None else "{:.6g}".format(entry["threshold"]))
-                chosen = entry["chosen_from"].get("method", "")
-            rows.append([entry["id"], entry["format"], "{:.2f}M".format(entry["macs"] / 1e6),
-                         _size(f["bytes"]), f["sha256"][:12], policy, thr, chosen])
-    print(format_table(["graph", "format", "MACs", "size", "sha256", "policy", "threshold",
-                        "chosen by"], rows))
+                chosen = ", ".join(c for c in (entry["chosen_from"].get("method", ""), chosen) if c)
+            others = [b["precision"] for b in entry.get("builds") or [] if b["file"] != entry["file"]]
+            build = "{} {}".format(entry["format"], entry.get("precision", "fp32"))
+            rows.append([entry["id"], build + (" (+{})".format(",".join(others)) if others else ""),
+                         "{:.2f}M".format(entry["macs"] / 1e6), _size(f["bytes"]), f["sha256"][:12],
+                         policy, thr, chosen])
+    print(format_table(["graph", "build (other builds)", "MACs", "size", "sha256", "policy",
+                        "threshold", "chosen by"], rows))
     total = sum(f["bytes"] for f in files.values())
     print("\n{} files, {} in all; manifest sha256 {}".format(len(files), _size(total),
                                                             m["manifest_sha256"][:12]))
