@@ -10,7 +10,6 @@ On the trained sample model and real MNIST digits, in one run:
     settings (all FP32, all INT8, chosen) in interleaved rounds, and their accuracy.
 The last line printed is one JSON object.
 """
-import argparse
 import datetime
 import json
 import os
@@ -20,9 +19,7 @@ import tempfile
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(ROOT, "samples", "mnist_early_exit")
-sys.path.insert(0, SAMPLE)
+from common import sample_parser
 
 
 def full_model_ms(model, x):
@@ -31,11 +28,7 @@ def full_model_ms(model, x):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default=os.path.join(SAMPLE, "out"))
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--samples", type=int, default=1000)
+    parser = sample_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per graph")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
     args = parser.parse_args(argv)

@@ -9,7 +9,6 @@ Same trained sample model, same held-out MNIST test images, same thread settings
 its own block first (PyTorch's worker threads would otherwise compete with ONNX Runtime's).
 The last line printed is one JSON object with the ratios.
 """
-import argparse
 import datetime
 import json
 import os
@@ -19,9 +18,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(ROOT, "samples", "mnist_early_exit")
-sys.path.insert(0, SAMPLE)
+from common import sample_parser
 
 
 def monolithic(model):
@@ -76,13 +73,8 @@ def timed_rounds(methods, x, batch, rounds, warmup=20):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default=os.path.join(SAMPLE, "out"),
-                        help="sample output folder (trained weights are reused from there)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser = sample_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--samples", type=int, default=1000, help="test images to time on")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs if no weights exist")
     args = parser.parse_args(argv)
 
     import torch

@@ -12,7 +12,6 @@ On the trained sample model and real MNIST digits, in one run:
     period a sysfs rail would be read at (said in the output).
 The last line printed is one JSON object.
 """
-import argparse
 import datetime
 import json
 import os
@@ -23,9 +22,7 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(ROOT, "samples", "mnist_early_exit")
-sys.path.insert(0, SAMPLE)
+from common import sample_parser
 
 
 class FileRail(object):
@@ -72,11 +69,7 @@ def sampling_overhead(graph, tensors, sensor, calls, rounds=10):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default=os.path.join(SAMPLE, "out"))
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--samples", type=int, default=1000)
+    parser = sample_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per graph")
     args = parser.parse_args(argv)
 

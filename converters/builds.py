@@ -6,7 +6,6 @@ Which build runs is chosen later from measured profiles (:mod:`.selection`); wha
 here is the evidence for that choice: for each extra build, the top-1 agreement with the
 selected builds at every exit it influences, on the user's calibration data.
 """
-import os
 
 import numpy as np
 
@@ -87,7 +86,7 @@ def top1_labels(model, x):
 def record_agreement(root, x):
     """For every build that is not selected: its top-1 agreement with the selected builds on
     ``x``, the worst over the exits it influences (``top1_agreement``, ``agreement_samples``)."""
-    from edgesdk.runtime.engine import EdgeModel, graph_builds
+    from edgesdk.runtime.engine import EdgeModel
     x = np.ascontiguousarray(x[:FEED_LIMIT], dtype=np.float32)
     bundle = bundle_io.read_bundle(root)
     manifest = bundle.manifest

@@ -16,7 +16,6 @@ The measured table must be of exactly these graphs (same graphs sha256) from one
 anything else is refused with the reason. Every choice, its costs and the table it came from
 go into the manifest: ``build_chosen_from`` on each graph, ``chosen_from`` on dropped exits.
 """
-import numpy as np
 
 from edgesdk import bundle as bundle_io
 from edgesdk.converters.builds import FEED_LIMIT, graph_entries, top1_labels

@@ -1,6 +1,5 @@
 """Profiling boards through TVM's RPC tracker: a tracker and two edgesdk servers on loopback."""
 import json
-import os
 import socket
 import subprocess
 import sys
