@@ -1,4 +1,4 @@
-"""Extra builds of a bundle's graphs (INT8 today) and how closely each follows the FP32 one.
+"""Extra builds of a bundle's graphs (INT8, FP16) and how closely each follows the FP32 one.
 
 Every stage and head keeps its FP32 ONNX graph; other builds sit beside it in the entry's
 ``builds`` list, the selected one named by the entry's own ``file``/``format``/``precision``.
@@ -10,7 +10,7 @@ selected builds at every exit it influences, on the user's calibration data.
 import numpy as np
 
 from edgesdk import bundle as bundle_io
-from edgesdk.converters.quantize import quantize_graphs
+from edgesdk.converters.quantize import quantize_graphs, to_fp16
 from edgesdk.errors import InputError
 
 FEED_LIMIT = 512  # calibration samples used for activation ranges and agreement
@@ -49,32 +49,48 @@ def _graph_inputs(model, x, batch=256):
     return {g: {n: np.concatenate(parts) for n, parts in ins.items()} for g, ins in out.items()}
 
 
-def add_int8_builds(root, x, method="minmax"):
-    """Quantize every stage and head of the (staging) bundle at ``root`` to INT8 with
-    calibration inputs ``x`` (real, preprocessed model inputs) and list the builds."""
+def add_builds(root, precisions, x=None, method="minmax", symmetric=False):
+    """Add reduced-precision builds of every stage and head to the (staging) bundle at
+    ``root``: ``int8`` (quantized with calibration inputs ``x``: real, preprocessed model
+    inputs) and/or ``fp16`` (weights and compute in half precision, float32 inputs and outputs
+    kept so stages still chain with the runtime's float32 states). ``symmetric``: INT8
+    activations as int8 with zero points 0 (TensorRT) rather than uint8."""
     from edgesdk.runtime.engine import EdgeModel
-    if x is None or len(x) == 0:
-        raise InputError("INT8 builds need real calibration inputs (calibration_data / "
-                         "--calibration-data)")
-    x = np.ascontiguousarray(x[:FEED_LIMIT], dtype=np.float32)
     bundle = bundle_io.read_bundle(root)
     manifest = bundle.manifest
-    inputs = _graph_inputs(EdgeModel(bundle), x)
-    jobs, new = [], {}
+    new = {}
+    if "int8" in precisions:
+        if x is None or len(x) == 0:
+            raise InputError("INT8 builds need real calibration inputs (calibration_data / "
+                             "--calibration-data)")
+        x = np.ascontiguousarray(x[:FEED_LIMIT], dtype=np.float32)
+        inputs = _graph_inputs(EdgeModel(bundle), x)
+        jobs = []
+        for entry in graph_entries(manifest):
+            rel = entry["file"][:-len(".onnx")] + ".int8.onnx"
+            jobs.append((bundle.path(entry["file"]), bundle.path(rel), inputs[entry["id"]], method,
+                         symmetric))
+            new.setdefault(entry["id"], []).append(
+                {"file": rel, "format": "onnx", "precision": "int8",
+                 "calibration": {"method": method, "samples": int(len(x))},
+                 "activations": "int8 symmetric" if symmetric else "uint8"})
+        quantize_graphs(jobs)
+        manifest["provenance"]["passes"].append(
+            {"name": "onnxruntime-quantize-static", "format": "QDQ", "weights": "int8 per-channel",
+             "activations": "int8 symmetric" if symmetric else "uint8", "calibration": method,
+             "samples": int(len(x))})
+    if "fp16" in precisions:
+        for entry in graph_entries(manifest):
+            rel = entry["file"][:-len(".onnx")] + ".fp16.onnx"
+            to_fp16(bundle.path(entry["file"]), bundle.path(rel))
+            new.setdefault(entry["id"], []).append({"file": rel, "format": "onnx", "precision": "fp16"})
+        manifest["provenance"]["passes"].append(
+            {"name": "onnxconverter-common-float16", "keep_io_types": True})
     for entry in graph_entries(manifest):
-        rel = entry["file"][:-len(".onnx")] + ".int8.onnx"
-        jobs.append((bundle.path(entry["file"]), bundle.path(rel), inputs[entry["id"]], method))
-        new[entry["id"]] = rel
-    quantize_graphs(jobs)
-    for entry in graph_entries(manifest):
-        entry["builds"] = [{"file": entry["file"], "format": entry["format"],
-                            "precision": entry.get("precision", "fp32")},
-                           {"file": new[entry["id"]], "format": "onnx", "precision": "int8",
-                            "calibration": {"method": method, "samples": int(len(x))}}]
-    manifest["files"].update(bundle_io.hash_files(root, sorted(new.values())))
-    manifest["provenance"]["passes"].append(
-        {"name": "onnxruntime-quantize-static", "format": "QDQ", "weights": "int8 per-channel",
-         "activations": "uint8", "calibration": method, "samples": int(len(x))})
+        if entry["id"] in new:
+            entry["builds"] = [{"file": entry["file"], "format": entry["format"],
+                                "precision": entry.get("precision", "fp32")}] + new[entry["id"]]
+    manifest["files"].update(bundle_io.hash_files(root, sorted(b["file"] for v in new.values() for b in v)))
     bundle_io.write_manifest(root, manifest)
 
 

@@ -16,6 +16,7 @@ from edgesdk.progress import Progress
 from edgesdk.converters.macs import count_macs
 from edgesdk.converters.model import as_state, chain, split_model, trace_structure
 from edgesdk.converters.onnx_export import DEFAULT_OPSET, export_graph
+from edgesdk.converters.precision import check_calibration, plan_precisions
 from edgesdk.converters.selection import DEFAULT_EXIT_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT
 from edgesdk.targets import get_target
 
@@ -39,6 +40,8 @@ class ConversionReport:
     files: dict = field(default_factory=dict)
     builds: dict = field(default_factory=dict)        # graph id -> extra builds' top-1 agreement
     choices: dict = None                                # what --profile chose (None without it)
+    exit_table: list = None                             # per exit: fp32 vs selected builds
+    precision_warnings: list = field(default_factory=list)
 
 
 def utc_now():
@@ -85,7 +88,7 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
             target="host", opset=DEFAULT_OPSET, policy="max-softmax", threshold=None,
             preprocessing=None, reference_input=None, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL,
             name=None, class_names=None, force=False, threads=None, progress=True,
-            precisions=("fp32",), calibration_data=None, quant_method="minmax", profile=None,
+            precisions=None, quantize=None, calibration_data=None, quant_method="minmax", profile=None,
             device=None, profile_metric="mean_ms", profile_batch=1,
             min_agreement=DEFAULT_MIN_AGREEMENT, exit_accuracy_drop=DEFAULT_EXIT_ACCURACY_DROP):
     """Convert a PyTorch multi-exit model into a verified bundle directory at ``output``.
@@ -98,11 +101,12 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
     |torch|`` and the data is stored for ``edgesdk validate --check``. ``threshold`` sets
     every early exit's threshold (None: early exits off until calibrated).
 
-    ``precisions``: builds to write for every graph, among the target's (``("fp32",
-    "int8")``: INT8 QDQ copies beside the FP32 graphs, activation ranges from
-    ``calibration_data`` with ``quant_method``). ``calibration_data``: real preprocessed
-    inputs, or ``(x, y)`` with integer labels; extra builds record their top-1 agreement with
-    FP32 on it. ``profile``: a profile store with this very bundle's graphs measured on the
+    ``precisions``: builds to write for every graph beside FP32, among the target's (``int8``:
+    QDQ copies, activation ranges from ``calibration_data`` with ``quant_method``; ``fp16``).
+    ``quantize``: the precision every graph runs (default: the target's, see
+    :mod:`edgesdk.converters.precision`). ``calibration_data``: real preprocessed inputs, or
+    ``(x, y)`` with integer labels; extra builds record their top-1 agreement with FP32 on it,
+    and the report's ``exit_table`` compares accuracy per exit. ``profile``: a profile store with this very bundle's graphs measured on the
     board (``edgesdk profile``): each graph's build and the exits worth keeping are then
     chosen from the measured ``profile_metric`` at ``profile_batch`` (see
     :mod:`edgesdk.converters.selection`).
@@ -122,8 +126,8 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
     if tgt.max_opset is not None and opset > tgt.max_opset:
         raise InputError("target '{}' reads ONNX opset <= {}; got --opset {}".format(
             target, tgt.max_opset, opset))
-    precisions = _check_precisions(precisions, tgt)
-    calib_x, calib_y = _calibration(calibration_data, precisions, profile)
+    plan = plan_precisions(tgt, precisions, quantize, calibration_data is not None, profile)
+    calib_x, calib_y = check_calibration(calibration_data, plan, profile)
     stages, heads = split_model(model, stages_attr, heads_attr)
     pol = get_policy(policy)
     example = _as_tensor(example_input, "example_input")
@@ -157,53 +161,28 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
             if calib_x is not None and calib_x.shape[1:] != example.shape[1:]:
                 raise InputError("calibration data shape {} differs from example_input {}".format(
                     list(calib_x.shape), list(example.shape)))
-            _extra_builds(tmp, report, precisions, calib_x, calib_y, quant_method, profile, device,
-                          profile_metric, profile_batch, min_agreement, exit_accuracy_drop)
+            # Agreement of FP16 builds is checked on the reference inputs when no calibration
+            # data was given (FP16 needs none to build).
+            _extra_builds(tmp, report, plan, tgt,
+                          calib_x if calib_x is not None else reference.numpy(), calib_y,
+                          quant_method, profile, device, profile_metric, profile_batch,
+                          min_agreement, exit_accuracy_drop)
     finally:
         model.train(was_training)
     return report
 
 
-def _check_precisions(precisions, target):
-    precisions = list(dict.fromkeys(precisions or ("fp32",)))
-    if "fp32" not in precisions:
-        precisions.insert(0, "fp32")  # the portable graph is always there
-    bad = [p for p in precisions if p not in target.precisions]
-    if bad:
-        raise InputError("target '{}' runs precisions {}; {} requested".format(
-            target.name, ", ".join(target.precisions), ", ".join(bad)))
-    return precisions
-
-
-def _calibration(data, precisions, profile):
-    """``(x, y or None)`` as float32 / int64 arrays, or ``(None, None)`` when not needed."""
-    if data is None:
-        if len(precisions) > 1:
-            raise InputError("{} builds need real calibration data (calibration_data= / "
-                             "--calibration-data)".format(", ".join(precisions[1:])))
-        if profile is not None:
-            raise InputError("choosing from a profile needs the calibration data the profiled "
-                             "bundle was converted with (calibration_data= / --calibration-data)")
-        return None, None
-    x, y = data if isinstance(data, tuple) else (data, None)
-    x = _as_tensor(x, "calibration data").numpy()
-    if y is not None:
-        y = np.asarray(y)
-        if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(x):
-            raise InputError("calibration labels must be a 1-D integer array with one label per "
-                             "input; got shape {} dtype {}".format(list(y.shape), y.dtype))
-        y = y.astype(np.int64)
-    return x, y
-
-
-def _extra_builds(root, report, precisions, x, y, quant_method, profile, device, metric, batch,
+def _extra_builds(root, report, plan, target, x, y, quant_method, profile, device, metric, batch,
                   min_agreement, exit_accuracy_drop):
-    """INT8 builds, their agreement with FP32, and (with a profile) the measured choices."""
-    from edgesdk.converters.builds import add_int8_builds, record_agreement
-    if "int8" in precisions:
-        add_int8_builds(root, x, quant_method)
+    """Reduced-precision builds, their agreement with FP32, the selection (the plan's, or the
+    profile's per graph) and the per-exit table on the calibration data."""
+    from edgesdk.converters.builds import add_builds, record_agreement
+    from edgesdk.converters.precision import check_int8_rules, exit_agreement_table, select_precision
     baseline = None
-    if len(precisions) > 1:
+    if len(plan.precisions) > 1:
+        add_builds(root, plan.precisions, x, quant_method,
+                   symmetric=target.int8_activations == "int8-symmetric")
+        check_int8_rules(root, target)
         baseline = record_agreement(root, x)
         manifest = bundle_io.read_bundle(root).manifest
         report.builds = {e["id"]: {b["precision"]: b.get("top1_agreement", 1.0) for b in e["builds"]}
@@ -212,7 +191,12 @@ def _extra_builds(root, report, precisions, x, y, quant_method, profile, device,
         from edgesdk.converters.selection import apply_profile
         report.choices = apply_profile(root, profile, x, y, device, metric, batch, min_agreement,
                                        exit_accuracy_drop, baseline)
-        _refresh_reference(root)
+    else:
+        select_precision(root, plan)
+    report.precision_warnings = plan.warnings
+    if x is not None and len(plan.precisions) > 1:
+        report.exit_table = exit_agreement_table(root, x, y)
+    _refresh_reference(root)
 
 
 def _refresh_reference(root):

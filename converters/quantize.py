@@ -1,4 +1,5 @@
-"""INT8 builds of ONNX stages and heads with ONNX Runtime's static quantization.
+"""Reduced-precision builds of ONNX stages and heads: INT8 with ONNX Runtime's static
+quantization, FP16 with onnxconverter-common.
 
 QDQ format, per-channel signed weights and unsigned activations: the combination that runs
 fast on x86 (VNNI) and that TensorRT and QNN read. Activation ranges come from calibration
@@ -39,7 +40,8 @@ class _Feeds(object):
 
 
 def quantize_graphs(jobs, feed_batch=32):
-    """Run :func:`quantize_int8` for each ``(src, dst, inputs, method)`` in a child process.
+    """Run :func:`quantize_int8` for each ``(src, dst, inputs, method, symmetric)`` in a child
+    process.
 
     ``inputs``: ``{input name: float32 array}`` of calibration data for that graph, fed in
     batches of ``feed_batch``.
@@ -47,11 +49,11 @@ def quantize_graphs(jobs, feed_batch=32):
     scratch = tempfile.mkdtemp(prefix="edgesdk-quant-")
     try:
         spec = []
-        for i, (src, dst, inputs, method) in enumerate(jobs):
+        for i, (src, dst, inputs, method, symmetric) in enumerate(jobs):
             data = os.path.join(scratch, "feeds{}.npz".format(i))
             np.savez(data, **inputs)
             spec.append({"src": src, "dst": dst, "data": data, "method": method,
-                         "feed_batch": feed_batch})
+                         "symmetric": symmetric, "feed_batch": feed_batch})
         with open(os.path.join(scratch, "jobs.json"), "w") as f:
             json.dump(spec, f)
         proc = subprocess.run([sys.executable, "-m", "edgesdk.converters.quantize",
@@ -80,17 +82,18 @@ def _run_jobs(jobs_file):
             n = len(next(iter(inputs.values())))
             b = job["feed_batch"]
             feeds = [{k: v[i:i + b] for k, v in inputs.items()} for i in range(0, n, b)]
-            quantize_int8(job["src"], job["dst"], feeds, job["method"])
+            quantize_int8(job["src"], job["dst"], feeds, job["method"], job["symmetric"])
     except (InputError, ConversionError) as exc:
         with open(os.path.join(os.path.dirname(jobs_file), "error.json"), "w") as f:
             json.dump([type(exc).__name__, str(exc)], f)
 
 
-def quantize_int8(src, dst, feeds, method="minmax"):
+def quantize_int8(src, dst, feeds, method="minmax", symmetric=False):
     """Write an INT8 QDQ copy of the ONNX graph ``src`` to ``dst``.
 
     ``feeds``: a list of ``{input name: float32 array}`` batches of real calibration inputs.
     ``method``: how activation ranges are set from them (minmax, entropy, percentile).
+    ``symmetric``: int8 activations with every zero point 0 (TensorRT) instead of uint8.
     """
     q = require("onnxruntime.quantization", "onnx", "quantize stages to INT8")
     if method not in CALIBRATION_METHODS:
@@ -106,14 +109,59 @@ def quantize_int8(src, dst, feeds, method="minmax"):
     try:
         os.chdir(scratch)
         q.quantize_static(src, dst, _Feeds(feeds), quant_format=q.QuantFormat.QDQ,
-                          per_channel=True, activation_type=q.QuantType.QUInt8,
-                          weight_type=q.QuantType.QInt8, calibrate_method=methods[method])
+                          per_channel=True,
+                          activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8,
+                          weight_type=q.QuantType.QInt8, calibrate_method=methods[method],
+                          # TensorRT reads int8 Q/DQ only: float biases, zero points 0
+                          extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                         "QuantizeBias": False} if symmetric else None)
     except Exception as exc:  # ORT raises plain exceptions for graphs it cannot quantize
         raise ConversionError("ONNX Runtime could not quantize {}: {}: {}".format(
             os.path.basename(src), type(exc).__name__, exc))
     finally:
         os.chdir(cwd)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def int8_rule_violations(path, symmetric_int8=False, no_bool=False):
+    """What in the INT8 graph at ``path`` breaks a target's rules: with ``symmetric_int8``
+    (TensorRT), Q/DQ nodes whose zero point is not int8 or not 0; with ``no_bool``, bool
+    tensors. Returns a list of messages naming the nodes (empty: fine)."""
+    onnx = require("onnx", "onnx", "check INT8 graphs")
+    from onnx import numpy_helper
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    g = model.graph
+    consts = {t.name: t for t in g.initializer}
+    bad = []
+    if symmetric_int8:
+        for node in g.node:
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+                zp = consts.get(node.input[2])
+                if zp is None:
+                    continue
+                zp = numpy_helper.to_array(zp)
+                if zp.dtype != np.int8:
+                    bad.append("{} '{}' is {}, not int8".format(node.op_type, node.name, zp.dtype))
+                elif zp.any():
+                    bad.append("{} '{}' has a non-zero zero point".format(node.op_type, node.name))
+    if no_bool:
+        for v in list(g.value_info) + list(g.input) + list(g.output):
+            if v.type.tensor_type.elem_type == onnx.TensorProto.BOOL:
+                bad.append("tensor '{}' is bool".format(v.name))
+    return bad
+
+
+def to_fp16(src, dst):
+    """Write an FP16 copy of the ONNX graph ``src`` to ``dst``: weights and compute in half
+    precision, float32 inputs and outputs kept (Cast nodes at the edges)."""
+    onnx = require("onnx", "onnx", "write FP16 stages")
+    float16 = require("onnxconverter_common.float16", "onnx", "convert stages to FP16")
+    try:
+        model = float16.convert_float_to_float16(onnx.load(src), keep_io_types=True)
+    except Exception as exc:  # the converter raises plain errors on graphs it cannot handle
+        raise ConversionError("could not convert {} to FP16: {}: {}".format(
+            os.path.basename(src), type(exc).__name__, exc))
+    onnx.save_model(model, dst)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from edgesdk.targets.descriptor import Target  # noqa: F401
 
 TARGETS = Registry("target", {
     "host": "edgesdk.targets.host:HOST",
+    "jetson-tx2": "edgesdk.targets.boards:JETSON_TX2",
+    "snapdragon-865": "edgesdk.targets.boards:SNAPDRAGON_865",
 })
 
 

@@ -9,7 +9,11 @@ HOST = Target(
     arch=platform.machine(),
     formats=("onnx",),
     executors=("onnxruntime",),
-    precisions=("fp32", "int8"),
+    precisions=("fp32", "fp16", "int8"),
     build_on="host",
     power_sensor="none known (probe with the profiler)",
+    slow_precisions={"fp16": "ONNX Runtime's CPU kernels compute FP16 slower than FP32 (most "
+                             "ops cast back); FP16 is for GPU targets"},
+    notes=["INT8 is fast on x86 with VNNI (uint8 activations, int8 weights); without VNNI it "
+           "may be slower than FP32 for some stages: profile and let convert --profile choose"],
 )

@@ -34,8 +34,11 @@ def add_arguments(p):
     p.add_argument("--std", help="preprocessing: per-channel stds, comma separated")
     p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance (absolute)")
     p.add_argument("--rtol", type=float, default=1e-3, help="verification tolerance (relative)")
-    p.add_argument("--precisions", default="fp32",
-                   help="builds per graph among the target's, e.g. fp32,int8 (default fp32)")
+    p.add_argument("--quantize", choices=["fp32", "fp16", "int8"],
+                   help="the precision every graph runs (default: the target's; FP32 graphs are "
+                        "always kept)")
+    p.add_argument("--precisions", default="",
+                   help="more builds per graph for --profile to choose from, e.g. int8,fp16")
     p.add_argument("--calibration-data", metavar="NPZ",
                    help="real inputs 'x' (and labels 'y') for INT8 ranges, agreement checks and "
                         "--profile choices (default: --example-data)")
@@ -103,6 +106,17 @@ def _floats(text, what):
         raise InputError("{} must be comma-separated numbers, got '{}'".format(what, text))
 
 
+def exit_table_text(rows):
+    """The per-exit comparison of FP32 and the selected builds, as a text table."""
+    from edgesdk.table import format_table
+
+    def pct(v):
+        return "-" if v is None else "{:.2%}".format(v)
+    return format_table(["exit", "accuracy fp32", "accuracy selected", "top-1 agreement"],
+                        [["exit {}".format(r["exit"]), pct(r["accuracy_fp32"]),
+                          pct(r["accuracy_selected"]), pct(r["agreement"])] for r in rows])
+
+
 def preprocessing_from(args):
     """The manifest preprocessing record from --scale/--mean/--std (None if none given)."""
     if args.scale is None and args.mean is None and args.std is None:
@@ -129,8 +143,11 @@ def run(args):
             x = preprocess(x, {"name": "x", "preprocessing": pre})
         return x, y
 
+    from edgesdk.targets import get_target
     calibration = None
-    if args.calibration_data or args.example_data:
+    wants_builds = (args.quantize not in (None, "fp32") or args.precisions or args.profile
+                    or get_target(args.target).default_precision != "fp32")
+    if wants_builds and (args.calibration_data or args.example_data):
         cx, cy = model_inputs(args.calibration_data or args.example_data,
                               "--calibration-data" if args.calibration_data else "--example-data")
         calibration = (cx, cy) if cy is not None else cx
@@ -150,14 +167,15 @@ def run(args):
                      threshold=args.threshold, preprocessing=pre, atol=args.atol, rtol=args.rtol,
                      force=args.force, progress=not args.json,
                      precisions=[p.strip() for p in args.precisions.split(",") if p.strip()],
-                     calibration_data=calibration if (args.precisions != "fp32" or args.profile) else None,
+                     quantize=args.quantize, calibration_data=calibration,
                      quant_method=args.quant_method, profile=args.profile, device=args.device,
                      profile_metric=METRICS[args.profile_metric], profile_batch=args.profile_batch,
                      min_agreement=args.min_agreement, exit_accuracy_drop=args.exit_accuracy_drop)
     if args.json:
         print(json.dumps({"bundle": report.path, "max_abs_error": report.max_abs_error,
                           "stage_macs": report.stage_macs, "exit_macs": report.exit_macs,
-                          "builds": report.builds, "choices": report.choices}))
+                          "builds": report.builds, "choices": report.choices,
+                          "exit_table": report.exit_table, "warnings": report.precision_warnings}))
         return 0
     print("wrote {}".format(report.path))
     for k, err in enumerate(report.max_abs_error):
@@ -166,6 +184,10 @@ def run(args):
     for gid, agreement in sorted(report.builds.items()):
         print("  {}: builds {}".format(gid, ", ".join(
             "{} (top-1 agreement with fp32 {:.2%})".format(p, a) for p, a in sorted(agreement.items()))))
+    if report.exit_table:
+        print(exit_table_text(report.exit_table))
+    for w in report.precision_warnings:
+        print("warning: " + w)
     if report.choices:
         c = report.choices
         print("chosen from the profile of device {} ({}):".format(c["device"], c["metric"]))

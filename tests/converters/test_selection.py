@@ -177,7 +177,7 @@ def test_refusals(int8_bundle, bundle_master, trained_tiny, calib, tmp_path):
         convert(trained_tiny, calib[0][:8], str(tmp_path / "a.edgebundle"), profile=other, **args)
     with pytest.raises(InputError, match="need real calibration data"):
         convert(trained_tiny, calib[0][:8], str(tmp_path / "a.edgebundle"), precisions=("int8",), **KW)
-    with pytest.raises(InputError, match="runs precisions fp32, int8; fp16 requested"):
-        convert(trained_tiny, calib[0][:8], str(tmp_path / "a.edgebundle"), precisions=("fp16",),
+    with pytest.raises(InputError, match="runs precisions fp32, fp16, int8; fp64 requested"):
+        convert(trained_tiny, calib[0][:8], str(tmp_path / "a.edgebundle"), precisions=("fp64",),
                 calibration_data=calib, **KW)
     assert not list(tmp_path.glob("*.edgebundle"))

@@ -1,0 +1,121 @@
+"""Target precision rules: defaults, slow-precision warnings, TensorRT's INT8 scheme, FP16."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import PREPROCESSING
+from edgesdk.bundle import read_bundle
+from edgesdk.cli import main
+from edgesdk.converters import convert
+from edgesdk.converters.precision import plan_precisions
+from edgesdk.converters.quantize import int8_rule_violations
+from edgesdk.errors import InputError
+from edgesdk.runtime import load_bundle
+from edgesdk.targets import get_target
+
+KW = dict(stages_attr="blocks", heads_attr="exits", preprocessing=PREPROCESSING, progress=False)
+
+
+@pytest.fixture(scope="module")
+def calib(mnist_split):
+    _, (x, y) = mnist_split
+    return x, y
+
+
+def test_plans_follow_each_boards_rules():
+    host, tx2, sd = (get_target(n) for n in ("host", "jetson-tx2", "snapdragon-865"))
+    assert plan_precisions(host).select == "fp32" and plan_precisions(host).precisions == ["fp32"]
+    p = plan_precisions(tx2)
+    assert (p.select, p.precisions, p.warnings) == ("fp16", ["fp32", "fp16"], [])
+    p = plan_precisions(tx2, quantize="int8", have_data=True)
+    assert p.select == "int8" and "no fast INT8" in p.warnings[0]
+    p = plan_precisions(sd)
+    assert p.select == "fp32" and "needs calibration data" in p.warnings[0]
+    assert plan_precisions(sd, have_data=True).select == "int8"
+    assert "slower than FP32" in plan_precisions(host, precisions=["fp16"]).warnings[0]
+    with pytest.raises(InputError, match="runs precisions fp32, fp16, int8; bf16 requested"):
+        plan_precisions(host, quantize="bf16")
+
+
+@pytest.fixture(scope="module")
+def int8_selected(tmp_path_factory, trained_tiny, calib):
+    out = tmp_path_factory.mktemp("q") / "int8.edgebundle"
+    report = convert(trained_tiny, calib[0][:8], str(out), quantize="int8", calibration_data=calib, **KW)
+    return str(out), report
+
+
+def test_quantize_int8_selects_int8_everywhere_and_reports_every_exit(int8_selected, calib):
+    path, report = int8_selected
+    m = read_bundle(path).manifest
+    assert all(e["precision"] == "int8" and e["file"].endswith(".int8.onnx")
+               for e in m["stages"] + m["exits"])
+    assert m["quantization"]["selected"] == "int8" and m["quantization"]["rules"]["target"] == "host"
+    assert len(report.exit_table) == 3
+    for row in report.exit_table:
+        assert 0.9 <= row["agreement"] <= 1.0
+        assert abs(row["accuracy_fp32"] - row["accuracy_selected"]) <= 0.05
+    # The reference outputs are the selected builds'; they check out on this machine.
+    assert main(["validate", path, "--check"]) == 0
+    assert m["reference"]["atol"] > 1e-4
+
+
+def test_host_int8_uses_uint8_activations_tensorrt_targets_zero_points(int8_selected, trained_tiny,
+                                                                      calib, tmp_path):
+    path, _ = int8_selected
+    host = read_bundle(path)
+    # uint8 activations (and their non-zero zero points) break TensorRT's rule: the check finds them.
+    found = int8_rule_violations(host.path(host.manifest["stages"][0]["file"]), symmetric_int8=True)
+    assert any("uint8, not int8" in v for v in found)
+    out = tmp_path / "tx2.edgebundle"
+    report = convert(trained_tiny, calib[0][:8], str(out), target="jetson-tx2", quantize="int8",
+                     calibration_data=calib, **KW)
+    assert any("no fast INT8" in w for w in report.precision_warnings)
+    tx2 = read_bundle(str(out))
+    for e in tx2.manifest["stages"] + tx2.manifest["exits"]:
+        assert e["precision"] == "int8"
+        assert int8_rule_violations(tx2.path(e["file"]), symmetric_int8=True, no_bool=True) == []
+        assert e["builds"][1]["activations"] == "int8 symmetric"
+    assert tx2.manifest["quantization"]["rules"]["int8_activations"] == "int8-symmetric"
+    assert tx2.manifest["quantization"]["warnings"] == report.precision_warnings
+
+
+def test_tx2_default_is_fp16_with_float32_edges(trained_tiny, calib, tmp_path):
+    out = tmp_path / "fp16.edgebundle"
+    report = convert(trained_tiny, calib[0][:8], str(out), target="jetson-tx2", **KW)
+    model = load_bundle(str(out))
+    assert all(b["precision"] == "fp16" for b in model.builds.values())
+    logits = model.exit_logits(calib[0][:64])
+    assert all(l.dtype == np.float32 for l in logits)
+    fp32 = load_bundle(str(out), builds="fp32").exit_logits(calib[0][:64])
+    assert max(float(np.abs(a - b).max()) for a, b in zip(logits, fp32)) < 0.05
+    assert all(r["agreement"] >= 0.98 for r in report.exit_table)
+
+
+def test_bad_calibration_data_is_refused_and_nothing_written(trained_tiny, calib, tmp_path):
+    x, y = calib
+    out = tmp_path / "b.edgebundle"
+    for data, message in (((x[:8], y[:8]), "at least 16 are needed"),
+                          ((x[:, :, :20], y), "shape"),
+                          ((x.astype(np.float64) * np.nan, y), "finite float"),
+                          ((x, y[:10]), "one label per input")):
+        with pytest.raises(InputError, match=message):
+            convert(trained_tiny, x[:8], str(out), quantize="int8", calibration_data=data, **KW)
+        assert not out.exists()
+
+
+def test_cli_quantize_prints_the_exit_table(trained_tiny, calib, tmp_path, capsys):
+    import torch
+    w = tmp_path / "w.pt"
+    torch.save(trained_tiny.state_dict(), str(w))
+    data = tmp_path / "cal.npz"
+    np.savez(str(data), x=calib[0], y=calib[1])
+    import os
+    model = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models.py")
+    code = main(["convert", "--model", model + ":TinyNet", "--weights", str(w), "--stages-attr",
+                 "blocks", "--heads-attr", "exits", "--example-data", str(data), "--quantize",
+                 "int8", "-o", str(tmp_path / "q.edgebundle")])
+    out = capsys.readouterr().out
+    assert code == 0 and "agreement" in out and "exit 2" in out
+    code = main(["inspect", str(tmp_path / "q.edgebundle"), "--json"])
+    assert json.loads(capsys.readouterr().out)["quantization"]["selected"] == "int8"
