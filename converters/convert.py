@@ -17,6 +17,7 @@ from edgesdk.converters.macs import count_macs
 from edgesdk.converters.model import as_state, chain, split_model, trace_structure
 from edgesdk.converters.onnx_export import DEFAULT_OPSET, export_graph
 from edgesdk.converters.precision import check_calibration, plan_precisions
+from edgesdk.converters.pruning import make_dense, sparsity_report
 from edgesdk.converters.selection import DEFAULT_EXIT_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT
 from edgesdk.targets import get_target
 
@@ -90,7 +91,8 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
             name=None, class_names=None, force=False, threads=None, progress=True,
             precisions=None, quantize=None, calibration_data=None, quant_method="minmax", profile=None,
             device=None, profile_metric="mean_ms", profile_batch=1,
-            min_agreement=DEFAULT_MIN_AGREEMENT, exit_accuracy_drop=DEFAULT_EXIT_ACCURACY_DROP):
+            min_agreement=DEFAULT_MIN_AGREEMENT, exit_accuracy_drop=DEFAULT_EXIT_ACCURACY_DROP,
+            pruning=None):
     """Convert a PyTorch multi-exit model into a verified bundle directory at ``output``.
 
     ``model``: a :func:`MultiExitModel` or any ``nn.Module`` with its stages and heads in two
@@ -106,7 +108,10 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
     ``quantize``: the precision every graph runs (default: the target's, see
     :mod:`edgesdk.converters.precision`). ``calibration_data``: real preprocessed inputs, or
     ``(x, y)`` with integer labels; extra builds record their top-1 agreement with FP32 on it,
-    and the report's ``exit_table`` compares accuracy per exit. ``profile``: a profile store with this very bundle's graphs measured on the
+    and the report's ``exit_table`` compares accuracy per exit. ``pruning``: records of how
+    the model was pruned (:func:`~edgesdk.converters.pruning.prune_channels`) for the
+    manifest; ``torch.nn.utils.prune`` masks are folded into dense weights and their sparsity
+    (and 2:4 pattern) recorded. ``profile``: a profile store with this very bundle's graphs measured on the
     board (``edgesdk profile``): each graph's build and the exits worth keeping are then
     chosen from the measured ``profile_metric`` at ``profile_batch`` (see
     :mod:`edgesdk.converters.selection`).
@@ -128,6 +133,10 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
             target, tgt.max_opset, opset))
     plan = plan_precisions(tgt, precisions, quantize, calibration_data is not None, profile)
     calib_x, calib_y = check_calibration(calibration_data, plan, profile)
+    pruning = list(pruning or [])
+    model, had_masks = make_dense(model)
+    if had_masks:
+        pruning.append(sparsity_report(model))
     stages, heads = split_model(model, stages_attr, heads_attr)
     pol = get_policy(policy)
     example = _as_tensor(example_input, "example_input")
@@ -155,7 +164,7 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
         with bundle_io.staging_directory(output, force=force) as tmp:
             report = _write(tmp, output, stages, heads, structure, example, reference, ref_logits,
                             opset, pol, thr, preprocessing, atol, rtol, name, class_names, tgt,
-                            model, progress)
+                            model, progress, pruning)
             verified = load_bundle(tmp, threads=threads)
             report.max_abs_error = _verify(verified, reference.numpy(), ref_logits, atol, rtol)
             if calib_x is not None and calib_x.shape[1:] != example.shape[1:]:
@@ -233,7 +242,7 @@ def _verify(model, x, expected, atol, rtol):
 
 
 def _write(tmp, output, stages, heads, structure, example, reference, ref_logits, opset, pol,
-           thr, preprocessing, atol, rtol, name, class_names, tgt, model, progress):
+           thr, preprocessing, atol, rtol, name, class_names, tgt, model, progress, pruning):
     onnx = require("onnx", "onnx", "write ONNX stages")
     os.makedirs(os.path.join(tmp, "stages"))
     os.makedirs(os.path.join(tmp, "heads"))
@@ -288,7 +297,7 @@ def _write(tmp, output, stages, heads, structure, example, reference, ref_logits
         "stages": stage_entries,
         "exits": exit_entries,
         "quantization": None,
-        "pruning": [],
+        "pruning": pruning,
         "provenance": {
             "source": "pytorch", "class": type(model).__name__,
             "source_sha256": _model_sha256(model),

@@ -151,11 +151,26 @@ def fine_tune(model, x, y, epochs=1, lr=1e-3, batch_size=64, seed=0, log=None):
             loss = _multi_exit_loss(model, x[idx], y[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         if log:
             log("fine-tune epoch {}/{}: mean exit loss {:.4f}".format(epoch + 1, epochs, total / len(x)))
     model.eval()
     return model
+
+
+def exit_accuracy(model, x, y, batch_size=256):
+    """Top-1 accuracy of every exit of a PyTorch multi-exit model on ``(x, y)``."""
+    torch = require("torch", "torch", "evaluate models")
+    was = model.training
+    model.eval()
+    correct = None
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            outs = model(torch.as_tensor(x[i:i + batch_size]))
+            hits = [int((o.argmax(1) == torch.as_tensor(y[i:i + batch_size])).sum()) for o in outs]
+            correct = hits if correct is None else [a + b for a, b in zip(correct, hits)]
+    model.train(was)
+    return [c / float(len(y)) for c in correct]
 
 
 def sparsity_report(model):
@@ -180,14 +195,27 @@ def sparsity_report(model):
 
 
 def make_dense(model):
-    """A copy of ``model`` with ``torch.nn.utils.prune`` masks folded into plain weights
-    (what ONNX export needs); the original is left as it is. Returns ``(copy, had_masks)``."""
+    """``model`` with ``torch.nn.utils.prune`` masks folded into plain weights (what ONNX
+    export needs), as a copy: the caller's model keeps its masks. Returns ``(model,
+    had_masks)``; a model without masks is returned as is."""
     torch = require("torch", "torch", "export pruned models")
-    dense = copy.deepcopy(model)
-    had = False
+    import torch.nn.utils.prune  # noqa: F401 (a submodule torch does not import itself)
+    masked = [(m, n[:-len("_orig")]) for m in model.modules()
+              for n, _ in m.named_parameters(recurse=False) if n.endswith("_orig")]
+    if not masked:
+        return model, False
+    # The masked weight is a computed tensor that deepcopy refuses: copy without it (the
+    # original gets it back at once; the copy's is folded in below).
+    saved = [(m, n, getattr(m, n)) for m, n in masked]
+    for m, n, _ in saved:
+        delattr(m, n)
+    try:
+        dense = copy.deepcopy(model)
+    finally:
+        for m, n, t in saved:
+            setattr(m, n, t)
     for m in dense.modules():
-        for pname in [n[:-len("_orig")] for n, _ in list(m.named_parameters(recurse=False))
+        for pname in [n[:-len("_orig")] for n, _ in m.named_parameters(recurse=False)
                       if n.endswith("_orig")]:
             torch.nn.utils.prune.remove(m, pname)
-            had = True
-    return dense, had
+    return dense, True

@@ -8,6 +8,7 @@ import importlib
 import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -57,6 +58,14 @@ def add_arguments(p):
     p.add_argument("--exit-accuracy-drop", type=float, default=DEFAULT_EXIT_ACCURACY_DROP,
                    help="accuracy points an exit may cost when judging whether it pays for "
                         "itself (needs labels; default %(default)s)")
+    p.add_argument("--prune", type=float, metavar="RATIO",
+                   help="remove this fraction of channels in every stage (Torch-Pruning)")
+    p.add_argument("--prune-stages", metavar="R0,R1,...", help="one pruning ratio per stage instead")
+    p.add_argument("--prune-importance", default="l1", choices=["l1", "l2", "taylor"],
+                   help="channel importance (taylor needs labels in the calibration data)")
+    p.add_argument("--fine-tune-epochs", type=int, default=0,
+                   help="after pruning, fine-tune this many epochs on the labelled calibration data")
+    p.add_argument("--fine-tune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -106,6 +115,43 @@ def _floats(text, what):
         raise InputError("{} must be comma-separated numbers, got '{}'".format(what, text))
 
 
+def _prune(model, x, calibration, args):
+    """Prune (and fine-tune) ``model`` in place as the options say; print per-exit accuracy
+    before and after; returns the pruning record."""
+    import torch
+    from edgesdk.converters.pruning import exit_accuracy, fine_tune, prune_channels
+    xy = calibration if isinstance(calibration, tuple) else None
+    if (args.fine_tune_epochs or args.prune_importance == "taylor") and xy is None:
+        raise InputError("--fine-tune-epochs and taylor importance need labels: give "
+                         "--calibration-data with 'x' and 'y'")
+    ratios = None
+    if args.prune_stages:
+        ratios = [float(r) for r in _floats(args.prune_stages, "--prune-stages")]
+    before = exit_accuracy(model, xy[0], xy[1]) if xy else None
+    record = prune_channels(model, torch.from_numpy(np.ascontiguousarray(x)),
+                            ratio=args.prune if args.prune is not None else 0.0,
+                            stage_ratios=ratios, importance=args.prune_importance,
+                            stages_attr=args.stages_attr, heads_attr=args.heads_attr, data=xy)
+    rows = []
+    if xy:
+        rows.append(("before pruning", before))
+        rows.append(("pruned", exit_accuracy(model, xy[0], xy[1])))
+    if args.fine_tune_epochs:
+        fine_tune(model, xy[0], xy[1], epochs=args.fine_tune_epochs, lr=args.fine_tune_lr,
+                  log=lambda m: print(m, file=sys.stderr))
+        record["fine_tune"] = {"epochs": args.fine_tune_epochs, "lr": args.fine_tune_lr,
+                               "samples": int(len(xy[1]))}
+        rows.append(("fine-tuned", exit_accuracy(model, xy[0], xy[1])))
+    if rows and not args.json:
+        from edgesdk.table import format_table
+        print("per-exit accuracy on the calibration data ({:.0%} of the MACs left):".format(
+            record["macs_after"] / float(record["macs_before"])))
+        print(format_table(["model"] + ["exit {}".format(k) for k in range(len(before))],
+                           [[n] + ["{:.2%}".format(a) for a in accs] for n, accs in rows]))
+    record["exit_accuracy"] = {n: accs for n, accs in rows}
+    return record
+
+
 def exit_table_text(rows):
     """The per-exit comparison of FP32 and the selected builds, as a text table."""
     from edgesdk.table import format_table
@@ -145,9 +191,10 @@ def run(args):
 
     from edgesdk.targets import get_target
     calibration = None
-    wants_builds = (args.quantize not in (None, "fp32") or args.precisions or args.profile
-                    or get_target(args.target).default_precision != "fp32")
-    if wants_builds and (args.calibration_data or args.example_data):
+    pruning = args.prune is not None or args.prune_stages
+    wants_data = (args.quantize not in (None, "fp32") or args.precisions or args.profile or pruning
+                  or get_target(args.target).default_precision != "fp32")
+    if wants_data and (args.calibration_data or args.example_data):
         cx, cy = model_inputs(args.calibration_data or args.example_data,
                               "--calibration-data" if args.calibration_data else "--example-data")
         calibration = (cx, cy) if cy is not None else cx
@@ -162,6 +209,9 @@ def run(args):
     else:
         raise InputError("give --example-data (preferred: real inputs) or --input-shape")
     model = load_model(args.model, args.weights)
+    records = []
+    if pruning:
+        records.append(_prune(model, x, calibration, args))
     report = convert(model, x, args.output, stages_attr=args.stages_attr, heads_attr=args.heads_attr,
                      target=args.target, opset=args.opset, policy=args.policy,
                      threshold=args.threshold, preprocessing=pre, atol=args.atol, rtol=args.rtol,
@@ -170,12 +220,14 @@ def run(args):
                      quantize=args.quantize, calibration_data=calibration,
                      quant_method=args.quant_method, profile=args.profile, device=args.device,
                      profile_metric=METRICS[args.profile_metric], profile_batch=args.profile_batch,
-                     min_agreement=args.min_agreement, exit_accuracy_drop=args.exit_accuracy_drop)
+                     min_agreement=args.min_agreement, exit_accuracy_drop=args.exit_accuracy_drop,
+                     pruning=records)
     if args.json:
         print(json.dumps({"bundle": report.path, "max_abs_error": report.max_abs_error,
                           "stage_macs": report.stage_macs, "exit_macs": report.exit_macs,
                           "builds": report.builds, "choices": report.choices,
-                          "exit_table": report.exit_table, "warnings": report.precision_warnings}))
+                          "exit_table": report.exit_table, "warnings": report.precision_warnings,
+                          "pruning": [{k: v for k, v in r.items() if k != "history"} for r in records]}))
         return 0
     print("wrote {}".format(report.path))
     for k, err in enumerate(report.max_abs_error):

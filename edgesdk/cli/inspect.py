@@ -31,8 +31,10 @@ def run(args):
         json.dumps(inp.get("preprocessing"))))
     print("built    " + ", ".join("{} {}".format(k, v) for k, v in sorted(m["built_with"].items())))
     print()
+    structured = [r for r in m.get("pruning") or [] if r.get("kind") == "structured"]
+    ratios = structured[-1]["stage_ratios"] if structured else None
     rows = []
-    for st, ex in zip(m["stages"], m["exits"]):
+    for k, (st, ex) in enumerate(zip(m["stages"], m["exits"])):
         for entry, kind in ((st, "stage"), (ex, "exit")):
             f = files[entry["file"]]
             thr = policy = ""
@@ -45,11 +47,21 @@ def run(args):
                 chosen = ", ".join(c for c in (entry["chosen_from"].get("method", ""), chosen) if c)
             others = [b["precision"] for b in entry.get("builds") or [] if b["file"] != entry["file"]]
             build = "{} {}".format(entry["format"], entry.get("precision", "fp32"))
+            pruned = "{:.0%}".format(ratios[k]) if ratios and kind == "stage" else ""
             rows.append([entry["id"], build + (" (+{})".format(",".join(others)) if others else ""),
-                         "{:.2f}M".format(entry["macs"] / 1e6), _size(f["bytes"]), f["sha256"][:12],
-                         policy, thr, chosen])
-    print(format_table(["graph", "build (other builds)", "MACs", "size", "sha256", "policy",
-                        "threshold", "chosen by"], rows))
+                         pruned, "{:.2f}M".format(entry["macs"] / 1e6), _size(f["bytes"]),
+                         f["sha256"][:12], policy, thr, chosen])
+    print(format_table(["graph", "build (other builds)", "pruned", "MACs", "size", "sha256",
+                        "policy", "threshold", "chosen by"], rows))
+    for r in m.get("pruning") or []:
+        if r.get("kind") == "structured":
+            print("\npruned channels ({} {}, {} importance): MACs {:.1f}M -> {:.1f}M{}".format(
+                r["tool"], r["tool_version"], r["importance"], r["macs_before"] / 1e6,
+                r["macs_after"] / 1e6, "; fine-tuned {} epochs".format(r["fine_tune"]["epochs"])
+                if r.get("fine_tune") else ""))
+        elif r.get("kind") == "unstructured":
+            print("\nunstructured sparsity {:.1%}, 2:4 pattern: {}; {}".format(
+                r["sparsity"], "yes" if r["2:4"] else "no", r["note"]))
     total = sum(f["bytes"] for f in files.values())
     print("\n{} files, {} in all; manifest sha256 {}".format(len(files), _size(total),
                                                             m["manifest_sha256"][:12]))
