@@ -14,6 +14,7 @@ from edgesdk.converters.quantize import quantize_graphs, to_fp16
 from edgesdk.errors import InputError
 
 FEED_LIMIT = 512  # calibration samples used for activation ranges and agreement
+MIN_CALIBRATION_SAMPLES = 16
 
 
 def graph_entries(manifest):
@@ -33,28 +34,41 @@ def exits_reached(manifest, graph_id):
     raise KeyError(graph_id)
 
 
-def _graph_inputs(model, x, batch=256):
-    """``{graph id: {input name: array}}``: what every stage and head receives for ``x``."""
+def _graph_inputs(model, x, batch=256, exit_aware=False):
+    """``{graph id: {input name: array}}``: what every stage and head receives for ``x``.
+
+    ``exit_aware``: a stage (and its head) gets only the samples that reach it under the
+    model's thresholds, as it will on the device."""
+    from edgesdk.runtime.policies import softmax
     m = model.bundle.manifest
     out = {e["id"]: {n: [] for n in e["inputs"]} for e in graph_entries(m)}
     for i in range(0, len(x), batch):
         state = (x[i:i + batch],)
         for k in range(model.num_exits):
+            if len(state[0]) == 0:
+                break
             stage, head = m["stages"][k], m["exits"][k]
             for n, a in zip(stage["inputs"], state):
                 out[stage["id"]][n].append(a)
             state = tuple(model.stages[k].run(state))
             for n, a in zip(head["inputs"], state):
                 out[head["id"]][n].append(a)
-    return {g: {n: np.concatenate(parts) for n, parts in ins.items()} for g, ins in out.items()}
+            thr = model.thresholds[k]
+            if exit_aware and thr is not None and k < model.num_exits - 1:
+                left = model.policies[k].exits(softmax(model.heads[k].run(state)[0]), thr)
+                state = tuple(s[~left] for s in state)
+    return {g: {n: np.concatenate(parts) if parts else None for n, parts in ins.items()}
+            for g, ins in out.items()}
 
 
-def add_builds(root, precisions, x=None, method="minmax", symmetric=False):
+def add_builds(root, precisions, x=None, method="minmax", symmetric=False, exit_aware=False):
     """Add reduced-precision builds of every stage and head to the (staging) bundle at
     ``root``: ``int8`` (quantized with calibration inputs ``x``: real, preprocessed model
     inputs) and/or ``fp16`` (weights and compute in half precision, float32 inputs and outputs
     kept so stages still chain with the runtime's float32 states). ``symmetric``: INT8
-    activations as int8 with zero points 0 (TensorRT) rather than uint8."""
+    activations as int8 with zero points 0 (TensorRT) rather than uint8. ``exit_aware``:
+    calibrate each stage and head only on the samples that reach it under the bundle's
+    thresholds (they must be set)."""
     from edgesdk.runtime.engine import EdgeModel
     bundle = bundle_io.read_bundle(root)
     manifest = bundle.manifest
@@ -64,15 +78,27 @@ def add_builds(root, precisions, x=None, method="minmax", symmetric=False):
             raise InputError("INT8 builds need real calibration inputs (calibration_data / "
                              "--calibration-data)")
         x = np.ascontiguousarray(x[:FEED_LIMIT], dtype=np.float32)
-        inputs = _graph_inputs(EdgeModel(bundle), x)
+        model = EdgeModel(bundle)
+        if exit_aware and all(t is None for t in model.thresholds[:-1]):
+            raise InputError("exit-aware calibration needs exit thresholds (threshold= / "
+                             "--threshold): with every exit off each stage sees every sample")
+        inputs = _graph_inputs(model, x, exit_aware=exit_aware)
         jobs = []
         for entry in graph_entries(manifest):
             rel = entry["file"][:-len(".onnx")] + ".int8.onnx"
+            seen = next(iter(inputs[entry["id"]].values()))
+            if seen is None or len(seen) < MIN_CALIBRATION_SAMPLES:
+                raise InputError("exit-aware calibration leaves {} with {} of {} samples (fewer "
+                                 "than {}): the thresholds let almost every sample exit before "
+                                 "it; give more data or use plain calibration".format(
+                                     entry["id"], 0 if seen is None else len(seen), len(x),
+                                     MIN_CALIBRATION_SAMPLES))
             jobs.append((bundle.path(entry["file"]), bundle.path(rel), inputs[entry["id"]], method,
                          symmetric))
             new.setdefault(entry["id"], []).append(
                 {"file": rel, "format": "onnx", "precision": "int8",
-                 "calibration": {"method": method, "samples": int(len(x))},
+                 "calibration": {"method": method, "samples": int(len(seen)),
+                                 "exit_aware": bool(exit_aware)},
                  "activations": "int8 symmetric" if symmetric else "uint8"})
         quantize_graphs(jobs)
         manifest["provenance"]["passes"].append(

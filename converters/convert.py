@@ -92,7 +92,7 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
             precisions=None, quantize=None, calibration_data=None, quant_method="minmax", profile=None,
             device=None, profile_metric="mean_ms", profile_batch=1,
             min_agreement=DEFAULT_MIN_AGREEMENT, exit_accuracy_drop=DEFAULT_EXIT_ACCURACY_DROP,
-            pruning=None):
+            pruning=None, exit_aware=False):
     """Convert a PyTorch multi-exit model into a verified bundle directory at ``output``.
 
     ``model``: a :func:`MultiExitModel` or any ``nn.Module`` with its stages and heads in two
@@ -111,10 +111,11 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
     and the report's ``exit_table`` compares accuracy per exit. ``pruning``: records of how
     the model was pruned (:func:`~edgesdk.converters.pruning.prune_channels`) for the
     manifest; ``torch.nn.utils.prune`` masks are folded into dense weights and their sparsity
-    (and 2:4 pattern) recorded. ``profile``: a profile store with this very bundle's graphs measured on the
-    board (``edgesdk profile``): each graph's build and the exits worth keeping are then
-    chosen from the measured ``profile_metric`` at ``profile_batch`` (see
-    :mod:`edgesdk.converters.selection`).
+    (and 2:4 pattern) recorded. ``exit_aware``: calibrate INT8 stage k only on the samples
+    that reach it under ``threshold``. ``profile``: a profile store with this very bundle's
+    graphs measured on the board (``edgesdk profile``): each graph's build and the exits
+    worth keeping are then chosen from the measured ``profile_metric`` at ``profile_batch``
+    (see :mod:`edgesdk.converters.selection`).
 
     Written to a temporary directory and renamed: a failure leaves nothing behind.
     """
@@ -175,14 +176,14 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
             _extra_builds(tmp, report, plan, tgt,
                           calib_x if calib_x is not None else reference.numpy(), calib_y,
                           quant_method, profile, device, profile_metric, profile_batch,
-                          min_agreement, exit_accuracy_drop)
+                          min_agreement, exit_accuracy_drop, exit_aware)
     finally:
         model.train(was_training)
     return report
 
 
 def _extra_builds(root, report, plan, target, x, y, quant_method, profile, device, metric, batch,
-                  min_agreement, exit_accuracy_drop):
+                  min_agreement, exit_accuracy_drop, exit_aware):
     """Reduced-precision builds, their agreement with FP32, the selection (the plan's, or the
     profile's per graph) and the per-exit table on the calibration data."""
     from edgesdk.converters.builds import add_builds, record_agreement
@@ -190,7 +191,7 @@ def _extra_builds(root, report, plan, target, x, y, quant_method, profile, devic
     baseline = None
     if len(plan.precisions) > 1:
         add_builds(root, plan.precisions, x, quant_method,
-                   symmetric=target.int8_activations == "int8-symmetric")
+                   symmetric=target.int8_activations == "int8-symmetric", exit_aware=exit_aware)
         check_int8_rules(root, target)
         baseline = record_agreement(root, x)
         manifest = bundle_io.read_bundle(root).manifest

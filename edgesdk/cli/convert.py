@@ -45,6 +45,8 @@ def add_arguments(p):
                         "--profile choices (default: --example-data)")
     p.add_argument("--quant-method", default="minmax", choices=["minmax", "entropy", "percentile"],
                    help="how INT8 activation ranges are set (default minmax)")
+    p.add_argument("--exit-aware", action="store_true",
+                   help="calibrate INT8 stage k only on samples reaching it under --threshold")
     p.add_argument("--profile", metavar="DB",
                    help="choose each graph's build and drop exits that do not pay, from this "
                         "profile database of the same bundle measured on the board")
@@ -221,7 +223,7 @@ def run(args):
                      quant_method=args.quant_method, profile=args.profile, device=args.device,
                      profile_metric=METRICS[args.profile_metric], profile_batch=args.profile_batch,
                      min_agreement=args.min_agreement, exit_accuracy_drop=args.exit_accuracy_drop,
-                     pruning=records)
+                     pruning=records, exit_aware=args.exit_aware)
     if args.json:
         print(json.dumps({"bundle": report.path, "max_abs_error": report.max_abs_error,
                           "stage_macs": report.stage_macs, "exit_macs": report.exit_macs,

@@ -119,3 +119,20 @@ def test_cli_quantize_prints_the_exit_table(trained_tiny, calib, tmp_path, capsy
     assert code == 0 and "agreement" in out and "exit 2" in out
     code = main(["inspect", str(tmp_path / "q.edgebundle"), "--json"])
     assert json.loads(capsys.readouterr().out)["quantization"]["selected"] == "int8"
+
+
+def test_exit_aware_calibration_sees_only_samples_that_reach_each_stage(trained_tiny, calib, tmp_path):
+    out = tmp_path / "ea.edgebundle"
+    convert(trained_tiny, calib[0][:8], str(out), quantize="int8", calibration_data=calib,
+            threshold=0.9, exit_aware=True, **KW)
+    m = read_bundle(str(out)).manifest
+    seen = [e["builds"][1]["calibration"]["samples"] for e in m["stages"]]
+    assert seen[0] == len(calib[0][:512]) and seen[0] > seen[1] > seen[2] >= 16
+    assert all(e["builds"][1]["calibration"]["exit_aware"] for e in m["stages"])
+    assert m["exits"][1]["builds"][1]["calibration"]["samples"] == seen[1]
+    with pytest.raises(InputError, match="needs exit thresholds"):
+        convert(trained_tiny, calib[0][:8], str(tmp_path / "x.edgebundle"), quantize="int8",
+                calibration_data=calib, exit_aware=True, **KW)
+    with pytest.raises(InputError, match="leaves stage1 with 0 of 512 samples"):
+        convert(trained_tiny, calib[0][:8], str(tmp_path / "x.edgebundle"), quantize="int8",
+                calibration_data=calib, threshold=0.11, exit_aware=True, **KW)
