@@ -32,6 +32,7 @@ bench: venv
 	$(PY) benchmarks/early_exit.py
 	$(PY) benchmarks/profiler.py
 	$(PY) benchmarks/build_choice.py
+	$(PY) benchmarks/compression.py
 
 runtime-zip: venv
 	$(VENV)/bin/edgesdk pack-runtime dist/edgesdk-runtime.pyz

@@ -77,12 +77,14 @@ def add_builds(root, precisions, x=None, method="minmax", symmetric=False, exit_
         if x is None or len(x) == 0:
             raise InputError("INT8 builds need real calibration inputs (calibration_data / "
                              "--calibration-data)")
-        x = np.ascontiguousarray(x[:FEED_LIMIT], dtype=np.float32)
         model = EdgeModel(bundle)
         if exit_aware and all(t is None for t in model.thresholds[:-1]):
             raise InputError("exit-aware calibration needs exit thresholds (threshold= / "
                              "--threshold): with every exit off each stage sees every sample")
-        inputs = _graph_inputs(model, x, exit_aware=exit_aware)
+        # Exit-aware: all the data goes in, later stages see what is left of it.
+        x = np.ascontiguousarray(x if exit_aware else x[:FEED_LIMIT], dtype=np.float32)
+        inputs = {g: {n: None if a is None else a[:FEED_LIMIT] for n, a in ins.items()}
+                  for g, ins in _graph_inputs(model, x, exit_aware=exit_aware).items()}
         jobs = []
         for entry in graph_entries(manifest):
             rel = entry["file"][:-len(".onnx")] + ".int8.onnx"

@@ -66,3 +66,13 @@ def test_build_choice_benchmark_prints_the_json_summary_last(sample_run):
     for key in ("chosen_vs_fp32", "int8_vs_fp32", "accuracy_fp32", "accuracy_int8", "accuracy_chosen"):
         assert isinstance(summary[key], (int, float)), key
     assert summary["graphs"] == 8 and 0 <= summary["int8_graphs"] <= 8
+
+
+def test_compression_benchmark_prints_the_json_summary_last(sample_run):
+    summary, _ = benchmark_summary("compression.py", sample_run[0], "--image-size", "64",
+                                   "--timing-samples", "2", "--rounds", "1", "--fine-tune-epochs", "1")
+    for key in ("int8_speedup", "prune50_speedup", "int8_size_ratio", "int8_accuracy_drop_points",
+                "prune50_accuracy_drop_points", "exit_aware_minus_plain_points"):
+        assert isinstance(summary[key], (int, float)), key
+    assert 0.1 < summary["int8_size_ratio"] < 0.5     # int8 weights: about a quarter of fp32
+    assert set(summary["early_exit"]) == {"fp32", "int8", "int8-ea", "pruned"}

@@ -127,7 +127,7 @@ def test_exit_aware_calibration_sees_only_samples_that_reach_each_stage(trained_
             threshold=0.9, exit_aware=True, **KW)
     m = read_bundle(str(out)).manifest
     seen = [e["builds"][1]["calibration"]["samples"] for e in m["stages"]]
-    assert seen[0] == len(calib[0][:512]) and seen[0] > seen[1] > seen[2] >= 16
+    assert seen[0] == min(len(calib[0]), 512) and seen[0] >= seen[1] > seen[2] >= 16
     assert all(e["builds"][1]["calibration"]["exit_aware"] for e in m["stages"])
     assert m["exits"][1]["builds"][1]["calibration"]["samples"] == seen[1]
     with pytest.raises(InputError, match="needs exit thresholds"):
