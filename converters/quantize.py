@@ -108,7 +108,14 @@ def quantize_int8(src, dst, feeds, method="minmax", symmetric=False):
     cwd = os.getcwd()
     try:
         os.chdir(scratch)
-        q.quantize_static(src, dst, _Feeds(feeds), quant_format=q.QuantFormat.QDQ,
+        # ORT's pre-processing (basic graph optimizations + shape inference) first: the
+        # exporter feeds some biases through Identity nodes, which the quantizer leaves float,
+        # and ORT then cannot fuse those convolutions into QLinearConv (measured: a
+        # ResNet-18-sized stage kept 4 of 5 convolutions in float, INT8 ran 0.84x FP32 speed).
+        pre = os.path.join(scratch, "preprocessed.onnx")
+        require("onnxruntime.quantization.shape_inference", "onnx",
+                "quantize stages to INT8").quant_pre_process(src, pre)
+        q.quantize_static(pre, dst, _Feeds(feeds), quant_format=q.QuantFormat.QDQ,
                           per_channel=True,
                           activation_type=q.QuantType.QInt8 if symmetric else q.QuantType.QUInt8,
                           weight_type=q.QuantType.QInt8, calibrate_method=methods[method],

@@ -133,6 +133,6 @@ def test_exit_aware_calibration_sees_only_samples_that_reach_each_stage(trained_
     with pytest.raises(InputError, match="needs exit thresholds"):
         convert(trained_tiny, calib[0][:8], str(tmp_path / "x.edgebundle"), quantize="int8",
                 calibration_data=calib, exit_aware=True, **KW)
-    with pytest.raises(InputError, match="leaves stage1 with 0 of 512 samples"):
+    with pytest.raises(InputError, match="leaves stage1 with 0 of 600 samples"):
         convert(trained_tiny, calib[0][:8], str(tmp_path / "x.edgebundle"), quantize="int8",
                 calibration_data=calib, threshold=0.11, exit_aware=True, **KW)
