@@ -133,7 +133,7 @@ def replay_pruning(model, example_input, record):
     return model
 
 
-def fine_tune(model, x, y, epochs=1, lr=1e-3, batch_size=64, seed=0, log=None):
+def fine_tune(model, x, y, epochs=1, lr=3e-4, batch_size=64, seed=0, log=None):
     """A short fine-tuning loop on real labelled data: Adam on the mean loss of all exits."""
     torch = require("torch", "torch", "fine-tune models")
     x, y = torch.as_tensor(x), torch.as_tensor(y)

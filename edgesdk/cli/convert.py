@@ -67,7 +67,8 @@ def add_arguments(p):
                    help="channel importance (taylor needs labels in the calibration data)")
     p.add_argument("--fine-tune-epochs", type=int, default=0,
                    help="after pruning, fine-tune this many epochs on the labelled calibration data")
-    p.add_argument("--fine-tune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    p.add_argument("--fine-tune-lr", type=float, default=3e-4,
+                   help="fine-tuning learning rate (default 3e-4: 1e-3 lost 1 point on the sample)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
