@@ -16,7 +16,9 @@ from edgesdk.progress import Progress
 from edgesdk.converters.macs import count_macs
 from edgesdk.converters.model import as_state, chain, split_model, trace_structure
 from edgesdk.converters.onnx_export import DEFAULT_OPSET, export_graph
-from edgesdk.converters.precision import check_calibration, plan_precisions
+from edgesdk.converters.precision import PrecisionPlan, check_calibration, plan_precisions
+from edgesdk.converters.qat import (QAT_ATOL, QAT_RTOL, frozen_copy, is_quantization_aware,
+                                    validate_qat_graphs)
 from edgesdk.converters.pruning import make_dense, sparsity_report
 from edgesdk.converters.selection import DEFAULT_EXIT_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT
 from edgesdk.targets import get_target
@@ -132,8 +134,20 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
     if tgt.max_opset is not None and opset > tgt.max_opset:
         raise InputError("target '{}' reads ONNX opset <= {}; got --opset {}".format(
             target, tgt.max_opset, opset))
-    plan = plan_precisions(tgt, precisions, quantize, calibration_data is not None, profile)
-    calib_x, calib_y = check_calibration(calibration_data, plan, profile)
+    qat = is_quantization_aware(model)
+    if qat:
+        if quantize is not None or precisions or profile:
+            raise InputError("this model is already quantized (quantization-aware training: "
+                             "fake-quantize modules) and converts as INT8 as it is; quantizing "
+                             "it again would quantize twice: drop quantize/precisions/profile")
+        model = frozen_copy(model)
+        plan = PrecisionPlan(["int8"], "int8", tgt.precision_rules(),
+                             source="quantization-aware training (Q/DQ from fake quantization)")
+        atol, rtol = max(atol, QAT_ATOL), max(rtol, QAT_RTOL)
+        calib_x, calib_y = None, None
+    else:
+        plan = plan_precisions(tgt, precisions, quantize, calibration_data is not None, profile)
+        calib_x, calib_y = check_calibration(calibration_data, plan, profile)
     pruning = list(pruning or [])
     model, had_masks = make_dense(model)
     if had_masks:
@@ -165,7 +179,7 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
         with bundle_io.staging_directory(output, force=force) as tmp:
             report = _write(tmp, output, stages, heads, structure, example, reference, ref_logits,
                             opset, pol, thr, preprocessing, atol, rtol, name, class_names, tgt,
-                            model, progress, pruning)
+                            model, progress, pruning, qat)
             verified = load_bundle(tmp, threads=threads)
             report.max_abs_error = _verify(verified, reference.numpy(), ref_logits, atol, rtol)
             if calib_x is not None and calib_x.shape[1:] != example.shape[1:]:
@@ -243,13 +257,13 @@ def _verify(model, x, expected, atol, rtol):
 
 
 def _write(tmp, output, stages, heads, structure, example, reference, ref_logits, opset, pol,
-           thr, preprocessing, atol, rtol, name, class_names, tgt, model, progress, pruning):
+           thr, preprocessing, atol, rtol, name, class_names, tgt, model, progress, pruning, qat):
     onnx = require("onnx", "onnx", "write ONNX stages")
     os.makedirs(os.path.join(tmp, "stages"))
     os.makedirs(os.path.join(tmp, "heads"))
     os.makedirs(os.path.join(tmp, "reference"))
     n_exits = len(stages)
-    stage_entries, exit_entries, files = [], [], []
+    stage_entries, exit_entries, files, exported = [], [], [], {}
     torch = require("torch", "torch", "export stages to ONNX")
     state = (example,)
     with Progress(2 * n_exits, "exporting", enabled=progress) as bar:
@@ -268,6 +282,9 @@ def _write(tmp, output, stages, heads, structure, example, reference, ref_logits
                 files.append(rel)
                 entry = {"id": gid, "file": rel, "format": "onnx", "inputs": ins, "outputs": outs,
                          "macs": count_macs(graph)}
+                if qat:
+                    entry["precision"] = "int8"
+                    exported[gid] = graph
                 if folder == "stages":
                     entry["output_shapes"] = [[None] + list(s[1:]) for s in structure.state_shapes[k]]
                 else:
@@ -279,6 +296,8 @@ def _write(tmp, output, stages, heads, structure, example, reference, ref_logits
                 entries.append(entry)
                 bar.update(note=gid)
             state = nxt
+    if qat:
+        validate_qat_graphs(exported)
     ref_rel = "reference/reference.npz"
     arrays = {"input": reference.numpy()}
     arrays.update({"exit_{}".format(k): l for k, l in enumerate(ref_logits)})

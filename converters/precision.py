@@ -30,6 +30,7 @@ class PrecisionPlan:
     select: str
     rules: dict
     warnings: list = field(default_factory=list)
+    source: str = "edgesdk conversion"
 
 
 def plan_precisions(target, precisions=None, quantize=None, have_data=False, profile=None):
@@ -112,7 +113,8 @@ def select_precision(root, plan):
             if b["precision"] == plan.select:
                 entry.update(file=b["file"], format=b["format"], precision=b["precision"])
     manifest["quantization"] = {"builds": plan.precisions, "selected": plan.select,
-                                "rules": plan.rules, "warnings": plan.warnings}
+                                "source": plan.source, "rules": plan.rules,
+                                "warnings": plan.warnings}
     bundle_io.write_manifest(root, manifest)
 
 
