@@ -91,7 +91,8 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
             target="host", opset=DEFAULT_OPSET, policy="max-softmax", threshold=None,
             preprocessing=None, reference_input=None, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL,
             name=None, class_names=None, force=False, threads=None, progress=True,
-            precisions=None, quantize=None, calibration_data=None, quant_method="minmax", profile=None,
+            precisions=None, quantize=None, calibration_data=None, calibration_method="minmax",
+            profile=None,
             device=None, profile_metric="mean_ms", profile_batch=1,
             min_agreement=DEFAULT_MIN_AGREEMENT, exit_accuracy_drop=DEFAULT_EXIT_ACCURACY_DROP,
             pruning=None, exit_aware=False):
@@ -106,7 +107,8 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
     every early exit's threshold (None: early exits off until calibrated).
 
     ``precisions``: builds to write for every graph beside FP32, among the target's (``int8``:
-    QDQ copies, activation ranges from ``calibration_data`` with ``quant_method``; ``fp16``).
+    QDQ copies, activation ranges from ``calibration_data`` with ``calibration_method``;
+    ``fp16``).
     ``quantize``: the precision every graph runs (default: the target's, see
     :mod:`edgesdk.converters.precision`). ``calibration_data``: real preprocessed inputs, or
     ``(x, y)`` with integer labels; extra builds record their top-1 agreement with FP32 on it,
@@ -189,22 +191,22 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
             # data was given (FP16 needs none to build).
             _extra_builds(tmp, report, plan, tgt,
                           calib_x if calib_x is not None else reference.numpy(), calib_y,
-                          quant_method, profile, device, profile_metric, profile_batch,
+                          calibration_method, profile, device, profile_metric, profile_batch,
                           min_agreement, exit_accuracy_drop, exit_aware)
     finally:
         model.train(was_training)
     return report
 
 
-def _extra_builds(root, report, plan, target, x, y, quant_method, profile, device, metric, batch,
-                  min_agreement, exit_accuracy_drop, exit_aware):
+def _extra_builds(root, report, plan, target, x, y, calibration_method, profile, device, metric,
+                  batch, min_agreement, exit_accuracy_drop, exit_aware):
     """Reduced-precision builds, their agreement with FP32, the selection (the plan's, or the
     profile's per graph) and the per-exit table on the calibration data."""
     from edgesdk.converters.builds import add_builds, record_agreement
     from edgesdk.converters.precision import check_int8_rules, exit_agreement_table, select_precision
     baseline = None
     if len(plan.precisions) > 1:
-        add_builds(root, plan.precisions, x, quant_method,
+        add_builds(root, plan.precisions, x, calibration_method,
                    symmetric=target.int8_activations == "int8-symmetric", exit_aware=exit_aware)
         check_int8_rules(root, target)
         baseline = record_agreement(root, x)

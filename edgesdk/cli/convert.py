@@ -43,7 +43,8 @@ def add_arguments(p):
     p.add_argument("--calibration-data", metavar="NPZ",
                    help="real inputs 'x' (and labels 'y') for INT8 ranges, agreement checks and "
                         "--profile choices (default: --example-data)")
-    p.add_argument("--quant-method", default="minmax", choices=["minmax", "entropy", "percentile"],
+    p.add_argument("--calibration-method", default="minmax",
+                   choices=["minmax", "entropy", "percentile"],
                    help="how INT8 activation ranges are set (default minmax)")
     p.add_argument("--exit-aware", action="store_true",
                    help="calibrate INT8 stage k only on samples reaching it under --threshold")
@@ -221,7 +222,8 @@ def run(args):
                      force=args.force, progress=not args.json,
                      precisions=[p.strip() for p in args.precisions.split(",") if p.strip()],
                      quantize=args.quantize, calibration_data=calibration,
-                     quant_method=args.quant_method, profile=args.profile, device=args.device,
+                     calibration_method=args.calibration_method, profile=args.profile,
+                     device=args.device,
                      profile_metric=METRICS[args.profile_metric], profile_batch=args.profile_batch,
                      min_agreement=args.min_agreement, exit_accuracy_drop=args.exit_accuracy_drop,
                      pruning=records, exit_aware=args.exit_aware)

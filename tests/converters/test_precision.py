@@ -136,3 +136,14 @@ def test_exit_aware_calibration_sees_only_samples_that_reach_each_stage(trained_
     with pytest.raises(InputError, match="leaves stage1 with 0 of 600 samples"):
         convert(trained_tiny, calib[0][:8], str(tmp_path / "x.edgebundle"), quantize="int8",
                 calibration_data=calib, threshold=0.11, exit_aware=True, **KW)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_calibration_methods_are_applied_and_recorded(trained_tiny, calib, tmp_path, method):
+    out = tmp_path / "m.edgebundle"
+    x, y = calib[0][:64], calib[1][:64]
+    report = convert(trained_tiny, x[:8], str(out), quantize="int8", calibration_data=(x, y),
+                     calibration_method=method, **KW)
+    m = read_bundle(str(out)).manifest
+    assert all(e["builds"][1]["calibration"]["method"] == method for e in m["stages"])
+    assert all(r["agreement"] >= 0.8 for r in report.exit_table)
