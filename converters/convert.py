@@ -17,8 +17,8 @@ from edgesdk.converters.macs import count_macs
 from edgesdk.converters.model import as_state, chain, split_model, trace_structure
 from edgesdk.converters.onnx_export import DEFAULT_OPSET, export_graph
 from edgesdk.converters.precision import PrecisionPlan, check_calibration, plan_precisions
-from edgesdk.converters.qat import (QAT_ATOL, QAT_RTOL, frozen_copy, is_quantization_aware,
-                                    validate_qat_graphs)
+from edgesdk.converters.qat import (QAT_ATOL, QAT_RTOL, frozen_copy, quant_bit_widths,
+                                    quantization_aware_kind, validate_qat_graphs)
 from edgesdk.converters.pruning import make_dense, sparsity_report
 from edgesdk.converters.selection import DEFAULT_EXIT_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT
 from edgesdk.targets import get_target
@@ -136,15 +136,16 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
     if tgt.max_opset is not None and opset > tgt.max_opset:
         raise InputError("target '{}' reads ONNX opset <= {}; got --opset {}".format(
             target, tgt.max_opset, opset))
-    qat = is_quantization_aware(model)
+    qat = quantization_aware_kind(model)
     if qat:
         if quantize is not None or precisions or profile:
             raise InputError("this model is already quantized (quantization-aware training: "
                              "fake-quantize modules) and converts as INT8 as it is; quantizing "
                              "it again would quantize twice: drop quantize/precisions/profile")
         model = frozen_copy(model)
-        plan = PrecisionPlan(["int8"], "int8", tgt.precision_rules(),
-                             source="quantization-aware training (Q/DQ from fake quantization)")
+        plan = PrecisionPlan(["int8"], "int8", tgt.precision_rules(), source=(
+            "quantization-aware training (Brevitas: QONNX, run as QCDQ)" if qat == "brevitas"
+            else "quantization-aware training (Q/DQ from fake quantization)"))
         atol, rtol = max(atol, QAT_ATOL), max(rtol, QAT_RTOL)
         calib_x, calib_y = None, None
     else:
@@ -278,7 +279,10 @@ def _write(tmp, output, stages, heads, structure, example, reference, ref_logits
                     ("stage{}".format(k), "stages", stage, state, in_names, out_names, stage_entries),
                     ("exit{}".format(k), "heads", head, nxt, out_names, ["logits"], exit_entries)):
                 graph = export_graph(module, args, ins, outs, opset,
-                                     "{} {} ({})".format(folder[:-1], k, type(module).__name__))
+                                     "{} {} ({})".format(folder[:-1], k, type(module).__name__),
+                                     qonnx=qat == "brevitas")
+                if qat == "brevitas":
+                    graph, source = graph
                 rel = "{}/{}.onnx".format(folder, gid)
                 onnx.save_model(graph, os.path.join(tmp, folder, gid + ".onnx"))
                 files.append(rel)
@@ -287,6 +291,13 @@ def _write(tmp, output, stages, heads, structure, example, reference, ref_logits
                 if qat:
                     entry["precision"] = "int8"
                     exported[gid] = graph
+                if qat == "brevitas":
+                    # The QONNX graph (arbitrary bit widths) travels with the bundle for the
+                    # FPGA path; ONNX Runtime runs its QCDQ form.
+                    entry["qonnx"] = {"file": "{}/{}.qonnx.onnx".format(folder, gid),
+                                      "bit_widths": quant_bit_widths(source)}
+                    onnx.save_model(source, os.path.join(tmp, folder, gid + ".qonnx.onnx"))
+                    files.append(entry["qonnx"]["file"])
                 if folder == "stages":
                     entry["output_shapes"] = [[None] + list(s[1:]) for s in structure.state_shapes[k]]
                 else:

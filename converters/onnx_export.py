@@ -8,26 +8,37 @@ from edgesdk.errors import ConversionError, ModelStructureError
 DEFAULT_OPSET = 13  # TensorRT 8.2 on the TX2 parses opset <= 13
 
 
-def export_graph(module, args, input_names, output_names, opset, what):
+def export_graph(module, args, input_names, output_names, opset, what, qonnx=False):
     """Export ``module(*args)`` with a dynamic batch dimension; returns a checked ModelProto.
 
     Uses the TorchScript exporter (``dynamo=False``): the dynamo exporter writes opset >= 18
     only, which TensorRT 8.2 cannot read. ``what`` names the graph in error messages.
+    ``qonnx``: the module holds Brevitas layers; it is exported with Brevitas as QONNX and
+    the graph returned is its QCDQ form (what ONNX Runtime runs); the QONNX graph itself is
+    returned beside it: ``(qcdq, qonnx)``.
     """
     torch = require("torch", "torch", "export stages to ONNX")
     onnx = require("onnx", "onnx", "export stages to ONNX")
     buf = io.BytesIO()
     axes = {name: {0: "N"} for name in list(input_names) + list(output_names)}
+    kwargs = dict(opset_version=opset, input_names=list(input_names),
+                  output_names=list(output_names), dynamic_axes=axes)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, tuple(args), buf, dynamo=False, opset_version=opset,
-                              input_names=list(input_names), output_names=list(output_names),
-                              dynamic_axes=axes, do_constant_folding=True)
+            if qonnx:
+                from edgesdk.converters.qat import export_brevitas
+                source, model = export_brevitas(module, tuple(args), kwargs)
+            else:
+                torch.onnx.export(module, tuple(args), buf, dynamo=False,
+                                  do_constant_folding=True, **kwargs)
+    except (ConversionError, ModelStructureError):
+        raise
     except Exception as exc:
         raise ConversionError("exporting {} to ONNX opset {} failed: {}: {}".format(
             what, opset, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""))
-    model = onnx.load_from_string(buf.getvalue())
+    if not qonnx:
+        model = onnx.load_from_string(buf.getvalue())
     # onnx 1.23 stamps IR version 14, which onnxruntime 1.31 (and older runtimes on boards)
     # refuse; the lowest IR version that carries this opset is what every reader accepts.
     model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
@@ -36,6 +47,9 @@ def export_graph(module, args, input_names, output_names, opset, what):
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         raise ConversionError("onnx.checker rejected {}: {}".format(what, exc))
+    if qonnx:
+        source.ir_version = model.ir_version
+        return model, source
     return model
 
 

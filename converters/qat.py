@@ -19,11 +19,64 @@ QAT_ATOL = 0.25
 QAT_RTOL = 0.05
 
 
-def is_quantization_aware(model):
-    """True if ``model`` holds PyTorch fake-quantize modules (quantization-aware training)."""
+def quantization_aware_kind(model):
+    """``"brevitas"`` (Brevitas quantized layers), ``"torch"`` (PyTorch fake-quantize
+    modules) or None: how the model was trained to be quantized."""
     torch = require("torch", "torch", "inspect models")
     fake = torch.ao.quantization.FakeQuantizeBase
-    return any(isinstance(m, fake) for m in model.modules())
+    kinds = set()
+    for m in model.modules():
+        if type(m).__module__.startswith("brevitas."):
+            kinds.add("brevitas")
+        elif isinstance(m, fake):
+            kinds.add("torch")
+    return "brevitas" if "brevitas" in kinds else ("torch" if kinds else None)
+
+
+def export_brevitas(module, args, kwargs):
+    """Export a module with Brevitas layers as QONNX (TorchScript path) and convert it to
+    QCDQ (QuantizeLinear-Clip-DequantizeLinear, what ONNX Runtime and TensorRT read) with
+    the qonnx package. Returns ``(qonnx ModelProto, qcdq ModelProto)``; Quant nodes wider
+    than 8 bits, which QCDQ cannot express, are refused."""
+    import os
+    import tempfile
+    onnx = require("onnx", "onnx", "export Brevitas models")
+    brevitas_export = require("brevitas.export", "qat", "export Brevitas models")
+    require("onnxoptimizer", "qat", "export Brevitas models")
+    ModelWrapper = require("qonnx.core.modelwrapper", "qat", "convert QONNX").ModelWrapper
+    QuantToQCDQ = require("qonnx.transformation.qonnx_to_qcdq", "qat", "convert QONNX").QuantToQCDQ
+    tmp = tempfile.mkdtemp(prefix="edgesdk-qonnx-")
+    try:
+        path = os.path.join(tmp, "graph.onnx")
+        brevitas_export.export_qonnx(module, args, path, dynamo=False, **kwargs)
+        source = onnx.load(path)
+    finally:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    qcdq = ModelWrapper(copy_model(source)).transform(QuantToQCDQ()).model
+    left = [n.name or n.output[0] for n in qcdq.graph.node if n.op_type in ("Quant", "BipolarQuant")]
+    if left:
+        raise ConversionError("QONNX Quant nodes wider than 8 bits (or otherwise not expressible "
+                              "as QuantizeLinear/Clip/DequantizeLinear): {}".format(", ".join(left)))
+    return source, qcdq
+
+
+def copy_model(model):
+    """A deep copy of an ONNX ModelProto."""
+    copied = type(model)()
+    copied.CopyFrom(model)
+    return copied
+
+
+def quant_bit_widths(qonnx_model):
+    """Sorted distinct bit widths of the QONNX graph's Quant nodes (weights and activations)."""
+    from onnx import numpy_helper
+    consts = {t.name: numpy_helper.to_array(t) for t in qonnx_model.graph.initializer}
+    for n in qonnx_model.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].HasField("t"):
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return sorted({int(consts[n.input[3]]) for n in qonnx_model.graph.node
+                   if n.op_type == "Quant" and len(n.input) > 3 and n.input[3] in consts})
 
 
 def frozen_copy(model):

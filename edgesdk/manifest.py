@@ -134,6 +134,11 @@ def _check_graph(entry, path, files):
     selected = _check_build(entry, path, files)
     _check_builds(entry, path, files, selected)
     _get(entry, "chosen_from", path, (dict,), optional=True)
+    source = _get(entry, "qonnx", path, (dict,), optional=True)
+    if source is not None:
+        rel = check_relative_path(_get(source, "file", path + ".qonnx", (str,)), path + ".qonnx.file")
+        if rel not in files:
+            _fail(path + ".qonnx.file", "'{}' is not listed in $.files".format(rel))
     for key in ("inputs", "outputs"):
         names = _get(entry, key, path, (list,))
         if not names or not all(isinstance(n, str) and n for n in names):

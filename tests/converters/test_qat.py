@@ -80,3 +80,43 @@ def test_bad_qdq_nodes_are_named():
     problems = check_qdq(helper.make_model(g), "stage0")
     assert problems == ["stage0 QuantizeLinear 'q1': scale must be positive and finite",
                         "stage0 DequantizeLinear 'd1': zero point is int16, expected int8 or uint8"]
+
+
+def _brevitas_net():
+    """A W4A8 multi-exit net built from Brevitas layers."""
+    import brevitas.nn as qnn
+    from torch import nn
+    from edgesdk.converters import MultiExitModel
+
+    def conv(c_in, c_out):
+        return [qnn.QuantConv2d(c_in, c_out, 3, padding=1, stride=2, weight_bit_width=4,
+                                bias=False), nn.BatchNorm2d(c_out), qnn.QuantReLU(bit_width=8)]
+    stages = [nn.Sequential(qnn.QuantIdentity(bit_width=8), *conv(1, 8)), nn.Sequential(*conv(8, 16))]
+    heads = [nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), qnn.QuantLinear(8 * 7 * 7, 10, bias=True,
+                                                                            weight_bit_width=4)),
+             nn.Sequential(nn.Flatten(), qnn.QuantLinear(16 * 7 * 7, 10, bias=True, weight_bit_width=4))]
+    return MultiExitModel(stages, heads)
+
+
+def test_brevitas_w4a8_model_converts_through_qonnx(mnist_split, tmp_path):
+    pytest.importorskip("brevitas", reason="the qat extra is not installed")
+    from models import train_quickly
+    (x, y), (xc, yc) = mnist_split
+    torch.manual_seed(0)
+    net = train_quickly(_brevitas_net(), x[:1000], y[:1000]).eval()
+    out = tmp_path / "brevitas.edgebundle"
+    report = convert(net, xc[:8], str(out), preprocessing=PREPROCESSING, progress=False)
+    assert max(report.max_abs_error) < 0.25
+    bundle = read_bundle(str(out))
+    m = bundle.manifest
+    assert "Brevitas" in m["quantization"]["source"]
+    for e in m["stages"] + m["exits"]:
+        assert e["precision"] == "int8"
+        source = onnx.load(bundle.path(e["qonnx"]["file"]))
+        assert any(n.op_type == "Quant" for n in source.graph.node)        # QONNX kept
+        assert not any(n.op_type == "Quant" for n in onnx.load(bundle.path(e["file"])).graph.node)
+    assert m["stages"][1]["qonnx"]["bit_widths"] == [4, 8]
+    acc = float((load_bundle(str(out)).run(xc, early_exit=False).labels == yc).mean())
+    with torch.no_grad():
+        torch_acc = float((net(torch.from_numpy(xc))[-1].argmax(1).numpy() == yc).mean())
+    assert acc > 0.7 and abs(acc - torch_acc) < 0.02
