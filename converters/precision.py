@@ -118,16 +118,28 @@ def select_precision(root, plan):
     bundle_io.write_manifest(root, manifest)
 
 
-def exit_agreement_table(root, x, y=None):
+def exit_agreement_table(root, x, y=None, max_accuracy_drop=0.5):
     """Per exit: accuracy of the FP32 builds and of the selected builds on ``(x, y)``, and
-    their top-1 agreement. A list of dicts (the table convert prints)."""
+    their top-1 agreement; with labels, a last row for early exit with thresholds calibrated
+    afresh for each (``max_accuracy_drop`` points at 99%): accuracy and mean cost as a
+    fraction of the full model's MACs. A list of dicts (the table convert prints)."""
+    from edgesdk.converters.calibrate import choose_thresholds, simulator_for
     from edgesdk.runtime.engine import EdgeModel
     bundle = bundle_io.read_bundle(root)
-    fp32 = [l.argmax(1) for l in EdgeModel(bundle, builds="fp32").exit_logits(x)]
-    sel = [l.argmax(1) for l in EdgeModel(bundle).exit_logits(x)]
+    models = {"fp32": EdgeModel(bundle, builds="fp32"), "selected": EdgeModel(bundle)}
+    probs = {k: m.exit_probabilities(x) for k, m in models.items()}
     rows = []
-    for k, (a, b) in enumerate(zip(fp32, sel)):
+    for k, (a, b) in enumerate(zip(*(
+            [p.argmax(1) for p in probs[name]] for name in ("fp32", "selected")))):
         rows.append({"exit": k, "agreement": float((a == b).mean()),
                      "accuracy_fp32": float((a == y).mean()) if y is not None else None,
                      "accuracy_selected": float((b == y).mean()) if y is not None else None})
+    if y is not None:
+        row = {"exit": "early exit (recalibrated)", "agreement": None}
+        for name, m in models.items():
+            sim = simulator_for(m, probs[name], y)
+            point, _ = choose_thresholds(sim, max_accuracy_drop=max_accuracy_drop)
+            row["accuracy_" + name] = point.accuracy
+            row["cost_" + name] = point.mean_cost / sim.full_cost
+        rows.append(row)
     return rows

@@ -162,9 +162,15 @@ def exit_table_text(rows):
 
     def pct(v):
         return "-" if v is None else "{:.2%}".format(v)
+    def name(r):
+        return "exit {}".format(r["exit"]) if isinstance(r["exit"], int) else r["exit"]
+
+    def cell(r, key):
+        cost = r.get("cost_" + key)
+        return pct(r["accuracy_" + key]) + ("" if cost is None else " at {:.0%} of the MACs".format(cost))
     return format_table(["exit", "accuracy fp32", "accuracy selected", "top-1 agreement"],
-                        [["exit {}".format(r["exit"]), pct(r["accuracy_fp32"]),
-                          pct(r["accuracy_selected"]), pct(r["agreement"])] for r in rows])
+                        [[name(r), cell(r, "fp32"), cell(r, "selected"), pct(r["agreement"])]
+                         for r in rows])
 
 
 def preprocessing_from(args):

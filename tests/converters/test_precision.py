@@ -51,10 +51,16 @@ def test_quantize_int8_selects_int8_everywhere_and_reports_every_exit(int8_selec
     assert all(e["precision"] == "int8" and e["file"].endswith(".int8.onnx")
                for e in m["stages"] + m["exits"])
     assert m["quantization"]["selected"] == "int8" and m["quantization"]["rules"]["target"] == "host"
-    assert len(report.exit_table) == 3
-    for row in report.exit_table:
+    assert len(report.exit_table) == 4
+    for row in report.exit_table[:3]:
         assert 0.9 <= row["agreement"] <= 1.0
         assert abs(row["accuracy_fp32"] - row["accuracy_selected"]) <= 0.05
+    early = report.exit_table[3]
+    assert early["exit"] == "early exit (recalibrated)" and early["agreement"] is None
+    for k in ("fp32", "selected"):
+        # thresholds recalibrated for each: within 0.5 points of its final exit, cheaper than all
+        assert early["accuracy_" + k] >= report.exit_table[2]["accuracy_" + k] - 0.03
+        assert 0 < early["cost_" + k] < 1
     # The reference outputs are the selected builds'; they check out on this machine.
     assert main(["validate", path, "--check"]) == 0
     assert m["reference"]["atol"] > 1e-4
@@ -89,7 +95,7 @@ def test_tx2_default_is_fp16_with_float32_edges(trained_tiny, calib, tmp_path):
     assert all(l.dtype == np.float32 for l in logits)
     fp32 = load_bundle(str(out), builds="fp32").exit_logits(calib[0][:64])
     assert max(float(np.abs(a - b).max()) for a, b in zip(logits, fp32)) < 0.05
-    assert all(r["agreement"] >= 0.98 for r in report.exit_table)
+    assert all(r["agreement"] >= 0.98 for r in report.exit_table)  # no labels: no early-exit row
 
 
 def test_bad_calibration_data_is_refused_and_nothing_written(trained_tiny, calib, tmp_path):
@@ -116,7 +122,7 @@ def test_cli_quantize_prints_the_exit_table(trained_tiny, calib, tmp_path, capsy
                  "blocks", "--heads-attr", "exits", "--example-data", str(data), "--quantize",
                  "int8", "-o", str(tmp_path / "q.edgebundle")])
     out = capsys.readouterr().out
-    assert code == 0 and "agreement" in out and "exit 2" in out
+    assert code == 0 and "agreement" in out and "exit 2" in out and "recalibrated" in out
     code = main(["inspect", str(tmp_path / "q.edgebundle"), "--json"])
     assert json.loads(capsys.readouterr().out)["quantization"]["selected"] == "int8"
 
@@ -146,4 +152,4 @@ def test_calibration_methods_are_applied_and_recorded(trained_tiny, calib, tmp_p
                      calibration_method=method, **KW)
     m = read_bundle(str(out)).manifest
     assert all(e["builds"][1]["calibration"]["method"] == method for e in m["stages"])
-    assert all(r["agreement"] >= 0.8 for r in report.exit_table)
+    assert all(r["agreement"] >= 0.8 for r in report.exit_table[:-1])
