@@ -245,8 +245,9 @@ def run(args):
         print("  exit {}: stage {:.2f}M + head {:.3f}M MACs, ONNX Runtime vs PyTorch max abs "
               "error {:.2e}".format(k, report.stage_macs[k] / 1e6, report.exit_macs[k] / 1e6, err))
     for gid, agreement in sorted(report.builds.items()):
-        print("  {}: builds {}".format(gid, ", ".join(
-            "{} (top-1 agreement with fp32 {:.2%})".format(p, a) for p, a in sorted(agreement.items()))))
+        print("  {}: {}".format(gid, ", ".join(
+            "{} build, top-1 agreement with fp32 {:.2%}".format(p, a)
+            for p, a in sorted(agreement.items()) if p != "fp32")))
     if report.exit_table:
         print(exit_table_text(report.exit_table))
     for w in report.precision_warnings:
