@@ -223,6 +223,8 @@ def _extra_builds(root, report, plan, target, x, y, calibration_method, profile,
     report.precision_warnings = plan.warnings
     if x is not None and len(plan.precisions) > 1:
         report.exit_table = exit_agreement_table(root, x, y)
+        bundle_io.update_manifest(root, lambda m: m.setdefault("quantization", {}).update(
+            exit_table=report.exit_table, exit_table_samples=int(len(x))))
     _refresh_reference(root)
 
 

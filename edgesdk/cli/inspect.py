@@ -53,12 +53,21 @@ def run(args):
                          f["sha256"][:12], policy, thr, chosen])
     print(format_table(["graph", "build (other builds)", "pruned", "MACs", "size", "sha256",
                         "policy", "threshold", "chosen by"], rows))
+    q = m.get("quantization") or {}
+    if q.get("exit_table"):
+        from edgesdk.cli.convert import exit_table_text
+        print("\nselected builds vs fp32 on {} calibration samples:".format(
+            q.get("exit_table_samples", "?")))
+        print(exit_table_text(q["exit_table"]))
     for r in m.get("pruning") or []:
         if r.get("kind") == "structured":
             print("\npruned channels ({} {}, {} importance): MACs {:.1f}M -> {:.1f}M{}".format(
                 r["tool"], r["tool_version"], r["importance"], r["macs_before"] / 1e6,
                 r["macs_after"] / 1e6, "; fine-tuned {} epochs".format(r["fine_tune"]["epochs"])
                 if r.get("fine_tune") else ""))
+            for name, accs in (r.get("exit_accuracy") or {}).items():
+                print("  {:<15} {}".format(name, "  ".join("exit {} {:.2%}".format(k, a)
+                                                          for k, a in enumerate(accs))))
         elif r.get("kind") == "unstructured":
             print("\nunstructured sparsity {:.1%}, 2:4 pattern: {}; {}".format(
                 r["sparsity"], "yes" if r["2:4"] else "no", r["note"]))

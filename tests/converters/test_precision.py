@@ -153,3 +153,10 @@ def test_calibration_methods_are_applied_and_recorded(trained_tiny, calib, tmp_p
     m = read_bundle(str(out)).manifest
     assert all(e["builds"][1]["calibration"]["method"] == method for e in m["stages"])
     assert all(r["agreement"] >= 0.8 for r in report.exit_table[:-1])
+
+
+def test_inspect_shows_the_exit_table(int8_selected, capsys):
+    assert main(["inspect", int8_selected[0]]) == 0
+    out = capsys.readouterr().out
+    assert "selected builds vs fp32 on 600 calibration samples" in out
+    assert "early exit (recalibrated)" in out and "int8" in out
