@@ -92,8 +92,7 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
             preprocessing=None, reference_input=None, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL,
             name=None, class_names=None, force=False, threads=None, progress=True,
             precisions=None, quantize=None, calibration_data=None, calibration_method="minmax",
-            profile=None,
-            device=None, profile_metric="mean_ms", profile_batch=1,
+            profile=None, device=None, profile_metric="mean_ms", profile_batch=1,
             min_agreement=DEFAULT_MIN_AGREEMENT, exit_accuracy_drop=DEFAULT_EXIT_ACCURACY_DROP,
             pruning=None, exit_aware=False):
     """Convert a PyTorch multi-exit model into a verified bundle directory at ``output``.
@@ -140,8 +139,9 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
     if qat:
         if quantize is not None or precisions or profile:
             raise InputError("this model is already quantized (quantization-aware training: "
-                             "fake-quantize modules) and converts as INT8 as it is; quantizing "
-                             "it again would quantize twice: drop quantize/precisions/profile")
+                             "{} layers) and converts as INT8 as it is; quantizing it again "
+                             "would quantize twice: drop quantize/precisions/profile".format(
+                                 "Brevitas" if qat == "brevitas" else "fake-quantize"))
         model = frozen_copy(model)
         plan = PrecisionPlan(["int8"], "int8", tgt.precision_rules(), source=(
             "quantization-aware training (Brevitas: QONNX, run as QCDQ)" if qat == "brevitas"
@@ -218,12 +218,11 @@ def _extra_builds(root, report, plan, target, x, y, calibration_method, profile,
         from edgesdk.converters.selection import apply_profile
         report.choices = apply_profile(root, profile, x, y, device, metric, batch, min_agreement,
                                        exit_accuracy_drop, baseline)
-    else:
-        select_precision(root, plan)
+    select_precision(root, plan, per_graph=profile is not None)
     report.precision_warnings = plan.warnings
     if x is not None and len(plan.precisions) > 1:
         report.exit_table = exit_agreement_table(root, x, y)
-        bundle_io.update_manifest(root, lambda m: m.setdefault("quantization", {}).update(
+        bundle_io.update_manifest(root, lambda m: m["quantization"].update(
             exit_table=report.exit_table, exit_table_samples=int(len(x))))
     _refresh_reference(root)
 

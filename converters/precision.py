@@ -105,14 +105,17 @@ def check_int8_rules(root, target):
             target.name, "\n  ".join(bad)))
 
 
-def select_precision(root, plan):
-    """Select ``plan.select`` for every graph and record the plan in ``quantization``."""
+def select_precision(root, plan, per_graph=False):
+    """Select ``plan.select`` for every graph (unless ``per_graph``: a profile chose already)
+    and record the plan in the manifest's ``quantization``."""
     manifest = bundle_io.read_bundle(root).manifest
-    for entry in graph_entries(manifest):
-        for b in entry.get("builds") or []:
-            if b["precision"] == plan.select:
-                entry.update(file=b["file"], format=b["format"], precision=b["precision"])
-    manifest["quantization"] = {"builds": plan.precisions, "selected": plan.select,
+    if not per_graph:
+        for entry in graph_entries(manifest):
+            for b in entry.get("builds") or []:
+                if b["precision"] == plan.select:
+                    entry.update(file=b["file"], format=b["format"], precision=b["precision"])
+    selected = "per graph, from the profile" if per_graph else plan.select
+    manifest["quantization"] = {"builds": plan.precisions, "selected": selected,
                                 "source": plan.source, "rules": plan.rules,
                                 "warnings": plan.warnings}
     bundle_io.write_manifest(root, manifest)
