@@ -2,7 +2,8 @@
 
 1. **Builds**: for each stage and head, the cheapest measured build (e.g. INT8 where the
    board runs it faster, FP32 where it does not) among those whose top-1 agreement with the
-   FP32 model stays at or above ``min_agreement``. Builds are taken greedily, biggest
+   FP32 model stays at or above ``min_agreement`` and that save at least 5% of the graph's
+   cost (less is within a shared machine's timing noise). Builds are taken greedily, biggest
    measured saving first, and a build is kept only if the whole model with it still agrees
    at every exit: errors of several quantized graphs add up.
 2. **Exit heads**: an early exit costs its head for every sample that reaches it and saves
@@ -23,6 +24,7 @@ from edgesdk.converters.cost_model import build_costs, device_rows, table_from_r
 from edgesdk.runtime.engine import EdgeModel, graph_builds
 
 DEFAULT_MIN_AGREEMENT = 0.99
+MIN_SAVING = 0.05  # a build must save 5% of its graph's measured cost to be chosen
 DEFAULT_EXIT_ACCURACY_DROP = 0.5
 
 
@@ -40,7 +42,8 @@ def choose_builds(bundle, costs, x, baseline, min_agreement):
             cost = costs.get((entry["id"], b["format"], b["precision"]))
             agreement = next((o.get("top1_agreement") for o in entry["builds"]
                               if o["file"] == b["file"]), None)
-            if cost is not None and cost < current and agreement is not None \
+            # A saving inside the measurement's noise is not worth an accuracy risk.
+            if cost is not None and cost < current * (1.0 - MIN_SAVING) and agreement is not None \
                     and agreement >= min_agreement:
                 candidates.append((current - cost, entry["id"], b["precision"]))
     x = x[:len(baseline[0])]  # the samples the baseline labels are of
