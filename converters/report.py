@@ -106,8 +106,59 @@ def _plot_pred(plt, pairs, path):
     plt.close(fig)
 
 
-def write_report(db, out_dir):
-    """Write ``report.md``, ``report.html`` and PNGs into ``out_dir``; returns the .md path."""
+def compression_section(bundle_path):
+    """Markdown lines describing a bundle's compression: each graph's build, the per-exit
+    table of the selected builds vs FP32, and the pruning record."""
+    from edgesdk.bundle import read_bundle
+    from edgesdk.profiles import graphs_sha256
+    m = read_bundle(bundle_path).manifest
+    q = m.get("quantization") or {}
+    md = ["## compression of bundle {} (graphs {})".format(m["name"], graphs_sha256(m)[:12]), "",
+          "Target {}; selected precision: {}{}.".format(
+              m["target"], q.get("selected", "fp32"),
+              "; " + q["source"] if q.get("source") else ""), ""]
+    md += ["| graph | build | other builds |", "|---|---|---|"]
+    for e in m["stages"] + m["exits"]:
+        others = ["{} (agreement {:.2%})".format(b["precision"], b["top1_agreement"])
+                  for b in e.get("builds") or [] if b["file"] != e["file"] and "top1_agreement" in b]
+        md.append("| {} | {} {} | {} |".format(e["id"], e["format"], e.get("precision", "fp32"),
+                                              ", ".join(others) or "-"))
+    md.append("")
+    rows = q.get("exit_table")
+    if rows:
+        def pct(v):
+            return "-" if v is None else "{:.2%}".format(v)
+        md += ["Per exit, on {} calibration samples (last row: thresholds recalibrated for each, "
+               "cost as a fraction of the full model's MACs):".format(q.get("exit_table_samples", "?")), "",
+               "| exit | accuracy fp32 | accuracy selected | top-1 agreement |", "|---|---|---|---|"]
+        for r in rows:
+            cost = ["" if r.get("cost_" + k) is None else " at {:.0%}".format(r["cost_" + k])
+                    for k in ("fp32", "selected")]
+            md.append("| {} | {}{} | {}{} | {} |".format(
+                r["exit"], pct(r["accuracy_fp32"]), cost[0], pct(r["accuracy_selected"]), cost[1],
+                pct(r["agreement"])))
+        md.append("")
+    for r in m.get("pruning") or []:
+        if r.get("kind") == "structured":
+            md += ["Pruned with {} {} ({} importance, stage ratios {}): {:.1f}M -> {:.1f}M MACs.".format(
+                r["tool"], r["tool_version"], r["importance"], r["stage_ratios"],
+                r["macs_before"] / 1e6, r["macs_after"] / 1e6), ""]
+            for name, accs in (r.get("exit_accuracy") or {}).items():
+                md += ["- {}: {}".format(name, ", ".join("exit {} {:.2%}".format(k, a)
+                                                         for k, a in enumerate(accs)))]
+            md.append("")
+        elif r.get("kind") == "unstructured":
+            md += ["Unstructured sparsity {:.1%} (2:4 pattern: {}): {}.".format(
+                r["sparsity"], "yes" if r["2:4"] else "no", r["note"]), ""]
+    return md
+
+
+def write_report(db, out_dir, bundle_paths=()):
+    """Write ``report.md``, ``report.html`` and PNGs into ``out_dir``; returns the .md path.
+
+    ``bundle_paths``: bundles whose compression (builds, per-exit table, pruning) is added."""
+    # Bundles first: a wrong path fails before anything is written.
+    sections = [compression_section(path) for path in bundle_paths]
     matplotlib = require("matplotlib", "plot", "draw report plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -179,6 +230,8 @@ def write_report(db, out_dir):
                 md += ["| {} | {:.4f} | {:.4f} | {:+.1%} |".format(i + 1, p, m, (p - m) / m)
                        for i, (p, m) in enumerate(pairs)]
                 md += ["", "![predicted vs measured]({})".format(png), ""]
+    for lines in sections:
+        md += lines
     md_path = os.path.join(out_dir, "report.md")
     with open(md_path, "w") as f:
         f.write("\n".join(md) + "\n")

@@ -1,11 +1,14 @@
 """Write a Markdown and an HTML report with PNG plots from a profile database: per-stage costs,
 accuracy vs latency/energy over thresholds with the Pareto front, the exit histogram, and
-predicted vs measured cost of the measured runs."""
+predicted vs measured cost of the measured runs; with --bundle, each bundle's compression
+(builds, per-exit accuracy of the selected builds vs FP32, pruning)."""
 
 
 def add_arguments(p):
     p.add_argument("db", help="profile database (from `edgesdk profile --db`; --data adds accuracy)")
     p.add_argument("-o", "--output", default="edgesdk-report", help="output folder")
+    p.add_argument("--bundle", action="append", default=[],
+                   help="add this bundle's compression: builds, per-exit table, pruning (repeatable)")
 
 
 def run(args):
@@ -15,6 +18,6 @@ def run(args):
     from edgesdk.errors import InputError
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise InputError("'{}' exists and is not a folder".format(args.output))
-    path = write_report(args.db, args.output)
+    path = write_report(args.db, args.output, bundle_paths=args.bundle)
     print("wrote {} and report.html beside it".format(path))
     return 0

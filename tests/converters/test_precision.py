@@ -160,3 +160,19 @@ def test_inspect_shows_the_exit_table(int8_selected, capsys):
     out = capsys.readouterr().out
     assert "selected builds vs fp32 on 600 calibration samples" in out
     assert "early exit (recalibrated)" in out and "int8" in out
+
+
+def test_report_shows_the_compression_of_a_bundle(int8_selected, tmp_path, capsys):
+    from edgesdk.runtime.profiler import profile_bundle
+    path, report = int8_selected
+    db = str(tmp_path / "p.sqlite")
+    profile_bundle(path, [1], warmup=1, repeats=3, db=db, progress=False)
+    out = tmp_path / "report"
+    assert main(["report", db, "-o", str(out), "--bundle", path]) == 0
+    md = (out / "report.md").read_text()
+    assert "## compression of bundle int8" in md and "| stage0 | onnx int8 | - |" in md
+    assert "early exit (recalibrated)" in md
+    row = report.exit_table[0]
+    assert "| 0 | {:.2%} | {:.2%} | {:.2%} |".format(
+        row["accuracy_fp32"], row["accuracy_selected"], row["agreement"]) in md
+    assert "compression of bundle" in (out / "report.html").read_text()
