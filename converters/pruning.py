@@ -105,11 +105,27 @@ def prune_channels(model, example_input, ratio=0.5, stage_ratios=None, importanc
                                   "(a ratio of 0 for their stage).".format(type(exc).__name__, exc))
     finally:
         model.train(was_training)
+    _check_still_runs(model, example)
     after = tp.utils.count_ops_and_params(model, example[:1])[0]
     history = [[name, bool(out), [int(i) for i in idxs]] for name, out, idxs in pruner.pruning_history()]
     return {"kind": "structured", "tool": "torch-pruning", "tool_version": tp.__version__,
             "importance": importance, "stage_ratios": stage_ratios,
             "macs_before": int(before), "macs_after": int(after), "history": history}
+
+
+def _check_still_runs(model, example):
+    """The pruned model must still run: Torch-Pruning cannot see channel counts written into
+    the code (a reshape to a fixed size, a hard-coded view)."""
+    torch = require("torch", "torch", "prune models")
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except Exception as exc:
+        raise ModelStructureError(
+            "after removing channels the model no longer runs: {}: {}. A layer probably uses a "
+            "channel count written into its code (e.g. a reshape to a fixed size); compute it "
+            "from the input's shape, or give that stage a ratio of 0".format(
+                type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""))
 
 
 def replay_pruning(model, example_input, record):

@@ -127,3 +127,22 @@ def test_cli_prune_fine_tune_and_inspect(trained_tiny, mnist_split, tmp_path, ca
                  "blocks", "--heads-attr", "exits", "--example-data", str(cal), "--prune", "1.5",
                  "-o", str(tmp_path / "bad.edgebundle")])
     assert code == 4 and not (tmp_path / "bad.edgebundle").exists()
+
+
+def test_a_channel_count_in_the_code_is_reported(data):
+    from torch import nn
+    from edgesdk.converters import MultiExitModel
+    from edgesdk.errors import ModelStructureError
+
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8 * 28 * 28, 10)
+
+        def forward(self, x):
+            return self.fc(x.reshape(-1, 8 * 28 * 28))      # 8 channels written into the code
+
+    model = MultiExitModel([nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())], [Fixed()])
+    x, _ = data
+    with pytest.raises(ModelStructureError, match="no longer runs.*reshape to a fixed size"):
+        prune_channels(model, x[:4], ratio=0.5)
