@@ -182,11 +182,6 @@ def pick_sensor(disabled=False):
     return totals[0] if totals else None
 
 
-def _entry(model, graph_id):
-    m = model.bundle.manifest
-    return next(e for e in m["stages"] + m["exits"] if e["id"] == graph_id)
-
-
 class _NoRecorder(object):
     def __call__(self, row):
         pass
@@ -210,8 +205,8 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=10, repeats=50, db=None
     model = load_bundle(bundle_path, threads=threads)
     # The selected builds first, then each other precision the bundle holds, chained as the
     # runtime would run them; a build already measured is not measured again.
-    others = sorted({b["precision"] for e in model.builds for b in
-                     graph_builds(_entry(model, e))[1:]})
+    m = model.bundle.manifest
+    others = sorted({b["precision"] for e in m["stages"] + m["exits"] for b in graph_builds(e)[1:]})
     configs = [model] + [EdgeModel(model.bundle, threads=threads, builds=p) for p in others]
     sensor = pick_sensor(no_sensor)
     if db:
