@@ -70,7 +70,7 @@ def add_builds(root, precisions, x=None, method="minmax", symmetric=False, exit_
     calibrate each stage and head only on the samples that reach it under the bundle's
     thresholds (they must be set)."""
     from edgesdk.runtime.engine import EdgeModel
-    bundle = bundle_io.read_bundle(root)
+    bundle = bundle_io.read_bundle(root, verify=False)
     manifest = bundle.manifest
     new = {}
     if "int8" in precisions:
@@ -132,7 +132,7 @@ def record_agreement(root, x):
     ``x``, the worst over the exits it influences (``top1_agreement``, ``agreement_samples``)."""
     from edgesdk.runtime.engine import EdgeModel
     x = np.ascontiguousarray(x[:FEED_LIMIT], dtype=np.float32)
-    bundle = bundle_io.read_bundle(root)
+    bundle = bundle_io.read_bundle(root, verify=False)
     manifest = bundle.manifest
     base = top1_labels(EdgeModel(bundle), x)
     for entry in graph_entries(manifest):

@@ -194,6 +194,7 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
                           calib_x if calib_x is not None else reference.numpy(), calib_y,
                           calibration_method, profile, device, profile_metric, profile_batch,
                           min_agreement, exit_accuracy_drop, exit_aware)
+            bundle_io.read_bundle(tmp)  # every file against its final hash, once
     finally:
         model.train(was_training)
     return report
@@ -202,7 +203,10 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
 def _extra_builds(root, report, plan, target, x, y, calibration_method, profile, device, metric,
                   batch, min_agreement, exit_accuracy_drop, exit_aware):
     """Reduced-precision builds, their agreement with FP32, the selection (the plan's, or the
-    profile's per graph) and the per-exit table on the calibration data."""
+    profile's per graph) and the per-exit table on the calibration data.
+
+    The staging directory is re-read between steps without re-hashing every file (each step
+    updates the hashes it changes); convert verifies all of them once at the end."""
     from edgesdk.converters.builds import add_builds, record_agreement
     from edgesdk.converters.precision import check_int8_rules, exit_agreement_table, select_precision
     baseline = None
@@ -211,7 +215,7 @@ def _extra_builds(root, report, plan, target, x, y, calibration_method, profile,
                    symmetric=target.int8_activations == "int8-symmetric", exit_aware=exit_aware)
         check_int8_rules(root, target)
         baseline = record_agreement(root, x)
-        manifest = bundle_io.read_bundle(root).manifest
+        manifest = bundle_io.read_bundle(root, verify=False).manifest
         report.builds = {e["id"]: {b["precision"]: b.get("top1_agreement", 1.0) for b in e["builds"]}
                          for e in manifest["stages"] + manifest["exits"]}
     if profile is not None:
@@ -222,8 +226,9 @@ def _extra_builds(root, report, plan, target, x, y, calibration_method, profile,
     report.precision_warnings = plan.warnings
     if x is not None and len(plan.precisions) > 1:
         report.exit_table = exit_agreement_table(root, x, y)
-        bundle_io.update_manifest(root, lambda m: m["quantization"].update(
-            exit_table=report.exit_table, exit_table_samples=int(len(x))))
+        manifest = bundle_io.read_bundle(root, verify=False).manifest
+        manifest["quantization"].update(exit_table=report.exit_table, exit_table_samples=int(len(x)))
+        bundle_io.write_manifest(root, manifest)
     _refresh_reference(root)
 
 
@@ -233,7 +238,7 @@ def _refresh_reference(root):
     INT8 kernels may round differently on another instruction set; their tolerance is wider.
     """
     from edgesdk.runtime.engine import EdgeModel
-    bundle = bundle_io.read_bundle(root)
+    bundle = bundle_io.read_bundle(root, verify=False)
     manifest = bundle.manifest
     if all(e.get("precision", "fp32") == "fp32" for e in manifest["stages"] + manifest["exits"]):
         return

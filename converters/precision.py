@@ -92,7 +92,7 @@ def check_calibration(data, plan, profile):
 def check_int8_rules(root, target):
     """Refuse INT8 builds that break the target's rules (all violations at once)."""
     from edgesdk.converters.quantize import int8_rule_violations
-    bundle = bundle_io.read_bundle(root)
+    bundle = bundle_io.read_bundle(root, verify=False)
     bad = []
     for entry in graph_entries(bundle.manifest):
         for b in entry.get("builds") or []:
@@ -108,7 +108,7 @@ def check_int8_rules(root, target):
 def select_precision(root, plan, per_graph=False):
     """Select ``plan.select`` for every graph (unless ``per_graph``: a profile chose already)
     and record the plan in the manifest's ``quantization``."""
-    manifest = bundle_io.read_bundle(root).manifest
+    manifest = bundle_io.read_bundle(root, verify=False).manifest
     if not per_graph:
         for entry in graph_entries(manifest):
             for b in entry.get("builds") or []:
@@ -128,7 +128,7 @@ def exit_agreement_table(root, x, y=None, max_accuracy_drop=0.5):
     fraction of the full model's MACs. A list of dicts (the table convert prints)."""
     from edgesdk.converters.calibrate import choose_thresholds, simulator_for
     from edgesdk.runtime.engine import EdgeModel
-    bundle = bundle_io.read_bundle(root)
+    bundle = bundle_io.read_bundle(root, verify=False)
     models = {"fp32": EdgeModel(bundle, builds="fp32"), "selected": EdgeModel(bundle)}
     probs = {k: m.exit_probabilities(x) for k, m in models.items()}
     rows = []

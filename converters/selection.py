@@ -86,7 +86,7 @@ def apply_profile(root, db, x, y=None, device=None, metric="mean_ms", batch=1,
                   baseline=None):
     """Choose builds and drop exits in the (staging) bundle at ``root`` from the profile
     store ``db``; rewrites its manifest. Returns a summary dict of the choices."""
-    bundle = bundle_io.read_bundle(root)
+    bundle = bundle_io.read_bundle(root, verify=False)
     manifest = bundle.manifest
     rows, device, sha = device_rows(db, manifest, device)
     costs, interpolated = build_costs(rows, metric, batch)

@@ -130,7 +130,7 @@ def _prune(model, x, calibration, args):
                          "--calibration-data with 'x' and 'y'")
     ratios = None
     if args.prune_stages:
-        ratios = [float(r) for r in _floats(args.prune_stages, "--prune-stages")]
+        ratios = _floats(args.prune_stages, "--prune-stages")
     before = exit_accuracy(model, xy[0], xy[1]) if xy else None
     record = prune_channels(model, torch.from_numpy(np.ascontiguousarray(x)),
                             ratio=args.prune if args.prune is not None else 0.0,
