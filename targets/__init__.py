@@ -3,12 +3,13 @@
 Descriptors are data (see :class:`Target`); the registry maps kebab-case names to them.
 """
 from edgesdk.registry import Registry
-from edgesdk.targets.descriptor import Target  # noqa: F401
+from edgesdk.targets.descriptor import Processor, Target  # noqa: F401
 
 TARGETS = Registry("target", {
     "host": "edgesdk.targets.host:HOST",
     "jetson-tx2": "edgesdk.targets.boards:JETSON_TX2",
     "snapdragon-865": "edgesdk.targets.boards:SNAPDRAGON_865",
+    "snapdragon-865-android": "edgesdk.targets.boards:SNAPDRAGON_865_ANDROID",
 })
 
 

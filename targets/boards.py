@@ -1,16 +1,55 @@
-"""Descriptors of the boards edgesdk deploys to (precision rules; toolchains come with their
-builders). Data only."""
-from edgesdk.targets.descriptor import Target
+"""Descriptors of the boards edgesdk deploys to: precision rules, toolchains, processors and
+their TVM targets, C library floor, power sensor. Data only."""
+from edgesdk.targets.descriptor import Processor, Target
+
+AARCH64_GNU = "aarch64-linux-gnu-g++"
+AARCH64_PACKAGE = "g++-aarch64-linux-gnu"
+
+TX2_CPU = Processor(
+    name="cpu",
+    description="4x Cortex-A57 (NEON) + 2x Denver2; TVM code is tuned for the A57 cluster",
+    tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a57",
+                "mattr": ["+neon"], "num-cores": 4},
+    arch="aarch64", cross_compiler=AARCH64_GNU, cross_package=AARCH64_PACKAGE)
+
+TX2_GPU = Processor(
+    name="gpu",
+    description="256-core Pascal GPU (CUDA compute capability 6.2), TVM tag nvidia/jetson-tx2",
+    tvm_target={"tag": "nvidia/jetson-tx2",
+                "host": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a57",
+                         "mattr": ["+neon"]}},
+    arch="aarch64", kernels="cuda", cross_compiler=AARCH64_GNU, cross_package=AARCH64_PACKAGE,
+    device_build="nvcc -ptx -arch=sm_62 (CUDA 10.2 from JetPack 4.6; nvcc 12+ dropped sm_62)")
+
+SD865_CPU_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a77",
+                    "mattr": ["+neon", "+dotprod"], "num-cores": 4}
+
+SD865_CPU = Processor(
+    name="cpu",
+    description="Kryo 585: 1+3 Cortex-A77-class big cores (dot-product instructions) + 4 A55",
+    tvm_target=SD865_CPU_TARGET, arch="aarch64", cross_compiler=AARCH64_GNU,
+    cross_package=AARCH64_PACKAGE)
+
+SD865_GPU = Processor(
+    name="gpu",
+    description="Adreno 650 through OpenCL (kernels compiled by the board's OpenCL driver "
+                "when the library loads)",
+    tvm_target={"kind": "opencl", "device": "adreno",
+                "host": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a77",
+                         "mattr": ["+neon", "+dotprod"]}},
+    arch="aarch64", kernels="opencl", cross_compiler=AARCH64_GNU, cross_package=AARCH64_PACKAGE,
+    device_build="none: the OpenCL driver compiles the embedded kernel source at load time")
 
 JETSON_TX2 = Target(
     name="jetson-tx2",
     description="NVIDIA Jetson TX2: 4x Cortex-A57 + 2x Denver2 CPU, 256-core Pascal GPU "
-                "(sm_62), JetPack 4.6 (CUDA 10.2, TensorRT 8.2, Python 3.6)",
+                "(sm_62), JetPack 4.6 (Ubuntu 18.04, CUDA 10.2, TensorRT 8.2, Python 3.6)",
     arch="aarch64",
-    formats=("onnx",),
-    executors=("onnxruntime",),
+    formats=("onnx", "tvm"),
+    executors=("onnxruntime", "tvm"),
     precisions=("fp32", "fp16", "int8"),
-    build_on="device",
+    build_on={"onnxruntime": "host", "tvm": "host (CUDA kernels: PTX made on the board)",
+              "tensorrt": "device"},
     power_sensor="INA3221 (iio on JetPack 4, hwmon on JetPack 5)",
     max_opset=13,
     default_precision="fp16",
@@ -18,21 +57,53 @@ JETSON_TX2 = Target(
                              "faster than FP16 there, with more accuracy lost"},
     int8_activations="int8-symmetric",
     int8_no_bool=True,
+    toolchains=("onnxruntime", "tvm", "tensorrt"),
+    processors=(TX2_CPU, TX2_GPU),
+    os="linux",
+    glibc="2.27",
     notes=["TensorRT 8.2 reads ONNX opset <= 13 and needs Q/DQ zero points of 0",
-           "TensorRT engines are built on the board itself"],
+           "TensorRT engines are built on the board itself",
+           "glibc 2.27 (Ubuntu 18.04): every library built for it must need no newer symbol"],
 )
 
 SNAPDRAGON_865 = Target(
     name="snapdragon-865",
-    description="Qualcomm Snapdragon 865: Kryo 585 CPU (Cortex-A77/A55, dot-product "
-                "instructions), Adreno 650 GPU, Hexagon 698 DSP",
+    description="Qualcomm Snapdragon 865 development board (e.g. RB5 on Ubuntu 18.04): Kryo 585 "
+                "CPU (Cortex-A77/A55, dot-product instructions), Adreno 650 GPU, Hexagon 698 DSP",
     arch="aarch64",
-    formats=("onnx",),
-    executors=("onnxruntime",),
+    formats=("onnx", "tvm"),
+    executors=("onnxruntime", "tvm"),
     precisions=("fp32", "fp16", "int8"),
-    build_on="host",
+    build_on={"onnxruntime": "host", "tvm": "host"},
     power_sensor="Linux power_supply (voltage_now x current_now)",
     default_precision="int8",
+    toolchains=("onnxruntime", "tvm"),
+    processors=(SD865_CPU, SD865_GPU),
+    os="linux",
+    glibc="2.27",
     notes=["INT8 (uint8 activations, int8 weights) uses the CPU's dot-product instructions and "
            "the Hexagon DSP; FP16 suits the Adreno GPU"],
+)
+
+SNAPDRAGON_865_ANDROID = Target(
+    name="snapdragon-865-android",
+    description="A Snapdragon 865 phone on Android (bionic libc): TVM stages as object-file "
+                "archives linked into the app with the Android NDK",
+    arch="aarch64",
+    formats=("onnx", "tvm"),
+    executors=("onnxruntime", "tvm"),
+    precisions=("fp32", "fp16", "int8"),
+    build_on={"onnxruntime": "host", "tvm": "host (objects), linked by the NDK"},
+    power_sensor="Android BatteryManager / power_supply (voltage_now x current_now)",
+    default_precision="int8",
+    toolchains=("onnxruntime", "tvm"),
+    processors=(Processor(
+        name="cpu", description=SD865_CPU.description,
+        tvm_target=dict(SD865_CPU_TARGET, mtriple="aarch64-linux-android"), arch="aarch64",
+        artifact="object-archive",
+        device_build="link with the NDK: $NDK/toolchains/llvm/prebuilt/*/bin/"
+                     "aarch64-linux-android24-clang++ -shared -o stage.so *.o"),),
+    os="android",
+    notes=["Android linking needs the NDK, which is not part of edgesdk: the archive holds "
+           "the object files and the link line"],
 )

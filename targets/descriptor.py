@@ -1,5 +1,30 @@
-"""The board descriptor record."""
+"""The board descriptor records: a board (:class:`Target`) and its processors (:class:`Processor`)."""
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Processor:
+    """One processor of a board that TVM can compile for.
+
+    ``tvm_target``: the TVM target as a dict (TVM 0.27 takes dicts; a ``host`` key nests the
+    CPU target of a GPU); ``None`` values are filled in at build time from the machine that
+    builds (only the ``host`` board does this). ``kernels``: ``None`` for CPU code, else the
+    kernel language (``cuda``, ``opencl``) of the device module. ``artifact``:
+    ``shared-library`` (a .so the runtime loads) or ``object-archive`` (a .tar of object files
+    the user links, e.g. with the Android NDK). ``cross_compiler``: the C++ compiler that
+    links the artifact (``None``: this machine's own ``g++``). ``device_build``: what must
+    still happen on the device, where kernels cannot be compiled on the host.
+    """
+
+    name: str
+    description: str
+    tvm_target: dict
+    arch: str
+    kernels: str = None
+    artifact: str = "shared-library"
+    cross_compiler: str = None
+    cross_package: str = None
+    device_build: str = None
 
 
 @dataclass(frozen=True)
@@ -12,6 +37,11 @@ class Target:
     (precision -> why; asking for one warns); ``int8_activations``: ``uint8`` (asymmetric,
     ONNX Runtime's fast x86/ARM path) or ``int8-symmetric`` (every Q/DQ zero point 0, as
     TensorRT requires); ``int8_no_bool``: INT8 graphs may hold no bool tensors (TensorRT).
+
+    Toolchains: ``toolchains`` that produce builds for it (``onnxruntime``, ``tvm``,
+    ``tensorrt``); ``processors`` TVM compiles for; ``os`` (``linux``/``android``) and
+    ``glibc``: the oldest C library its system ships (a build may need no newer symbol
+    version); ``build_on``: toolchain -> where its builds are made (``host``, ``device``).
     """
 
     name: str
@@ -20,13 +50,17 @@ class Target:
     formats: tuple
     executors: tuple
     precisions: tuple
-    build_on: str = "host"
+    build_on: dict = field(default_factory=lambda: {"onnxruntime": "host"})
     power_sensor: str = "none"
     max_opset: int = None
     default_precision: str = "fp32"
     slow_precisions: dict = field(default_factory=dict)
     int8_activations: str = "uint8"
     int8_no_bool: bool = False
+    toolchains: tuple = ("onnxruntime",)
+    processors: tuple = ()
+    os: str = "linux"
+    glibc: str = None
     notes: list = field(default_factory=list)
 
     def precision_rules(self):
@@ -34,3 +68,26 @@ class Target:
         return {"target": self.name, "precisions": list(self.precisions),
                 "default": self.default_precision, "slow": dict(self.slow_precisions),
                 "int8_activations": self.int8_activations, "int8_no_bool": self.int8_no_bool}
+
+    def processor(self, name):
+        """The :class:`Processor` called ``name`` (``cpu``, ``gpu``)."""
+        from edgesdk.errors import UnknownNameError
+        for p in self.processors:
+            if p.name == name:
+                return p
+        raise UnknownNameError("target '{}' has no processor '{}'; it has: {}".format(
+            self.name, name, ", ".join(p.name for p in self.processors) or "none for TVM"))
+
+    def describe(self):
+        """A JSON-able summary (what ``edgesdk targets --json`` prints)."""
+        return {"name": self.name, "description": self.description, "arch": self.arch,
+                "os": self.os, "glibc": self.glibc, "toolchains": list(self.toolchains),
+                "formats": list(self.formats), "precisions": list(self.precisions),
+                "default_precision": self.default_precision, "build_on": dict(self.build_on),
+                "power_sensor": self.power_sensor, "max_opset": self.max_opset,
+                "processors": [{"name": p.name, "description": p.description,
+                                "arch": p.arch, "tvm_target": p.tvm_target,
+                                "kernels": p.kernels, "artifact": p.artifact,
+                                "cross_compiler": p.cross_compiler,
+                                "device_build": p.device_build} for p in self.processors],
+                "notes": list(self.notes)}
