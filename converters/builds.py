@@ -128,18 +128,20 @@ def top1_labels(model, x):
 
 
 def record_agreement(root, x):
-    """For every build that is not selected: its top-1 agreement with the selected builds on
-    ``x``, the worst over the exits it influences (``top1_agreement``, ``agreement_samples``)."""
-    from edgesdk.runtime.engine import EdgeModel
+    """For every build that is not selected and runs here: its top-1 agreement with the
+    selected builds on ``x``, the worst over the exits it influences (``top1_agreement``,
+    ``agreement_samples``)."""
+    from edgesdk.runtime.engine import EdgeModel, graph_builds
     x = np.ascontiguousarray(x[:FEED_LIMIT], dtype=np.float32)
     bundle = bundle_io.read_bundle(root, verify=False)
     manifest = bundle.manifest
     base = top1_labels(EdgeModel(bundle), x)
     for entry in graph_entries(manifest):
-        for build in entry.get("builds") or []:
-            if build["file"] == entry["file"]:
-                continue
-            labels = top1_labels(EdgeModel(bundle, builds={entry["id"]: build["precision"]}), x)
+        # Only builds this machine runs can be compared (an aarch64 library cannot run here).
+        for other in graph_builds(entry)[1:]:
+            build = next(b for b in entry["builds"] if b["file"] == other["file"])
+            labels = top1_labels(EdgeModel(bundle, builds={
+                entry["id"]: (build["format"], build.get("precision", "fp32"))}), x)
             build["top1_agreement"] = min(float((labels[k] == base[k]).mean())
                                           for k in exits_reached(manifest, entry["id"]))
             build["agreement_samples"] = int(len(x))

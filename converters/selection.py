@@ -33,7 +33,7 @@ def _label(build):
 
 
 def choose_builds(bundle, costs, x, baseline, min_agreement):
-    """``({graph id: precision}, worst top-1 agreement per exit)`` chosen greedily."""
+    """``({graph id: (format, precision)}, worst top-1 agreement per exit)`` chosen greedily."""
     candidates = []
     for entry in graph_entries(bundle.manifest):
         builds = graph_builds(entry)
@@ -45,12 +45,12 @@ def choose_builds(bundle, costs, x, baseline, min_agreement):
             # A saving inside the measurement's noise is not worth an accuracy risk.
             if cost is not None and cost < current * (1.0 - MIN_SAVING) and agreement is not None \
                     and agreement >= min_agreement:
-                candidates.append((current - cost, entry["id"], b["precision"]))
+                candidates.append((current - cost, entry["id"], (b["format"], b["precision"])))
     x = x[:len(baseline[0])]  # the samples the baseline labels are of
     chosen = {}
     agreement = [1.0] * len(bundle.manifest["exits"])
-    for _, gid, precision in sorted(candidates, reverse=True):
-        trial = dict(chosen, **{gid: precision})
+    for _, gid, build in sorted(candidates, reverse=True):
+        trial = dict(chosen, **{gid: build})
         labels = top1_labels(EdgeModel(bundle, builds=trial), x)
         trial_agreement = [float((a == b).mean()) for a, b in zip(labels, baseline)]
         if min(trial_agreement) >= min_agreement:
@@ -97,10 +97,11 @@ def apply_profile(root, db, x, y=None, device=None, metric="mean_ms", batch=1,
         baseline = top1_labels(EdgeModel(bundle), x[:FEED_LIMIT])
     chosen, agreement = choose_builds(bundle, costs, x, baseline, min_agreement)
     for entry in graph_entries(manifest):
+        builds = graph_builds(entry)
         options = {_label(b): costs.get((entry["id"], b["format"], b["precision"]))
-                   for b in graph_builds(entry)}
-        pick = next(b for b in graph_builds(entry)
-                    if b["precision"] == chosen.get(entry["id"], entry.get("precision", "fp32")))
+                   for b in builds}
+        pick = next((b for b in builds if (b["format"], b["precision"]) == chosen.get(entry["id"])),
+                    builds[0])
         entry.update(file=pick["file"], format=pick["format"], precision=pick["precision"])
         entry["build_chosen_from"] = {
             "method": "profile", "profile": source, "costs": options, "chosen": _label(pick),

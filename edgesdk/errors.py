@@ -52,3 +52,12 @@ class ConversionError(EdgeSDKError):
 
 class CalibrationError(EdgeSDKError):
     """Threshold calibration cannot meet the request (the message says what can)."""
+
+
+class BuildError(EdgeSDKError):
+    """A toolchain (TVM, a cross compiler) could not build a graph, or its output is unfit for
+    the board (wrong machine, too new a C library)."""
+
+
+class UnsupportedOpError(ConversionError):
+    """Graphs hold operators a toolchain cannot take; the message lists every one."""

@@ -13,7 +13,7 @@ from edgesdk.errors import ManifestError, SchemaVersionError
 
 SCHEMA_VERSION = 1
 # Graph file formats the SDK knows; each maps to one runtime executor (runtime/executors).
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "tvm")
 # Numeric precision of a graph build (weights/compute; inputs and outputs stay float32).
 PRECISIONS = ("fp32", "fp16", "int8")
 DTYPES = ("float32",)
@@ -115,17 +115,27 @@ def _check_build(entry, path, files):
 
 def _check_builds(entry, path, files, selected):
     """The optional ``builds`` list: every build of this graph the bundle holds, one of
-    which (the entry's own file) is the selected one."""
+    which (the entry's own file) is the selected one. Builds of one format and precision
+    differ by ``device`` (the board processor a compiled build is for)."""
     builds = _get(entry, "builds", path, (list, type(None)), optional=True)
     if builds is None:
         return
     seen = {}
     for i, b in enumerate(builds):
-        rel, fmt, precision = _check_build(b, "{}.builds[{}]".format(path, i), files)
-        if (fmt, precision) in seen:
-            _fail("{}.builds[{}]".format(path, i), "a second {} {} build".format(fmt, precision))
-        seen[(fmt, precision)] = rel
-    if seen.get(selected[1:]) != selected[0]:
+        p = "{}.builds[{}]".format(path, i)
+        rel, fmt, precision = _check_build(b, p, files)
+        device = _get(b, "device", p, (str,), optional=True)
+        if device is not None and not _ID.match(device):
+            _fail(p + ".device", "expected an id of [a-z0-9_.-], got '{}'".format(device))
+        batch = _get(b, "batch", p, (int, type(None)), optional=True)
+        if batch is not None and not 1 <= batch <= MAX_DIM:
+            _fail(p + ".batch", "expected null (any batch) or an integer in 1..{}".format(MAX_DIM))
+        if (fmt, precision, device) in seen:
+            _fail(p, "a second {} {} build{}".format(
+                fmt, precision, " for " + device if device else ""))
+        seen[(fmt, precision, device)] = rel
+    if (selected[1], selected[2]) not in [(f, pr) for (f, pr, _), r in seen.items()
+                                          if r == selected[0]]:
         _fail(path + ".builds", "the selected build ({} {} '{}') must be one of the builds".format(
             selected[1], selected[2], selected[0]))
 

@@ -4,12 +4,14 @@ Samples that exit leave the batch (compaction); later stages run on the rest onl
 exits without a threshold are not run at all. Python 3.6 / numpy 1.19 compatible.
 """
 import collections
+import platform
 import time
 
 import numpy as np
 
 from edgesdk.bundle import read_bundle
-from edgesdk.errors import InputError
+from edgesdk.errors import BundleError, InputError
+from edgesdk.manifest import FORMATS
 from edgesdk.runtime.executors import EXECUTORS
 from edgesdk.runtime.inputs import check_batch
 from edgesdk.runtime.policies import get_policy, softmax
@@ -45,28 +47,54 @@ class RunResult(object):
         return np.bincount(self.exit_index, minlength=self.stage_ms.shape[1])
 
 
+def runs_here(build):
+    """Whether this machine can run ``build``: ONNX builds always; compiled builds (TVM) when
+    they are shared libraries for this machine's CPU architecture and run on its CPU."""
+    if build.get("arch") is None:
+        return True
+    return (build["arch"] == platform.machine() and build.get("processor", "cpu") == "cpu"
+            and build.get("artifact", "shared-library") == "shared-library")
+
+
 def graph_builds(entry):
-    """Every build of a stage or head entry as ``{"file", "format", "precision"}``, the
-    selected one first."""
-    selected = {"file": entry["file"], "format": entry["format"],
-                "precision": entry.get("precision", "fp32")}
-    return [selected] + [{"file": b["file"], "format": b["format"],
-                          "precision": b.get("precision", "fp32")}
-                         for b in entry.get("builds") or [] if b["file"] != entry["file"]]
+    """The builds of a stage or head entry that this machine can run (see :func:`runs_here`),
+    each as its manifest record (at least ``file``, ``format``, ``precision``), the selected
+    one first."""
+    listed = [dict(b, precision=b.get("precision", "fp32")) for b in entry.get("builds") or []]
+    selected = next((b for b in listed if b["file"] == entry["file"]),
+                    {"file": entry["file"], "format": entry["format"],
+                     "precision": entry.get("precision", "fp32")})
+    builds = [b for b in [selected] + [b for b in listed if b["file"] != entry["file"]]
+              if runs_here(b)]
+    if not builds:
+        raise BundleError("graph '{}' has no build this machine ({}) can run; its builds are "
+                          "for: {}".format(entry["id"], platform.machine(), ", ".join(
+                              sorted({b.get("device") or b["format"] for b in listed}))))
+    return builds
 
 
 def _pick_build(entry, want):
-    """The build of ``entry`` with precision ``want`` (None: the selected one); a graph
-    without such a build keeps its selected one."""
+    """The build of ``entry`` that ``want`` names: None (the selected one), a precision
+    (``"int8"``), a format (``"tvm"``) or a ``(format, precision)`` pair; a graph without
+    such a build keeps its selected one."""
     builds = graph_builds(entry)
-    return next((b for b in builds if b["precision"] == want), builds[0])
+    if want is None:
+        return builds[0]
+    if isinstance(want, (tuple, list)):
+        match = lambda b: (b["format"], b["precision"]) == tuple(want)  # noqa: E731
+    elif want in FORMATS:
+        match = lambda b: b["format"] == want  # noqa: E731
+    else:
+        match = lambda b: b["precision"] == want  # noqa: E731
+    return next((b for b in builds if match(b)), builds[0])
 
 
 class EdgeModel(object):
     """A loaded, verified bundle ready to run. Create with :func:`load_bundle`.
 
-    ``builds``: which build of each graph to run instead of the manifest's selection: a
-    precision for every graph that has one (``"int8"``) or ``{graph id: precision}``.
+    ``builds``: which build of each graph to run instead of the manifest's selection, for
+    every graph that has one: a precision (``"int8"``), a format (``"tvm"``), a
+    ``(format, precision)`` pair, or ``{graph id: any of these}``.
     ``self.builds`` maps each graph id to the build in use.
     """
 
@@ -92,7 +120,7 @@ class EdgeModel(object):
         build = self.builds[entry["id"]]
         executor = EXECUTORS.get(build["format"])
         return executor(self.bundle.path(build["file"]), entry["inputs"], entry["outputs"],
-                        entry["output_shapes"], threads)
+                        entry["output_shapes"], threads, build=build)
 
     def resolve_thresholds(self, thresholds):
         """Validate a user list of per-exit thresholds (None disables an exit)."""

@@ -203,10 +203,12 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=10, repeats=50, db=None
     from edgesdk.runtime.datafiles import load_inputs
     from edgesdk.runtime.engine import EdgeModel, graph_builds, load_bundle
     model = load_bundle(bundle_path, threads=threads)
-    # The selected builds first, then each other precision the bundle holds, chained as the
-    # runtime would run them; a build already measured is not measured again.
+    # The selected builds first, then each other format and precision the bundle holds (that
+    # this machine runs), chained as the runtime would run them; a build already measured is
+    # not measured again.
     m = model.bundle.manifest
-    others = sorted({b["precision"] for e in m["stages"] + m["exits"] for b in graph_builds(e)[1:]})
+    others = sorted({(b["format"], b["precision"])
+                     for e in m["stages"] + m["exits"] for b in graph_builds(e)[1:]})
     configs = [model] + [EdgeModel(model.bundle, threads=threads, builds=p) for p in others]
     sensor = pick_sensor(no_sensor)
     if db:

@@ -45,7 +45,8 @@ def run(args):
                     "dropped" if entry.get("dropped") else
                     "off" if entry["threshold"] is None else "{:.6g}".format(entry["threshold"]))
                 chosen = ", ".join(c for c in (entry["chosen_from"].get("method", ""), chosen) if c)
-            others = [b["precision"] for b in entry.get("builds") or [] if b["file"] != entry["file"]]
+            others = [b.get("device") or b.get("precision", "fp32")
+                      for b in entry.get("builds") or [] if b["file"] != entry["file"]]
             build = "{} {}".format(entry["format"], entry.get("precision", "fp32"))
             pruned = "{:.0%}".format(ratios[k]) if ratios and kind == "stage" else ""
             rows.append([entry["id"], build + (" (+{})".format(",".join(others)) if others else ""),

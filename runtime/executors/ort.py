@@ -61,7 +61,8 @@ class OrtGraph(object):
     allocates outputs itself, executors that bind device buffers (TensorRT) need them.
     """
 
-    def __init__(self, path, input_names, output_names, output_shapes=None, threads=None):
+    def __init__(self, path, input_names, output_names, output_shapes=None, threads=None,
+                 build=None):
         try:
             self.session = make_session(path, threads)
         except Exception as exc:  # onnxruntime raises its own types for bad or too-new graphs

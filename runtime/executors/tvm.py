@@ -1,0 +1,118 @@
+"""TVM executor: runs a stage or head compiled by ``edgesdk build --toolchain tvm``.
+
+Needs only TVM's runtime: the ``apache-tvm-ffi`` package and ``libtvm_runtime.so`` (found in
+an installed ``tvm`` package, or named by ``EDGESDK_TVM_RUNTIME``); the compiler is never
+imported. Python 3.9+ (``apache-tvm-ffi``'s floor): on a board with an older Python (JetPack
+4.6 ships 3.6) run TVM builds with the C++ runner (``edgesdk.runtime.tvm_runner``) instead.
+
+Tensors go in and out through DLPack, without copies on the CPU. Libraries compiled for a
+fixed batch run a larger batch in slices of that size, the last one zero-padded.
+"""
+import ctypes
+import importlib.util
+import os
+import sys
+
+import numpy as np
+
+from edgesdk.errors import BundleError, MissingDependencyError
+
+# DLPack device types of the processors a TVM build may be for.
+DEVICE_TYPES = {"cpu": 1, "cuda": 2, "opencl": 4}
+POOLED_ALLOCATOR = 2
+_state = {"ffi": None}
+
+
+def runtime_library():
+    """Path of ``libtvm_runtime.so``: ``$EDGESDK_TVM_RUNTIME`` or the installed tvm package's."""
+    path = os.environ.get("EDGESDK_TVM_RUNTIME")
+    if path:
+        return path
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            "TVM builds need TVM's runtime: pip install 'edgesdk[tvm]' (or apache-tvm-ffi plus "
+            "libtvm_runtime.so named by EDGESDK_TVM_RUNTIME)")
+    return os.path.join(list(spec.submodule_search_locations)[0], "lib", "libtvm_runtime.so")
+
+
+def tvm_ffi():
+    """The ``tvm_ffi`` module with TVM's runtime library loaded (once per process)."""
+    if _state["ffi"] is None:
+        try:
+            import tvm_ffi as ffi
+        except ImportError:
+            raise MissingDependencyError("TVM builds need apache-tvm-ffi: pip install "
+                                         "'edgesdk[tvm]'")
+        if "tvm" not in sys.modules:  # the compiler package loads the runtime itself
+            path = runtime_library()
+            try:
+                ctypes.CDLL(path, ctypes.RTLD_GLOBAL)
+            except OSError as exc:
+                raise MissingDependencyError("cannot load TVM's runtime '{}': {}".format(path, exc))
+        _state["ffi"] = ffi
+    return _state["ffi"]
+
+
+def set_threads(threads):
+    """Size TVM's CPU thread pool (all cores when None)."""
+    ffi = tvm_ffi()
+    config = ffi.get_global_func("runtime.config_threadpool", allow_missing=True)
+    if config is not None and threads:
+        config(1, int(threads))  # 1: big cores first
+
+
+class TvmGraph(object):
+    """One stage or head as a Relax VM library; tensors are fed by position."""
+
+    def __init__(self, path, input_names, output_names, output_shapes=None, threads=None,
+                 build=None):
+        build = build or {}
+        if build.get("artifact", "shared-library") != "shared-library":
+            raise BundleError("'{}' is an object-file archive: link it into a shared library "
+                              "first (see the build's device_build note)".format(path))
+        kind = {"cpu": "cpu", "gpu": (build.get("kernels") or "cuda")}.get(
+            build.get("processor", "cpu"), "cpu")
+        ffi = tvm_ffi()
+        set_threads(threads)
+        try:
+            lib = ffi.load_module(os.path.abspath(path))
+            self.vm = lib["vm_load_executable"]()
+        except Exception as exc:  # TVM raises RuntimeError/TVMError for foreign or broken files
+            raise BundleError("TVM's runtime cannot load '{}': {}. Is it built for this machine "
+                              "({})?".format(path, str(exc).strip().splitlines()[-1],
+                                             os.uname().machine))
+        self.device = (DEVICE_TYPES[kind], 0)
+        init = [DEVICE_TYPES[kind], 0, POOLED_ALLOCATOR]
+        if kind != "cpu":
+            init += [DEVICE_TYPES["cpu"], 0, POOLED_ALLOCATOR]  # shape functions run on the CPU
+        self.vm["vm_initialization"](*init)
+        self._main = self.vm["main"]
+        self._lib = lib  # the executable's code lives in the library; keep it loaded
+        self.batch = build.get("batch")
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+
+    def _call(self, tensors):
+        ffi = _state["ffi"]
+        out = self._main(*[ffi.from_dlpack(np.ascontiguousarray(t)) for t in tensors])
+        outs = list(out) if isinstance(out, ffi.Array) else [out]
+        # Zero-copy views: each holds a reference to its TVM tensor, so the VM cannot reuse
+        # the memory while the array lives.
+        return [np.from_dlpack(o) for o in outs]
+
+    def run(self, tensors):
+        """Run on a sequence of float32 arrays; returns a list of new arrays."""
+        n = len(tensors[0])
+        if self.batch is None or n == self.batch:
+            return self._call(tensors)
+        parts = []
+        for i in range(0, n, self.batch):
+            chunk = [t[i:i + self.batch] for t in tensors]
+            short = self.batch - len(chunk[0])
+            if short:
+                chunk = [np.concatenate([c, np.zeros((short,) + c.shape[1:], c.dtype)])
+                         for c in chunk]
+            outs = self._call(chunk)
+            parts.append([o[:self.batch - short] for o in outs])
+        return [np.concatenate(p) for p in zip(*parts)]
