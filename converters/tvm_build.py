@@ -11,6 +11,7 @@ The builds go into the bundle's graph entries (``builds``, format ``tvm``) with 
 version, the target dict, the tuning database's sha256 and the checks' results. The bundle is
 rebuilt in a staging copy and replaces the old one only when every graph built.
 """
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from edgesdk.targets import get_target
 log = logging.getLogger(__name__)
 
 TVM_DIR = "tvm"  # where TVM artifacts live inside a bundle
+KERNEL_SUFFIX = {"cuda": ".cu", "opencl": ".cl"}
 
 
 def tvm_module():
@@ -115,6 +117,32 @@ def compile_module(mod, target, database=None):
             target, str(exc).strip().splitlines()[-1]))
 
 
+@contextlib.contextmanager
+def _source_only_cuda():
+    """Keep CUDA kernels as source in the library: compiled on the board (nvcc for its arch)
+    when the library loads, never here, where a CUDA driver would compile for the wrong GPU."""
+    old = os.environ.get("TVM_COMPILE_FORCE_FALLBACK")
+    os.environ["TVM_COMPILE_FORCE_FALLBACK"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TVM_COMPILE_FORCE_FALLBACK"]
+        else:
+            os.environ["TVM_COMPILE_FORCE_FALLBACK"] = old
+
+
+def kernel_source(executable, language):
+    """The generated GPU kernel source (CUDA C or OpenCL C) of a compiled module; a GPU build
+    without a device module (every kernel fell back to CPU code) is an error."""
+    host = executable.mod.imports[0]
+    devices = [m for m in host.imports if m.kind == language]
+    if not devices:
+        raise BuildError("TVM produced no {} kernels (kinds: {}); the GPU schedules were not "
+                         "applied".format(language, [m.kind for m in host.imports]))
+    return "\n".join(m.inspect_source("") for m in devices)
+
+
 def export(executable, path, processor):
     """Write the compiled module to ``path``: a shared library linked by the processor's
     (cross) compiler, or a .tar of object files for ``object-archive`` processors."""
@@ -188,13 +216,23 @@ def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=Non
                 gid = entry["id"]
                 rel = "/".join((TVM_DIR, name, gid + suffix))
                 mod = import_onnx(graphs[gid], batch)
-                executable = compile_module(mod, tvm_target, db)
+                with _source_only_cuda() if proc.kernels == "cuda" else contextlib.nullcontext():
+                    executable = compile_module(mod, tvm_target, db)
                 export(executable, os.path.join(tmp, rel), proc)
                 record = {"file": rel, "format": "tvm", "precision": "fp32",
                           "device": name, "arch": proc.arch, "processor": proc.name,
                           "artifact": proc.artifact, "batch": batch,
                           "tvm": {"version": tvm.__version__, "target": target_dict,
                                   "tuning_database_sha256": db_sha, "source": sources[gid]}}
+                if proc.kernels:
+                    # The kernels are inside the library too; this copy is for reading,
+                    # checking with the board's compiler, or building by hand.
+                    src = rel[:-len(suffix)] + KERNEL_SUFFIX[proc.kernels]
+                    with open(os.path.join(tmp, src), "w") as f:
+                        f.write(kernel_source(executable, proc.kernels))
+                    record["kernels"] = {"language": proc.kernels, "file": src,
+                                         "arch": tvm_target.attrs.get("arch"),
+                                         "device_build": proc.device_build}
                 if proc.artifact == "shared-library":
                     record["elf"] = check_library(os.path.join(tmp, rel), proc.arch, board.glibc)
                 records[gid] = record

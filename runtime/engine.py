@@ -4,6 +4,7 @@ Samples that exit leave the batch (compaction); later stages run on the rest onl
 exits without a threshold are not run at all. Python 3.6 / numpy 1.19 compatible.
 """
 import collections
+import os
 import platform
 import time
 
@@ -47,13 +48,24 @@ class RunResult(object):
         return np.bincount(self.exit_index, minlength=self.stage_ms.shape[1])
 
 
+# Device nodes that show a GPU's driver is present, per kernel language (Jetson, desktop
+# NVIDIA, Adreno): a file check, so deciding what runs here imports nothing.
+GPU_DEVICE_NODES = {"cuda": ("/dev/nvhost-ctrl", "/dev/nvidia0"), "opencl": ("/dev/kgsl-3d0",)}
+
+
 def runs_here(build):
     """Whether this machine can run ``build``: ONNX builds always; compiled builds (TVM) when
-    they are shared libraries for this machine's CPU architecture and run on its CPU."""
+    they are shared libraries for this machine's CPU architecture, and for GPU builds when
+    the GPU's driver is present."""
     if build.get("arch") is None:
         return True
-    return (build["arch"] == platform.machine() and build.get("processor", "cpu") == "cpu"
-            and build.get("artifact", "shared-library") == "shared-library")
+    if build["arch"] != platform.machine() or \
+            build.get("artifact", "shared-library") != "shared-library":
+        return False
+    if build.get("processor", "cpu") == "cpu":
+        return True
+    language = (build.get("kernels") or {}).get("language")
+    return any(os.path.exists(p) for p in GPU_DEVICE_NODES.get(language, ()))
 
 
 def graph_builds(entry):

@@ -12,6 +12,9 @@ def add_arguments(p):
                    help="batch size compiled in (default 1; the runtime runs bigger batches in "
                         "slices); 'any' compiles a symbolic batch, which cannot be tuned")
     p.add_argument("--tuning-db", help="MetaSchedule database folder (from `edgesdk tune`) to apply")
+    p.add_argument("--emulate", action="store_true",
+                   help="aarch64 CPU builds: run them under qemu-user on the bundle's reference "
+                        "inputs and compare every exit with ONNX Runtime (fails above 1e-4)")
     p.add_argument("--json", action="store_true", help="print the build records as JSON")
 
 
@@ -47,4 +50,13 @@ def run(args):
     if records and records[0].get("kernels"):
         print("\nGPU kernels: {}; on the board: {}".format(records[0]["kernels"]["file"],
                                                         records[0]["kernels"]["device_build"]))
+    if args.emulate:
+        from edgesdk.converters.tvm_build import build_name
+        from edgesdk.converters.tvm_emulation import check_emulated
+        check = check_emulated(args.bundle, build_name(args.target, args.processor))
+        print("\nunder qemu-aarch64 vs ONNX Runtime on {} reference samples: max abs error per "
+              "exit {} -> {}".format(check["samples"],
+                                     ", ".join("{:.2e}".format(e) for e in check["max_abs_error"]),
+                                     "ok" if check["passed"] else "FAILED (> {})".format(check["atol"])))
+        return 0 if check["passed"] else 1
     return 0

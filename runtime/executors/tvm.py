@@ -7,6 +7,12 @@ imported. Python 3.9+ (``apache-tvm-ffi``'s floor): on a board with an older Pyt
 
 Tensors go in and out through DLPack, without copies on the CPU. Libraries compiled for a
 fixed batch run a larger batch in slices of that size, the last one zero-padded.
+
+GPU builds (CUDA, OpenCL) carry their kernels as source: CUDA kernels are compiled to PTX by
+the board's nvcc when the library loads, OpenCL kernels by the board's driver. They need a
+TVM runtime built with that GPU backend (PyPI's aarch64 wheel has neither: name your own
+build's ``libtvm_runtime.so`` in ``EDGESDK_TVM_RUNTIME``). Stage outputs come back to the
+host after each GPU stage, since the exit decision and batch compaction run in numpy.
 """
 import ctypes
 import importlib.util
@@ -54,6 +60,40 @@ def tvm_ffi():
     return _state["ffi"]
 
 
+def nvcc_compiler(arch):
+    """A ``tvm_callback_cuda_compile`` that turns TVM's CUDA source into PTX for ``arch`` with
+    the board's own nvcc (JetPack's CUDA 10.2 on a TX2: newer nvcc dropped sm_62)."""
+    import subprocess
+    import tempfile
+
+    def compile_cuda(code, *_):
+        nvcc = os.environ.get("EDGESDK_NVCC") or "nvcc"
+        with tempfile.TemporaryDirectory(prefix="edgesdk-nvcc-") as d:
+            src, out = os.path.join(d, "kernels.cu"), os.path.join(d, "kernels.ptx")
+            with open(src, "w") as f:
+                f.write(code)
+            try:
+                subprocess.run([nvcc, "--ptx", "-O3", "-arch=" + arch, src, "-o", out],
+                               check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                raise BundleError("compiling the CUDA kernels for {} with '{}' failed: {}".format(
+                    arch, nvcc, getattr(exc, "stdout", b"").decode(errors="replace")[-800:] or exc))
+            with open(out, "rb") as f:
+                return f.read()
+    return compile_cuda
+
+
+def _load_gpu_runtime(ffi, build):
+    """Make a CUDA build loadable: TVM's CUDA runtime library, and nvcc for the kernels."""
+    kernels = build.get("kernels") or {}
+    if kernels.get("language") == "cuda":
+        cuda = os.path.join(os.path.dirname(runtime_library()), "libtvm_runtime_cuda.so")
+        if os.path.exists(cuda):
+            ctypes.CDLL(cuda, ctypes.RTLD_GLOBAL)
+        ffi.register_global_func("tvm_callback_cuda_compile",
+                                 nvcc_compiler(kernels.get("arch") or "sm_62"), override=True)
+
+
 def set_threads(threads):
     """Size TVM's CPU thread pool (all cores when None)."""
     ffi = tvm_ffi()
@@ -71,10 +111,12 @@ class TvmGraph(object):
         if build.get("artifact", "shared-library") != "shared-library":
             raise BundleError("'{}' is an object-file archive: link it into a shared library "
                               "first (see the build's device_build note)".format(path))
-        kind = {"cpu": "cpu", "gpu": (build.get("kernels") or "cuda")}.get(
-            build.get("processor", "cpu"), "cpu")
+        kind = "cpu" if build.get("processor", "cpu") == "cpu" else \
+            (build.get("kernels") or {}).get("language", "cuda")
         ffi = tvm_ffi()
         set_threads(threads)
+        if kind != "cpu":
+            _load_gpu_runtime(ffi, build)
         try:
             lib = ffi.load_module(os.path.abspath(path))
             self.vm = lib["vm_load_executable"]()
