@@ -34,7 +34,16 @@ def add_run_arguments(p):
                                         "an exit (default: the bundle's)")
     p.add_argument("--no-early-exit", action="store_true", help="run every stage for every sample")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--builds", type=_build_spec,
+                   help="run other builds than the selected ones where a graph has them: a "
+                        "precision (int8), a format (tvm) or FORMAT:PRECISION (onnx:fp32)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _build_spec(text):
+    """``--builds``: ``int8``, ``tvm`` or ``onnx:fp32`` (a (format, precision) pair)."""
+    fmt, sep, precision = text.partition(":")
+    return (fmt, precision) if sep else text
 
 
 def cmd_run(args):
@@ -44,7 +53,7 @@ def cmd_run(args):
     from edgesdk.runtime.engine import load_bundle
     if args.batch_size < 1:
         raise InputError("--batch-size must be >= 1")
-    model = load_bundle(args.bundle, threads=args.threads)
+    model = load_bundle(args.bundle, threads=args.threads, builds=args.builds)
     x, y, names = load_inputs(args.input, model.input_spec)
     thr = model.resolve_thresholds(_thresholds(args.thresholds))
     parts = []

@@ -24,6 +24,7 @@ VERBS = {
     "profiles": ("profiles", "import, export or show a profile database"),
     "report": ("report", "write a Markdown/HTML report with plots from a profile database"),
     "pack-runtime": ("pack_runtime", "write the standalone device runtime (.pyz)"),
+    "tune": ("tune", "tune a bundle's graphs for a board with TVM MetaSchedule, then build"),
     "targets": ("targets", "list the target boards: toolchains, processors, precisions"),
 }
 
