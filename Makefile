@@ -40,6 +40,7 @@ bench: venv
 	$(PY) benchmarks/profiler.py
 	$(PY) benchmarks/build_choice.py
 	$(PY) benchmarks/compression.py
+	$(PY) benchmarks/tvm.py
 
 runtime-zip: venv
 	$(VENV)/bin/edgesdk pack-runtime dist/edgesdk-runtime.pyz

@@ -19,10 +19,9 @@ def _version_key(version):
 def inspect_elf(path):
     """``{"machine", "needed", "glibc"}`` of a shared library: its ELF machine, its DT_NEEDED
     libraries, and the newest ``GLIBC_x.y`` version among the symbols it imports."""
-    elftools = require("elftools", "tvm", "check compiled libraries")
+    require("elftools", "tvm", "check compiled libraries")
     from elftools.elf.elffile import ELFFile
     from elftools.common.exceptions import ELFError
-    del elftools
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)

@@ -146,7 +146,7 @@ def kernel_source(executable, language):
 def export(executable, path, processor):
     """Write the compiled module to ``path``: a shared library linked by the processor's
     (cross) compiler, or a .tar of object files for ``object-archive`` processors."""
-    tvm = tvm_module()
+    tvm_module()
     from tvm.support import cc
     if processor.artifact == "object-archive":
         executable.export_library(path)
@@ -163,7 +163,6 @@ def export(executable, path, processor):
     except Exception as exc:
         raise BuildError("linking '{}' failed ({}): {}".format(
             os.path.basename(path), processor.cross_compiler or "g++", str(exc).strip()[-800:]))
-    del tvm
 
 
 def build_name(target, processor):

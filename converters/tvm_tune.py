@@ -124,9 +124,10 @@ def extract_tasks(graphs, target, batch):
     return [tuple(v) for v in found.values()]
 
 
-def _measure_callback(bar, keys, state, state_path):
+def _measure_callback(bar, keys, state, state_path, clock):
     """A MeasureCallback that advances ``bar`` by each measured batch of candidates and
-    records every task's measured trials in ``state_path`` (what a resumed run reads)."""
+    records every task's measured trials and the time spent in ``state_path`` (what a resumed
+    run reads); ``clock()`` gives the seconds tuned so far."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
@@ -138,6 +139,7 @@ def _measure_callback(bar, keys, state, state_path):
             entry = state["tasks"][keys[task_id]]
             entry["trials"] += len(runner_results)
             entry["ok"] += ok
+            state["seconds"] = round(clock(), 1)
             _write_json(state_path, state)
             bar.update(len(runner_results), note="{}: {} of {} ran".format(
                 entry["task"], ok, len(runner_results)))
@@ -181,8 +183,15 @@ def tune(graphs, target_dict, database, trials, batch=1, rpc=None, progress=True
     for key, task, _, gids in tasks:
         entry = state["tasks"].setdefault(key, {"task": task.task_name, "trials": 0, "ok": 0})
         entry["graphs"] = sorted(set(entry.get("graphs", [])) | set(gids))
-    todo = [t for t in tasks if state["tasks"][t[0]]["trials"] < trials]
-    start = time.time()
+    # "searched": the budget a finished run gave the workload; MetaSchedule may measure fewer
+    # when a small workload has fewer distinct schedules, and that workload is then done.
+    todo = [t for t in tasks if max(state["tasks"][t[0]]["trials"],
+                                    state["tasks"][t[0]].get("searched", 0)) < trials]
+    cost_model = "xgb" if _has_xgboost() else "random"
+    start, before = time.time(), state.get("seconds", 0.0)
+
+    def clock():  # wall time of every run that tuned into this folder, this one included
+        return before + time.time() - start
     if todo:
         if rpc is None:
             runner = ms.runner.LocalRunner(timeout_sec=30)
@@ -197,8 +206,9 @@ def tune(graphs, target_dict, database, trials, batch=1, rpc=None, progress=True
                                               f_export=export_aarch64 if cross else None)
         # MetaSchedule logs every step to stdout; keep its files (DATABASE/logs), not the noise.
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.ERROR)
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
             extracted_tasks=[t[1] for t in todo], work_dir=database, seed=0)
+        weights = [float(t[2]) for t in todo]  # summed over the graphs sharing the workload
         left = [trials - state["tasks"][t[0]]["trials"] for t in todo]
         with Progress(sum(left), "tuning {} workloads".format(len(todo)),
                       enabled=progress) as bar:
@@ -207,18 +217,19 @@ def tune(graphs, target_dict, database, trials, batch=1, rpc=None, progress=True
                 max_trials_global=sum(left), max_trials_per_task=max(left),
                 num_trials_per_iter=min(16, max(left)), builder=builder, runner=runner,
                 database=ms.database.JSONDatabase(work_dir=database),
-                cost_model="xgb" if _has_xgboost() else "random",
+                cost_model=cost_model,
                 measure_callbacks=list(ms.MeasureCallback.create("default")) + [
-                    _measure_callback(bar, [t[0] for t in todo], state, state_path)])
-    if todo:
-        # Wall time of every run that tuned into this folder, so a reused database still
-        # says what it cost.
-        state["seconds"] = round(state.get("seconds", 0.0) + time.time() - start, 1)
+                    _measure_callback(bar, [t[0] for t in todo], state, state_path, clock)])
+    if todo:  # a reused database still says what it cost
+        state["seconds"] = round(clock(), 1)
+        state["cost_model"] = cost_model
+        for t in todo:
+            state["tasks"][t[0]]["searched"] = trials
     _write_json(state_path, state)
     return {"tasks": len(tasks), "tuned": len(todo), "skipped": len(tasks) - len(todo),
             "trials": sum(state["tasks"][t[0]]["trials"] for t in tasks),
             "seconds": round(time.time() - start, 1), "total_seconds": state.get("seconds", 0.0),
-            "cost_model": "xgb" if _has_xgboost() else "random",
+            "cost_model": state.get("cost_model", cost_model),
             "database_sha256": database_sha256(database)}
 
 

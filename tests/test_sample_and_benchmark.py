@@ -76,3 +76,17 @@ def test_compression_benchmark_prints_the_json_summary_last(sample_run):
         assert isinstance(summary[key], (int, float)), key
     assert 0.1 < summary["int8_size_ratio"] < 0.5     # int8 weights: about a quarter of fp32
     assert set(summary["early_exit"]) == {"fp32", "int8", "int8-ea", "pruned"}
+
+
+def test_tvm_benchmark_prints_the_json_summary_last(sample_run):
+    pytest.importorskip("tvm")
+    # --trials 0: no tuning here; the committed database is used when it was tuned for this CPU.
+    summary, err = benchmark_summary("tvm.py", sample_run[0], "--trials", "0", "--rounds", "1",
+                                     "--repeats", "5")
+    assert summary["tvm_untuned_vs_ort"] > 0
+    assert summary["aarch64_emulated_max_abs_error"] < 1e-4
+    if summary["tvm_tuned_vs_ort"] is None:   # the database is for another CPU than this one
+        assert "no tuned build" in err or summary["tuning_minutes"] is None
+    else:
+        assert summary["tvm_tuned_vs_ort"] > 0 and summary["tuning_minutes"] > 0
+    assert all(v >= 0.99 for v in summary["top1_agreement_with_ort"].values())

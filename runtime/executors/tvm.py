@@ -26,6 +26,7 @@ from edgesdk.errors import BundleError, MissingDependencyError
 # DLPack device types of the processors a TVM build may be for.
 DEVICE_TYPES = {"cpu": 1, "cuda": 2, "opencl": 4}
 POOLED_ALLOCATOR = 2
+ALIGNMENT = 64  # bytes; TVM's kAllocAlignment
 _state = {"ffi": None}
 
 
@@ -102,6 +103,21 @@ def set_threads(threads):
         config(1, int(threads))  # 1: big cores first
 
 
+def aligned(array, alignment=ALIGNMENT):
+    """``array`` as a C-contiguous array whose data starts on an ``alignment``-byte boundary
+    (copied only when it does not already). TVM's generated code assumes its buffers are
+    64-byte aligned: tuned kernels use aligned vector loads, and a numpy slice that starts
+    mid-row crashed them (segfault in TVMBackendParallelLaunch, measured here)."""
+    array = np.ascontiguousarray(array)
+    if array.ctypes.data % alignment == 0:
+        return array
+    raw = np.empty(array.nbytes + alignment, dtype=np.uint8)
+    start = -raw.ctypes.data % alignment
+    out = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
+
+
 class TvmGraph(object):
     """One stage or head as a Relax VM library; tensors are fed by position."""
 
@@ -137,7 +153,7 @@ class TvmGraph(object):
 
     def _call(self, tensors):
         ffi = _state["ffi"]
-        out = self._main(*[ffi.from_dlpack(np.ascontiguousarray(t)) for t in tensors])
+        out = self._main(*[ffi.from_dlpack(aligned(t)) for t in tensors])
         outs = list(out) if isinstance(out, ffi.Array) else [out]
         # Zero-copy views: each holds a reference to its TVM tensor, so the VM cannot reuse
         # the memory while the array lives.

@@ -183,3 +183,14 @@ def test_gpu_builds_carry_kernel_source_for_the_board(bundle):
                               os.path.join(bundle, tx2[0]["kernels"]["file"])],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert out.returncode == 0, out.stdout.decode()
+
+
+def test_inputs_reach_tvm_64_byte_aligned():
+    from edgesdk.runtime.executors.tvm import aligned
+    x = np.arange(5 * 7, dtype=np.float32).reshape(5, 7)
+    for part in (x[1:3], x[3:], x[[0, 4]]):   # slices starting mid-buffer, a gathered copy
+        a = aligned(part)
+        assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous
+        assert np.array_equal(a, part) and a.dtype == part.dtype
+    ok = aligned(np.empty(0, np.float32))
+    assert ok.size == 0

@@ -162,3 +162,22 @@ def test_unreachable_tracker_and_bad_address(bundle_master):
         profile_remote(bundle_master, "127.0.0.1:{}".format(_free_port()), KEY)
     rc = main(["profile", bundle_master, "--rpc-tracker", "nohost", "--key", KEY])
     assert rc == 4
+
+
+def test_tuning_measures_candidates_on_a_board_through_the_tracker(boards, bundle_master, tmp_path):
+    import onnx
+    from edgesdk.bundle import read_bundle
+    from edgesdk.converters.tvm_build import resolve_target
+    from edgesdk.converters.tvm_tune import PROGRESS_FILE, tune
+    from edgesdk.targets import get_target
+    tracker, logs = boards
+    host, port = tracker.rsplit(":", 1)
+    head = read_bundle(bundle_master).manifest["exits"][1]
+    graphs = {head["id"]: onnx.load(bundle_master + "/" + head["file"])}
+    db = str(tmp_path / "db")
+    result = tune(graphs, resolve_target(get_target("host").processor("cpu")), db, trials=2,
+                  rpc=(host, int(port), "plain-tvm"), progress=False)
+    state = json.load(open(db + "/" + PROGRESS_FILE))
+    # The candidates ran on the board: it logged the sessions, and they measured fine.
+    assert result["tuned"] >= 1 and all(t["ok"] >= 1 for t in state["tasks"].values())
+    assert "connected from" in (logs / "plain.log").read_text()
