@@ -26,7 +26,8 @@ from common import ROOT, sample_parser
 
 # This script's folder is first on sys.path, and this file is tvm.py: take the folder off so
 # that `import tvm` finds Apache TVM, not this script.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 GOAL = 1.5  # tuned TVM within 1.5x of ONNX Runtime (issue #5)
 

@@ -121,6 +121,7 @@ def emulated_exit_logits(bundle, device, x, runner=None):
     """Every exit's logits for ``x`` with the ``device`` (e.g. ``jetson-tx2-cpu``) TVM builds,
     each graph run under qemu; batches follow each build's compiled batch size."""
     from edgesdk.converters.builds import graph_entries
+    from edgesdk.runtime.executors.tvm import run_in_slices
     m = bundle.manifest
     libs = {}
     for entry in graph_entries(m):
@@ -136,15 +137,7 @@ def emulated_exit_logits(bundle, device, x, runner=None):
 
     def run(gid, tensors):
         path, batch = libs[gid]
-        step = batch or len(tensors[0])
-        parts = []
-        for i in range(0, len(tensors[0]), step):
-            chunk = [t[i:i + step] for t in tensors]
-            short = step - len(chunk[0])
-            if short:
-                chunk = [np.concatenate([c, np.zeros((short,) + c.shape[1:], c.dtype)]) for c in chunk]
-            parts.append([o[:step - short] for o in run_library(path, chunk, runner)])
-        return [np.concatenate(p) for p in zip(*parts)]
+        return run_in_slices(lambda chunk: run_library(path, chunk, runner), tensors, batch)
 
     state, out = [np.ascontiguousarray(x, dtype=np.float32)], []
     for stage, head in zip(m["stages"], m["exits"]):

@@ -1,5 +1,7 @@
 """Descriptors of the boards edgesdk deploys to: precision rules, toolchains, processors and
 their TVM targets, C library floor, power sensor. Data only."""
+import dataclasses
+
 from edgesdk.targets.descriptor import Processor, Target
 
 AARCH64_GNU = "aarch64-linux-gnu-g++"
@@ -85,25 +87,22 @@ SNAPDRAGON_865 = Target(
            "the Hexagon DSP; FP16 suits the Adreno GPU"],
 )
 
-SNAPDRAGON_865_ANDROID = Target(
+# The same SoC in a phone: Android's C library (bionic) and linking with the NDK.
+SNAPDRAGON_865_ANDROID = dataclasses.replace(
+    SNAPDRAGON_865,
     name="snapdragon-865-android",
     description="A Snapdragon 865 phone on Android (bionic libc): TVM stages as object-file "
                 "archives linked into the app with the Android NDK",
-    arch="aarch64",
-    formats=("onnx", "tvm"),
-    executors=("onnxruntime", "tvm"),
-    precisions=("fp32", "fp16", "int8"),
     build_on={"onnxruntime": "host", "tvm": "host (objects), linked by the NDK"},
     power_sensor="Android BatteryManager / power_supply (voltage_now x current_now)",
-    default_precision="int8",
-    toolchains=("onnxruntime", "tvm"),
-    processors=(Processor(
-        name="cpu", description=SD865_CPU.description,
-        tvm_target=dict(SD865_CPU_TARGET, mtriple="aarch64-linux-android"), arch="aarch64",
-        artifact="object-archive",
+    processors=(dataclasses.replace(
+        SD865_CPU, tvm_target=dict(SD865_CPU_TARGET, mtriple="aarch64-linux-android"),
+        artifact="object-archive", cross_compiler=None, cross_package=None,
         device_build="link with the NDK: $NDK/toolchains/llvm/prebuilt/*/bin/"
                      "aarch64-linux-android24-clang++ -shared -o stage.so *.o"),),
     os="android",
-    notes=["Android linking needs the NDK, which is not part of edgesdk: the archive holds "
-           "the object files and the link line"],
+    glibc=None,
+    notes=SNAPDRAGON_865.notes + [
+        "Android linking needs the NDK, which is not part of edgesdk: the archive holds the "
+        "object files and the link line"],
 )

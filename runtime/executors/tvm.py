@@ -161,16 +161,20 @@ class TvmGraph(object):
 
     def run(self, tensors):
         """Run on a sequence of float32 arrays; returns a list of new arrays."""
-        n = len(tensors[0])
-        if self.batch is None or n == self.batch:
-            return self._call(tensors)
-        parts = []
-        for i in range(0, n, self.batch):
-            chunk = [t[i:i + self.batch] for t in tensors]
-            short = self.batch - len(chunk[0])
-            if short:
-                chunk = [np.concatenate([c, np.zeros((short,) + c.shape[1:], c.dtype)])
-                         for c in chunk]
-            outs = self._call(chunk)
-            parts.append([o[:self.batch - short] for o in outs])
-        return [np.concatenate(p) for p in zip(*parts)]
+        return run_in_slices(self._call, tensors, self.batch)
+
+
+def run_in_slices(call, tensors, batch):
+    """``call(tensors)`` for a graph compiled for a fixed ``batch`` (None: any), over inputs of
+    any batch: slices of ``batch`` samples, the last zero-padded, outputs stitched back."""
+    n = len(tensors[0])
+    if batch is None or n == batch:
+        return call(tensors)
+    parts = []
+    for i in range(0, n, batch):
+        chunk = [t[i:i + batch] for t in tensors]
+        short = batch - len(chunk[0])
+        if short:
+            chunk = [np.concatenate([c, np.zeros((short,) + c.shape[1:], c.dtype)]) for c in chunk]
+        parts.append([o[:batch - short] for o in call(chunk)])
+    return [np.concatenate(p) for p in zip(*parts)]
