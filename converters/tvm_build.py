@@ -66,7 +66,8 @@ def unsupported_nodes(graphs):
     for gid, model in graphs.items():
         for node in model.graph.node:
             if node.domain not in ("", "ai.onnx") or node.op_type not in known:
-                op = node.op_type if node.domain in ("", "ai.onnx") else node.domain + "." + node.op_type
+                op = node.op_type if node.domain in ("", "ai.onnx") else \
+                    node.domain + "." + node.op_type
                 found.append((gid, node.name or "(unnamed)", op))
     return found
 
@@ -156,7 +157,8 @@ def export(executable, path, processor):
         if shutil.which(processor.cross_compiler) is None:
             raise BuildError(
                 "the cross compiler '{}' is not installed; on Debian/Ubuntu: apt-get install {} "
-                "(`make venv` installs it)".format(processor.cross_compiler, processor.cross_package))
+                "(`make venv` installs it)".format(processor.cross_compiler,
+                                                   processor.cross_package))
         fcompile = cc.cross_compiler(processor.cross_compiler)
     try:
         executable.export_library(path, fcompile=fcompile)
@@ -242,7 +244,8 @@ def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=Non
         for entry in graph_entries(m):
             builds = entry.get("builds") or [{"file": entry["file"], "format": entry["format"],
                                                "precision": entry.get("precision", "fp32")}]
-            entry["builds"] = [b for b in builds if b.get("device") != name] + [records[entry["id"]]]
+            entry["builds"] = [b for b in builds if b.get("device") != name] + \
+                [records[entry["id"]]]
         stale = [f for f in m["files"] if f.startswith("/".join((TVM_DIR, name)) + "/")]
         for f in stale:
             del m["files"][f]

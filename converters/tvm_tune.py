@@ -238,7 +238,7 @@ def _has_xgboost():
     return importlib.util.find_spec("xgboost") is not None
 
 
-def tune_bundle(bundle_path, target="host", processor="cpu", trials=256, batch=1,
+def tune_bundle(bundle_path, target="host", processor="cpu", trials=32, batch=1,
                 database=None, rpc=None, progress=True):
     """Tune a bundle's graphs for a board processor (see :func:`tune`), then build them with
     the database (:func:`edgesdk.converters.tvm_build.build_tvm`), which stores a copy in the
@@ -253,7 +253,8 @@ def tune_bundle(bundle_path, target="host", processor="cpu", trials=256, batch=1
     if proc.kernels:
         raise InputError("tuning GPU kernels is not supported yet: tune the CPU processor")
     bundle = bundle_io.read_bundle(bundle_path)
-    graphs = {e["id"]: onnx.load(bundle.path(_fp32_file(e))) for e in graph_entries(bundle.manifest)}
+    graphs = {e["id"]: onnx.load(bundle.path(_fp32_file(e)))
+              for e in graph_entries(bundle.manifest)}
     database = database or os.path.join(
         os.path.abspath(bundle_path).rstrip(os.sep) + ".tuning", build_name(target, processor))
     result = tune(graphs, resolve_target(proc), database, trials, batch, rpc, progress)

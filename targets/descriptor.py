@@ -1,4 +1,5 @@
-"""The board descriptor records: a board (:class:`Target`) and its processors (:class:`Processor`)."""
+"""The board descriptor records: a board (:class:`Target`) and its processors
+(:class:`Processor`)."""
 from dataclasses import dataclass, field
 
 

@@ -11,7 +11,8 @@ def add_arguments(p):
     p.add_argument("--batch", default="1",
                    help="batch size compiled in (default 1; the runtime runs bigger batches in "
                         "slices); 'any' compiles a symbolic batch, which cannot be tuned")
-    p.add_argument("--tuning-db", help="MetaSchedule database folder (from `edgesdk tune`) to apply")
+    p.add_argument("--tuning-db",
+                   help="MetaSchedule database folder (from `edgesdk tune`) to apply")
     p.add_argument("--emulate", action="store_true",
                    help="aarch64 CPU builds: run them under qemu-user on the bundle's reference "
                         "inputs and compare every exit with ONNX Runtime (fails above 1e-4)")
@@ -57,6 +58,7 @@ def run(args):
         print("\nunder qemu-aarch64 vs ONNX Runtime on {} reference samples: max abs error per "
               "exit {} -> {}".format(check["samples"],
                                      ", ".join("{:.2e}".format(e) for e in check["max_abs_error"]),
-                                     "ok" if check["passed"] else "FAILED (> {})".format(check["atol"])))
+                                     "ok" if check["passed"] else
+                                     "FAILED (> {})".format(check["atol"])))
         return 0 if check["passed"] else 1
     return 0

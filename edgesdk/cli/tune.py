@@ -7,8 +7,8 @@ def add_arguments(p):
     p.add_argument("bundle", help="path to NAME.edgebundle (rewritten in place, atomically)")
     p.add_argument("--target", default="host", help="board (see `edgesdk targets`; default: host)")
     p.add_argument("--processor", default="cpu", help="the board's processor (default: cpu)")
-    p.add_argument("--trials", type=int, default=256,
-                   help="measured candidates in all, shared by the distinct workloads (default 256)")
+    p.add_argument("--trials", type=int, default=32,
+                   help="measured candidates per distinct workload, over all runs (default 32)")
     p.add_argument("--batch", default="1", help="batch size compiled in (default 1)")
     p.add_argument("--database",
                    help="tuning database folder to create or extend (default: BUNDLE.tuning/"
