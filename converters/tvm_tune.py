@@ -205,7 +205,12 @@ def tune(graphs, target_dict, database, trials, batch=1, rpc=None, progress=True
             builder = ms.builder.LocalBuilder(f_build=fast_build, timeout_sec=90,
                                               f_export=export_aarch64 if cross else None)
         # MetaSchedule logs every step to stdout; keep its files (DATABASE/logs), not the noise.
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.ERROR)
+        ms_log = logging.getLogger("tvm.s_tir.meta_schedule")
+        ms_log.setLevel(logging.ERROR)
+        # MetaSchedule re-lists the logger's handlers by name when it configures logging; an
+        # unnamed one (left by an earlier run in this process) makes that fail.
+        for handler in [h for h in ms_log.handlers if h.get_name() is None]:
+            ms_log.removeHandler(handler)
         contexts, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(
             extracted_tasks=[t[1] for t in todo], work_dir=database, seed=0)
         weights = [float(t[2]) for t in todo]  # summed over the graphs sharing the workload
