@@ -194,3 +194,10 @@ def test_inputs_reach_tvm_64_byte_aligned():
         assert np.array_equal(a, part) and a.dtype == part.dtype
     ok = aligned(np.empty(0, np.float32))
     assert ok.size == 0
+
+
+def test_profiler_measures_the_tvm_builds_this_machine_runs(tvm_bundle):
+    from edgesdk.runtime.profiler import profile_bundle
+    out = profile_bundle(tvm_bundle, [1], warmup=1, repeats=3, progress=False, no_sensor=True)
+    measured = {(r["graph"], r["build"]) for r in out["graphs"]}
+    assert {("stage0", "tvm"), ("exit2", "tvm"), ("stage0", "onnx")} <= measured
