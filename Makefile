@@ -40,7 +40,7 @@ bench: venv
 	$(PY) benchmarks/profiler.py
 	$(PY) benchmarks/build_choice.py
 	$(PY) benchmarks/compression.py
-	$(PY) benchmarks/tvm.py
+	$(PY) benchmarks/tvm.py --samples 300
 
 runtime-zip: venv
 	$(VENV)/bin/edgesdk pack-runtime dist/edgesdk-runtime.pyz
