@@ -198,7 +198,7 @@ def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=Non
     bundle = bundle_io.read_bundle(bundle_path)
     manifest = bundle.manifest
     entries = graph_entries(manifest)
-    sources = {e["id"]: _fp32_file(e) for e in entries}
+    sources = {e["id"]: fp32_file(e) for e in entries}
     graphs = {gid: onnx.load(bundle.path(rel)) for gid, rel in sources.items()}
     check_supported(graphs)
     db, db_sha = (None, None)
@@ -259,7 +259,7 @@ def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=Non
     return [records[e["id"]] for e in entries]
 
 
-def _fp32_file(entry):
+def fp32_file(entry):
     """The FP32 ONNX file of a graph entry (TVM builds are made from it)."""
     for b in [entry] + list(entry.get("builds") or []):
         if b["format"] == "onnx" and b.get("precision", "fp32") == "fp32":

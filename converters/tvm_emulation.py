@@ -122,6 +122,7 @@ def emulated_exit_logits(bundle, device, x, runner=None):
     each graph run under qemu; batches follow each build's compiled batch size."""
     from edgesdk.converters.builds import graph_entries
     from edgesdk.runtime.executors.tvm import run_in_slices
+    runner = runner or prepare()  # once, not per graph call
     m = bundle.manifest
     libs = {}
     for entry in graph_entries(m):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 
+from edgesdk.bundle import write_json_atomic
 from edgesdk.errors import BuildError, InputError
 
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
@@ -140,16 +141,10 @@ def _measure_callback(bar, keys, state, state_path, clock):
             entry["trials"] += len(runner_results)
             entry["ok"] += ok
             state["seconds"] = round(clock(), 1)
-            _write_json(state_path, state)
+            write_json_atomic(state_path, state)
             bar.update(len(runner_results), note="{}: {} of {} ran".format(
                 entry["task"], ok, len(runner_results)))
     return _Progress()
-
-
-def _write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
 
 
 def tune(graphs, target_dict, database, trials, batch=1, rpc=None, progress=True):
@@ -230,7 +225,7 @@ def tune(graphs, target_dict, database, trials, batch=1, rpc=None, progress=True
         state["cost_model"] = cost_model
         for t in todo:
             state["tasks"][t[0]]["searched"] = trials
-    _write_json(state_path, state)
+    write_json_atomic(state_path, state)
     return {"tasks": len(tasks), "tuned": len(todo), "skipped": len(tasks) - len(todo),
             "trials": sum(state["tasks"][t[0]]["trials"] for t in tasks),
             "seconds": round(time.time() - start, 1), "total_seconds": state.get("seconds", 0.0),
@@ -252,13 +247,13 @@ def tune_bundle(bundle_path, target="host", processor="cpu", trials=32, batch=1,
     import onnx
     from edgesdk import bundle as bundle_io
     from edgesdk.converters.builds import graph_entries
-    from edgesdk.converters.tvm_build import _fp32_file, build_name, build_tvm, resolve_target
+    from edgesdk.converters.tvm_build import fp32_file, build_name, build_tvm, resolve_target
     from edgesdk.targets import get_target
     proc = get_target(target).processor(processor)
     if proc.kernels:
         raise InputError("tuning GPU kernels is not supported yet: tune the CPU processor")
     bundle = bundle_io.read_bundle(bundle_path)
-    graphs = {e["id"]: onnx.load(bundle.path(_fp32_file(e)))
+    graphs = {e["id"]: onnx.load(bundle.path(fp32_file(e)))
               for e in graph_entries(bundle.manifest)}
     database = database or os.path.join(
         os.path.abspath(bundle_path).rstrip(os.sep) + ".tuning", build_name(target, processor))

@@ -132,7 +132,8 @@ def _fsync_dir(path):
             os.close(fd)
 
 
-def _write_json_atomic(path, obj):
+def write_json_atomic(path, obj):
+    """Write ``obj`` as JSON to ``path`` atomically (temporary file, fsync, rename)."""
     directory = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
     try:
@@ -201,7 +202,7 @@ def staging_directory(final, force=False):
 
 def write_manifest(root, manifest):
     """Seal and write ``manifest.json`` into a (staging) bundle directory atomically."""
-    _write_json_atomic(os.path.join(root, MANIFEST), seal_manifest(manifest))
+    write_json_atomic(os.path.join(root, MANIFEST), seal_manifest(manifest))
 
 
 def update_manifest(root, change):
