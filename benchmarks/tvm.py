@@ -65,7 +65,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from run import prepare
-    from edgesdk.converters.builds import graph_entries
+    from edgesdk.manifest import graph_entries
     from edgesdk.converters.tvm_build import build_tvm, resolve_target
     from edgesdk.converters.tvm_emulation import check_emulated
     from edgesdk.converters.tvm_tune import PROGRESS_FILE, check_database_target, tune_bundle

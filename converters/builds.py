@@ -11,16 +11,19 @@ import numpy as np
 
 from edgesdk import bundle as bundle_io
 from edgesdk.converters.quantize import quantize_graphs, to_fp16
-from edgesdk.errors import InputError
+from edgesdk.errors import BuildError, InputError
+from edgesdk.manifest import graph_entries
 
 FEED_LIMIT = 512  # calibration samples used for activation ranges and agreement
 MIN_CALIBRATION_SAMPLES = 16
 
 
-def graph_entries(manifest):
-    """Every stage and head entry, in the runtime's order (stage 0, head 0, stage 1, ...)."""
-    return [e for k in range(len(manifest["stages"]))
-            for e in (manifest["stages"][k], manifest["exits"][k])]
+def fp32_file(entry):
+    """The FP32 ONNX file of a graph entry (compilers start from it)."""
+    for b in [entry] + list(entry.get("builds") or []):
+        if b["format"] == "onnx" and b.get("precision", "fp32") == "fp32":
+            return b["file"]
+    raise BuildError("graph '{}' has no FP32 ONNX build to compile".format(entry["id"]))
 
 
 def exits_reached(manifest, graph_id):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgesdk import bundle as bundle_io
-from edgesdk.converters.builds import graph_entries
+from edgesdk.manifest import graph_entries
 from edgesdk.errors import ConversionError, InputError
 
 log = logging.getLogger(__name__)

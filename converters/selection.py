@@ -19,7 +19,8 @@ go into the manifest: ``build_chosen_from`` on each graph, ``chosen_from`` on dr
 """
 
 from edgesdk import bundle as bundle_io
-from edgesdk.converters.builds import FEED_LIMIT, graph_entries, top1_labels
+from edgesdk.converters.builds import FEED_LIMIT, top1_labels
+from edgesdk.manifest import graph_entries
 from edgesdk.converters.cost_model import build_costs, device_rows, table_from_rows
 from edgesdk.runtime.engine import EdgeModel, graph_builds
 

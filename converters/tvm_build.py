@@ -18,7 +18,8 @@ import os
 import shutil
 
 from edgesdk import bundle as bundle_io
-from edgesdk.converters.builds import graph_entries
+from edgesdk.converters.builds import fp32_file
+from edgesdk.manifest import graph_entries
 from edgesdk.converters.elf_check import check_library
 from edgesdk.deps import require
 from edgesdk.errors import BuildError, InputError, UnsupportedOpError
@@ -207,8 +208,7 @@ def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=Non
     name = build_name(target, processor)
     suffix = ".tar" if proc.artifact == "object-archive" else ".so"
     records = {}
-    with bundle_io.staging_directory(bundle.root, force=True) as tmp:
-        shutil.copytree(bundle.root, tmp, dirs_exist_ok=True)
+    with bundle_io.rewrite_bundle(bundle.root) as tmp:
         out_dir = os.path.join(tmp, TVM_DIR, name)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.makedirs(out_dir)
@@ -257,14 +257,6 @@ def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=Non
              "batch": batch, "tuning_database_sha256": db_sha})
         bundle_io.write_manifest(tmp, m)
     return [records[e["id"]] for e in entries]
-
-
-def fp32_file(entry):
-    """The FP32 ONNX file of a graph entry (TVM builds are made from it)."""
-    for b in [entry] + list(entry.get("builds") or []):
-        if b["format"] == "onnx" and b.get("precision", "fp32") == "fp32":
-            return b["file"]
-    raise BuildError("graph '{}' has no FP32 ONNX build to compile with TVM".format(entry["id"]))
 
 
 def _copy_database(src, dst):

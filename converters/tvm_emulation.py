@@ -120,7 +120,7 @@ def run_library(library, inputs, runner=None):
 def emulated_exit_logits(bundle, device, x, runner=None):
     """Every exit's logits for ``x`` with the ``device`` (e.g. ``jetson-tx2-cpu``) TVM builds,
     each graph run under qemu; batches follow each build's compiled batch size."""
-    from edgesdk.converters.builds import graph_entries
+    from edgesdk.manifest import graph_entries
     from edgesdk.runtime.executors.tvm import run_in_slices
     runner = runner or prepare()  # once, not per graph call
     m = bundle.manifest

@@ -246,8 +246,9 @@ def tune_bundle(bundle_path, target="host", processor="cpu", trials=32, batch=1,
     beside the bundle); give one folder to several bundles to share their workloads."""
     import onnx
     from edgesdk import bundle as bundle_io
-    from edgesdk.converters.builds import graph_entries
-    from edgesdk.converters.tvm_build import fp32_file, build_name, build_tvm, resolve_target
+    from edgesdk.converters.builds import fp32_file
+    from edgesdk.manifest import graph_entries
+    from edgesdk.converters.tvm_build import build_name, build_tvm, resolve_target
     from edgesdk.targets import get_target
     proc = get_target(target).processor(processor)
     if proc.kernels:

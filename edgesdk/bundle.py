@@ -200,6 +200,21 @@ def staging_directory(final, force=False):
         raise
 
 
+@contextlib.contextmanager
+def rewrite_bundle(root):
+    """Yield a staging copy of the bundle directory ``root`` to change; on success it replaces
+    the bundle, on failure the bundle is untouched."""
+    root = os.path.abspath(root)
+    with staging_directory(root, force=True) as tmp:
+        for d, dirs, files in os.walk(root):
+            here = os.path.join(tmp, os.path.relpath(d, root))
+            for sub in dirs:
+                os.makedirs(os.path.join(here, sub), exist_ok=True)
+            for f in files:
+                shutil.copy2(os.path.join(d, f), os.path.join(here, f))
+        yield tmp
+
+
 def write_manifest(root, manifest):
     """Seal and write ``manifest.json`` into a (staging) bundle directory atomically."""
     write_json_atomic(os.path.join(root, MANIFEST), seal_manifest(manifest))

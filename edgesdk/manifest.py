@@ -13,7 +13,7 @@ from edgesdk.errors import ManifestError, SchemaVersionError
 
 SCHEMA_VERSION = 1
 # Graph file formats the SDK knows; each maps to one runtime executor (runtime/executors).
-FORMATS = ("onnx", "tvm")
+FORMATS = ("onnx", "tvm", "tensorrt")
 # Numeric precision of a graph build (weights/compute; inputs and outputs stay float32).
 PRECISIONS = ("fp32", "fp16", "int8")
 DTYPES = ("float32",)
@@ -34,6 +34,12 @@ def content_digest(manifest):
     """sha256 of the manifest without its own ``manifest_sha256`` field."""
     body = dict((k, v) for k, v in manifest.items() if k != "manifest_sha256")
     return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def graph_entries(manifest):
+    """Every stage and head entry, in the runtime's order (stage 0, head 0, stage 1, ...)."""
+    return [e for k in range(len(manifest["stages"]))
+            for e in (manifest["stages"][k], manifest["exits"][k])]
 
 
 def _fail(path, msg):

@@ -1,4 +1,4 @@
-"""`run`, `validate` and `profile`: the device-side commands.
+"""`run`, `validate`, `profile` and `build-engines`: the device-side commands.
 
 The host CLI (`edgesdk run`, `edgesdk validate`) and the standalone runtime
 (`python3 edgesdk-runtime.pyz run ...`) both use these, so a board without the host SDK
@@ -223,6 +223,34 @@ def print_profile(out, as_json):
             ", accuracy {:.2%}".format(e2e["accuracy"]) if e2e["accuracy"] is not None else ""))
 
 
+def add_engine_arguments(p):
+    p.add_argument("--workspace-mb", type=int, default=1024,
+                   help="TensorRT builder workspace per engine in MiB (default 1024; a TX2 "
+                        "shares 8 GB between CPU and GPU)")
+    p.add_argument("--json", action="store_true", help="print the build records as JSON")
+
+
+def cmd_build_engines(args):
+    """Build the bundle's TensorRT engines on this device and print what was built."""
+    from edgesdk.runtime.tensorrt_build import build_engines
+    if args.workspace_mb < 1:
+        raise InputError("--workspace-mb must be >= 1")
+    records = build_engines(args.bundle, args.workspace_mb, progress=not args.json)
+    print_engine_records(records, args.json)
+    return 0
+
+
+def print_engine_records(records, as_json):
+    """The engines just built, as a table or JSON."""
+    if as_json:
+        print(json.dumps(records, indent=2, sort_keys=True))
+        return
+    rows = [(r["file"], r["precision"], r["built_with"]["tensorrt"], r["built_with"]["gpu"],
+             r["built_with"]["compute_capability"], "{:.1f}".format(r["build_seconds"]))
+            for r in records]
+    print(format_table(["engine", "precision", "TensorRT", "GPU", "sm", "build s"], rows))
+
+
 def run_command(func, args, prog):
     """Run a command function; map EdgeSDKError to its exit code with a message on stderr."""
     try:
@@ -243,7 +271,11 @@ def main(argv=None):
     add_profile_arguments(sub.add_parser("profile", help="measure stages and heads on this device"))
     from edgesdk.runtime.rpc import add_server_arguments, cmd_rpc_server
     add_server_arguments(sub.add_parser("rpc-server", help="serve profiling to a TVM RPC tracker"))
+    p = sub.add_parser("build-engines", help="build the bundle's TensorRT engines on this device")
+    p.add_argument("bundle", help="path to NAME.edgebundle (prepared on the host with "
+                                  "`edgesdk build --toolchain tensorrt`)")
+    add_engine_arguments(p)
     args = parser.parse_args(argv)
     func = {"run": cmd_run, "validate": cmd_validate, "profile": cmd_profile,
-            "rpc-server": cmd_rpc_server}[args.command]
+            "rpc-server": cmd_rpc_server, "build-engines": cmd_build_engines}[args.command]
     return run_command(func, args, "edgesdk-runtime " + args.command)

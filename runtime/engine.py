@@ -13,6 +13,7 @@ import numpy as np
 from edgesdk.bundle import read_bundle
 from edgesdk.errors import BundleError, InputError
 from edgesdk.manifest import FORMATS
+from edgesdk.runtime.cuda_memory import to_host
 from edgesdk.runtime.executors import EXECUTORS
 from edgesdk.runtime.inputs import check_batch
 from edgesdk.runtime.policies import get_policy, softmax
@@ -54,17 +55,18 @@ GPU_DEVICE_NODES = {"cuda": ("/dev/nvhost-ctrl", "/dev/nvidia0"), "opencl": ("/d
 
 
 def runs_here(build):
-    """Whether this machine can run ``build``: ONNX builds always; compiled builds (TVM) when
-    they are shared libraries for this machine's CPU architecture, and for GPU builds when
-    the GPU's driver is present."""
+    """Whether this machine can run ``build``: ONNX builds always; compiled builds (TVM,
+    TensorRT) when they are shared libraries or engines for this machine's CPU architecture,
+    and for GPU builds when the GPU's driver is present."""
     if build.get("arch") is None:
         return True
     if build["arch"] != platform.machine() or \
-            build.get("artifact", "shared-library") != "shared-library":
+            build.get("artifact", "shared-library") not in ("shared-library", "engine"):
         return False
     if build.get("processor", "cpu") == "cpu":
         return True
-    language = (build.get("kernels") or {}).get("language")
+    language = "cuda" if build["format"] == "tensorrt" else \
+        (build.get("kernels") or {}).get("language")
     return any(os.path.exists(p) for p in GPU_DEVICE_NODES.get(language, ()))
 
 
@@ -101,6 +103,21 @@ def _pick_build(entry, want):
     return next((b for b in builds if match(b)), builds[0])
 
 
+class _HostSide(object):
+    """A graph whose inputs and outputs the host sees as numpy arrays (GPU arrays copied)."""
+
+    def __init__(self, graph):
+        self.graph = graph
+
+    def run(self, tensors):
+        ins = tensors if getattr(self.graph, "device_arrays", False) else \
+            [to_host(t) for t in tensors]
+        return [to_host(t) for t in self.graph.run(ins)]
+
+    def __getattr__(self, name):
+        return getattr(self.graph, name)
+
+
 class EdgeModel(object):
     """A loaded, verified bundle ready to run. Create with :func:`load_bundle`.
 
@@ -121,6 +138,7 @@ class EdgeModel(object):
             self.builds[e["id"]] = _pick_build(e, want)
         self.stages = [self._graph(s, threads) for s in m["stages"]]
         self.heads = [self._graph(e, threads) for e in m["exits"]]
+        self._keep_host_side()
         self.policies = [get_policy(e["policy"]) for e in m["exits"]]
         self.num_exits = len(self.heads)
         self._no_exit = [None] * self.num_exits
@@ -133,6 +151,17 @@ class EdgeModel(object):
         executor = EXECUTORS.get(build["format"])
         return executor(self.bundle.path(build["file"]), entry["inputs"], entry["outputs"],
                         entry["output_shapes"], threads, build=build)
+
+    def _keep_host_side(self):
+        """Where executors keep outputs on a GPU (TensorRT): heads hand the host numpy logits,
+        and executors that take host arrays get their GPU inputs copied back."""
+        graphs = self.stages + self.heads
+        if not any(getattr(g, "device_arrays", False) for g in graphs):
+            return
+        wrap = lambda g, head: g if getattr(g, "device_arrays", False) and not head else \
+            _HostSide(g)  # noqa: E731
+        self.stages = [wrap(g, False) for g in self.stages]
+        self.heads = [wrap(g, True) for g in self.heads]
 
     def resolve_thresholds(self, thresholds):
         """Validate a user list of per-exit thresholds (None disables an exit)."""

@@ -10,6 +10,7 @@ TARGETS = Registry("target", {
     "jetson-tx2": "edgesdk.targets.boards:JETSON_TX2",
     "snapdragon-865": "edgesdk.targets.boards:SNAPDRAGON_865",
     "snapdragon-865-android": "edgesdk.targets.boards:SNAPDRAGON_865_ANDROID",
+    "x86-nvidia": "edgesdk.targets.boards:X86_NVIDIA",
 })
 
 

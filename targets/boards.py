@@ -47,11 +47,12 @@ JETSON_TX2 = Target(
     description="NVIDIA Jetson TX2: 4x Cortex-A57 + 2x Denver2 CPU, 256-core Pascal GPU "
                 "(sm_62), JetPack 4.6 (Ubuntu 18.04, CUDA 10.2, TensorRT 8.2, Python 3.6)",
     arch="aarch64",
-    formats=("onnx", "tvm"),
-    executors=("onnxruntime", "tvm"),
+    formats=("onnx", "tvm", "tensorrt"),
+    executors=("onnxruntime", "tvm", "tensorrt"),
     precisions=("fp32", "fp16", "int8"),
     build_on={"onnxruntime": "host", "tvm": "host (CUDA kernels: PTX made on the board)",
               "tensorrt": "device"},
+    tensorrt="8.2",
     power_sensor="INA3221 (iio on JetPack 4, hwmon on JetPack 5)",
     max_opset=13,
     default_precision="fp16",
@@ -105,4 +106,22 @@ SNAPDRAGON_865_ANDROID = dataclasses.replace(
     notes=SNAPDRAGON_865.notes + [
         "Android linking needs the NDK, which is not part of edgesdk: the archive holds the "
         "object files and the link line"],
+)
+
+X86_NVIDIA = Target(
+    name="x86-nvidia",
+    description="An x86-64 Linux host with a desktop or data-centre NVIDIA GPU (compute "
+                "capability 7.5 or newer) and TensorRT 10.x",
+    arch="x86_64",
+    formats=("onnx", "tensorrt"),
+    executors=("onnxruntime", "tensorrt"),
+    precisions=("fp32", "fp16", "int8"),
+    build_on={"onnxruntime": "host", "tensorrt": "device"},
+    power_sensor="NVML (nvidia-smi's power.draw)",
+    default_precision="fp16",
+    int8_activations="int8-symmetric",
+    int8_no_bool=True,
+    toolchains=("onnxruntime", "tensorrt"),
+    tensorrt="10",
+    notes=["TensorRT engines are built on the machine with the GPU that runs them"],
 )

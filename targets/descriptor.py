@@ -62,6 +62,7 @@ class Target:
     processors: tuple = ()
     os: str = "linux"
     glibc: str = None
+    tensorrt: str = None
     notes: list = field(default_factory=list)
 
     def precision_rules(self):
@@ -86,6 +87,7 @@ class Target:
                 "formats": list(self.formats), "precisions": list(self.precisions),
                 "default_precision": self.default_precision, "build_on": dict(self.build_on),
                 "power_sensor": self.power_sensor, "max_opset": self.max_opset,
+                "tensorrt": self.tensorrt,
                 "processors": [{"name": p.name, "description": p.description,
                                 "arch": p.arch, "tvm_target": p.tvm_target,
                                 "kernels": p.kernels, "artifact": p.artifact,

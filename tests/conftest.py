@@ -46,6 +46,27 @@ def bundle(tmp_path, bundle_master):
     return str(dst)
 
 
+@pytest.fixture(scope="session")
+def tx2_master(tmp_path_factory, trained_tiny, mnist_split):
+    """The trained TinyNet converted for the Jetson TX2 with symmetric INT8 builds (FP16
+    selected); copy it (``tx2_bundle``) before changing it."""
+    from edgesdk.converters import convert
+    _, (xc, yc) = mnist_split
+    out = tmp_path_factory.mktemp("bundles") / "tiny-tx2.edgebundle"
+    convert(trained_tiny, xc[:8], str(out), stages_attr="blocks", heads_attr="exits",
+            target="jetson-tx2", precisions=["int8"], calibration_data=(xc, yc),
+            preprocessing=PREPROCESSING, progress=False)
+    return str(out)
+
+
+@pytest.fixture
+def tx2_bundle(tmp_path, tx2_master):
+    """A private copy of the TX2 bundle."""
+    dst = tmp_path / "tiny-tx2.edgebundle"
+    shutil.copytree(tx2_master, dst)
+    return str(dst)
+
+
 def snapshot(root):
     """{relative path: bytes} of every file under ``root`` (to prove nothing changed)."""
     out = {}

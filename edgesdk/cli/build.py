@@ -1,22 +1,44 @@
-"""Compile a bundle's stages and heads for a board processor with TVM and add the libraries to
-the bundle (checked: ELF machine, needed libraries, glibc symbol versions). GPU processors
-also get their kernel source and the step to finish on the board."""
+"""Build a bundle's stages and heads for a board.
+
+``--toolchain tvm``: compile for a board processor with TVM and add the libraries to the
+bundle (checked: ELF machine, needed libraries, glibc symbol versions); GPU processors also
+get their kernel source and the step to finish on the board.
+
+``--toolchain tensorrt``: check every graph against the board's TensorRT release and write
+the TensorRT plan (profiles, calibration cache, trtexec commands); with ``--on-device``
+(on the machine with the GPU and TensorRT) also build and register the engines."""
 
 
 def add_arguments(p):
+    from edgesdk.runtime.cli import add_engine_arguments
     p.add_argument("bundle", help="path to NAME.edgebundle (rewritten in place, atomically)")
-    p.add_argument("--toolchain", default="tvm", choices=["tvm"], help="compiler (default: tvm)")
-    p.add_argument("--target", default="host", help="board (see `edgesdk targets`; default: host)")
-    p.add_argument("--processor", default="cpu", help="the board's processor: cpu or gpu")
-    p.add_argument("--batch", default="1",
-                   help="batch size compiled in (default 1; the runtime runs bigger batches in "
-                        "slices); 'any' compiles a symbolic batch, which cannot be tuned")
+    p.add_argument("--toolchain", default="tvm", choices=["tvm", "tensorrt"],
+                   help="compiler (default: tvm)")
+    p.add_argument("--target", help="board (see `edgesdk targets`; default: host for tvm, "
+                                    "jetson-tx2 for tensorrt)")
+    p.add_argument("--processor", default="cpu", help="tvm: the board's processor, cpu or gpu")
+    p.add_argument("--batch",
+                   help="tvm: batch size compiled in (default 1; the runtime runs bigger batches "
+                        "in slices), 'any' for a symbolic batch, which cannot be tuned. "
+                        "tensorrt: N or MIN:OPT:MAX of the optimization profile (default 1:1:32)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"],
+                   help="tensorrt: engine precision (default: the board's, fp16 on the TX2); "
+                        "int8 parses the bundle's symmetric INT8 (Q/DQ) builds")
+    p.add_argument("--shape", action="append", default=[], metavar="NAME=MIN:OPT:MAX",
+                   help="tensorrt: profile of an input with dynamic dimensions besides the "
+                        "batch, shapes like 1x3x64x64 (repeatable)")
+    p.add_argument("--decompose", action="store_true",
+                   help="tensorrt: rewrite operators the TensorRT release lacks where a "
+                        "decomposition exists (checked against ONNX Runtime)")
+    p.add_argument("--on-device", action="store_true",
+                   help="tensorrt: also build the engines here with TensorRT's Python API "
+                        "(needs the GPU and TensorRT that will run them)")
+    add_engine_arguments(p)
     p.add_argument("--tuning-db",
                    help="MetaSchedule database folder (from `edgesdk tune`) to apply")
     p.add_argument("--emulate", action="store_true",
                    help="aarch64 CPU builds: run them under qemu-user on the bundle's reference "
                         "inputs and compare every exit with ONNX Runtime (fails above 1e-4)")
-    p.add_argument("--json", action="store_true", help="print the build records as JSON")
 
 
 def parse_batch(text):
@@ -34,12 +56,14 @@ def parse_batch(text):
 
 
 def run(args):
-    """Call :func:`edgesdk.converters.tvm_build.build_tvm` and print what was built."""
+    """Build with the chosen toolchain and print what was built."""
+    if args.toolchain == "tensorrt":
+        return run_tensorrt(args)
     import json
     from edgesdk.converters.tvm_build import build_tvm
     from edgesdk.table import format_table
-    records = build_tvm(args.bundle, args.target, args.processor, batch=parse_batch(args.batch),
-                        database=args.tuning_db)
+    records = build_tvm(args.bundle, args.target or "host", args.processor,
+                        batch=parse_batch(args.batch or "1"), database=args.tuning_db)
     if args.json:
         print(json.dumps(records, indent=2))
         return 0
@@ -54,11 +78,39 @@ def run(args):
     if args.emulate:
         from edgesdk.converters.tvm_build import build_name
         from edgesdk.converters.tvm_emulation import check_emulated
-        check = check_emulated(args.bundle, build_name(args.target, args.processor))
+        check = check_emulated(args.bundle, build_name(args.target or "host", args.processor))
         print("\nunder qemu-aarch64 vs ONNX Runtime on {} reference samples: max abs error per "
               "exit {} -> {}".format(check["samples"],
                                      ", ".join("{:.2e}".format(e) for e in check["max_abs_error"]),
                                      "ok" if check["passed"] else
                                      "FAILED (> {})".format(check["atol"])))
         return 0 if check["passed"] else 1
+    return 0
+
+
+def run_tensorrt(args):
+    """``--toolchain tensorrt``: prepare the plan, then (``--on-device``) build the engines."""
+    import json
+    from edgesdk.converters.tensorrt_prepare import (
+        DEFAULT_BATCH, parse_batch_profile, parse_shape_profile, prepare_tensorrt)
+    from edgesdk.runtime.cli import print_engine_records
+    from edgesdk.table import format_table
+    shapes = dict(parse_shape_profile(s) for s in args.shape)
+    plan = prepare_tensorrt(args.bundle, args.target or "jetson-tx2", args.precision,
+                            parse_batch_profile(args.batch) if args.batch else DEFAULT_BATCH,
+                            shapes, args.decompose)
+    if not args.json:
+        rows = [(gid, g["onnx"], g["precision"], g["calibration_cache"] or "-",
+                 "; ".join(g["decomposed"]) or "-") for gid, g in plan["graphs"].items()]
+        print(format_table(["graph", "parsed by TensorRT " + plan["release"], "precision",
+                            "calibration cache", "decomposed"], rows))
+        print("\ntrtexec commands: {}".format(plan["script"]))
+        for w in plan["warnings"]:
+            print("warning: " + w)
+    if args.on_device:
+        from edgesdk.runtime.tensorrt_build import build_engines
+        print_engine_records(build_engines(args.bundle, args.workspace_mb,
+                                           progress=not args.json), args.json)
+    elif args.json:
+        print(json.dumps(plan, indent=2, sort_keys=True))
     return 0

@@ -4,4 +4,5 @@ from edgesdk.registry import Registry
 EXECUTORS = Registry("graph format", {
     "onnx": "edgesdk.runtime.executors.ort:OrtGraph",
     "tvm": "edgesdk.runtime.executors.tvm:TvmGraph",
+    "tensorrt": "edgesdk.runtime.executors.tensorrt:TensorRTGraph",
 })

@@ -4,9 +4,10 @@ All ONNX Runtime sessions edgesdk makes go through :func:`make_session`, so ever
 process shares one intra-op thread pool. Why: with one pool per session, the pools of the
 stages spin-wait and fight for the cores; on a 2-core x86 machine a 4-stage model ran 4.4x
 slower than one monolithic session at batch 1 (measured, README). With a shared pool the
-staged model costs a few percent more. When the shared pool cannot be used (an onnxruntime
-without the call, or a second thread count in one process), each session gets its own pool
-with spinning disabled, the next best setting measured.
+staged model costs a few percent more. ONNX Runtime allows one global pool per process and
+then refuses sessions with their own pools, so a second thread count in one process runs on
+the first pool. Only an onnxruntime without the call gives each session its own pool, with
+spinning disabled (the next best setting measured).
 """
 from edgesdk.deps import require
 from edgesdk.errors import BundleError
@@ -42,7 +43,7 @@ def make_session(model, threads=None):
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    if _shared_pool(ort, threads):
+    if _shared_pool(ort, threads) or _pool["threads"] != -1:
         opts.use_per_session_threads = False
     else:
         opts.intra_op_num_threads = threads

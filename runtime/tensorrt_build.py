@@ -1,0 +1,152 @@
+"""Build a bundle's TensorRT engines on the device that will run them.
+
+TensorRT plans are specific to the GPU and the TensorRT version that built them, so they are
+made where they run: on the Jetson (JetPack's TensorRT 8.2 and Python 3.6, without the host
+SDK: ``python3 edgesdk-runtime.pyz build-engines BUNDLE``) or on a GPU host
+(``edgesdk build BUNDLE --toolchain tensorrt --on-device``). The plan comes from the bundle
+(``manifest["tensorrt"]``, written by the host's ``edgesdk build --toolchain tensorrt``):
+which ONNX file each graph parses, its precision and its optimization profile.
+
+Each graph: parse the ONNX file, set the precision flags (FP16; INT8 for Q/DQ graphs, with
+FP16 for the layers left in float), add the optimization profile, build, serialize. The
+engines are registered in the manifest as builds (format ``tensorrt``) with ``built_with``:
+TensorRT version, GPU name, compute capability, CUDA version, and the L4T/JetPack release on
+a Jetson. The executor refuses an engine whose record does not match the device.
+Python 3.6 compatible.
+"""
+import os
+import platform
+import subprocess
+import time
+
+from edgesdk import bundle as bundle_io
+from edgesdk.errors import BuildError, BundleError
+from edgesdk.manifest import graph_entries
+from edgesdk.progress import Progress
+from edgesdk.runtime.cuda_memory import cuda
+from edgesdk.runtime.executors.tensorrt import tensorrt
+
+DEFAULT_WORKSPACE_MB = 1024
+
+
+def tensorrt_plan(manifest):
+    """The bundle's TensorRT plan, checked enough to build from."""
+    plan = manifest.get("tensorrt")
+    if not isinstance(plan, dict) or not isinstance(plan.get("graphs"), dict):
+        raise BundleError("the bundle has no TensorRT plan; on the host run: edgesdk build "
+                          "BUNDLE --toolchain tensorrt --target jetson-tx2 (or x86-nvidia)")
+    missing = [e["id"] for e in graph_entries(manifest) if e["id"] not in plan["graphs"]]
+    if missing:
+        raise BundleError("the TensorRT plan has no entry for {}; prepare the bundle again"
+                          .format(", ".join(missing)))
+    return plan
+
+
+def jetson_release():
+    """``{"l4t": "R32.7.1", "jetpack": "4.6.1-b110"}`` on a Jetson, {} elsewhere."""
+    out = {}
+    try:
+        with open("/etc/nv_tegra_release") as f:
+            head = f.readline()  # "# R32 (release), REVISION: 7.1, GCID: ..."
+        major = head.split("(release)")[0].replace("#", "").strip()
+        revision = head.split("REVISION:")[1].split(",")[0].strip()
+        out["l4t"] = "{}.{}".format(major, revision)
+    except (OSError, IndexError):
+        return out
+    try:
+        version = subprocess.check_output(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"],
+                                          stderr=subprocess.DEVNULL, universal_newlines=True)
+        out["jetpack"] = version.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return out
+
+
+def built_with(trt):
+    """What an engine built here depends on (checked again when it is loaded)."""
+    info = {"tensorrt": trt.__version__}
+    info.update(cuda().device())
+    info.update(jetson_release())
+    return info
+
+
+def build_engine(trt, logger, onnx_path, precision, profile, workspace_mb=DEFAULT_WORKSPACE_MB):
+    """The serialized engine (bytes) of one ONNX graph with TensorRT's Python API."""
+    builder = trt.Builder(logger)
+    flags = 0
+    if int(trt.__version__.split(".")[0]) < 10:  # 10.x networks are always explicit-batch
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    with open(onnx_path, "rb") as f:
+        if not parser.parse(f.read()):
+            raise BuildError("TensorRT {} cannot parse '{}':\n  {}".format(
+                trt.__version__, onnx_path, "\n  ".join(
+                    str(parser.get_error(i)) for i in range(parser.num_errors))))
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    if sorted(names) != sorted(profile):
+        raise BuildError("'{}' has inputs {}; the plan's profile covers {}".format(
+            onnx_path, names, sorted(profile)))
+    config = builder.create_builder_config()
+    if hasattr(config, "set_memory_pool_limit"):
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    else:  # TensorRT 8.2
+        config.max_workspace_size = workspace_mb << 20
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: the graph's Q/DQ nodes
+    shapes = builder.create_optimization_profile()
+    for name, p in profile.items():
+        shapes.set_shape(name, p["min"], p["opt"], p["max"])
+    config.add_optimization_profile(shapes)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BuildError("TensorRT {} could not build an engine from '{}' (its log above says "
+                         "why)".format(trt.__version__, onnx_path))
+    return bytes(plan)
+
+
+def build_engines(bundle_path, workspace_mb=DEFAULT_WORKSPACE_MB, progress=True):
+    """Build every engine of the bundle's TensorRT plan here and register them as builds
+    (replacing engines of the same device and precision). The bundle is rewritten in a
+    staging copy: a failure leaves it as it was. Returns the new build records."""
+    trt = tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    bundle = bundle_io.read_bundle(bundle_path)
+    plan = tensorrt_plan(bundle.manifest)
+    info = built_with(trt)
+    entries = graph_entries(bundle.manifest)
+    records = {}
+    with bundle_io.rewrite_bundle(bundle.root) as tmp:
+        with Progress(len(entries), "tensorrt " + plan["device"], enabled=progress) as bar:
+            for entry in entries:
+                g = plan["graphs"][entry["id"]]
+                t0 = time.time()
+                data = build_engine(trt, logger, os.path.join(tmp, *g["onnx"].split("/")),
+                                    g["precision"], g["profile"], workspace_mb)
+                path = os.path.join(tmp, *g["engine"].split("/"))
+                if not os.path.isdir(os.path.dirname(path)):
+                    os.makedirs(os.path.dirname(path))
+                with open(path, "wb") as f:
+                    f.write(data)
+                records[entry["id"]] = {
+                    "file": g["engine"], "format": "tensorrt", "precision": g["precision"],
+                    "device": plan["device"], "arch": platform.machine(), "processor": "gpu",
+                    "artifact": "engine", "batch": None, "profile": g["profile"],
+                    "source": g["onnx"], "built_with": info,
+                    "build_seconds": round(time.time() - t0, 2)}
+                bar.update(note=entry["id"])
+        manifest = bundle_io.read_bundle(tmp, verify=False).manifest
+        for entry in graph_entries(manifest):
+            new = records[entry["id"]]
+            builds = entry.get("builds") or [{"file": entry["file"], "format": entry["format"],
+                                              "precision": entry.get("precision", "fp32")}]
+            entry["builds"] = [b for b in builds if not (
+                b["format"] == "tensorrt" and b.get("device") == new["device"]
+                and b.get("precision", "fp32") == new["precision"])] + [new]
+        manifest["files"].update(bundle_io.hash_files(tmp, [r["file"] for r in records.values()]))
+        manifest["provenance"]["passes"].append(dict(info, name="tensorrt-build",
+                                                     device=plan["device"]))
+        bundle_io.write_manifest(tmp, manifest)
+    return [records[e["id"]] for e in entries]
