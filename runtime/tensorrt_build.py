@@ -74,8 +74,9 @@ def build_engine(trt, logger, onnx_path, precision, profile, workspace_mb=DEFAUL
     """The serialized engine (bytes) of one ONNX graph with TensorRT's Python API."""
     builder = trt.Builder(logger)
     flags = 0
-    if int(trt.__version__.split(".")[0]) < 10:  # 10.x networks are always explicit-batch
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+    if explicit is not None and int(trt.__version__.split(".")[0]) < 10:
+        flags = 1 << int(explicit)  # 8.x parses ONNX only into explicit-batch networks
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     with open(onnx_path, "rb") as f:
@@ -92,10 +93,14 @@ def build_engine(trt, logger, onnx_path, precision, profile, workspace_mb=DEFAUL
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     else:  # TensorRT 8.2
         config.max_workspace_size = workspace_mb << 20
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: the graph's Q/DQ nodes
+    # INT8: explicit quantization from the graph's Q/DQ nodes, FP16 for the layers between.
+    for name in {"fp16": ["FP16"], "int8": ["FP16", "INT8"]}.get(precision, []):
+        flag = getattr(trt.BuilderFlag, name, None)
+        if flag is None:  # TensorRT for RTX: strongly typed networks only
+            raise BuildError("TensorRT {} has no {} builder flag; build {} engines with a "
+                             "TensorRT that has it, or fp32".format(trt.__version__, name,
+                                                                    precision))
+        config.set_flag(flag)
     shapes = builder.create_optimization_profile()
     for name, p in profile.items():
         shapes.set_shape(name, p["min"], p["opt"], p["max"])

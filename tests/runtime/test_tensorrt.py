@@ -164,3 +164,13 @@ def test_device_arrays_select_rows_like_numpy(monkeypatch):
     for _ in range(5):  # freed blocks are reused: no new allocations
         dev[mask].to_host()
     assert pool.allocated_bytes == before
+
+
+def test_a_tensorrt_without_the_precision_flag_is_a_clear_error(tx2_bundle, monkeypatch):
+    # TensorRT for RTX has no FP16/INT8 builder flags (strongly typed networks only); seen on
+    # an H100 with tensorrt_rtx 1.7 (README).
+    trt = _gpu(monkeypatch, "10")
+    monkeypatch.delattr(trt.BuilderFlag, "FP16")
+    prepare_tensorrt(tx2_bundle, "x86-nvidia", precision="fp16")
+    with pytest.raises(BuildError, match="no FP16 builder flag"):
+        build_engines(tx2_bundle, progress=False)
