@@ -21,10 +21,10 @@ import numpy as np
 
 from edgesdk import bundle as bundle_io
 from edgesdk.converters.builds import fp32_file
-from edgesdk.manifest import graph_entries
 from edgesdk.converters.tensorrt_check import Problem, decompose, graph_problems, raise_problems
 from edgesdk.deps import require
 from edgesdk.errors import ConversionError, InputError
+from edgesdk.manifest import graph_entries
 from edgesdk.targets import TARGETS, get_target
 from edgesdk.targets.tensorrt_ops import tensorrt_ops
 

@@ -19,10 +19,10 @@ import shutil
 
 from edgesdk import bundle as bundle_io
 from edgesdk.converters.builds import fp32_file
-from edgesdk.manifest import graph_entries
 from edgesdk.converters.elf_check import check_library
 from edgesdk.deps import require
 from edgesdk.errors import BuildError, InputError, UnsupportedOpError
+from edgesdk.manifest import graph_entries
 from edgesdk.targets import get_target
 
 log = logging.getLogger(__name__)

@@ -116,7 +116,7 @@ def build_engines(bundle_path, workspace_mb=DEFAULT_WORKSPACE_MB, progress=True)
     """Build every engine of the bundle's TensorRT plan here and register them as builds
     (replacing engines of the same device and precision). The bundle is rewritten in a
     staging copy: a failure leaves it as it was. Returns the new build records."""
-    trt = tensorrt()
+    trt = tensorrt("build TensorRT engines")
     logger = trt.Logger(trt.Logger.WARNING)
     bundle = bundle_io.read_bundle(bundle_path)
     plan = tensorrt_plan(bundle.manifest)

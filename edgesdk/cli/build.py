@@ -55,8 +55,21 @@ def parse_batch(text):
     return value
 
 
+TVM_ONLY = (("tuning_db", "--tuning-db"), ("emulate", "--emulate"))
+TENSORRT_ONLY = (("precision", "--precision"), ("shape", "--shape"),
+                 ("decompose", "--decompose"), ("on_device", "--on-device"))
+
+
 def run(args):
     """Build with the chosen toolchain and print what was built."""
+    from edgesdk.errors import InputError
+    other = TVM_ONLY if args.toolchain == "tensorrt" else TENSORRT_ONLY
+    wrong = [flag for attr, flag in other if getattr(args, attr)]
+    if args.toolchain == "tensorrt" and args.processor != "cpu":
+        wrong.append("--processor")
+    if wrong:
+        raise InputError("{}: these options do not apply to --toolchain {}".format(", ".join(wrong),
+                                                                        args.toolchain))
     if args.toolchain == "tensorrt":
         return run_tensorrt(args)
     import json

@@ -19,17 +19,23 @@ import logging
 
 import numpy as np
 
-from edgesdk.deps import require
-from edgesdk.errors import BundleError, InputError
+from edgesdk.errors import BundleError, InputError, MissingDependencyError
 from edgesdk.runtime.cuda_memory import DeviceArray, cuda
 
 log = logging.getLogger(__name__)
 _state = {"runtime": None, "logger": None}
 
 
-def tensorrt():
+def tensorrt(purpose="run TensorRT engines"):
     """The ``tensorrt`` module (JetPack's, or pip's ``tensorrt`` on a GPU host)."""
-    return require("tensorrt", "tensorrt", "run TensorRT engines")
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "TensorRT's Python package is needed to {} but cannot be imported ({}). On a "
+            "Jetson it comes with JetPack (apt install python3-libnvinfer); on an x86-64 GPU "
+            "machine: pip install tensorrt cuda-python".format(purpose, exc))
+    return trt
 
 
 def _runtime(trt):

@@ -246,3 +246,13 @@ def test_cli_prepares_and_reports_a_missing_tensorrt_for_on_device(tx2_bundle, c
     assert plan["graphs"]["exit0"]["profile"]["s0_0"]["max"][0] == 64
     code = main(["build", tx2_bundle, "--toolchain", "tensorrt", "--on-device"])
     assert code != 0 and "tensorrt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--toolchain", "tensorrt", "--emulate"],
+                                  ["--toolchain", "tensorrt", "--processor", "gpu"],
+                                  ["--toolchain", "tvm", "--precision", "fp16"],
+                                  ["--decompose"]])
+def test_cli_refuses_options_of_the_other_toolchain(bundle, argv, capsys):
+    from edgesdk.cli import main
+    assert main(["build", bundle] + argv) != 0
+    assert "do not apply to --toolchain" in capsys.readouterr().err
