@@ -10,6 +10,7 @@ rows. Only what the host reads (exit logits) is copied back. Every copy and ever
 goes on one CUDA stream per process, so memory handed back to the pool can be reused at once:
 work on one stream runs in order. Python 3.6 compatible.
 """
+import atexit
 import os
 
 import numpy as np
@@ -25,7 +26,10 @@ class CudaError(EdgeSDKError):
 
 
 class _CudaPython(object):
-    """cuda-python's runtime API (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
+    """cuda-python's runtime API (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6).
+
+    Both backends' ``device()`` report the GPU's name, compute capability and the CUDA version
+    its driver supports."""
 
     name = "cuda-python"
 
@@ -76,7 +80,7 @@ class _CudaPython(object):
         dev = self._call("cudaGetDevice")
         props = self._call("cudaGetDeviceProperties", dev)
         name = props.name.split(b"\0")[0].decode() if isinstance(props.name, bytes) else props.name
-        version = self._call("cudaRuntimeGetVersion")
+        version = self._call("cudaDriverGetVersion")
         return {"gpu": name, "compute_capability": "{}.{}".format(props.major, props.minor),
                 "cuda": "{}.{}".format(version // 1000, (version % 1000) // 10)}
 
@@ -95,6 +99,20 @@ class _PyCuda(object):
         self._ctx.push()
         self._stream = drv.Stream()
         self._allocations = {}
+        # PyCUDA aborts the process at exit if a context is still pushed; atexit runs this
+        # before PyCUDA's own cleanup (registered earlier, run later).
+        atexit.register(self.close)
+
+    def close(self):
+        """Free every allocation and pop the context (at exit)."""
+        if self._ctx is None:
+            return
+        self._stream.synchronize()
+        for alloc in self._allocations.values():
+            alloc.free()
+        self._allocations = {}
+        self._ctx.pop()
+        self._ctx = None
 
     def malloc(self, nbytes):
         try:
