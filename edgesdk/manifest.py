@@ -13,7 +13,7 @@ from edgesdk.errors import ManifestError, SchemaVersionError
 
 SCHEMA_VERSION = 1
 # Graph file formats the SDK knows; each maps to one runtime executor (runtime/executors).
-FORMATS = ("onnx", "tvm", "tensorrt")
+FORMATS = ("onnx", "tvm", "tensorrt", "fpga-csim", "pynq")
 # Numeric precision of a graph build (weights/compute; inputs and outputs stay float32).
 PRECISIONS = ("fp32", "fp16", "int8")
 DTYPES = ("float32",)

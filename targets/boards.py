@@ -2,7 +2,7 @@
 their TVM targets, C library floor, power sensor. Data only."""
 import dataclasses
 
-from edgesdk.targets.descriptor import Processor, Target
+from edgesdk.targets.descriptor import Fabric, Processor, Target
 
 AARCH64_GNU = "aarch64-linux-gnu-g++"
 AARCH64_PACKAGE = "g++-aarch64-linux-gnu"
@@ -125,3 +125,45 @@ X86_NVIDIA = Target(
     tensorrt="10",
     notes=["TensorRT engines are built on the machine with the GPU that runs them"],
 )
+
+
+def _zynq(name, description, arch, fabric, notes):
+    """A Zynq board: ARM cores run the runtime and the exit decisions, the fabric runs the
+    stages and heads built with hls4ml."""
+    return Target(
+        name=name, description=description, arch=arch,
+        formats=("onnx", "fpga-csim", "pynq"),
+        executors=("onnxruntime", "fpga-csim", "pynq"),
+        precisions=("fp32", "int8"),
+        build_on={"onnxruntime": "host", "hls4ml": "host (C simulation here; synthesis with "
+                                                  "Vitis HLS where it is installed)"},
+        power_sensor="board PMBus regulators (not read by edgesdk yet)",
+        default_precision="int8",
+        toolchains=("onnxruntime", "hls4ml"),
+        fabric=fabric,
+        notes=notes)
+
+
+# Resources: AMD's Zynq product tables (BRAM counted in 18 Kb halves). Clocks are the design
+# clocks edgesdk estimates latency with (what hls4ml projects for these parts usually close).
+ULTRA96_V2 = _zynq(
+    "ultra96-v2", "Avnet Ultra96-V2: Zynq UltraScale+ ZU3EG (4x Cortex-A53 + programmable "
+                  "logic), 2 GB LPDDR4, PYNQ image", "aarch64",
+    Fabric(part="xczu3eg-sbva484-1-e", clock_mhz=200.0, dsp=360, bram_18k=432, lut=70560,
+           ff=141120),
+    ["CoDeNet's board: 4-bit weights and 8-bit activations fit its 360 DSPs by putting small "
+     "products in LUTs"])
+
+ZCU104 = _zynq(
+    "zcu104", "AMD ZCU104: Zynq UltraScale+ ZU7EV (4x Cortex-A53, Mali GPU, programmable logic "
+              "with UltraRAM)", "aarch64",
+    Fabric(part="xczu7ev-ffvc1156-2-e", clock_mhz=250.0, dsp=1728, bram_18k=624, lut=230400,
+           ff=460800),
+    ["96 UltraRAM blocks are not counted in the BRAM budget"])
+
+PYNQ_Z2 = _zynq(
+    "pynq-z2", "TUL PYNQ-Z2: Zynq-7000 XC7Z020 (2x Cortex-A9 + programmable logic), 512 MB",
+    "armv7l",
+    Fabric(part="xc7z020clg400-1", clock_mhz=100.0, dsp=220, bram_18k=280, lut=53200,
+           ff=106400),
+    ["A 7-series part: Vitis HLS supports it; the ARM cores are 32-bit"])

@@ -29,6 +29,24 @@ class Processor:
 
 
 @dataclass(frozen=True)
+class Fabric:
+    """The programmable logic of an FPGA board: the part, the design clock edgesdk estimates
+    with, the resources a design may use, and the HLS backend hls4ml writes for."""
+
+    part: str
+    clock_mhz: float
+    dsp: int
+    bram_18k: int
+    lut: int
+    ff: int
+    hls_backend: str = "Vitis"
+
+    def budget(self):
+        """The resources as a dict (what estimates are compared with)."""
+        return {"dsp": self.dsp, "bram_18k": self.bram_18k, "lut": self.lut, "ff": self.ff}
+
+
+@dataclass(frozen=True)
 class Target:
     """What a board runs. ``formats``: graph formats its executors take; ``max_opset``: the
     highest ONNX opset its ONNX consumers read (None: no limit beyond the exporter's).
@@ -63,6 +81,7 @@ class Target:
     os: str = "linux"
     glibc: str = None
     tensorrt: str = None
+    fabric: Fabric = None
     notes: list = field(default_factory=list)
 
     def precision_rules(self):
@@ -88,6 +107,9 @@ class Target:
                 "default_precision": self.default_precision, "build_on": dict(self.build_on),
                 "power_sensor": self.power_sensor, "max_opset": self.max_opset,
                 "tensorrt": self.tensorrt,
+                "fabric": None if self.fabric is None else dict(
+                    self.fabric.budget(), part=self.fabric.part, clock_mhz=self.fabric.clock_mhz,
+                    hls_backend=self.fabric.hls_backend),
                 "processors": [{"name": p.name, "description": p.description,
                                 "arch": p.arch, "tvm_target": p.tvm_target,
                                 "kernels": p.kernels, "artifact": p.artifact,

@@ -1,5 +1,5 @@
 """List the boards edgesdk builds for: toolchains, precisions, processors with their TVM
-targets, where builds happen, the C library floor and the power sensor."""
+targets or FPGA fabric, where builds happen, the C library floor and the power sensor."""
 import json
 
 from edgesdk.table import format_table
@@ -21,8 +21,9 @@ def run(args):
     rows = [(d["name"], d["arch"], d["os"] + (" glibc " + d["glibc"] if d["glibc"] else ""),
              ",".join(d["toolchains"]), ",".join(d["precisions"]), d["default_precision"],
              ",".join(p["name"] + ("(" + p["kernels"] + ")" if p["kernels"] else "")
-                      for p in d["processors"]),
+                      for p in d["processors"]) or
+             ("{part} @ {clock_mhz:g} MHz".format(**d["fabric"]) if d["fabric"] else ""),
              d["power_sensor"]) for d in described]
     print(format_table(["target", "arch", "system", "toolchains", "precisions", "default",
-                        "tvm processors", "power sensor"], rows))
+                        "tvm processors / fpga", "power sensor"], rows))
     return 0
