@@ -37,7 +37,7 @@ def exits_reached(manifest, graph_id):
     raise KeyError(graph_id)
 
 
-def _graph_inputs(model, x, batch=256, exit_aware=False):
+def graph_inputs(model, x, batch=256, exit_aware=False):
     """``{graph id: {input name: array}}``: what every stage and head receives for ``x``.
 
     ``exit_aware``: a stage (and its head) gets only the samples that reach it under the
@@ -87,7 +87,7 @@ def add_builds(root, precisions, x=None, method="minmax", symmetric=False, exit_
         # Exit-aware: all the data goes in, later stages see what is left of it.
         x = np.ascontiguousarray(x if exit_aware else x[:FEED_LIMIT], dtype=np.float32)
         inputs = {g: {n: None if a is None else a[:FEED_LIMIT] for n, a in ins.items()}
-                  for g, ins in _graph_inputs(model, x, exit_aware=exit_aware).items()}
+                  for g, ins in graph_inputs(model, x, exit_aware=exit_aware).items()}
         jobs = []
         for entry in graph_entries(manifest):
             rel = entry["file"][:-len(".onnx")] + ".int8.onnx"

@@ -15,7 +15,7 @@ SCHEMA_VERSION = 1
 # Graph file formats the SDK knows; each maps to one runtime executor (runtime/executors).
 FORMATS = ("onnx", "tvm", "tensorrt", "fpga-csim", "pynq")
 # Numeric precision of a graph build (weights/compute; inputs and outputs stay float32).
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "fixed")
 DTYPES = ("float32",)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")

@@ -1,0 +1,408 @@
+"""HLS builds of a bundle's stages and heads for a Zynq board with hls4ml, run bit-accurately
+on the host through hls4ml's C simulation.
+
+Per graph: the Brevitas QONNX graph (QAT models) or the FP32 ONNX graph is cleaned with qonnx
+(channels-last, Gemm as MatMul; a trailing Transpose back to NCHW is dropped, the executor
+transposes on the CPU instead), converted with hls4ml for the board's part and clock
+(``io_stream`` for graphs with convolutions, ``io_parallel`` for the rest), and compiled with
+g++ into a C-simulation library. The fixed-point types come from data, never from hls4ml's
+``fixed<16,6>`` default: a QONNX graph keeps its quantizers' widths and gets its input type
+from the calibration data; a float graph gets every layer's integer bits from the values the
+layer produces on calibration data (traced at ``fixed<32,16>``), ``width`` bits in all. A
+type given by hand that the calibration data overflows is refused with the layer named.
+
+What the bundle gets, per board: ``fpga/BOARD/GRAPH.csim.so`` (the C simulation, this
+machine's architecture, run by the ``fpga-csim`` executor), ``fpga/BOARD/GRAPH.hls.tar.gz``
+(the HLS project with ``build_prj.tcl`` for Vitis HLS), and a build record with the types
+chosen per layer, the I/O layouts, the agreement with ONNX Runtime on the calibration data
+and the resource and latency estimate (:mod:`.fpga_estimate`).
+"""
+import io
+import json
+import math
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+
+import numpy as np
+
+from edgesdk import bundle as bundle_io
+from edgesdk.converters.builds import fp32_file
+from edgesdk.converters.fpga_estimate import estimate, over_budget
+from edgesdk.deps import require
+from edgesdk.errors import BuildError, CalibrationError, InputError, UnsupportedOpError
+from edgesdk.manifest import graph_entries
+from edgesdk.targets import get_target
+
+HLS_DIR = "fpga"
+WIDE = "fixed<32,16>"  # wide enough to trace float graphs without clipping
+MAX_SAMPLES = 256
+
+
+def hls4ml_module():
+    """The hls4ml package (``fpga`` extra)."""
+    return require("hls4ml", "fpga", "build HLS projects")
+
+
+def project_name(gid):
+    """A C identifier for a graph id (the HLS top function is ``NAME`` / ``NAME_float``)."""
+    name = re.sub(r"[^0-9A-Za-z_]", "_", gid)
+    return name if name[0].isalpha() else "g_" + name
+
+
+def channels_last(model):
+    """The qonnx ModelWrapper of ``model`` (ONNX or QONNX) as hls4ml reads it: cleaned,
+    channels-last with an NHWC input, Gemm as MatMul, and no trailing Transpose."""
+    require("qonnx", "qat", "prepare graphs for hls4ml")
+    import onnx
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
+    from qonnx.transformation.gemm_to_matmul import GemmToMatMul
+    from qonnx.util.cleanup import cleanup_model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    mw = cleanup_model(ModelWrapper(copy))
+    mw = mw.transform(ConvertToChannelsLastAndClean(make_input_channels_last=True))
+    mw = cleanup_model(mw.transform(GemmToMatMul()))
+    _drop_output_transposes(mw)
+    return mw
+
+
+def _drop_output_transposes(mw):
+    """A Transpose that only turns an output back to NCHW costs a buffer on the FPGA; the
+    ARM core can do it. Drop it and let the output be NHWC."""
+    graph = mw.graph
+    for out in graph.output:
+        node = mw.find_producer(out.name)
+        if node is None or node.op_type != "Transpose" or len(mw.find_consumers(out.name)):
+            continue
+        src = node.input[0]
+        shape = mw.get_tensor_shape(src)
+        graph.node.remove(node)
+        out.name = src
+        del out.type.tensor_type.shape.dim[:]
+        for d in shape:
+            out.type.tensor_type.shape.dim.add().dim_value = d
+
+
+def fixed_type(low, high, width):
+    """The narrowest-integer ``fixed``/``ufixed`` of ``width`` bits that holds [low, high]."""
+    peak = max(abs(float(low)), abs(float(high)))
+    integer = int(math.floor(math.log2(peak))) + 1 if peak > 0 else 1
+    if low >= 0:
+        return "ufixed<{},{},RND_CONV,SAT>".format(width, integer)
+    return "fixed<{},{},RND_CONV,SAT>".format(width, integer + 1)
+
+
+def grid_type(values, width):
+    """The exact fixed-point type of values already on a power-of-two grid (a quantized
+    stage's output feeding the next graph), or None if they are not within ``width`` bits."""
+    values = np.asarray(values, dtype=np.float64)
+    for frac in range(0, 17):
+        scaled = values * 2.0 ** frac
+        if np.all(scaled == np.round(scaled)):
+            low, high = float(values.min()), float(values.max())
+            peak = max(abs(low), abs(high))
+            integer = int(math.floor(math.log2(peak))) + 1 if peak > 0 else 0
+            bits = integer + frac + (0 if low >= 0 else 1)
+            if bits > width:
+                return None
+            return ("ufixed<{},{}>" if low >= 0 else "fixed<{},{}>").format(
+                max(bits, 1), integer + (0 if low >= 0 else 1))
+    return None
+
+
+def type_range(text):
+    """``(low, high)`` that a ``fixed<W,I>``/``ufixed<W,I>`` type holds."""
+    m = re.match(r"\s*(u?)fixed<\s*(\d+)\s*,\s*(-?\d+)", str(text))
+    if not m:
+        return None
+    unsigned, width, integer = m.group(1) == "u", int(m.group(2)), int(m.group(3))
+    step = 2.0 ** (integer - width)
+    if unsigned:
+        return 0.0, 2.0 ** integer - step
+    return -2.0 ** (integer - 1), 2.0 ** (integer - 1) - step
+
+
+def _io_type(mw):
+    return "io_stream" if any(n.op_type == "Conv" for n in mw.graph.node) else "io_parallel"
+
+
+def _convert(hls4ml, mw, cfg, out_dir, board, io_type, name):
+    """hls4ml's model for ``mw`` with ``cfg``; hls4ml's errors become BuildError."""
+    fabric = board.fabric
+    try:
+        return _silently(
+            hls4ml.converters.convert_from_onnx_model,
+            mw, hls_config=cfg, output_dir=out_dir, project_name=name,
+            backend=fabric.hls_backend, io_type=io_type, part=fabric.part,
+            clock_period=round(1000.0 / fabric.clock_mhz, 3), write_weights_txt=False)
+    except Exception as exc:  # hls4ml raises plain Exceptions
+        raise BuildError("hls4ml could not convert {}: {}".format(name, exc))
+
+
+def unsupported_layers(graphs):
+    """``[(graph id, message)]`` for every graph hls4ml refuses to configure."""
+    hls4ml = hls4ml_module()
+    found = []
+    for gid, mw in graphs.items():
+        try:
+            _silently(hls4ml.utils.config_from_onnx_model, mw, granularity="name",
+                      backend="Vitis")
+        except Exception as exc:
+            found.append((gid, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+    return found
+
+
+def _silently(fn, *args, **kwargs):
+    """hls4ml prints its topology and compiler output to stdout; keep it out of the CLI."""
+    import contextlib
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args, **kwargs)
+
+
+def _predict(hm, arrays):
+    out = _silently(hm.predict, arrays[0] if len(arrays) == 1 else arrays)
+    return out if isinstance(out, list) else [out]
+
+
+def to_hls_layout(array):
+    """NCHW -> NHWC for 4-D arrays (what the HLS graphs take), others unchanged."""
+    return np.ascontiguousarray(array.transpose(0, 2, 3, 1) if array.ndim == 4 else array,
+                                dtype=np.float32)
+
+
+def choose_precision(hls4ml, mw, gid, name, board, io_type, x, width, quantized, overrides,
+                     work):
+    """The hls4ml config with types from data (see the module doc); ``overrides``: ``{layer:
+    type}`` given by hand, checked against the calibration data. Returns ``(config, plan,
+    traced ranges)``."""
+    cfg = _silently(hls4ml.utils.config_from_onnx_model, mw, granularity="name",
+                    backend="Vitis", default_precision="fixed<{},8>".format(width))
+    layers = cfg["LayerName"]
+    unknown = sorted(set(overrides) - set(layers))
+    if unknown:
+        raise InputError("{} has no layer(s) {}; its layers: {}".format(
+            gid, ", ".join(unknown), ", ".join(layers)))
+    ranges = {}
+    inputs = [i.name for i in mw.graph.input]
+    for n, a in zip(inputs, x):
+        ranges[n] = (float(a.min()), float(a.max()))
+    if not quantized or overrides:
+        wide = json.loads(json.dumps(cfg))
+        for layer in wide["LayerName"].values():
+            layer["Precision"] = {k: WIDE for k in (layer.get("Precision") or {"result": 0})}
+            layer["Trace"] = True
+        hm = _convert(hls4ml, mw, wide, os.path.join(work, "wide"), board, io_type, name)
+        _, traced = _silently(hm.trace, x[0] if len(x) == 1 else x)
+        ranges.update({k: (float(v.min()), float(v.max())) for k, v in traced.items()})
+    plan = {}
+    for lname, layer in layers.items():
+        prec = layer.get("Precision")
+        if lname in overrides:
+            chosen = {"result": overrides[lname]}
+        elif lname in inputs:
+            lo, hi = ranges[lname]
+            exact = grid_type(x[inputs.index(lname)], width) if quantized else None
+            chosen = {"result": exact or fixed_type(lo, hi, width)}
+        elif quantized:
+            continue  # the quantizers' widths (hls4ml reads them from the Quant nodes)
+        elif lname in ranges:
+            chosen = {"result": fixed_type(*ranges[lname], width=width)}
+        else:
+            continue
+        if isinstance(prec, dict):
+            prec.update(chosen)
+        else:
+            layer["Precision"] = chosen
+        plan[lname] = chosen["result"]
+    _check_overflow(gid, plan, ranges)
+    return cfg, plan, ranges
+
+
+def _check_overflow(gid, plan, ranges):
+    bad = []
+    for lname, text in plan.items():
+        held, seen = type_range(text), ranges.get(lname)
+        if held and seen and (seen[0] < held[0] or seen[1] > held[1]):
+            bad.append("layer '{}' of {}: the calibration data reaches [{:.4g}, {:.4g}], its type "
+                       "{} holds [{:.4g}, {:.4g}]".format(lname, gid, seen[0], seen[1], text,
+                                                         held[0], held[1]))
+    if bad:
+        raise CalibrationError("the precision plan overflows on the calibration data:\n  {}\n"
+                               "Give these layers more integer bits, or leave them to edgesdk "
+                               "(types from data)".format("\n  ".join(bad)))
+
+
+def _pack_project(project, dest, name):
+    """The HLS project as a .tar.gz (without the C-simulation library, shipped beside it)."""
+    with tarfile.open(dest, "w:gz") as tar:
+        for d, _, files in os.walk(project):
+            for f in sorted(files):
+                if f.endswith(".so") or f.endswith(".o"):
+                    continue
+                full = os.path.join(d, f)
+                tar.add(full, arcname=os.path.join(name, os.path.relpath(full, project)))
+
+
+def build_fpga(bundle_path, target="ultra96-v2", calibration_data=None, width=16,
+               reuse_factor=1, precision=None, progress=True):
+    """Build every stage and head of the bundle with hls4ml for an FPGA ``target`` and record
+    the builds (format ``fpga-csim``; see the module doc). ``calibration_data``: model inputs
+    (default: the bundle's reference inputs), run through the bundle to get every graph's
+    inputs. ``width``: total bits of the types chosen from data. ``reuse_factor``: hls4ml's
+    (1: fully parallel). ``precision``: ``{graph id: {layer: type}}`` set by hand. The bundle
+    is rewritten in a staging copy. Returns the build records."""
+    from edgesdk.converters.builds import graph_inputs
+    from edgesdk.progress import Progress
+    from edgesdk.runtime.engine import EdgeModel
+    import onnx
+    hls4ml = hls4ml_module()
+    board = get_target(target)
+    if board.fabric is None:
+        raise InputError("target '{}' has no FPGA fabric; FPGA targets: ultra96-v2, zcu104, "
+                         "pynq-z2".format(target))
+    if not isinstance(width, int) or not 4 <= width <= 32:
+        raise InputError("width must be an integer in 4..32, got {!r}".format(width))
+    if not isinstance(reuse_factor, int) or reuse_factor < 1:
+        raise InputError("reuse_factor must be a positive integer, got {!r}".format(reuse_factor))
+    bundle = bundle_io.read_bundle(bundle_path)
+    entries = graph_entries(bundle.manifest)
+    precision = precision or {}
+    x = _calibration_inputs(bundle, calibration_data)
+    model = EdgeModel(bundle, builds=("onnx", "fp32")) if not any(
+        e.get("qonnx") for e in entries) else EdgeModel(bundle)
+    feeds = graph_inputs(model, x)
+    m = bundle.manifest
+    onnxruntime = dict(zip([e["id"] for e in m["stages"] + m["exits"]], model.stages + model.heads))
+    sources, graphs = {}, {}
+    for e in entries:
+        quantized = bool(e.get("qonnx"))
+        sources[e["id"]] = e["qonnx"]["file"] if quantized else fp32_file(e)
+        graphs[e["id"]] = channels_last(onnx.load(bundle.path(sources[e["id"]])))
+    bad = unsupported_layers(graphs)
+    if bad:
+        raise UnsupportedOpError("hls4ml {} cannot map {} graph(s):\n{}\nRewrite these layers "
+                                 "(e.g. adaptive pooling as a fixed AvgPool2d for the static "
+                                 "input size) or keep the model on another target.".format(
+                                     hls4ml.__version__, len(bad),
+                                     "\n".join("  {}: {}".format(g, m) for g, m in bad)))
+    records = {}
+    work = tempfile.mkdtemp(prefix="edgesdk-hls-")
+    try:
+        with bundle_io.rewrite_bundle(bundle.root) as tmp, \
+                Progress(len(entries), "hls4ml " + target, enabled=progress) as bar:
+            out_dir = os.path.join(tmp, HLS_DIR, target)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            os.makedirs(out_dir)
+            for e in entries:
+                records[e["id"]] = _build_graph(
+                    hls4ml, e, graphs[e["id"]], board, feeds[e["id"]], width, reuse_factor,
+                    precision.get(e["id"], {}), work, tmp, sources[e["id"]],
+                    onnxruntime[e["id"]])
+                bar.update(note=e["id"])
+            manifest = bundle_io.read_bundle(tmp, verify=False).manifest
+            for entry in graph_entries(manifest):
+                builds = entry.get("builds") or [{"file": entry["file"], "format": entry["format"],
+                                                  "precision": entry.get("precision", "fp32")}]
+                entry["builds"] = [b for b in builds if b.get("device") != target] + \
+                    [records[entry["id"]]]
+            stale = [f for f in manifest["files"] if f.startswith("{}/{}/".format(HLS_DIR, target))]
+            for f in stale:
+                del manifest["files"][f]
+            manifest["files"].update(bundle_io.hash_files(tmp, sorted(
+                f for r in records.values() for f in (r["file"], r["hls"]["project"]))))
+            manifest["provenance"]["passes"].append(
+                {"name": "hls4ml-build", "device": target, "hls4ml": hls4ml.__version__,
+                 "width": width, "reuse_factor": reuse_factor})
+            total = {k: sum(r["estimate"][k] for r in records.values())
+                     for k in ("dsp", "lut", "ff", "bram_18k")}
+            manifest.setdefault("fpga", {})[target] = {
+                "estimate": dict(total, label=records[entries[0]["id"]]["estimate"]["label"]),
+                "budget": board.fabric.budget(), "part": board.fabric.part,
+                "fits": not over_budget(total, board.fabric, reuse_factor, "all graphs"),
+                "over": over_budget(total, board.fabric, reuse_factor, "all graphs together")}
+            bundle_io.write_manifest(tmp, manifest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return [records[e["id"]] for e in entries]
+
+
+def _calibration_inputs(bundle, data):
+    if data is None:
+        ref = bundle.manifest.get("reference")
+        if not ref:
+            raise InputError("FPGA builds need calibration inputs (calibration_data / "
+                             "--calibration-data): the bundle has no reference inputs")
+        with np.load(bundle.path(ref["file"])) as z:
+            data = z["x"]
+    x = np.asarray(data[0] if isinstance(data, tuple) else data)
+    if x.dtype.kind != "f" or len(x) == 0 or not np.isfinite(x).all():
+        raise InputError("calibration data must be finite float model inputs with a batch "
+                         "dimension, got {} {}".format(x.dtype, list(x.shape)))
+    return np.ascontiguousarray(x[:MAX_SAMPLES], dtype=np.float32)
+
+
+def _build_graph(hls4ml, entry, mw, board, feed, width, reuse, overrides, work, root, source,
+                 reference):
+    """Convert, compile, package and check one graph; returns its build record."""
+    gid = entry["id"]
+    name = project_name(gid)
+    io_type = _io_type(mw)
+    x = [to_hls_layout(feed[n]) for n in entry["inputs"]]
+    quantized = bool(entry.get("qonnx"))
+    cfg, plan, ranges = choose_precision(hls4ml, mw, gid, name, board, io_type, x, width,
+                                         quantized, overrides, os.path.join(work, gid))
+    cfg["Model"]["ReuseFactor"] = reuse
+    for layer in cfg["LayerName"].values():
+        if "ReuseFactor" in layer:
+            layer["ReuseFactor"] = reuse
+    project = os.path.join(work, gid, "project")
+    hm = _convert(hls4ml, mw, cfg, project, board, io_type, name)
+    layers = list(hm.get_layers())
+    cost = estimate(layers, board.fabric, io_type)
+    over = over_budget(cost, board.fabric, reuse, gid)
+    if over:
+        raise BuildError("{} does not fit {} (estimate):\n  {}".format(
+            gid, board.name, "\n  ".join(over)))
+    try:
+        _silently(hm.compile)
+    except Exception as exc:
+        raise BuildError("g++ could not build the C simulation of {}: {}".format(gid, exc))
+    libs = [f for f in os.listdir(os.path.join(project, "firmware")) if f.endswith(".so")]
+    rel_dir = "{}/{}".format(HLS_DIR, board.name)
+    lib_rel = "{}/{}.csim.so".format(rel_dir, gid)
+    shutil.copyfile(os.path.join(project, "firmware", libs[0]), os.path.join(root, *lib_rel.split("/")))
+    tar_rel = "{}/{}.hls.tar.gz".format(rel_dir, gid)
+    _pack_project(project, os.path.join(root, *tar_rel.split("/")), name)
+    outs = _predict(hm, x)
+    in_shapes = [list(v.shape) for v in hm.get_input_variables()]
+    out_shapes = [list(v.shape) for v in hm.get_output_variables()]
+    expected = reference.run([feed[n] for n in entry["inputs"]])
+    errors = [float(np.abs(to_hls_layout(np.asarray(e)).reshape(len(o), -1) -
+                           np.asarray(o).reshape(len(o), -1)).max())
+              for e, o in zip(expected, outs)]
+    import platform
+    return {
+        "file": lib_rel, "format": "fpga-csim", "precision": "fixed", "device": board.name,
+        "arch": platform.machine(), "artifact": "shared-library", "processor": "cpu",
+        "hls": {"project": tar_rel, "function": name + "_float", "io_type": io_type,
+                "hls4ml": hls4ml.__version__, "part": board.fabric.part,
+                "clock_mhz": board.fabric.clock_mhz, "reuse_factor": reuse, "source": source,
+                "input_layout": ["NHWC" if len(s) == 3 else "flat" for s in in_shapes],
+                "output_layout": ["NHWC" if len(s) == 3 else "flat" for s in out_shapes],
+                "input_shapes": in_shapes, "output_shapes": out_shapes,
+                "precision": {"chosen_from": "quantizers and calibration data" if quantized
+                              else "calibration data ({} bits)".format(width),
+                              "layers": _layer_types(layers), "set": plan},
+                "max_abs_error_vs_onnxruntime": max(errors),
+                "calibration_samples": int(len(x[0]))},
+        "estimate": cost,
+    }
+
+
+def _layer_types(layers):
+    return {l.name: {k: str(v.precision) for k, v in l.types.items() if k in (
+        "result_t", "weight_t", "bias_t", "accum_t")} for l in layers}
