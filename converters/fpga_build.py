@@ -34,6 +34,7 @@ from edgesdk.converters.fpga_estimate import estimate, over_budget
 from edgesdk.deps import require
 from edgesdk.errors import BuildError, CalibrationError, InputError, UnsupportedOpError
 from edgesdk.manifest import graph_entries
+from edgesdk.runtime.executors.fpga_csim import hls_layout
 from edgesdk.targets import get_target
 
 HLS_DIR = "fpga"
@@ -166,12 +167,6 @@ def _silently(fn, *args, **kwargs):
 def _predict(hm, arrays):
     out = _silently(hm.predict, arrays[0] if len(arrays) == 1 else arrays)
     return out if isinstance(out, list) else [out]
-
-
-def to_hls_layout(array):
-    """NCHW -> NHWC for 4-D arrays (what the HLS graphs take), others unchanged."""
-    return np.ascontiguousarray(array.transpose(0, 2, 3, 1) if array.ndim == 4 else array,
-                                dtype=np.float32)
 
 
 def choose_precision(hls4ml, mw, gid, name, board, io_type, x, width, quantized, overrides,
@@ -351,7 +346,7 @@ def _build_graph(hls4ml, entry, mw, board, feed, width, reuse, overrides, work, 
     gid = entry["id"]
     name = project_name(gid)
     io_type = _io_type(mw)
-    x = [to_hls_layout(feed[n]) for n in entry["inputs"]]
+    x = [hls_layout(feed[n], "NHWC") for n in entry["inputs"]]
     quantized = bool(entry.get("qonnx"))
     cfg, plan, ranges = choose_precision(hls4ml, mw, gid, name, board, io_type, x, width,
                                          quantized, overrides, os.path.join(work, gid))
@@ -381,8 +376,7 @@ def _build_graph(hls4ml, entry, mw, board, feed, width, reuse, overrides, work, 
     in_shapes = [list(v.shape) for v in hm.get_input_variables()]
     out_shapes = [list(v.shape) for v in hm.get_output_variables()]
     expected = reference.run([feed[n] for n in entry["inputs"]])
-    errors = [float(np.abs(to_hls_layout(np.asarray(e)).reshape(len(o), -1) -
-                           np.asarray(o).reshape(len(o), -1)).max())
+    errors = [float(np.abs(hls_layout(e, "NHWC") - np.asarray(o).reshape(len(o), -1)).max())
               for e, o in zip(expected, outs)]
     import platform
     return {

@@ -5,4 +5,5 @@ EXECUTORS = Registry("graph format", {
     "onnx": "edgesdk.runtime.executors.ort:OrtGraph",
     "tvm": "edgesdk.runtime.executors.tvm:TvmGraph",
     "tensorrt": "edgesdk.runtime.executors.tensorrt:TensorRTGraph",
+    "fpga-csim": "edgesdk.runtime.executors.fpga_csim:FpgaCsimGraph",
 })
