@@ -332,7 +332,7 @@ def _calibration_inputs(bundle, data):
             raise InputError("FPGA builds need calibration inputs (calibration_data / "
                              "--calibration-data): the bundle has no reference inputs")
         with np.load(bundle.path(ref["file"])) as z:
-            data = z["x"]
+            data = z["input"]
     x = np.asarray(data[0] if isinstance(data, tuple) else data)
     if x.dtype.kind != "f" or len(x) == 0 or not np.isfinite(x).all():
         raise InputError("calibration data must be finite float model inputs with a batch "

@@ -12,10 +12,10 @@ the TensorRT plan (profiles, calibration cache, trtexec commands); with ``--on-d
 def add_arguments(p):
     from edgesdk.runtime.cli import add_engine_arguments
     p.add_argument("bundle", help="path to NAME.edgebundle (rewritten in place, atomically)")
-    p.add_argument("--toolchain", default="tvm", choices=["tvm", "tensorrt"],
+    p.add_argument("--toolchain", default="tvm", choices=["tvm", "tensorrt", "hls4ml"],
                    help="compiler (default: tvm)")
     p.add_argument("--target", help="board (see `edgesdk targets`; default: host for tvm, "
-                                    "jetson-tx2 for tensorrt)")
+                                    "jetson-tx2 for tensorrt, ultra96-v2 for hls4ml)")
     p.add_argument("--processor", default="cpu", help="tvm: the board's processor, cpu or gpu")
     p.add_argument("--batch",
                    help="tvm: batch size compiled in (default 1; the runtime runs bigger batches "
@@ -34,6 +34,18 @@ def add_arguments(p):
                    help="tensorrt: also build the engines here with TensorRT's Python API "
                         "(needs the GPU and TensorRT that will run them)")
     add_engine_arguments(p)
+    p.add_argument("--reuse-factor", type=int,
+                   help="hls4ml: multiplications per multiplier (default 1: fully parallel); "
+                        "raise it when a graph does not fit the board")
+    p.add_argument("--width", type=int,
+                   help="hls4ml: total bits of the fixed-point types chosen from data (default 16)")
+    p.add_argument("--calibration-data",
+                   help="hls4ml: .npz with 'x' (or an image folder) to choose types and check "
+                        "overflow on (default: the bundle's reference inputs)")
+    p.add_argument("--layer-precision", action="append", default=[],
+                   metavar="GRAPH:LAYER=TYPE",
+                   help="hls4ml: set one layer's result type by hand, e.g. "
+                        "stage0:Conv2D_Conv_0=fixed<12,4> (checked against the data; repeatable)")
     p.add_argument("--tuning-db",
                    help="MetaSchedule database folder (from `edgesdk tune`) to apply")
     p.add_argument("--emulate", action="store_true",
@@ -55,23 +67,29 @@ def parse_batch(text):
     return value
 
 
-TVM_ONLY = (("tuning_db", "--tuning-db"), ("emulate", "--emulate"))
-TENSORRT_ONLY = (("precision", "--precision"), ("shape", "--shape"),
-                 ("decompose", "--decompose"), ("on_device", "--on-device"))
+# Options that only one toolchain takes: (attribute, flag, toolchain).
+OWN_OPTIONS = (("tuning_db", "--tuning-db", "tvm"), ("emulate", "--emulate", "tvm"),
+               ("precision", "--precision", "tensorrt"), ("shape", "--shape", "tensorrt"),
+               ("decompose", "--decompose", "tensorrt"), ("on_device", "--on-device", "tensorrt"),
+               ("reuse_factor", "--reuse-factor", "hls4ml"), ("width", "--width", "hls4ml"),
+               ("calibration_data", "--calibration-data", "hls4ml"),
+               ("layer_precision", "--layer-precision", "hls4ml"))
 
 
 def run(args):
     """Build with the chosen toolchain and print what was built."""
     from edgesdk.errors import InputError
-    other = TVM_ONLY if args.toolchain == "tensorrt" else TENSORRT_ONLY
-    wrong = [flag for attr, flag in other if getattr(args, attr)]
-    if args.toolchain == "tensorrt" and args.processor != "cpu":
+    wrong = [flag for attr, flag, tool in OWN_OPTIONS
+             if tool != args.toolchain and getattr(args, attr)]
+    if args.toolchain != "tvm" and args.processor != "cpu":
         wrong.append("--processor")
     if wrong:
         raise InputError("{}: these options do not apply to --toolchain {}".format(", ".join(wrong),
                                                                         args.toolchain))
     if args.toolchain == "tensorrt":
         return run_tensorrt(args)
+    if args.toolchain == "hls4ml":
+        return run_hls4ml(args)
     import json
     from edgesdk.converters.tvm_build import build_tvm
     from edgesdk.table import format_table
@@ -126,4 +144,50 @@ def run_tensorrt(args):
                                            progress=not args.json), args.json)
     elif args.json:
         print(json.dumps(plan, indent=2, sort_keys=True))
+    return 0
+
+
+def parse_layer_precision(items):
+    """``--layer-precision GRAPH:LAYER=TYPE`` -> ``{graph: {layer: type}}``."""
+    from edgesdk.errors import InputError
+    out = {}
+    for item in items:
+        head, _, kind = item.partition("=")
+        graph, _, layer = head.partition(":")
+        if not graph or not layer or not kind:
+            raise InputError("--layer-precision takes GRAPH:LAYER=TYPE, got '{}'".format(item))
+        out.setdefault(graph, {})[layer] = kind
+    return out
+
+
+def run_hls4ml(args):
+    """``--toolchain hls4ml``: HLS projects and C simulations for an FPGA board."""
+    import json
+    from edgesdk.bundle import read_bundle
+    from edgesdk.converters.fpga_build import build_fpga
+    from edgesdk.table import format_table
+    data = None
+    if args.calibration_data:
+        from edgesdk.runtime.datafiles import load_inputs
+        spec = read_bundle(args.bundle).manifest["inputs"][0]
+        data = load_inputs(args.calibration_data, spec)[0]
+    records = build_fpga(args.bundle, args.target or "ultra96-v2", calibration_data=data,
+                         width=args.width or 16, reuse_factor=args.reuse_factor or 1,
+                         precision=parse_layer_precision(args.layer_precision),
+                         progress=not args.json)
+    if args.json:
+        print(json.dumps(records, indent=2, sort_keys=True))
+        return 0
+    rows = [(r["file"], r["hls"]["io_type"], "{:.2e}".format(r["hls"]["max_abs_error_vs_onnxruntime"]),
+             r["estimate"]["dsp"], r["estimate"]["lut"], r["estimate"]["bram_18k"],
+             "{:.4f}".format(r["estimate"]["latency_ms"])) for r in records]
+    print(format_table(["C simulation", "io", "max err vs ORT", "DSP*", "LUT*", "BRAM18*",
+                        "latency ms*"], rows))
+    fpga = read_bundle(args.bundle).manifest["fpga"][args.target or "ultra96-v2"]
+    print("\n* {}. All graphs: {} DSP, {} LUT, {} BRAM18 of {}: {}".format(
+        records[0]["estimate"]["label"], fpga["estimate"]["dsp"], fpga["estimate"]["lut"],
+        fpga["estimate"]["bram_18k"], fpga["budget"], "fits" if fpga["fits"] else
+        "does NOT fit: " + "; ".join(fpga["over"])))
+    print("HLS projects (build_prj.tcl for Vitis HLS): {}".format(
+        ", ".join(r["hls"]["project"] for r in records)))
     return 0
