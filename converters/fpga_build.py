@@ -17,6 +17,7 @@ machine's architecture, run by the ``fpga-csim`` executor), ``fpga/BOARD/GRAPH.h
 chosen per layer, the I/O layouts, the agreement with ONNX Runtime on the calibration data
 and the resource and latency estimate (:mod:`.fpga_estimate`).
 """
+import contextlib
 import io
 import json
 import math
@@ -62,13 +63,68 @@ def channels_last(model):
     from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
     from qonnx.transformation.gemm_to_matmul import GemmToMatMul
     from qonnx.util.cleanup import cleanup_model
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    mw = cleanup_model(ModelWrapper(copy))
-    mw = mw.transform(ConvertToChannelsLastAndClean(make_input_channels_last=True))
-    mw = cleanup_model(mw.transform(GemmToMatMul()))
+    copy = pooling_as_conv(model)
+    with _readable_node_models(onnx):
+        mw = cleanup_model(ModelWrapper(copy))
+        mw = mw.transform(ConvertToChannelsLastAndClean(make_input_channels_last=True))
+        mw = cleanup_model(mw.transform(GemmToMatMul()))
     _drop_output_transposes(mw)
     return mw
+
+
+@contextlib.contextmanager
+def _readable_node_models(onnx):
+    """qonnx folds constants by running single-node models in ONNX Runtime; onnx 1.23 stamps
+    them IR version 14, which onnxruntime 1.31 refuses. While qonnx runs, new models get IR
+    version 10 (onnx 1.16: opsets up to 21) at most."""
+    make_model = onnx.helper.make_model
+
+    def readable(graph, **kwargs):
+        model = make_model(graph, **kwargs)
+        model.ir_version = min(model.ir_version, 10)
+        return model
+    onnx.helper.make_model = readable
+    try:
+        yield
+    finally:
+        onnx.helper.make_model = make_model
+
+
+def pooling_as_conv(model):
+    """A copy of ``model`` with AveragePool / GlobalAveragePool (what a static adaptive
+    average pool exports to) as a Conv whose weights average each channel: qonnx's
+    channels-last conversion does not handle average pooling, so hls4ml cannot map it.
+    Exact: every output is the same mean of the same inputs."""
+    import onnx
+    from onnx import numpy_helper
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inferred = onnx.shape_inference.infer_shapes(out).graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(inferred.value_info) + list(inferred.input)}
+    nodes = []
+    for node in out.graph.node:
+        if node.op_type not in ("AveragePool", "GlobalAveragePool"):
+            nodes.append(node)
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        shape = shapes.get(node.input[0])
+        if not shape or len(shape) != 4 or 0 in shape[1:] or any(attrs.get("pads", [0])):
+            nodes.append(node)  # dynamic or padded: left for hls4ml to report
+            continue
+        channels = shape[1]
+        kernel = shape[2:] if node.op_type == "GlobalAveragePool" else list(attrs["kernel_shape"])
+        weight = np.zeros([channels, channels] + kernel, dtype=np.float32)
+        weight[np.arange(channels), np.arange(channels)] = 1.0 / float(np.prod(kernel))
+        name = node.output[0] + "__avg_weight"
+        out.graph.initializer.append(numpy_helper.from_array(weight, name))
+        nodes.append(onnx.helper.make_node(
+            "Conv", [node.input[0], name], list(node.output), name=(node.name or name) + "_conv",
+            kernel_shape=kernel, strides=list(attrs.get("strides", kernel)),
+            dilations=[1, 1], group=1, pads=[0, 0, 0, 0]))
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
 
 
 def _drop_output_transposes(mw):
@@ -159,7 +215,6 @@ def unsupported_layers(graphs):
 
 def _silently(fn, *args, **kwargs):
     """hls4ml prints its topology and compiler output to stdout; keep it out of the CLI."""
-    import contextlib
     with contextlib.redirect_stdout(io.StringIO()):
         return fn(*args, **kwargs)
 
@@ -267,16 +322,18 @@ def build_fpga(bundle_path, target="ultra96-v2", calibration_data=None, width=16
     entries = graph_entries(bundle.manifest)
     precision = precision or {}
     x = _calibration_inputs(bundle, calibration_data)
+    sources, graphs = {}, {}
+    # qonnx folds constants with its own ONNX Runtime sessions, which ONNX Runtime refuses
+    # once edgesdk's process-wide thread pool exists: clean every graph before running any.
+    for e in entries:
+        quantized = bool(e.get("qonnx"))
+        sources[e["id"]] = e["qonnx"]["file"] if quantized else fp32_file(e)
+        graphs[e["id"]] = channels_last(onnx.load(bundle.path(sources[e["id"]])))
     model = EdgeModel(bundle, builds=("onnx", "fp32")) if not any(
         e.get("qonnx") for e in entries) else EdgeModel(bundle)
     feeds = graph_inputs(model, x)
     m = bundle.manifest
     onnxruntime = dict(zip([e["id"] for e in m["stages"] + m["exits"]], model.stages + model.heads))
-    sources, graphs = {}, {}
-    for e in entries:
-        quantized = bool(e.get("qonnx"))
-        sources[e["id"]] = e["qonnx"]["file"] if quantized else fp32_file(e)
-        graphs[e["id"]] = channels_last(onnx.load(bundle.path(sources[e["id"]])))
     bad = unsupported_layers(graphs)
     if bad:
         raise UnsupportedOpError("hls4ml {} cannot map {} graph(s):\n{}\nRewrite these layers "

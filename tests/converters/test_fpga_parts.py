@@ -1,0 +1,79 @@
+"""FPGA pieces that need no HLS compile: board descriptors, fixed-point types from data, the
+average-pooling rewrite, layouts of the C-simulation executor, estimates and budgets."""
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from edgesdk.converters.fpga_build import fixed_type, grid_type, pooling_as_conv, type_range
+from edgesdk.converters.fpga_estimate import over_budget
+from edgesdk.runtime.executors.fpga_csim import from_hls_layout, hls_layout
+from edgesdk.runtime.executors.ort import make_session
+from edgesdk.targets import get_target
+
+
+def test_fpga_boards_carry_their_part_clock_budget_and_backend():
+    u96, zcu, pynq = (get_target(n) for n in ("ultra96-v2", "zcu104", "pynq-z2"))
+    assert (u96.fabric.part, u96.fabric.dsp, u96.fabric.bram_18k, u96.fabric.lut) == \
+        ("xczu3eg-sbva484-1-e", 360, 432, 70560)
+    assert (zcu.fabric.part, zcu.fabric.dsp) == ("xczu7ev-ffvc1156-2-e", 1728)
+    assert (pynq.fabric.part, pynq.fabric.dsp, pynq.arch) == ("xc7z020clg400-1", 220, "armv7l")
+    assert all(t.fabric.hls_backend == "Vitis" and "hls4ml" in t.toolchains
+               for t in (u96, zcu, pynq))
+    assert u96.describe()["fabric"]["clock_mhz"] == 200.0
+    assert get_target("host").fabric is None
+
+
+@pytest.mark.parametrize("low,high,width,expected", [
+    (0.0, 5.68, 8, "ufixed<8,3,RND_CONV,SAT>"),     # [0, 8)
+    (-3.2, 2.0, 16, "fixed<16,3,RND_CONV,SAT>"),    # [-4, 4)
+    (0.0, 4.0, 8, "ufixed<8,3,RND_CONV,SAT>"),      # 4 itself needs 3 integer bits
+    (-0.3, 0.2, 12, "fixed<12,0,RND_CONV,SAT>"),    # [-0.5, 0.5)
+])
+def test_types_from_data_hold_the_range_with_the_fewest_integer_bits(low, high, width, expected):
+    assert fixed_type(low, high, width) == expected
+    lo, hi = type_range(expected)
+    assert lo <= low and high <= hi + 2.0 ** (int(expected.split(",")[1]) - width)
+
+
+def test_values_on_a_quantizer_grid_get_their_exact_type():
+    x = np.array([0.0, 0.03125, 5.6875, 1.5])         # multiples of 2^-5, below 8
+    assert grid_type(x, 16) == "ufixed<8,3>"
+    assert grid_type(-x, 16) == "fixed<9,4>"
+    assert grid_type(np.array([0.1, 0.2]), 16) is None  # not on a power-of-two grid
+    assert type_range("ufixed<8,3>") == (0.0, 8.0 - 2.0 ** -5)
+
+
+def test_average_pooling_becomes_an_exact_conv():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 8, 8])
+    nodes = [helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["p"], ["y"])]
+    model = helper.make_model(helper.make_graph(
+        nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    rewritten = pooling_as_conv(model)
+    assert [n.op_type for n in rewritten.graph.node] == ["Conv", "Conv"]
+    feed = {"x": np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)}
+    a = make_session(model.SerializeToString()).run(None, feed)[0]
+    b = make_session(rewritten.SerializeToString()).run(None, feed)[0]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_csim_layouts_round_trip_nchw_states():
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    flat = hls_layout(x, "NHWC")
+    assert flat.shape == (2, 60) and flat[0, 1] == x[0, 1, 0, 0]  # channels vary fastest
+    np.testing.assert_array_equal(from_hls_layout(flat, "NHWC", [4, 5, 3], [None, 3, 4, 5]), x)
+    logits = np.ones((2, 10), np.float32)
+    assert from_hls_layout(hls_layout(logits, "flat"), "flat", [10], [None, 10]).shape == (2, 10)
+
+
+def test_over_budget_names_the_resource_and_the_knob():
+    fabric = get_target("pynq-z2").fabric
+    msgs = over_budget({"dsp": 660, "lut": 1000, "bram_18k": 300, "ff": 10}, fabric, 2, "stage1")
+    assert msgs == [
+        "stage1 needs 300 BRAM18K of 280 on xc7z020clg400-1 (estimated): use fewer bits "
+        "(width) or smaller feature maps",
+        "stage1 needs 660 DSP of 220 on xc7z020clg400-1 (estimated): raise the reuse factor "
+        "to 6 or more"]
+    assert over_budget({"dsp": 220, "lut": 0, "bram_18k": 0, "ff": 0}, fabric, 1, "s") == []
