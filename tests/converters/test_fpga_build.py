@@ -1,0 +1,161 @@
+"""hls4ml builds of a Brevitas W4A8 multi-exit model for the Ultra96-V2: C simulations that
+agree with ONNX Runtime through the runtime's early exit, types from quantizers and data,
+projects for Vitis HLS, labelled estimates, and the errors for what cannot be built."""
+import json
+import os
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+
+pytest.importorskip("hls4ml")
+pytest.importorskip("brevitas")
+
+from conftest import PREPROCESSING, snapshot  # noqa: E402
+
+from edgesdk.bundle import read_bundle  # noqa: E402
+from edgesdk.converters.fpga_build import build_fpga, channels_last, unsupported_layers  # noqa: E402
+from edgesdk.errors import BuildError, CalibrationError, InputError  # noqa: E402
+from edgesdk.runtime.engine import load_bundle  # noqa: E402
+
+
+def w4a8_net():
+    """Two stages and two heads of Brevitas layers with power-of-two scales (what maps exactly
+    onto fixed point): 4-bit weights, 8-bit activations."""
+    import brevitas.nn as qnn
+    from brevitas.quant import Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint
+    from brevitas.quant import Uint8ActPerTensorFixedPoint
+    from torch import nn
+    from edgesdk.converters import MultiExitModel
+
+    def block(c_in, c_out):
+        return [qnn.QuantConv2d(c_in, c_out, 3, padding=1, stride=2, bias=False,
+                                weight_bit_width=4, weight_quant=Int8WeightPerTensorFixedPoint),
+                qnn.QuantReLU(bit_width=8, act_quant=Uint8ActPerTensorFixedPoint)]
+
+    def head(features):
+        return nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), qnn.QuantLinear(
+            features, 10, bias=True, weight_bit_width=4, weight_quant=Int8WeightPerTensorFixedPoint))
+    stages = [nn.Sequential(qnn.QuantIdentity(bit_width=8, act_quant=Int8ActPerTensorFixedPoint),
+                            *block(1, 4)), nn.Sequential(*block(4, 8))]
+    return MultiExitModel(stages, [head(4 * 7 * 7), head(8 * 3 * 3)])
+
+
+@pytest.fixture(scope="module")
+def w4a8_master(tmp_path_factory, mnist_split):
+    import torch
+    from models import train_quickly
+    from edgesdk.converters import convert
+    (x, y), (xc, _) = mnist_split
+    torch.manual_seed(0)
+    net = train_quickly(w4a8_net(), x[:1000], y[:1000]).eval()
+    out = str(tmp_path_factory.mktemp("fpga") / "w4a8.edgebundle")
+    convert(net, xc[:8], out, preprocessing=PREPROCESSING, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(w4a8_master, mnist_split, tmp_path_factory):
+    _, (xc, _) = mnist_split
+    root = str(tmp_path_factory.mktemp("fpga-built") / "w4a8.edgebundle")
+    shutil.copytree(w4a8_master, root)
+    records = build_fpga(root, "ultra96-v2", calibration_data=xc[:128], reuse_factor=4,
+                         progress=False)
+    return root, records
+
+
+def test_csim_builds_agree_with_onnxruntime_through_early_exit(built, mnist_split):
+    root, records = built
+    _, (xc, yc) = mnist_split
+    x, y = xc[128:428], yc[128:428]  # not the samples the types were chosen on
+    csim = load_bundle(root, builds="fpga-csim")
+    ort = load_bundle(root)
+    assert {b["format"] for b in csim.builds.values()} == {"fpga-csim"}
+    for a, b in zip(csim.exit_logits(x), ort.exit_logits(x)):
+        assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99
+        assert np.abs(a - b).max() < 0.05  # a few LSBs of the 4-bit-weight logits
+    got, want = csim.run(x, thresholds=[0.9, None]), ort.run(x, thresholds=[0.9, None])
+    assert 0 < got.exit_counts()[0] < len(x)
+    assert (got.labels == want.labels).mean() >= 0.99
+    assert (got.labels == y).mean() > 0.6
+
+
+def test_stage_builds_carry_the_feature_map_the_next_stage_takes(built, mnist_split):
+    root, records = built
+    _, (xc, _) = mnist_split
+    csim = load_bundle(root, builds="fpga-csim")
+    ort = load_bundle(root)
+    state = csim.stages[0].run([xc[:16]])
+    expected = ort.stages[0].run([xc[:16]])
+    assert state[0].shape == expected[0].shape == (16, 4, 14, 14)
+    np.testing.assert_allclose(state[0], expected[0], atol=2.0 ** -4)  # within 2 LSBs
+    assert records[0]["hls"]["output_shapes"] == [[14, 14, 4]]  # NHWC, no Transpose in HLS
+
+
+def test_build_records_types_projects_and_labelled_estimates(built):
+    root, records = built
+    m = read_bundle(root).manifest  # every file hashed
+    stage0 = records[0]
+    assert stage0["format"] == "fpga-csim" and stage0["precision"] == "fixed"
+    hls = stage0["hls"]
+    assert hls["io_type"] == "io_stream" and records[1]["hls"]["io_type"] == "io_parallel"
+    assert hls["part"] == "xczu3eg-sbva484-1-e" and hls["reuse_factor"] == 4
+    # The input type came from the data, the rest from the quantizers, not fixed<16,6>.
+    assert hls["precision"]["set"]["global_in"].startswith("fixed<16,")
+    conv = [v for k, v in hls["precision"]["layers"].items() if k.startswith("Conv2D")][0]
+    assert conv["weight_t"].startswith("fixed<4,")
+    assert records[1]["hls"]["precision"]["set"]["global_in"].startswith("ufixed<8,")  # 8-bit state
+    assert "not synthesis" in stage0["estimate"]["label"]
+    assert stage0["estimate"]["latency_cycles"] > 0 and stage0["estimate"]["lut"] > 0
+    board = m["fpga"]["ultra96-v2"]
+    assert board["fits"] and board["budget"]["dsp"] == 360
+    with tarfile.open(os.path.join(root, hls["project"])) as tar:
+        names = tar.getnames()
+    assert "stage0/build_prj.tcl" in names and "stage0/firmware/stage0.cpp" in names
+
+
+def test_hand_types_that_overflow_on_the_data_name_the_layer(w4a8_master, mnist_split, tmp_path):
+    _, (xc, _) = mnist_split
+    root = str(tmp_path / "w4a8.edgebundle")
+    shutil.copytree(w4a8_master, root)
+    before = snapshot(root)
+    with pytest.raises(CalibrationError, match="layer 'global_in' of stage0: the calibration "
+                                               r"data reaches \[-0.42.*fixed<8,1>"):
+        build_fpga(root, "ultra96-v2", calibration_data=xc[:32], reuse_factor=4,
+                   precision={"stage0": {"global_in": "fixed<8,1>"}}, progress=False)
+    with pytest.raises(InputError, match="has no layer"):
+        build_fpga(root, "ultra96-v2", calibration_data=xc[:32],
+                   precision={"stage0": {"nope": "fixed<8,1>"}}, progress=False)
+    assert snapshot(root) == before
+
+
+def test_a_graph_over_the_boards_budget_is_refused_with_the_knob(w4a8_master, mnist_split,
+                                                                 tmp_path):
+    _, (xc, _) = mnist_split
+    root = str(tmp_path / "w4a8.edgebundle")
+    shutil.copytree(w4a8_master, root)
+    # A 16-bit input makes exit0's 1960 products DSP-sized: more than the PYNQ-Z2's 220.
+    with pytest.raises(BuildError, match=r"(?s)exit0 does not fit pynq-z2 \(estimate\).*1960 DSP "
+                                         r"of 220.*raise the reuse factor to 9 or more"):
+        build_fpga(root, "pynq-z2", calibration_data=xc[:32], reuse_factor=1,
+                   precision={"exit0": {"global_in": "fixed<16,6>"}}, progress=False)
+    with pytest.raises(InputError, match="no FPGA fabric"):
+        build_fpga(root, "jetson-tx2", progress=False)
+
+
+def test_layers_hls4ml_cannot_map_are_reported_for_every_graph():
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graphs = {}
+    for gid, op in (("stage0", "Erf"), ("exit0", "Sin")):
+        model = helper.make_model(helper.make_graph([helper.make_node(op, ["x"], ["y"])], gid,
+                                                    [x], [y]),
+                                  opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 7
+        graphs[gid] = channels_last(model)
+    found = dict(unsupported_layers(graphs))
+    assert set(found) == {"stage0", "exit0"}
+    assert "Erf" in found["stage0"] and "Sin" in found["exit0"]
+    json.dumps(found)  # plain messages
