@@ -4,7 +4,7 @@ on the host through hls4ml's C simulation.
 Per graph: the Brevitas QONNX graph (QAT models) or the FP32 ONNX graph is cleaned with qonnx
 (channels-last, Gemm as MatMul; a trailing Transpose back to NCHW is dropped, the executor
 transposes on the CPU instead), converted with hls4ml for the board's part and clock
-(``io_stream`` for graphs with convolutions, ``io_parallel`` for the rest), and compiled with
+(``io_stream`` for stages with convolutions, ``io_parallel`` for heads and dense graphs), and compiled with
 g++ into a C-simulation library. The fixed-point types come from data, never from hls4ml's
 ``fixed<16,6>`` default: a QONNX graph keeps its quantizers' widths and gets its input type
 from the calibration data; a float graph gets every layer's integer bits from the values the
@@ -183,8 +183,12 @@ def type_range(text):
     return -2.0 ** (integer - 1), 2.0 ** (integer - 1) - step
 
 
-def _io_type(mw):
-    return "io_stream" if any(n.op_type == "Conv" for n in mw.graph.node) else "io_parallel"
+def _io_type(mw, head):
+    """Stages with convolutions stream their feature maps; heads (pooling and a dense layer
+    on a small map) and dense-only graphs run in parallel."""
+    if head or not any(n.op_type == "Conv" for n in mw.graph.node):
+        return "io_parallel"
+    return "io_stream"
 
 
 def _convert(hls4ml, mw, cfg, out_dir, board, io_type, name):
@@ -402,7 +406,7 @@ def _build_graph(hls4ml, entry, mw, board, feed, width, reuse, overrides, work, 
     """Convert, compile, package and check one graph; returns its build record."""
     gid = entry["id"]
     name = project_name(gid)
-    io_type = _io_type(mw)
+    io_type = _io_type(mw, head=entry.get("after_stage") is not None)
     x = [hls_layout(feed[n], "NHWC") for n in entry["inputs"]]
     quantized = bool(entry.get("qonnx"))
     cfg, plan, ranges = choose_precision(hls4ml, mw, gid, name, board, io_type, x, width,
@@ -457,3 +461,39 @@ def _build_graph(hls4ml, entry, mw, board, feed, width, reuse, overrides, work, 
 def _layer_types(layers):
     return {l.name: {k: str(v.precision) for k, v in l.types.items() if k in (
         "result_t", "weight_t", "bias_t", "accum_t")} for l in layers}
+
+
+def register_bitstreams(bundle_path, target, folder):
+    """Add the bitstreams a user built with Vitis from the bundle's HLS projects (one
+    ``GRAPH.bit`` with its ``GRAPH.hwh`` per graph in ``folder``, hls4ml's accelerator wrapper
+    with an AXI DMA) as ``pynq`` builds for ``target``'s ARM cores. Every graph needs one;
+    the C-simulation build of each graph must exist (its layouts and shapes are reused)."""
+    board = get_target(target)
+    bundle = bundle_io.read_bundle(bundle_path)
+    entries = graph_entries(bundle.manifest)
+    missing = [e["id"] for e in entries for ext in (".bit", ".hwh")
+               if not os.path.isfile(os.path.join(folder, e["id"] + ext))]
+    if missing:
+        raise InputError("{} lacks {}: every graph needs GRAPH.bit and GRAPH.hwh".format(
+            folder, ", ".join(sorted(set(missing)))))
+    with bundle_io.rewrite_bundle(bundle.root) as tmp:
+        manifest = bundle_io.read_bundle(tmp, verify=False).manifest
+        files = []
+        for entry in graph_entries(manifest):
+            csim = [b for b in entry.get("builds") or [] if b["format"] == "fpga-csim"
+                    and b.get("device") == target]
+            if not csim:
+                raise InputError("graph '{}' has no C-simulation build for {}: run "
+                                 "edgesdk build --toolchain hls4ml first".format(entry["id"], target))
+            rel = "{}/{}/{}.bit".format(HLS_DIR, target, entry["id"])
+            for ext in (".bit", ".hwh"):
+                shutil.copyfile(os.path.join(folder, entry["id"] + ext),
+                                os.path.join(tmp, *(rel[:-4] + ext).split("/")))
+                files.append(rel[:-4] + ext)
+            entry["builds"] = [b for b in entry["builds"] if not (
+                b["format"] == "pynq" and b.get("device") == target)] + [{
+                    "file": rel, "format": "pynq", "precision": "fixed", "device": target,
+                    "arch": board.arch, "processor": "fpga", "artifact": "bitstream",
+                    "hls": csim[0]["hls"], "pynq": {"dma": "axi_dma_0"}}]
+        manifest["files"].update(bundle_io.hash_files(tmp, files))
+        bundle_io.write_manifest(tmp, manifest)

@@ -49,23 +49,24 @@ class RunResult(object):
         return np.bincount(self.exit_index, minlength=self.stage_ms.shape[1])
 
 
-# Device nodes that show a GPU's driver is present, per kernel language (Jetson, desktop
-# NVIDIA, Adreno): a file check, so deciding what runs here imports nothing.
-GPU_DEVICE_NODES = {"cuda": ("/dev/nvhost-ctrl", "/dev/nvidia0"), "opencl": ("/dev/kgsl-3d0",)}
+# Device nodes that show a GPU's or an FPGA's driver is present, per kernel language (Jetson,
+# desktop NVIDIA, Adreno, Zynq fabric): a file check, so deciding what runs here imports nothing.
+GPU_DEVICE_NODES = {"cuda": ("/dev/nvhost-ctrl", "/dev/nvidia0"), "opencl": ("/dev/kgsl-3d0",),
+                    "fpga": ("/sys/class/fpga_manager/fpga0", "/dev/xlnk")}
 
 
 def runs_here(build):
     """Whether this machine can run ``build``: ONNX builds always; compiled builds (TVM,
-    TensorRT) when they are shared libraries or engines for this machine's CPU architecture,
-    and for GPU builds when the GPU's driver is present."""
+    TensorRT, HLS C simulations, bitstreams) when they are for this machine's CPU
+    architecture, and for GPU and FPGA builds when the device's driver is present."""
     if build.get("arch") is None:
         return True
-    if build["arch"] != platform.machine() or \
-            build.get("artifact", "shared-library") not in ("shared-library", "engine"):
+    if build["arch"] != platform.machine() or build.get("artifact", "shared-library") not in (
+            "shared-library", "engine", "bitstream"):
         return False
     if build.get("processor", "cpu") == "cpu":
         return True
-    language = "cuda" if build["format"] == "tensorrt" else \
+    language = {"tensorrt": "cuda", "pynq": "fpga"}.get(build["format"]) or \
         (build.get("kernels") or {}).get("language")
     return any(os.path.exists(p) for p in GPU_DEVICE_NODES.get(language, ()))
 

@@ -6,4 +6,5 @@ EXECUTORS = Registry("graph format", {
     "tvm": "edgesdk.runtime.executors.tvm:TvmGraph",
     "tensorrt": "edgesdk.runtime.executors.tensorrt:TensorRTGraph",
     "fpga-csim": "edgesdk.runtime.executors.fpga_csim:FpgaCsimGraph",
+    "pynq": "edgesdk.runtime.executors.pynq:PynqGraph",
 })

@@ -159,3 +159,75 @@ def test_layers_hls4ml_cannot_map_are_reported_for_every_graph():
     assert set(found) == {"stage0", "exit0"}
     assert "Erf" in found["stage0"] and "Sin" in found["exit0"]
     json.dumps(found)  # plain messages
+
+
+def _fake_pynq(monkeypatch, simulations):
+    """A stand-in for the board's ``pynq``: an overlay's DMA streams the batch through the
+    graph's C simulation (``simulations``: bitstream path -> FpgaCsimGraph), as the fabric
+    would; buffers are numpy arrays."""
+    import sys
+    import types
+    pynq = types.ModuleType("pynq")
+
+    class Buffer(np.ndarray):
+        def freebuffer(self):
+            self.freed = True
+
+    class Channel(object):
+        def __init__(self, dma, send):
+            self.dma, self.send = dma, send
+
+        def transfer(self, buf):
+            if self.send:
+                self.dma.pending = np.array(buf)
+            else:
+                sim = self.dma.sim
+                for i, row in enumerate(self.dma.pending):
+                    out = [np.empty((1, s), np.float32) for s in sim.out_sizes]
+                    sim.fn(*([np.ascontiguousarray(row)] + [o[0] for o in out]))
+                    buf[i] = out[0][0]
+
+        def wait(self):
+            pass
+
+    class Dma(object):
+        def __init__(self, sim):
+            self.sim = sim
+            self.sendchannel, self.recvchannel = Channel(self, True), Channel(self, False)
+
+    class Overlay(object):
+        def __init__(self, path):
+            self.axi_dma_0 = Dma(simulations[path])
+
+    pynq.Overlay = Overlay
+    pynq.allocate = lambda shape, dtype: np.zeros(shape, dtype).view(Buffer)
+    monkeypatch.setitem(sys.modules, "pynq", pynq)
+
+
+def test_bitstreams_register_as_pynq_builds_and_run_through_the_dma(built, mnist_split,
+                                                                    tmp_path, monkeypatch):
+    from edgesdk.converters.fpga_build import register_bitstreams
+    from edgesdk.runtime import engine
+    root = str(tmp_path / "w4a8.edgebundle")
+    shutil.copytree(built[0], root)
+    bits = tmp_path / "bitstreams"
+    bits.mkdir()
+    with pytest.raises(InputError, match="every graph needs GRAPH.bit and GRAPH.hwh"):
+        register_bitstreams(root, "ultra96-v2", str(bits))
+    for gid in ("stage0", "exit0", "stage1", "exit1"):
+        (bits / (gid + ".bit")).write_bytes(b"bitstream " + gid.encode())
+        (bits / (gid + ".hwh")).write_text("<hwh/>")
+    register_bitstreams(root, "ultra96-v2", str(bits))
+    csim = load_bundle(root, builds="fpga-csim")
+    bundle = read_bundle(root)
+    sims = {bundle.path("fpga/ultra96-v2/{}.bit".format(e["id"])): g for e, g in zip(
+        bundle.manifest["stages"] + bundle.manifest["exits"], csim.stages + csim.heads)}
+    _fake_pynq(monkeypatch, sims)
+    import platform
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # as on the Ultra96's A53s
+    monkeypatch.setitem(engine.GPU_DEVICE_NODES, "fpga", (os.__file__,))
+    board = load_bundle(root, builds="pynq")
+    assert {b["format"] for b in board.builds.values()} == {"pynq"}
+    _, (xc, _) = mnist_split
+    for a, b in zip(board.exit_logits(xc[:20]), csim.exit_logits(xc[:20])):
+        np.testing.assert_array_equal(a, b)
