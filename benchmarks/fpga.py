@@ -84,7 +84,7 @@ def train(model, x, y, epochs, lr=3e-3):
 def main(argv=None):
     parser = sample_parser(__doc__)
     parser.add_argument("--target", default="ultra96-v2")
-    parser.add_argument("--reuse-factor", type=int, default=4)
+    parser.add_argument("--reuse-factor", type=int, default=16)
     args = parser.parse_args(argv)
     import torch
     from data import load_splits
@@ -103,7 +103,7 @@ def main(argv=None):
     fp, q = networks()
     train(fp, xtr, ytr, args.epochs)
     q.load_state_dict(fp.state_dict(), strict=False)  # QAT starts from the float weights
-    train(q, xtr, ytr, max(2, args.epochs // 2), lr=1e-3)
+    train(q, xtr, ytr, args.epochs, lr=1e-3)
     train_s = time.time() - t0
     work = tempfile.mkdtemp(prefix="edgesdk-fpga-")
     try:

@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import platform
 import re
 import shutil
 import tarfile
@@ -439,7 +440,6 @@ def _build_graph(hls4ml, entry, mw, board, feed, width, reuse, overrides, work, 
     expected = reference.run([feed[n] for n in entry["inputs"]])
     errors = [float(np.abs(hls_layout(e, "NHWC") - np.asarray(o).reshape(len(o), -1)).max())
               for e, o in zip(expected, outs)]
-    import platform
     return {
         "file": lib_rel, "format": "fpga-csim", "precision": "fixed", "device": board.name,
         "arch": platform.machine(), "artifact": "shared-library", "processor": "cpu",
