@@ -145,10 +145,15 @@ def _drop_output_transposes(mw):
             out.type.tensor_type.shape.dim.add().dim_value = d
 
 
+def _integer_bits(low, high):
+    """Integer bits of an unsigned type that holds max(|low|, |high|) (0 for all zeros)."""
+    peak = max(abs(float(low)), abs(float(high)))
+    return int(math.floor(math.log2(peak))) + 1 if peak > 0 else 0
+
+
 def fixed_type(low, high, width):
     """The narrowest-integer ``fixed``/``ufixed`` of ``width`` bits that holds [low, high]."""
-    peak = max(abs(float(low)), abs(float(high)))
-    integer = int(math.floor(math.log2(peak))) + 1 if peak > 0 else 1
+    integer = _integer_bits(low, high) if (low or high) else 1
     if low >= 0:
         return "ufixed<{},{},RND_CONV,SAT>".format(width, integer)
     return "fixed<{},{},RND_CONV,SAT>".format(width, integer + 1)
@@ -162,8 +167,7 @@ def grid_type(values, width):
         scaled = values * 2.0 ** frac
         if np.all(scaled == np.round(scaled)):
             low, high = float(values.min()), float(values.max())
-            peak = max(abs(low), abs(high))
-            integer = int(math.floor(math.log2(peak))) + 1 if peak > 0 else 0
+            integer = _integer_bits(low, high)
             bits = integer + frac + (0 if low >= 0 else 1)
             if bits > width:
                 return None
