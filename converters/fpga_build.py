@@ -27,6 +27,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import types
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def channels_last(model):
     from qonnx.transformation.gemm_to_matmul import GemmToMatMul
     from qonnx.util.cleanup import cleanup_model
     copy = pooling_as_conv(model)
-    with _readable_node_models(onnx):
+    with _qonnx_sessions(onnx):
         mw = cleanup_model(ModelWrapper(copy))
         mw = mw.transform(ConvertToChannelsLastAndClean(make_input_channels_last=True))
         mw = cleanup_model(mw.transform(GemmToMatMul()))
@@ -74,21 +75,28 @@ def channels_last(model):
 
 
 @contextlib.contextmanager
-def _readable_node_models(onnx):
-    """qonnx folds constants by running single-node models in ONNX Runtime; onnx 1.23 stamps
-    them IR version 14, which onnxruntime 1.31 refuses. While qonnx runs, new models get IR
-    version 10 (onnx 1.16: opsets up to 21) at most."""
-    make_model = onnx.helper.make_model
+def _qonnx_sessions(onnx):
+    """qonnx folds constants by running single-node models in ONNX Runtime sessions of its
+    own. Two things break those here, so while qonnx runs:
+    - onnx 1.23 stamps the models IR version 14, which onnxruntime 1.31 refuses: new models
+      get IR version 10 (onnx 1.16: opsets up to 21) at most;
+    - ONNX Runtime refuses sessions with their own thread pools once edgesdk's process-wide
+      pool exists (a bundle was run or converted in this process): qonnx's sessions are made
+      by edgesdk, on that pool."""
+    from qonnx.core import onnx_exec
+    from edgesdk.runtime.executors.ort import make_session
+    make_model, runtime = onnx.helper.make_model, onnx_exec.rt
 
     def readable(graph, **kwargs):
         model = make_model(graph, **kwargs)
         model.ir_version = min(model.ir_version, 10)
         return model
     onnx.helper.make_model = readable
+    onnx_exec.rt = types.SimpleNamespace(InferenceSession=lambda model, *a, **k: make_session(model))
     try:
         yield
     finally:
-        onnx.helper.make_model = make_model
+        onnx.helper.make_model, onnx_exec.rt = make_model, runtime
 
 
 def pooling_as_conv(model):
@@ -236,8 +244,8 @@ def _predict(hm, arrays):
 def choose_precision(hls4ml, mw, gid, name, board, io_type, x, width, quantized, overrides,
                      work):
     """The hls4ml config with types from data (see the module doc); ``overrides``: ``{layer:
-    type}`` given by hand, checked against the calibration data. Returns ``(config, plan,
-    traced ranges)``."""
+    type}`` given by hand (hls4ml config names, the ONNX node names), checked against the
+    calibration data. Returns ``(config, plan, traced ranges)``."""
     cfg = _silently(hls4ml.utils.config_from_onnx_model, mw, granularity="name",
                     backend="Vitis", default_precision="fixed<{},8>".format(width))
     layers = cfg["LayerName"]
@@ -245,18 +253,13 @@ def choose_precision(hls4ml, mw, gid, name, board, io_type, x, width, quantized,
     if unknown:
         raise InputError("{} has no layer(s) {}; its layers: {}".format(
             gid, ", ".join(unknown), ", ".join(layers)))
-    ranges = {}
+    ranges, weights = {}, {}
     inputs = [i.name for i in mw.graph.input]
     for n, a in zip(inputs, x):
         ranges[n] = (float(a.min()), float(a.max()))
     if not quantized or overrides:
-        wide = json.loads(json.dumps(cfg))
-        for layer in wide["LayerName"].values():
-            layer["Precision"] = {k: WIDE for k in (layer.get("Precision") or {"result": 0})}
-            layer["Trace"] = True
-        hm = _convert(hls4ml, mw, wide, os.path.join(work, "wide"), board, io_type, name)
-        _, traced = _silently(hm.trace, x[0] if len(x) == 1 else x)
-        ranges.update({k: (float(v.min()), float(v.max())) for k, v in traced.items()})
+        ranges_traced, weights = trace_ranges(hls4ml, mw, cfg, x, board, io_type, name, work)
+        ranges.update(ranges_traced)
     plan = {}
     for lname, layer in layers.items():
         prec = layer.get("Precision")
@@ -270,6 +273,8 @@ def choose_precision(hls4ml, mw, gid, name, board, io_type, x, width, quantized,
             continue  # the quantizers' widths (hls4ml reads them from the Quant nodes)
         elif lname in ranges:
             chosen = {"result": fixed_type(*ranges[lname], width=width)}
+            chosen.update({k: fixed_type(lo, hi, width) for k, (lo, hi) in
+                           weights.get(lname, {}).items()})
         else:
             continue
         if isinstance(prec, dict):
@@ -277,8 +282,53 @@ def choose_precision(hls4ml, mw, gid, name, board, io_type, x, width, quantized,
         else:
             layer["Precision"] = chosen
         plan[lname] = chosen["result"]
+        plan.update({"{}.{}".format(lname, k): v for k, v in chosen.items() if k != "result"})
     _check_overflow(gid, plan, ranges)
     return cfg, plan, ranges
+
+
+def trace_ranges(hls4ml, mw, cfg, x, board, io_type, name, work):
+    """Value ranges on ``x`` of every layer's output, traced through the C simulation at
+    ``fixed<32,16>``, and of every layer's weights and biases: ``({config name: (low, high)},
+    {config name: {"weight"|"bias": (low, high)}})``. hls4ml renames the layers it lowers
+    (``Conv_0`` becomes ``Conv2D_Conv_0``) but keeps their output tensors, which name the
+    ONNX node and so the config entry."""
+    wide = json.loads(json.dumps(cfg))
+    for layer in wide["LayerName"].values():
+        # weight and bias too: hls4ml's default would round small weights while tracing
+        layer["Precision"] = {k: WIDE for k in list(layer.get("Precision") or {"result": 0}) +
+                              ["weight", "bias"]}
+        layer["Trace"] = True
+    hm = _convert(hls4ml, mw, wide, os.path.join(work, "wide"), board, io_type, name)
+    _unoptimized(hm)
+    _, traced = _silently(hm.trace, x[0] if len(x) == 1 else x)
+    producer = {out: n.name for n in mw.graph.node for out in n.output}
+    config_name = {l.name: producer.get(l.outputs[0], l.name) if l.outputs else l.name
+                   for l in hm.get_layers()}
+    ranges = {config_name.get(k, k): (float(v.min()), float(v.max())) for k, v in traced.items()}
+    weights = {}
+    for l in hm.get_layers():
+        for kind in ("weight", "bias"):
+            w = l.weights.get(kind)
+            if w is not None and np.size(w.data):
+                weights.setdefault(config_name[l.name], {})[kind] = (
+                    float(np.min(w.data)), float(np.max(w.data)))
+    return ranges, weights
+
+
+def _unoptimized(hm):
+    """Compile ``hm`` at -O0: the trace build runs once on a few hundred samples, and g++ at
+    -O3 spends minutes on hls4ml's unrolled templates with large weight arrays."""
+    write = hm.write
+
+    def write_then_patch():
+        write()
+        script = os.path.join(hm.config.get_output_dir(), "build_lib.sh")
+        with open(script) as f:
+            text = f.read()
+        with open(script, "w") as f:
+            f.write(text.replace('CFLAGS="-O3 ', 'CFLAGS="-O0 '))
+    hm.write = write_then_patch
 
 
 def _check_overflow(gid, plan, ranges):
@@ -332,8 +382,6 @@ def build_fpga(bundle_path, target="ultra96-v2", calibration_data=None, width=16
     precision = precision or {}
     x = _calibration_inputs(bundle, calibration_data)
     sources, graphs = {}, {}
-    # qonnx folds constants with its own ONNX Runtime sessions, which ONNX Runtime refuses
-    # once edgesdk's process-wide thread pool exists: clean every graph before running any.
     for e in entries:
         quantized = bool(e.get("qonnx"))
         sources[e["id"]] = e["qonnx"]["file"] if quantized else fp32_file(e)

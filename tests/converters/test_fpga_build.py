@@ -161,6 +161,54 @@ def test_layers_hls4ml_cannot_map_are_reported_for_every_graph():
     json.dumps(found)  # plain messages
 
 
+def float_net():
+    """The same two-stage layout in float, with batch norm (folded into the convolutions by
+    the ONNX export), for the float path: every type from data."""
+    from torch import nn
+    from models import conv
+    from edgesdk.converters import MultiExitModel
+
+    def head(features):
+        return nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(features, 10))
+    return MultiExitModel([conv(1, 4, 2), conv(4, 8, 2)], [head(4 * 7 * 7), head(8 * 3 * 3)])
+
+
+def test_float_graphs_get_every_type_from_data_and_agree_with_onnxruntime(mnist_split,
+                                                                          tmp_path):
+    import torch
+    from models import train_quickly
+    from edgesdk.converters import convert
+    (x, y), (xc, _) = mnist_split
+    torch.manual_seed(0)
+    net = train_quickly(float_net(), x[:1000], y[:1000]).eval()
+    root = str(tmp_path / "float.edgebundle")
+    convert(net, xc[:8], root, preprocessing=PREPROCESSING, progress=False)
+    before = snapshot(root)
+    # A type by hand, named as in hls4ml's config (the ONNX node), checked on the data:
+    # the convolution's outputs reach several units, more than fixed<8,1> holds.
+    with pytest.raises(CalibrationError, match="layer 'Conv_0' of stage0"):
+        build_fpga(root, "ultra96-v2", calibration_data=xc[:64], reuse_factor=8,
+                   precision={"stage0": {"Conv_0": "fixed<8,1>"}}, progress=False)
+    assert snapshot(root) == before
+    records = build_fpga(root, "ultra96-v2", calibration_data=xc[:128], reuse_factor=8,
+                         progress=False)
+    for r in records:
+        prec = r["hls"]["precision"]
+        assert prec["chosen_from"] == "calibration data (16 bits)"
+        typed = [t for types in prec["layers"].values() for t in types.values()]
+        assert not any(t.startswith("fixed<16,8,") for t in typed)  # no default left
+        for lname, types in prec["layers"].items():
+            if "weight_t" in types:  # weights and biases from their values: small integer parts
+                integer = int(types["weight_t"].split(",")[1])
+                assert integer <= 4, (lname, types)
+    assert "Conv_0.weight" in records[0]["hls"]["precision"]["set"]
+    csim, ort = load_bundle(root, builds="fpga-csim"), load_bundle(root)
+    x_test = xc[128:428]
+    for a, b in zip(csim.exit_logits(x_test), ort.exit_logits(x_test)):
+        assert (a.argmax(1) == b.argmax(1)).mean() >= 0.99
+        assert np.abs(a - b).max() < 5e-3  # 16-bit types with the integer bits the data needs
+
+
 def _fake_pynq(monkeypatch, simulations):
     """A stand-in for the board's ``pynq``: an overlay's DMA streams the batch through the
     graph's C simulation (``simulations``: bitstream path -> FpgaCsimGraph), as the fabric
