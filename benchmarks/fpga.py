@@ -3,9 +3,10 @@ quantized PyTorch model and vs the float model, with edgesdk's estimates, in one
 
 On the sample's real MNIST splits (3000 train, 1000 calibration, 1000 test):
  1. train a float multi-exit CNN (3 stages of stride-2 convolutions, a max-pool + linear head
-    per exit) and the same network with Brevitas W4A8 layers (power-of-two scales, 4-bit
-    weights, 8-bit activations), initialised from the float weights and fine-tuned;
- 2. convert the W4A8 model (QONNX kept) and build it for the Ultra96-V2 with hls4ml: types
+    per exit) to convergence, and the same network with Brevitas W4A8 layers (power-of-two
+    scales, 4-bit weights, 8-bit activations; ``--weight-bits 8``: W8A8), initialised from
+    the float weights and fine-tuned with the same schedule, distilled from the float exits;
+ 2. convert the quantized model (QONNX kept) and build it for the Ultra96-V2 with hls4ml: types
     from the quantizers and the calibration data, C simulation compiled with g++;
  3. run the test images through the C simulation in the edgesdk runtime and compare, per
     exit: top-1 agreement with the quantized PyTorch model, accuracy against the float one;
@@ -29,11 +30,15 @@ GOAL_AGREEMENT = 0.99
 GOAL_DROP_POINTS = 1.0
 
 
-def networks():
-    """(float network, W4A8 network) of the same shape."""
+def networks(weight_bits=4):
+    """(float network, quantized network) of the same shape: the quantized one has
+    ``weight_bits``-bit weights with power-of-two scales, per output channel in the
+    convolutions and per tensor in the linear heads (hls4ml 1.3 cannot convert per-channel
+    scales on a linear layer), and 8-bit activations."""
     import brevitas.nn as qnn
     from brevitas.quant import Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint
     from brevitas.quant import Uint8ActPerTensorFixedPoint
+    from brevitas.quant.fixed_point import Int8WeightPerChannelFixedPoint
     from torch import nn
     from edgesdk.converters import MultiExitModel
     widths = [(1, 16), (16, 32), (32, 32)]
@@ -43,14 +48,14 @@ def networks():
         def conv(c_in, c_out):
             if quant:
                 return [qnn.QuantConv2d(c_in, c_out, 3, padding=1, stride=2, bias=False,
-                                        weight_bit_width=4,
-                                        weight_quant=Int8WeightPerTensorFixedPoint),
+                                        weight_bit_width=weight_bits,
+                                        weight_quant=Int8WeightPerChannelFixedPoint),
                         qnn.QuantReLU(bit_width=8, act_quant=Uint8ActPerTensorFixedPoint)]
             return [nn.Conv2d(c_in, c_out, 3, padding=1, stride=2, bias=False), nn.ReLU()]
 
         def linear(n):
             if quant:
-                return qnn.QuantLinear(n, 10, bias=True, weight_bit_width=4,
+                return qnn.QuantLinear(n, 10, bias=True, weight_bit_width=weight_bits,
                                        weight_quant=Int8WeightPerTensorFixedPoint)
             return nn.Linear(n, 10)
         stages = [nn.Sequential(*conv(*w)) for w in widths]
@@ -64,20 +69,35 @@ def networks():
     return build(False), build(True)
 
 
-def train(model, x, y, epochs, lr=3e-3):
-    """Adam on the sum of the exits' cross-entropies, batch 64."""
+def train(model, x, y, epochs, lr=3e-3, cosine=False, teacher=None, temperature=4.0,
+          distill=0.7):
+    """Adam on the sum of the exits' losses, batch 64. ``cosine``: the learning rate decays
+    to 0 over the run. ``teacher``: each exit also learns the teacher's exit (knowledge
+    distillation, weight ``distill``, the usual remedy for what low-bit QAT loses)."""
     import torch
+    from torch.nn import functional as F
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * ((len(x) + 63) // 64)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(xt))
         for i in range(0, len(xt), 64):
             idx = order[i:i + 64]
-            loss = sum(torch.nn.functional.cross_entropy(o, yt[idx]) for o in model(xt[idx]))
+            outs = model(xt[idx])
+            loss = sum(F.cross_entropy(o, yt[idx]) for o in outs)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = [F.softmax(t / temperature, 1) for t in teacher(xt[idx])]
+                kd = sum(F.kl_div(F.log_softmax(o / temperature, 1), t, reduction="batchmean")
+                         for o, t in zip(outs, soft)) * temperature ** 2
+                loss = (1 - distill) * loss + distill * kd
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
     return model.eval()
 
 
@@ -85,6 +105,10 @@ def main(argv=None):
     parser = sample_parser(__doc__)
     parser.add_argument("--target", default="ultra96-v2")
     parser.add_argument("--reuse-factor", type=int, default=16)
+    parser.add_argument("--weight-bits", type=int, choices=(4, 8), default=4,
+                        help="4: W4A8 (the goal), 8: W8A8")
+    parser.add_argument("--qat-epochs", type=int, default=24,
+                        help="fine-tuning epochs, for the float model as for the quantized one")
     args = parser.parse_args(argv)
     import torch
     from data import load_splits
@@ -100,14 +124,17 @@ def main(argv=None):
     xtr, xc, xt = (to_model_input(a) for a in (xtr, xc, xt))
     xt, yt = xt[:args.samples], yt[:args.samples]
     t0 = time.time()
-    fp, q = networks()
+    fp, q = networks(args.weight_bits)
+    # The float model is trained to convergence (the same fine-tuning schedule as the QAT),
+    # so the accuracy drop is the quantization's, not extra training's.
     train(fp, xtr, ytr, args.epochs)
+    train(fp, xtr, ytr, args.qat_epochs, lr=1e-3, cosine=True)
     q.load_state_dict(fp.state_dict(), strict=False)  # QAT starts from the float weights
-    train(q, xtr, ytr, args.epochs, lr=1e-3)
+    train(q, xtr, ytr, args.qat_epochs, lr=1e-3, cosine=True, teacher=fp)
     train_s = time.time() - t0
     work = tempfile.mkdtemp(prefix="edgesdk-fpga-")
     try:
-        path = os.path.join(work, "w4a8.edgebundle")
+        path = os.path.join(work, "w{}a8.edgebundle".format(args.weight_bits))
         convert(q, xc[:16], path, progress=False)
         calibrate(path, xc, yc, max_accuracy_drop=0.5, progress=False)
         t0 = time.time()
@@ -133,6 +160,7 @@ def main(argv=None):
         board = load_bundle(path).bundle.manifest["fpga"][args.target]
         out = {
             "date": datetime.date.today().isoformat(), "target": args.target,
+            "quantization": "W{}A8".format(args.weight_bits), "qat_epochs": args.qat_epochs,
             "samples": int(len(xt)), "reuse_factor": args.reuse_factor,
             "train_seconds": round(train_s, 1), "build_seconds": round(build_s, 1),
             "csim_seconds": round(csim_s, 1),

@@ -253,16 +253,20 @@ def choose_precision(hls4ml, mw, gid, name, board, io_type, x, width, quantized,
     if unknown:
         raise InputError("{} has no layer(s) {}; its layers: {}".format(
             gid, ", ".join(unknown), ", ".join(layers)))
-    ranges, weights = {}, {}
+    ranges = {}
     inputs = [i.name for i in mw.graph.input]
     for n, a in zip(inputs, x):
         ranges[n] = (float(a.min()), float(a.max()))
     if not quantized or overrides:
-        ranges_traced, weights = trace_ranges(hls4ml, mw, cfg, x, board, io_type, name, work)
+        ranges_traced, params = trace_ranges(hls4ml, mw, cfg, x, board, io_type, name, work)
         ranges.update(ranges_traced)
+    else:
+        params = _parameters(_convert(hls4ml, mw, cfg, os.path.join(work, "probe"), board,
+                                      io_type, name), mw)
     plan = {}
     for lname, layer in layers.items():
         prec = layer.get("Precision")
+        values = params.get(lname, {})
         if lname in overrides:
             chosen = {"result": overrides[lname]}
         elif lname in inputs:
@@ -270,29 +274,30 @@ def choose_precision(hls4ml, mw, gid, name, board, io_type, x, width, quantized,
             exact = grid_type(x[inputs.index(lname)], width) if quantized else None
             chosen = {"result": exact or fixed_type(lo, hi, width)}
         elif quantized:
-            continue  # the quantizers' widths (hls4ml reads them from the Quant nodes)
+            # The quantizers' widths stay (hls4ml reads them from the Quant nodes); a bias
+            # without a quantizer (Brevitas' default) gets the exact type of its values.
+            if "bias" not in values:
+                continue
+            chosen = {"bias": _value_type(values["bias"], width)}
         elif lname in ranges:
             chosen = {"result": fixed_type(*ranges[lname], width=width)}
-            chosen.update({k: fixed_type(lo, hi, width) for k, (lo, hi) in
-                           weights.get(lname, {}).items()})
+            chosen.update({k: _value_type(v, width) for k, v in values.items()})
         else:
             continue
         if isinstance(prec, dict):
             prec.update(chosen)
         else:
             layer["Precision"] = chosen
-        plan[lname] = chosen["result"]
-        plan.update({"{}.{}".format(lname, k): v for k, v in chosen.items() if k != "result"})
+        plan.update({lname if k == "result" else "{}.{}".format(lname, k): v
+                     for k, v in chosen.items()})
     _check_overflow(gid, plan, ranges)
     return cfg, plan, ranges
 
 
 def trace_ranges(hls4ml, mw, cfg, x, board, io_type, name, work):
     """Value ranges on ``x`` of every layer's output, traced through the C simulation at
-    ``fixed<32,16>``, and of every layer's weights and biases: ``({config name: (low, high)},
-    {config name: {"weight"|"bias": (low, high)}})``. hls4ml renames the layers it lowers
-    (``Conv_0`` becomes ``Conv2D_Conv_0``) but keeps their output tensors, which name the
-    ONNX node and so the config entry."""
+    ``fixed<32,16>``, and every layer's weights and biases: ``({config name: (low, high)},
+    {config name: {"weight"|"bias": values}})``."""
     wide = json.loads(json.dumps(cfg))
     for layer in wide["LayerName"].values():
         # weight and bias too: hls4ml's default would round small weights while tracing
@@ -302,18 +307,35 @@ def trace_ranges(hls4ml, mw, cfg, x, board, io_type, name, work):
     hm = _convert(hls4ml, mw, wide, os.path.join(work, "wide"), board, io_type, name)
     _unoptimized(hm)
     _, traced = _silently(hm.trace, x[0] if len(x) == 1 else x)
+    names = _config_names(hm, mw)
+    ranges = {names.get(k, k): (float(v.min()), float(v.max())) for k, v in traced.items()}
+    return ranges, _parameters(hm, mw)
+
+
+def _config_names(hm, mw):
+    """hls4ml layer name -> config name: hls4ml renames the layers it lowers (``Conv_0``
+    becomes ``Conv2D_Conv_0``) but keeps their output tensors, which name the ONNX node."""
     producer = {out: n.name for n in mw.graph.node for out in n.output}
-    config_name = {l.name: producer.get(l.outputs[0], l.name) if l.outputs else l.name
-                   for l in hm.get_layers()}
-    ranges = {config_name.get(k, k): (float(v.min()), float(v.max())) for k, v in traced.items()}
-    weights = {}
+    return {l.name: producer.get(l.outputs[0], l.name) if l.outputs else l.name
+            for l in hm.get_layers()}
+
+
+def _parameters(hm, mw):
+    """``{config name: {"weight"|"bias": values}}`` of the layers of ``hm`` that have them."""
+    names, found = _config_names(hm, mw), {}
     for l in hm.get_layers():
         for kind in ("weight", "bias"):
             w = l.weights.get(kind)
             if w is not None and np.size(w.data):
-                weights.setdefault(config_name[l.name], {})[kind] = (
-                    float(np.min(w.data)), float(np.max(w.data)))
-    return ranges, weights
+                found.setdefault(names[l.name], {})[kind] = np.asarray(w.data, np.float64)
+    return found
+
+
+def _value_type(values, width):
+    """The type of constant ``values``: exact when they lie on a power-of-two grid within
+    ``width`` bits, else ``width`` bits with the integer bits their range needs."""
+    exact = grid_type(values, width) if np.any(values) else None
+    return exact or fixed_type(float(np.min(values)), float(np.max(values)), width)
 
 
 def _unoptimized(hm):
