@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench venv runtime-zip clean
+.PHONY: demo test test-all bench venv runtime-zip clean
 
 venv: $(STAMP)
 
@@ -32,7 +32,11 @@ $(STAMP): pyproject.toml Makefile
 demo: venv
 	$(PY) samples/mnist_early_exit/run.py
 
+# The default run leaves out the tests marked slow (hls4ml builds); CI runs them all.
 test: venv
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: venv
 	$(PY) -m pytest -q
 
 bench: venv

@@ -90,3 +90,16 @@ def test_tvm_benchmark_prints_the_json_summary_last(sample_run):
     else:
         assert summary["tvm_tuned_vs_ort"] > 0 and summary["tuning_minutes"] > 0
     assert all(v >= 0.99 for v in summary["top1_agreement_with_ort"].values())
+
+
+@pytest.mark.slow
+def test_fpga_benchmark_builds_w8a8_and_prints_the_json_summary_last(sample_run):
+    pytest.importorskip("hls4ml")
+    # W8A8 here (W4A8 is built by tests/converters/test_fpga_build.py); every graph is compiled.
+    summary, _ = benchmark_summary("fpga.py", sample_run[0], "--weight-bits", "8",
+                                   "--qat-epochs", "1")
+    assert summary["quantization"] == "W8A8" and summary["samples"] == 64
+    assert summary["csim_argmax_agreement"] >= 0.95   # bit-accurate: disagreements are ties
+    assert len(summary["csim_accuracy_drop_points_per_exit"]) == 3
+    assert summary["estimated_fps"] > 0 and isinstance(summary["fits_board"], bool)
+    assert sum(summary["exit_counts"]) == 64

@@ -45,7 +45,7 @@ def add_arguments(p):
     p.add_argument("--layer-precision", action="append", default=[],
                    metavar="GRAPH:LAYER=TYPE",
                    help="hls4ml: set one layer's result type by hand, e.g. "
-                        "stage0:Conv2D_Conv_0=fixed<12,4> (checked against the data; repeatable)")
+                        "stage0:Conv_0=fixed<12,4> (checked against the data; repeatable)")
     p.add_argument("--tuning-db",
                    help="MetaSchedule database folder (from `edgesdk tune`) to apply")
     p.add_argument("--emulate", action="store_true",

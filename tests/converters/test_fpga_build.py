@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("hls4ml")
 pytest.importorskip("brevitas")
+pytestmark = pytest.mark.slow  # g++ builds of hls4ml's C simulations: about 4 minutes
 
 from conftest import PREPROCESSING, snapshot  # noqa: E402
 
