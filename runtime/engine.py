@@ -27,15 +27,17 @@ class RunResult(object):
 
     Attributes: ``labels`` (N,), ``probabilities`` (N, C), ``exit_index`` (N,), ``stage_ms``
     (N, stages): the wall time of each stage call (stage + its head) shared equally by the
-    samples in that call, NaN for stages a sample did not reach; ``total_ms``: the whole call.
+    samples in that call, NaN for stages a sample did not reach; ``total_ms``: the whole call;
+    ``notes``: what a deadline or budget did (empty when nothing was cut short).
     """
 
-    def __init__(self, labels, probabilities, exit_index, stage_ms, total_ms):
+    def __init__(self, labels, probabilities, exit_index, stage_ms, total_ms, notes=()):
         self.labels = labels
         self.probabilities = probabilities
         self.exit_index = exit_index
         self.stage_ms = stage_ms
         self.total_ms = total_ms
+        self.notes = list(notes)
 
     def __len__(self):
         return len(self.labels)
@@ -53,6 +55,18 @@ class RunResult(object):
 # desktop NVIDIA, Adreno, Zynq fabric): a file check, so deciding what runs here imports nothing.
 GPU_DEVICE_NODES = {"cuda": ("/dev/nvhost-ctrl", "/dev/nvidia0"), "opencl": ("/dev/kgsl-3d0",),
                     "fpga": ("/sys/class/fpga_manager/fpga0", "/dev/xlnk")}
+
+
+def _stage_ms(timeline, n, num_exits):
+    """Per-sample milliseconds of each stage call: ``timeline`` holds ``(rows, seconds)`` per
+    call (``rows`` None: the whole batch), shared equally by the rows in the call."""
+    stage_ms = np.full((n, num_exits), np.nan)
+    for k, (rows, seconds) in enumerate(timeline):
+        if rows is None:
+            stage_ms[:, k] = seconds * 1000.0 / n
+        else:
+            stage_ms[rows, k] = seconds * 1000.0 / rows.size
+    return stage_ms
 
 
 def runs_here(build):
@@ -143,6 +157,7 @@ class EdgeModel(object):
         self.policies = [get_policy(e["policy"]) for e in m["exits"]]
         self.num_exits = len(self.heads)
         self._no_exit = [None] * self.num_exits
+        self.costs = None  # StageCosts for deadlines and budgets (use_profile)
         self.thresholds = [self.policies[k].check_threshold(
             e["threshold"], self.num_classes, "manifest.json: $.exits[{}].threshold".format(k))
             for k, e in enumerate(m["exits"])]
@@ -175,11 +190,22 @@ class EdgeModel(object):
         return [p.check_threshold(t, self.num_classes, "threshold of exit {}".format(k))
                 for k, (p, t) in enumerate(zip(self.policies, thresholds))]
 
-    def run(self, x, thresholds=None, early_exit=True):
+    def use_profile(self, db, metric="p99_ms", device=None):
+        """Predict stage costs for deadlines and budgets from the profile store ``db``
+        (measured on this device, or on ``device``); see :class:`~.anytime.StageCosts`."""
+        from edgesdk.runtime.anytime import StageCosts
+        self.costs = StageCosts.from_store(db, self, metric, device)
+        return self.costs
+
+    def run(self, x, thresholds=None, early_exit=True, deadline_ms=None, budget_ms=None,
+            max_exit=None):
         """Run a batch ``(N, ...)``; returns a :class:`RunResult`.
 
         ``thresholds`` overrides the manifest's per-exit thresholds; ``early_exit=False`` runs
-        every sample through all stages and only the final head.
+        every sample through all stages and only the final head. Bounds (see
+        :mod:`.anytime`; they need :meth:`use_profile` or ``costs``): ``deadline_ms`` for the
+        whole call in wall time, ``budget_ms`` of predicted compute for the batch, and
+        ``max_exit``, the deepest exit any sample reaches.
         """
         start = time.perf_counter()
         x = check_batch(x, self.input_spec)
@@ -190,6 +216,13 @@ class EdgeModel(object):
         if n == 0:
             return RunResult(np.zeros(0, dtype=np.int64), probs, exit_index,
                              np.zeros((0, self.num_exits)), 0.0)
+        if deadline_ms is not None or budget_ms is not None or max_exit is not None:
+            from edgesdk.runtime.anytime import run_bounded
+            bounds = self._check_bounds(deadline_ms, budget_ms, max_exit)
+            probs, exit_index, timeline, notes = run_bounded(self, x, thr, *bounds)
+            return RunResult(probs.argmax(axis=1), probs, exit_index,
+                             _stage_ms(timeline, n, self.num_exits),
+                             (time.perf_counter() - start) * 1000.0, notes)
         # Between two graph calls only the calls themselves and the exit decision run; the
         # bookkeeping (per-stage times) is done once at the end. ``alive`` stays None while
         # every sample is still in the batch: plain slices then, no index arrays.
@@ -217,22 +250,31 @@ class EdgeModel(object):
                 if alive.size == 0:
                     break
                 state = [s[keep] for s in state]
-        stage_ms = np.full((n, self.num_exits), np.nan)
-        for k, (rows, seconds) in enumerate(timeline):
-            if rows is None:
-                stage_ms[:, k] = seconds * 1000.0 / n
-            else:
-                stage_ms[rows, k] = seconds * 1000.0 / rows.size
-        return RunResult(probs.argmax(axis=1), probs, exit_index, stage_ms,
-                         (clock() - start) * 1000.0)
+        return RunResult(probs.argmax(axis=1), probs, exit_index,
+                         _stage_ms(timeline, n, self.num_exits), (clock() - start) * 1000.0)
 
-    def run_one(self, sample, thresholds=None, early_exit=True):
-        """Run one sample given without the batch dimension; returns a SampleResult."""
+    def _check_bounds(self, deadline_ms, budget_ms, max_exit):
+        if deadline_ms is not None and budget_ms is not None:
+            raise InputError("give a deadline or a budget, not both")
+        for name, value in (("deadline_ms", deadline_ms), ("budget_ms", budget_ms)):
+            if value is not None and not (isinstance(value, (int, float)) and value > 0 and
+                                          np.isfinite(value)):
+                raise InputError("{} must be a positive number of milliseconds, got {!r}".format(
+                    name, value))
+        if max_exit is not None and (isinstance(max_exit, bool) or not isinstance(
+                max_exit, (int, np.integer)) or not 0 <= max_exit < self.num_exits):
+            raise InputError("max_exit must be an exit index in 0..{}, got {!r}".format(
+                self.num_exits - 1, max_exit))
+        return deadline_ms, budget_ms, max_exit
+
+    def run_one(self, sample, thresholds=None, early_exit=True, **bounds):
+        """Run one sample given without the batch dimension; returns a SampleResult.
+        ``bounds``: ``deadline_ms``, ``budget_ms``, ``max_exit`` as for :meth:`run`."""
         sample = np.asarray(sample)
         if sample.ndim != len(self.input_spec["shape"]) - 1:
             raise InputError("run_one() takes one sample of rank {} (no batch dimension), got "
                              "shape {}".format(len(self.input_spec["shape"]) - 1, list(sample.shape)))
-        return self.run(sample[None], thresholds, early_exit)[0]
+        return self.run(sample[None], thresholds, early_exit, **bounds)[0]
 
     def exit_logits(self, x, batch_size=256, progress=None):
         """Logits at every exit for every sample (no early exit): a list of (N, C) arrays.
