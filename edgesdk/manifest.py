@@ -201,6 +201,47 @@ def _check_preprocessing(pre, path):
         _fail(path, "mean and std must have the same length")
 
 
+RESIZE_MODES = ("area", "linear", "nearest", "cubic")
+
+
+def _check_cascade(cascade, files):
+    """A resolution cascade: levels cheapest first, each a bundle inside this one (its
+    manifest hashed here too) or this bundle itself (``"."``, the last level)."""
+    if cascade is None:
+        return
+    p = "$.cascade"
+    levels = _get(cascade, "levels", p, (list,))
+    if len(levels) < 2:
+        _fail(p + ".levels", "a cascade needs at least 2 levels, got {}".format(len(levels)))
+    ids = set()
+    for i, level in enumerate(levels):
+        lp = "{}.levels[{}]".format(p, i)
+        lid = _get(level, "id", lp, (str,))
+        if not _ID.match(lid) or lid in ids:
+            _fail(lp + ".id", "expected a unique id of [a-z0-9_.-], got '{}'".format(lid))
+        ids.add(lid)
+        rel = _get(level, "bundle", lp, (str,))
+        if i == len(levels) - 1:
+            if rel != ".":
+                _fail(lp + ".bundle", "the last level is this bundle itself ('.')")
+        elif check_relative_path(rel, lp + ".bundle") + "/manifest.json" not in files:
+            _fail(lp + ".bundle", "'{}/manifest.json' is not listed in $.files".format(rel))
+        size = _get(level, "resolution", lp, (list,))
+        if len(size) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and
+                                     1 <= d <= MAX_DIM for d in size):
+            _fail(lp + ".resolution", "expected [height, width] in 1..{}".format(MAX_DIM))
+        _get(level, "policy", lp, (str,))
+        threshold = _number(level, "threshold", lp, allow_null=True)
+        if i == len(levels) - 1 and threshold is not None:
+            _fail(lp + ".threshold", "the last level answers for every sample left: null")
+    pipe = _get(cascade, "pipeline", p, (dict,))
+    if _get(pipe, "resize", p + ".pipeline", (str,)) not in RESIZE_MODES:
+        _fail(p + ".pipeline.resize", "accepted: {}".format(", ".join(RESIZE_MODES)))
+    crop = _number(pipe, "crop", p + ".pipeline", allow_null=True)
+    if crop is not None and not 0 < crop <= 1:
+        _fail(p + ".pipeline.crop", "the central fraction kept, in (0, 1], or null")
+
+
 def validate(manifest, sdk_schema=SCHEMA_VERSION):
     """Check the structure of a parsed manifest; raise ManifestError / SchemaVersionError.
 
@@ -278,6 +319,7 @@ def validate(manifest, sdk_schema=SCHEMA_VERSION):
         for key in ("atol", "rtol"):
             if _number(ref, key, "$.reference") < 0:
                 _fail("$.reference." + key, "must be >= 0")
+    _check_cascade(_get(manifest, "cascade", "$", (dict, type(None)), optional=True), files)
     digest = _get(manifest, "manifest_sha256", "$", (str,))
     if not _SHA256.match(digest):
         _fail("$.manifest_sha256", "expected 64 lowercase hex digits")

@@ -57,7 +57,7 @@ GPU_DEVICE_NODES = {"cuda": ("/dev/nvhost-ctrl", "/dev/nvidia0"), "opencl": ("/d
                     "fpga": ("/sys/class/fpga_manager/fpga0", "/dev/xlnk")}
 
 
-def _stage_ms(timeline, n, num_exits):
+def stage_ms_table(timeline, n, num_exits):
     """Per-sample milliseconds of each stage call: ``timeline`` holds ``(rows, seconds)`` per
     call (``rows`` None: the whole batch), shared equally by the rows in the call."""
     stage_ms = np.full((n, num_exits), np.nan)
@@ -221,7 +221,7 @@ class EdgeModel(object):
             bounds = self._check_bounds(deadline_ms, budget_ms, max_exit)
             probs, exit_index, timeline, notes = run_bounded(self, x, thr, *bounds)
             return RunResult(probs.argmax(axis=1), probs, exit_index,
-                             _stage_ms(timeline, n, self.num_exits),
+                             stage_ms_table(timeline, n, self.num_exits),
                              (time.perf_counter() - start) * 1000.0, notes)
         # Between two graph calls only the calls themselves and the exit decision run; the
         # bookkeeping (per-stage times) is done once at the end. ``alive`` stays None while
@@ -251,7 +251,7 @@ class EdgeModel(object):
                     break
                 state = [s[keep] for s in state]
         return RunResult(probs.argmax(axis=1), probs, exit_index,
-                         _stage_ms(timeline, n, self.num_exits), (clock() - start) * 1000.0)
+                         stage_ms_table(timeline, n, self.num_exits), (clock() - start) * 1000.0)
 
     def _check_bounds(self, deadline_ms, budget_ms, max_exit):
         if deadline_ms is not None and budget_ms is not None:
