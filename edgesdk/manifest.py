@@ -204,6 +204,48 @@ def _check_preprocessing(pre, path):
 RESIZE_MODES = ("area", "linear", "nearest", "cubic")
 
 
+def _listed_file(entry, path, files):
+    rel = check_relative_path(_get(entry, "file", path, (str,)), path + ".file")
+    if rel not in files:
+        _fail(path + ".file", "'{}' is not listed in $.files".format(rel))
+    return rel
+
+
+def _check_adaptive_stage(stage, path, files, index):
+    """A stage's optional gate (layer skipping) and width variants (channel skipping)."""
+    gate = _get(stage, "gate", path, (dict, type(None)), optional=True)
+    if gate is not None:
+        gp = path + ".gate"
+        _listed_file(gate, gp, files)
+        outputs = _get(gate, "outputs", gp, (list,))
+        shapes = _get(gate, "output_shapes", gp, (list,))
+        if len(outputs) != 1 or len(shapes) != 1 or shapes[0][1:] != [1]:
+            _fail(gp, "a gate has one output of shape [N, 1] (a skip logit per sample)")
+        threshold = _number(gate, "threshold", gp)
+        if not 0 <= threshold <= 1:
+            _fail(gp + ".threshold", "a skip probability in [0, 1]")
+    widths = _get(stage, "widths", path, (dict, type(None)), optional=True)
+    if widths is None:
+        return
+    wp = path + ".widths"
+    variants = _get(widths, "variants", wp, (list,))
+    if not variants:
+        _fail(wp + ".variants", "at least one narrower variant")
+    for j, v in enumerate(variants):
+        vp = "{}.variants[{}]".format(wp, j)
+        if not _ID.match(_get(v, "id", vp, (str,))):
+            _fail(vp + ".id", "expected an id of [a-z0-9_.-]")
+        _listed_file(v, vp, files)
+        width = _number(v, "width", vp)
+        if not 0 < width < 1:
+            _fail(vp + ".width", "the fraction of the full width, in (0, 1)")
+    router = _get(widths, "router", wp, (dict,))
+    _get(router, "name", wp + ".router", (str,))
+    _get(router, "bounds", wp + ".router", (list,))
+    if index == 0:
+        _fail(wp + ".router", "the first stage has no previous exit for a router to read")
+
+
 def _check_cascade(cascade, files):
     """A resolution cascade: levels cheapest first, each a bundle inside this one (its
     manifest hashed here too) or this bundle itself (``"."``, the last level)."""
@@ -293,6 +335,7 @@ def validate(manifest, sdk_schema=SCHEMA_VERSION):
             _fail(p + ".id", "expected a unique id of [a-z0-9_.-], got '{}'".format(sid))
         ids.add(sid)
         _check_graph(st, p, files)
+        _check_adaptive_stage(st, p, files, i)
     if len(exits) != len(stages):
         _fail("$.exits", "expected one exit per stage ({}), got {}".format(len(stages), len(exits)))
     for i, ex in enumerate(exits):

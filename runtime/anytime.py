@@ -126,12 +126,16 @@ def run_bounded(model, x, thr, deadline_ms=None, budget_ms=None, max_exit=None):
         timeline.append((alive, clock() - t0))
         policy = model.policies[k]
         score = policy.score(p) if policy.higher_is_confident else -policy.score(p)
+        keep_all = True
         if k < last and thr[k] is not None:
             keep = ~policy.exits(p, thr[k])
-            if not keep.all():
+            keep_all = bool(keep.all())
+            if not keep_all:
                 alive, score = alive[keep], score[keep]
                 if alive.size == 0:
                     break
                 state = [s[keep] for s in state]
         confidence = score
+        if k < last and model._routed[k + 1]:
+            model.stages[k + 1].hint = p if keep_all else p[keep]
     return probs, exit_index, timeline, notes

@@ -154,6 +154,8 @@ class EdgeModel(object):
         self.stages = [self._graph(s, threads) for s in m["stages"]]
         self.heads = [self._graph(e, threads) for e in m["exits"]]
         self._keep_host_side()
+        self.stages = [self._adaptive(k, e, threads) for k, e in enumerate(m["stages"])]
+        self._routed = [getattr(s, "router", None) is not None for s in self.stages]
         self.policies = [get_policy(e["policy"]) for e in m["exits"]]
         self.num_exits = len(self.heads)
         self._no_exit = [None] * self.num_exits
@@ -167,6 +169,30 @@ class EdgeModel(object):
         executor = EXECUTORS.get(build["format"])
         return executor(self.bundle.path(build["file"]), entry["inputs"], entry["outputs"],
                         entry["output_shapes"], threads, build=build)
+
+    def _adaptive(self, k, entry, threads):
+        """Stage ``k`` with its gate and width variants (ONNX graphs, host CPU), if any."""
+        gate, widths = entry.get("gate"), entry.get("widths")
+        if gate is None and widths is None:
+            return self.stages[k]
+        from edgesdk.runtime.adaptive_stages import AdaptiveStage, make_router
+        onnx = EXECUTORS.get("onnx")
+        where = "manifest.json: $.stages[{}]".format(k)
+        stage = self.stages[k] if not getattr(self.stages[k], "device_arrays", False) else \
+            _HostSide(self.stages[k])
+        gate_graph = None if gate is None else onnx(
+            self.bundle.path(gate["file"]), entry["inputs"], gate["outputs"],
+            gate["output_shapes"], threads, build={"file": gate["file"], "format": "onnx"})
+        variants = [onnx(self.bundle.path(v["file"]), entry["inputs"], entry["outputs"],
+                         entry["output_shapes"], threads, build={"file": v["file"], "format": "onnx"})
+                    for v in (widths or {}).get("variants", [])]
+        router = make_router(widths["router"], len(variants) + 1, where) if widths else None
+        return AdaptiveStage(entry["id"], stage, gate_graph, gate["threshold"] if gate else None,
+                             variants, router, self.heads[k - 1] if k else None)
+
+    def adaptive_stages(self):
+        """The stages with a gate or width variants (:class:`~.adaptive_stages.AdaptiveStage`)."""
+        return [s for s in self.stages if hasattr(s, "routed")]
 
     def _keep_host_side(self):
         """Where executors keep outputs on a GPU (TensorRT): heads hand the host numpy logits,
@@ -231,7 +257,7 @@ class EdgeModel(object):
         for k in range(self.num_exits):
             t0 = clock()
             state = self.stages[k].run(state)
-            done = None
+            done = p = None
             if k == last:
                 p = softmax(self.heads[k].run(state)[0])
                 rows = slice(None) if alive is None else alive
@@ -250,6 +276,9 @@ class EdgeModel(object):
                 if alive.size == 0:
                     break
                 state = [s[keep] for s in state]
+                p = p[keep]
+            if p is not None and k < last and self._routed[k + 1]:
+                self.stages[k + 1].hint = p  # the router reads this exit's probabilities
         return RunResult(probs.argmax(axis=1), probs, exit_index,
                          stage_ms_table(timeline, n, self.num_exits), (clock() - start) * 1000.0)
 

@@ -1,0 +1,112 @@
+"""Per-input layer skipping and channel skipping inside a stage.
+
+- **Gate** (layer skipping): a small graph reads the stage's input state and gives one logit
+  per sample; a sample whose ``sigmoid(logit) >= threshold`` skips the stage, its state passing
+  unchanged (the stage is a residual block, whose output has its input's shape). The stage
+  graph runs on the other samples only, so skipping saves its time on every backend.
+- **Width variants** (channel skipping): narrower graphs of the same stage (slimmable or
+  pruned hidden widths, same input and output). A router, a pure-numpy policy named in the
+  manifest, picks one per sample from the previous exit's probabilities; variant 0 is the
+  stage itself (full width).
+
+Gates and variants are ONNX graphs run with ONNX Runtime on the host CPU, whichever executor
+runs the stage. Python 3.6 / numpy 1.19 compatible.
+"""
+import numpy as np
+
+from edgesdk.errors import BundleError, InputError
+from edgesdk.registry import Registry
+from edgesdk.runtime.policies import softmax
+
+
+class ConfidenceRouter(object):
+    """Narrower variants for more confident samples: with ascending ``bounds`` b1 < b2 < ...,
+    a sample whose previous exit's top probability is below b1 runs variant 0 (full width),
+    in [b1, b2) variant 1, and so on; one bound per narrower variant."""
+
+    name = "confidence"
+
+    def __init__(self, bounds):
+        bounds = [float(b) for b in bounds]
+        if not bounds or any(not 0.0 <= b <= 1.0 for b in bounds) or bounds != sorted(bounds):
+            raise InputError("confidence router bounds must be ascending numbers in [0, 1], "
+                             "got {}".format(bounds))
+        self.bounds = np.asarray(bounds)
+        self.choices = len(bounds) + 1
+
+    def route(self, probs):
+        """Variant index per sample."""
+        return np.searchsorted(self.bounds, probs.max(axis=1), side="right")
+
+
+ROUTERS = Registry("router", {"confidence": "edgesdk.runtime.adaptive_stages:ConfidenceRouter"})
+
+
+def make_router(spec, variants, where):
+    """The router a manifest entry names, checked against the number of variants."""
+    router = ROUTERS.get(spec["name"])(spec["bounds"])
+    if router.choices != variants:
+        raise BundleError("{}: router '{}' chooses among {} variants but the stage has {}: it "
+                          "would select a variant the bundle lacks".format(
+                              where, spec["name"], router.choices, variants))
+    return router
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
+
+
+class AdaptiveStage(object):
+    """A stage graph with its gate and/or width variants; runs like a stage graph.
+
+    ``hint``: the previous exit's probabilities for the rows of the next :meth:`run`, set by
+    the engine when it has them (else the router's head runs here). ``enabled`` False runs
+    the full stage for every sample (to compare). ``skipped`` / ``routed`` count samples.
+    """
+
+    def __init__(self, sid, stage, gate=None, threshold=0.5, variants=(), router=None,
+                 prev_head=None):
+        self.id, self.stage, self.gate, self.threshold = sid, stage, gate, threshold
+        self.narrower = list(variants)
+        self.router, self.prev_head = router, prev_head
+        self.hint, self.enabled = None, True
+        self.skipped, self.ran = 0, 0
+        self.routed = np.zeros(len(self.narrower) + 1, dtype=np.int64)
+
+    def run(self, state):
+        hint, self.hint = self.hint, None
+        n = len(state[0])
+        if not self.enabled or n == 0:
+            return self.stage.run(state)
+        run = np.ones(n, dtype=bool)
+        if self.gate is not None:
+            run = _sigmoid(np.asarray(self.gate.run(state)[0]).reshape(n)) < self.threshold
+            self.skipped += int(n - run.sum())
+        if not run.any():
+            return list(state)
+        choice = np.zeros(n, dtype=np.int64)
+        if self.router is not None:
+            probs = hint if hint is not None and len(hint) == n else \
+                softmax(self.prev_head.run(state)[0])
+            choice = np.asarray(self.router.route(probs))
+            if choice.min() < 0 or choice.max() > len(self.narrower):
+                raise BundleError("router of stage '{}' chose variant {} but the stage has "
+                                  "variants 0..{}".format(self.id, int(choice.max()),
+                                                          len(self.narrower)))
+        out = None
+        for v in np.unique(choice[run]):
+            rows = run & (choice == v)
+            graph = self.stage if v == 0 else self.narrower[v - 1]
+            part = graph.run([s[rows] for s in state])
+            self.routed[v] += int(rows.sum())
+            if rows.all():
+                self.ran += n
+                return part
+            if out is None:
+                out = [np.empty((n,) + np.shape(p)[1:], dtype=np.asarray(p).dtype) for p in part]
+                for o, s in zip(out, state):
+                    o[~run] = s[~run]  # skipped rows keep their state (same shape: a gate)
+            for o, p in zip(out, part):
+                o[rows] = p
+        self.ran += int(run.sum())
+        return out

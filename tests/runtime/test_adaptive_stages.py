@@ -1,0 +1,167 @@
+"""Layer skipping with a gate and channel skipping with width variants and a router: the
+runtime's per-sample choices match the same choices made in PyTorch, skipped samples really
+skip the stage graph, and what cannot work is refused."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import PREPROCESSING, snapshot
+
+from edgesdk.errors import BundleError, InputError
+from edgesdk.runtime.engine import load_bundle
+
+
+def _nets():
+    import torch
+    from torch import nn
+    from models import Head, conv
+
+    class ResBlock(nn.Module):
+        def __init__(self, c, hidden):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(c, hidden, 3, 1, 1), nn.ReLU(),
+                                      nn.Conv2d(hidden, c, 3, 1, 1))
+
+        def forward(self, x):
+            return torch.relu(x + self.body(x))
+
+    class Gate(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 1))
+
+        def forward(self, x):
+            return self.fc(x)
+
+    from edgesdk.converters import MultiExitModel
+    torch.manual_seed(0)
+    net = MultiExitModel([conv(1, 8, 2), ResBlock(8, 8), ResBlock(8, 8)],
+                         [Head(8), Head(8), Head(8)])
+    gate, narrow = Gate(8), ResBlock(8, 4)
+    with torch.no_grad():
+        gate.fc[2].weight.normal_(0, 1.0)
+    return net.eval(), gate.eval(), narrow.eval()
+
+
+@pytest.fixture(scope="module")
+def adaptive(tmp_path_factory, mnist_split):
+    import torch
+    from models import train_quickly
+    from edgesdk.converters import convert
+    from edgesdk.converters.adaptive_stages import add_gate, add_width_variants
+    (x, y), (xc, _) = mnist_split
+    net, gate, narrow = _nets()
+    net = train_quickly(net, x[:500], y[:500], epochs=1).eval()
+    with torch.no_grad():  # centre the gate on this data: about half the samples skip
+        logits = gate(net.stages[0](torch.from_numpy(xc[:200])))[:, 0]
+        gate.fc[2].bias -= logits.median()
+    path = str(tmp_path_factory.mktemp("adaptive") / "res.edgebundle")
+    convert(net, xc[:8], path, preprocessing=PREPROCESSING, progress=False)
+    add_gate(path, 1, gate, xc[:16], threshold=0.5)
+    # The router's bound at the median confidence of exit 1: about half run narrow.
+    bound = float(np.median(_reference(net, gate, narrow, xc[:200])[1][1].max(axis=1)))
+    add_width_variants(path, "stage2", [(0.5, narrow)], xc[:16], bounds=[bound])
+    return path, net, gate, narrow, bound
+
+
+def _reference(net, gate, narrow, x, bound=1.0, threshold=0.5):
+    """Every exit's logits with the same per-sample choices made in PyTorch, the skip mask,
+    the narrow mask and exit 1's probabilities."""
+    import torch
+    with torch.no_grad():
+        t = torch.from_numpy(x)
+        s0 = net.stages[0](t)
+        skip = torch.sigmoid(gate(s0))[:, 0] >= threshold
+        s1 = torch.where(skip[:, None, None, None], s0, net.stages[1](s0))
+        p1 = torch.softmax(net.heads[1](s1), 1)
+        narrow_rows = p1.max(1).values >= bound
+        s2 = torch.where(narrow_rows[:, None, None, None], narrow(s1), net.stages[2](s1))
+        logits = [net.heads[0](s0), net.heads[1](s1), net.heads[2](s2)]
+    return [l.numpy() for l in logits], (skip.numpy(), p1.numpy()), narrow_rows.numpy()
+
+
+def test_gates_and_routers_choose_per_sample_as_pytorch_does(adaptive, mnist_split):
+    path, net, gate, narrow, bound = adaptive
+    _, (xc, _) = mnist_split
+    x = xc[:200]
+    want, (skip, _), narrow_rows = _reference(net, gate, narrow, x, bound)
+    assert 0 < skip.sum() < len(x), skip.sum()
+    assert 0 < narrow_rows.sum() < len(x), narrow_rows.sum()   # both choices occur
+    model = load_bundle(path)
+    stage1, stage2 = model.stages[1], model.stages[2]
+    got = model.exit_logits(x)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-3)
+    assert stage1.skipped == skip.sum() and stage1.ran == len(x) - skip.sum()
+    assert stage2.routed.tolist() == [len(x) - narrow_rows.sum(), narrow_rows.sum()]
+    # run() hands the router the exit's probabilities it already has (no second head call).
+    calls = []
+    head = stage2.prev_head
+    stage2.prev_head = type("Counting", (), {"run": lambda self, s: calls.append(1) or head.run(s)})()
+    result = model.run(x, thresholds=[None, 0.999, None])
+    assert calls == []
+    leaving = result.exit_index == 1
+    np.testing.assert_array_equal(result.labels[~leaving], want[2][~leaving].argmax(axis=1))
+    np.testing.assert_array_equal(result.labels[leaving], want[1][leaving].argmax(axis=1))
+    # Switched off, every sample runs the full stages.
+    for s in model.adaptive_stages():
+        s.enabled = False
+    full = model.exit_logits(x)[2]
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(full, want[2], atol=1e-4)
+
+
+def test_skipped_samples_do_not_reach_the_stage_graph(adaptive, mnist_split):
+    path, net, gate, narrow, bound = adaptive
+    _, (xc, _) = mnist_split
+    model = load_bundle(path)
+    seen = []
+    inner = model.stages[1].stage
+    model.stages[1].stage = type("Spy", (), {"run": lambda self, s: seen.append(len(s[0])) or
+                                             inner.run(s)})()
+    _, (skip, _), _ = _reference(net, gate, narrow, xc[:64], bound)
+    model.exit_logits(xc[:64])
+    assert seen == [64 - skip.sum()]
+
+
+def test_a_router_that_selects_a_missing_variant_is_refused(adaptive, mnist_split, tmp_path):
+    path = adaptive[0]
+    _, (xc, _) = mnist_split
+    model = load_bundle(path)
+    model.stages[2].router = type("Wild", (), {"route": lambda self, p: np.full(len(p), 3)})()
+    with pytest.raises(BundleError, match="chose variant 3 but the stage has variants 0..1"):
+        model.run(xc[:4], thresholds=[None, None, None])
+    # A manifest whose router has more choices than the stage has variants.
+    from edgesdk.bundle import update_manifest
+    copy = str(tmp_path / "copy.edgebundle")
+    shutil.copytree(path, copy)
+
+    def more_bounds(m):
+        m["stages"][2]["widths"]["router"]["bounds"] = [0.5, 0.8]
+    update_manifest(copy, more_bounds)
+    with pytest.raises(BundleError, match="would select a variant the bundle lacks"):
+        load_bundle(copy)
+
+
+def test_what_cannot_be_skipped_or_routed_is_refused(adaptive, mnist_split):
+    from edgesdk.converters.adaptive_stages import add_gate, add_width_variants
+    path, net, gate, narrow, _ = adaptive
+    _, (xc, _) = mnist_split
+    before = snapshot(path)
+    with pytest.raises(InputError, match="only a stage whose output has its input's shapes"):
+        add_gate(path, 0, gate, xc[:4])
+    with pytest.raises(InputError, match="no previous exit for a router"):
+        add_width_variants(path, 0, [(0.5, narrow)], xc[:4], bounds=[0.5])
+    with pytest.raises(InputError, match="2 router bounds for 1 variants"):
+        add_width_variants(path, 2, [(0.5, narrow)], xc[:4], bounds=[0.5, 0.7])
+    with pytest.raises(InputError, match="ascending numbers in"):
+        add_width_variants(path, 2, [(0.5, narrow)], xc[:4], bounds=[1.5])
+    with pytest.raises(InputError, match="no stage 'stage9'"):
+        add_gate(path, "stage9", gate, xc[:4])
+    assert snapshot(path) == before
+    manifest = json.load(open(os.path.join(path, "manifest.json")))
+    assert manifest["stages"][1]["gate"]["file"] == "gates/stage1.onnx"
+    assert manifest["stages"][2]["widths"]["variants"][0]["id"] == "stage2.w50"
