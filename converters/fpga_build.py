@@ -274,11 +274,13 @@ def choose_precision(hls4ml, mw, gid, name, board, io_type, x, width, quantized,
             exact = grid_type(x[inputs.index(lname)], width) if quantized else None
             chosen = {"result": exact or fixed_type(lo, hi, width)}
         elif quantized:
-            # The quantizers' widths stay (hls4ml reads them from the Quant nodes); a bias
-            # without a quantizer (Brevitas' default) gets the exact type of its values.
-            if "bias" not in values:
+            # The weights keep their quantizers' widths (hls4ml reads them from the Quant
+            # nodes); a bias without a quantizer (Brevitas' default) and the scales of the
+            # layers hls4ml adds to rescale per-channel weights get the exact type of their
+            # values: hls4ml's default fixed<W,8> rounded a 2^-13 scale of 8-bit weights to 0.
+            chosen = {k: _value_type(v, width) for k, v in values.items() if k != "weight"}
+            if not chosen:
                 continue
-            chosen = {"bias": _value_type(values["bias"], width)}
         elif lname in ranges:
             chosen = {"result": fixed_type(*ranges[lname], width=width)}
             chosen.update({k: _value_type(v, width) for k, v in values.items()})
@@ -321,10 +323,11 @@ def _config_names(hm, mw):
 
 
 def _parameters(hm, mw):
-    """``{config name: {"weight"|"bias": values}}`` of the layers of ``hm`` that have them."""
+    """``{config name: {"weight"|"bias"|"scale": values}}`` of the layers of ``hm`` that have
+    them."""
     names, found = _config_names(hm, mw), {}
     for l in hm.get_layers():
-        for kind in ("weight", "bias"):
+        for kind in ("weight", "bias", "scale"):
             w = l.weights.get(kind)
             if w is not None and np.size(w.data):
                 found.setdefault(names[l.name], {})[kind] = np.asarray(w.data, np.float64)
