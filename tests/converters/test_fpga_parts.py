@@ -77,3 +77,35 @@ def test_over_budget_names_the_resource_and_the_knob():
         "stage1 needs 660 DSP of 220 on xc7z020clg400-1 (estimated): raise the reuse factor "
         "to 6 or more"]
     assert over_budget({"dsp": 220, "lut": 0, "bram_18k": 0, "ff": 0}, fabric, 1, "s") == []
+
+
+def test_per_channel_weight_scales_get_exact_types_not_hls4mls_default(tmp_path):
+    """8-bit per-channel weights have scales like 2^-13; hls4ml's ApplyAlpha that applies
+    them defaulted to fixed<16,8> (8 fraction bits), which rounds them to 0."""
+    hls4ml = pytest.importorskip("hls4ml")
+    brevitas_nn = pytest.importorskip("brevitas.nn")
+    import torch
+    from brevitas.quant import Int8ActPerTensorFixedPoint
+    from brevitas.quant.fixed_point import Int8WeightPerChannelFixedPoint
+    from edgesdk.converters.fpga_build import channels_last, choose_precision
+    from edgesdk.converters.qat import export_brevitas
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        brevitas_nn.QuantIdentity(bit_width=8, act_quant=Int8ActPerTensorFixedPoint),
+        brevitas_nn.QuantConv2d(1, 4, 3, bias=False, weight_bit_width=8,
+                                weight_quant=Int8WeightPerChannelFixedPoint)).eval()
+    with torch.no_grad():
+        net[1].weight.mul_(0.05)  # small weights: fine power-of-two scales
+    qonnx, _ = export_brevitas(net, (torch.randn(1, 1, 8, 8),), {})
+    mw = channels_last(qonnx)
+    x = [np.random.RandomState(0).randn(8, 8, 8, 1).astype(np.float32)]
+    _, plan, _ = choose_precision(hls4ml, mw, "g", "g", get_target("ultra96-v2"), "io_stream",
+                                  x, 16, True, {}, str(tmp_path))
+    scale_type = [t for k, t in plan.items() if k.endswith(".scale")]
+    assert len(scale_type) == 1
+    low, high = type_range(scale_type[0])
+    step = 2.0 ** (int(scale_type[0].split(",")[1].rstrip(">")) - int(
+        scale_type[0].split("<")[1].split(",")[0]))
+    scales = np.asarray(net[1].quant_weight().scale.detach()).ravel()
+    assert scales.min() < 2.0 ** -8                       # below fixed<16,8>'s resolution
+    assert (scales <= high).all() and np.all(scales / step == np.round(scales / step))
