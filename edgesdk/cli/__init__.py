@@ -14,6 +14,7 @@ from edgesdk.runtime.cli import run_command
 # verb -> module in edgesdk.cli; each module has add_arguments(parser) and run(args).
 VERBS = {
     "convert": ("convert", "convert a PyTorch multi-exit model into a bundle"),
+    "cascade": ("cascade", "build a resolution cascade: one model at several input sizes"),
     "build": ("build", "compile a bundle's graphs for a board processor with TVM"),
     "calibrate": ("calibrate", "choose per-exit thresholds on labelled data"),
     "run": ("run", "run a bundle over an .npz file or a folder of images"),

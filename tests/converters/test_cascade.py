@@ -164,3 +164,28 @@ def test_wrong_thresholds_for_a_cascade_are_refused(cascade_path, raw_digits):
         cascade.run(raw_digits[0][:2], thresholds=[0.5, 0.5])
     with pytest.raises(InputError, match="outside"):
         cascade.run(raw_digits[0][:2], thresholds=[1.5])
+
+
+def test_cli_builds_a_cascade_from_a_model_file_and_raw_images(tmp_path, shared_weights,
+                                                                raw_digits, capsys):
+    import torch
+    from edgesdk.cli import main
+    raw, y = raw_digits
+    weights = str(tmp_path / "w.pt")
+    torch.save(shared_weights.state_dict(), weights)
+    np.savez(str(tmp_path / "ex.npz"), x=raw[:4])
+    np.savez(str(tmp_path / "cal.npz"), x=raw[1000:1200], y=y[1000:1200])
+    models = os.path.join(os.path.dirname(os.path.dirname(__file__)), "models.py")
+    out = str(tmp_path / "cli.edgebundle")
+    args = ["cascade", "--model", models + ":ConvClassifier", "--weights", weights,
+            "--resolutions", "14,28", "--example-data", str(tmp_path / "ex.npz"),
+            "--calibration-data", str(tmp_path / "cal.npz"), "--mean", "0.1307",
+            "--std", "0.3081", "-o", out]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "r14x14" in text and "variants/r14x14.edgebundle" in text and "calibration:" in text
+    assert load_cascade(out).thresholds[0] is not None
+    bad = list(args)
+    bad[bad.index("14,28")] = "14,big"
+    assert main(bad + ["--force"]) == 4
+    assert "--resolutions takes N or HxW" in capsys.readouterr().err
