@@ -103,3 +103,16 @@ def test_fpga_benchmark_builds_w8a8_and_prints_the_json_summary_last(sample_run)
     assert len(summary["csim_accuracy_drop_points_per_exit"]) == 3
     assert summary["estimated_fps"] > 0 and isinstance(summary["fits_board"], bool)
     assert sum(summary["exit_counts"]) == 64
+
+
+@pytest.mark.slow
+def test_adaptive_benchmark_prints_the_json_summary_last(sample_run):
+    pytest.importorskip("cv2")
+    summary, _ = benchmark_summary("adaptive.py", sample_run[0], "--rounds", "1",
+                                   "--adversarial", "20")
+    for key in ("cascade_vs_full_latency", "cascade_accuracy_drop_points", "deadline_p99_ratio",
+                "unbounded_p99_ratio", "layer_skip_vs_full_latency"):
+        assert isinstance(summary[key], (int, float)), key
+    assert sum(summary["cascade_exit_counts"]) == 64
+    assert sum(summary["hard_exit_counts_deadline"]) == 40   # noise + perturbed, 20 each
+    assert len(summary["blocks_skipped_fraction"]) == 3
