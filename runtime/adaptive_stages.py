@@ -84,6 +84,10 @@ class AdaptiveStage(object):
             self.skipped += int(n - run.sum())
         if not run.any():
             return list(state)
+        if self.router is None and run.all():  # nothing skipped: no copies
+            self.ran += n
+            self.routed[0] += n
+            return self.stage.run(state)
         choice = np.zeros(n, dtype=np.int64)
         if self.router is not None:
             probs = hint if hint is not None and len(hint) == n else \
