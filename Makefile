@@ -37,7 +37,7 @@ test: venv
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: venv
 	$(PY) benchmarks/early_exit.py
