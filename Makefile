@@ -45,6 +45,8 @@ bench: venv
 	$(PY) benchmarks/build_choice.py
 	$(PY) benchmarks/compression.py
 	$(PY) benchmarks/tvm.py --samples 300
+	$(PY) benchmarks/adaptive.py
+	$(PY) benchmarks/fpga.py
 
 runtime-zip: venv
 	$(VENV)/bin/edgesdk pack-runtime dist/edgesdk-runtime.pyz
