@@ -61,6 +61,7 @@ def test_profiler_benchmark_prints_the_json_summary_last(sample_run):
     assert summary["samples"] == 64 and summary["sensor"].startswith("none")
 
 
+@pytest.mark.slow
 def test_build_choice_benchmark_prints_the_json_summary_last(sample_run):
     summary, _ = benchmark_summary("build_choice.py", sample_run[0], "--repeats", "5", "--rounds", "1")
     for key in ("chosen_vs_fp32", "int8_vs_fp32", "accuracy_fp32", "accuracy_int8", "accuracy_chosen"):
@@ -68,6 +69,7 @@ def test_build_choice_benchmark_prints_the_json_summary_last(sample_run):
     assert summary["graphs"] == 8 and 0 <= summary["int8_graphs"] <= 8
 
 
+@pytest.mark.slow
 def test_compression_benchmark_prints_the_json_summary_last(sample_run):
     summary, _ = benchmark_summary("compression.py", sample_run[0], "--image-size", "64",
                                    "--timing-samples", "2", "--rounds", "1", "--fine-tune-epochs", "1")
@@ -78,6 +80,7 @@ def test_compression_benchmark_prints_the_json_summary_last(sample_run):
     assert set(summary["early_exit"]) == {"fp32", "int8", "int8-ea", "pruned"}
 
 
+@pytest.mark.slow
 def test_tvm_benchmark_prints_the_json_summary_last(sample_run):
     pytest.importorskip("tvm")
     # --trials 0: no tuning here; the committed database is used when it was tuned for this CPU.

@@ -15,6 +15,7 @@ from edgesdk.runtime.engine import load_bundle  # noqa: E402
 from edgesdk.targets import get_target  # noqa: E402
 
 
+@pytest.mark.slow
 def test_tune_resume_and_apply(bundle, tmp_path, mnist_split):
     import onnx
     m = read_bundle(bundle).manifest

@@ -164,6 +164,7 @@ def test_unreachable_tracker_and_bad_address(bundle_master):
     assert rc == 4
 
 
+@pytest.mark.slow
 def test_tuning_measures_candidates_on_a_board_through_the_tracker(boards, bundle_master, tmp_path):
     import onnx
     from edgesdk.bundle import read_bundle
