@@ -98,8 +98,8 @@ def convert_cascade(models, resolutions, images, output, labels=None, calibratio
     exits inside each level. ``resolutions``: ints or ``(height, width)``, cheapest first; the
     last is the full resolution. ``images``: raw example images ``(N, H, W[, C])`` (any size:
     the pipeline crops and resizes them with OpenCV). ``calibration_images`` + ``labels``:
-    raw labelled images to choose the thresholds (else they stay null: no escalation is
-    skipped until calibrated). ``resize``: OpenCV interpolation (area, linear, nearest,
+    raw labelled images to choose the thresholds (else they stay null, and every sample
+    climbs to the last level). ``resize``: OpenCV interpolation (area, linear, nearest,
     cubic); ``crop``: central fraction kept before resizing. ``preprocessing``: scale / mean /
     std after resizing (required: the pipeline starts from raw pixels). Other keyword
     arguments go to :func:`~edgesdk.converters.convert` for every level. The bundle is
