@@ -146,15 +146,21 @@ def _check_builds(entry, path, files, selected):
             selected[1], selected[2], selected[0]))
 
 
+def _listed_file(entry, path, files):
+    """The bundle-relative ``file`` of ``entry``, which must be listed (hashed) in $.files."""
+    rel = check_relative_path(_get(entry, "file", path, (str,)), path + ".file")
+    if rel not in files:
+        _fail(path + ".file", "'{}' is not listed in $.files".format(rel))
+    return rel
+
+
 def _check_graph(entry, path, files):
     selected = _check_build(entry, path, files)
     _check_builds(entry, path, files, selected)
     _get(entry, "chosen_from", path, (dict,), optional=True)
     source = _get(entry, "qonnx", path, (dict,), optional=True)
     if source is not None:
-        rel = check_relative_path(_get(source, "file", path + ".qonnx", (str,)), path + ".qonnx.file")
-        if rel not in files:
-            _fail(path + ".qonnx.file", "'{}' is not listed in $.files".format(rel))
+        _listed_file(source, path + ".qonnx", files)
     for key in ("inputs", "outputs"):
         names = _get(entry, key, path, (list,))
         if not names or not all(isinstance(n, str) and n for n in names):
@@ -202,13 +208,6 @@ def _check_preprocessing(pre, path):
 
 
 RESIZE_MODES = ("area", "linear", "nearest", "cubic")
-
-
-def _listed_file(entry, path, files):
-    rel = check_relative_path(_get(entry, "file", path, (str,)), path + ".file")
-    if rel not in files:
-        _fail(path + ".file", "'{}' is not listed in $.files".format(rel))
-    return rel
 
 
 def _check_adaptive_stage(stage, path, files, index):
@@ -356,9 +355,7 @@ def validate(manifest, sdk_schema=SCHEMA_VERSION):
             _fail(p + ".dropped", "the final exit cannot be dropped")
     ref = _get(manifest, "reference", "$", (dict, type(None)), optional=True)
     if ref is not None:
-        rel = check_relative_path(_get(ref, "file", "$.reference", (str,)), "$.reference.file")
-        if rel not in files:
-            _fail("$.reference.file", "'{}' is not listed in $.files".format(rel))
+        _listed_file(ref, "$.reference", files)
         for key in ("atol", "rtol"):
             if _number(ref, key, "$.reference") < 0:
                 _fail("$.reference." + key, "must be >= 0")
