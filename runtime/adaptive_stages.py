@@ -12,6 +12,8 @@
 Gates and variants are ONNX graphs run with ONNX Runtime on the host CPU, whichever executor
 runs the stage. Python 3.6 / numpy 1.19 compatible.
 """
+import threading
+
 import numpy as np
 
 from edgesdk.errors import BundleError, InputError
@@ -59,9 +61,10 @@ def _sigmoid(z):
 class AdaptiveStage(object):
     """A stage graph with its gate and/or width variants; runs like a stage graph.
 
-    ``hint``: the previous exit's probabilities for the rows of the next :meth:`run`, set by
-    the engine when it has them (else the router's head runs here). ``enabled`` False runs
-    the full stage for every sample (to compare). ``skipped`` / ``routed`` count samples.
+    ``run(state, hint)``: ``hint`` is the previous exit's probabilities for the rows of
+    ``state``, which the engine passes when it has them (else the router's head runs here).
+    ``enabled`` False runs the full stage for every sample (to compare). ``skipped``, ``ran``
+    and ``routed`` count samples (under a lock: several threads may run one model).
     """
 
     def __init__(self, sid, stage, gate=None, threshold=0.5, variants=(), router=None,
@@ -69,24 +72,30 @@ class AdaptiveStage(object):
         self.id, self.stage, self.gate, self.threshold = sid, stage, gate, threshold
         self.narrower = list(variants)
         self.router, self.prev_head = router, prev_head
-        self.hint, self.enabled = None, True
+        self.enabled = True
         self.skipped, self.ran = 0, 0
         self.routed = np.zeros(len(self.narrower) + 1, dtype=np.int64)
+        self._count_lock = threading.Lock()
 
-    def run(self, state):
-        hint, self.hint = self.hint, None
+    def _count(self, skipped=0, ran=0, variant=None, rows=0):
+        with self._count_lock:
+            self.skipped += skipped
+            self.ran += ran
+            if variant is not None:
+                self.routed[variant] += rows
+
+    def run(self, state, hint=None):
         n = len(state[0])
         if not self.enabled or n == 0:
             return self.stage.run(state)
         run = np.ones(n, dtype=bool)
         if self.gate is not None:
             run = _sigmoid(np.asarray(self.gate.run(state)[0]).reshape(n)) < self.threshold
-            self.skipped += int(n - run.sum())
+            self._count(skipped=int(n - run.sum()))
         if not run.any():
             return list(state)
         if self.router is None and run.all():  # nothing skipped: no copies
-            self.ran += n
-            self.routed[0] += n
+            self._count(ran=n, variant=0, rows=n)
             return self.stage.run(state)
         choice = np.zeros(n, dtype=np.int64)
         if self.router is not None:
@@ -102,9 +111,9 @@ class AdaptiveStage(object):
             rows = run & (choice == v)
             graph = self.stage if v == 0 else self.narrower[v - 1]
             part = graph.run([s[rows] for s in state])
-            self.routed[v] += int(rows.sum())
+            self._count(variant=v, rows=int(rows.sum()))
             if rows.all():
-                self.ran += n
+                self._count(ran=n)
                 return part
             if out is None:
                 out = [np.empty((n,) + np.shape(p)[1:], dtype=np.asarray(p).dtype) for p in part]
@@ -112,5 +121,5 @@ class AdaptiveStage(object):
                     o[~run] = s[~run]  # skipped rows keep their state (same shape: a gate)
             for o, p in zip(out, part):
                 o[rows] = p
-        self.ran += int(run.sum())
+        self._count(ran=int(run.sum()))
         return out

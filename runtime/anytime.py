@@ -93,7 +93,7 @@ def run_bounded(model, x, thr, deadline_ms=None, budget_ms=None, max_exit=None):
     probs = np.empty((n, model.num_classes), dtype=np.float32)
     exit_index = np.empty(n, dtype=np.int64)
     alive, state, timeline, notes = np.arange(n), (x,), [], []
-    confidence, spent = None, 0.0
+    confidence, spent, hint = None, 0.0, None
     limit = deadline_ms if deadline_ms is not None else budget_ms
     for k in range(last + 1):
         if limit is not None:
@@ -119,7 +119,8 @@ def run_bounded(model, x, thr, deadline_ms=None, budget_ms=None, max_exit=None):
                     state = [s[keep] for s in state]
             spent += step * alive.size
         t0 = clock()
-        state = model.stages[k].run(state)
+        state = model.stages[k].run(state, hint) if model._routed[k] else \
+            model.stages[k].run(state)
         p = softmax(model.heads[k].run(state)[0])
         probs[alive] = p
         exit_index[alive] = k
@@ -136,6 +137,5 @@ def run_bounded(model, x, thr, deadline_ms=None, budget_ms=None, max_exit=None):
                     break
                 state = [s[keep] for s in state]
         confidence = score
-        if k < last and model._routed[k + 1]:
-            model.stages[k + 1].hint = p if keep_all else p[keep]
+        hint = p if keep_all else p[keep]
     return probs, exit_index, timeline, notes

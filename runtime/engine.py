@@ -6,6 +6,7 @@ exits without a threshold are not run at all. Python 3.6 / numpy 1.19 compatible
 import collections
 import os
 import platform
+import threading
 import time
 
 import numpy as np
@@ -133,8 +134,31 @@ class _HostSide(object):
         return getattr(self.graph, name)
 
 
+class _Serialized(object):
+    """A graph whose executor is not reentrant (TVM's VM, TensorRT execution contexts, C
+    simulations, the FPGA driver): one call at a time, so one loaded model can serve several
+    threads. Each call returns new arrays, so a caller's state is never overwritten."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self._lock = threading.Lock()
+
+    def run(self, tensors):
+        with self._lock:
+            return self.graph.run(tensors)
+
+    def __getattr__(self, name):
+        return getattr(self.graph, name)
+
+
 class EdgeModel(object):
     """A loaded, verified bundle ready to run. Create with :func:`load_bundle`.
+
+    Thread safety: :meth:`run`, :meth:`run_one` and :meth:`exit_logits` may be called from
+    several threads on one loaded model. ONNX Runtime sessions run concurrently; graphs of
+    other executors take one call at a time; routers get the previous exit's probabilities
+    per call. Changing ``thresholds``, ``costs`` or a stage's ``enabled`` while other threads
+    run is not synchronized.
 
     ``builds``: which build of each graph to run instead of the manifest's selection, for
     every graph that has one: a precision (``"int8"``), a format (``"tvm"``), a
@@ -167,8 +191,9 @@ class EdgeModel(object):
     def _graph(self, entry, threads):
         build = self.builds[entry["id"]]
         executor = EXECUTORS.get(build["format"])
-        return executor(self.bundle.path(build["file"]), entry["inputs"], entry["outputs"],
-                        entry["output_shapes"], threads, build=build)
+        graph = executor(self.bundle.path(build["file"]), entry["inputs"], entry["outputs"],
+                         entry["output_shapes"], threads, build=build)
+        return graph if getattr(executor, "thread_safe", False) else _Serialized(graph)
 
     def _adaptive(self, k, entry, threads):
         """Stage ``k`` with its gate and width variants (ONNX graphs, host CPU), if any."""
@@ -252,11 +277,12 @@ class EdgeModel(object):
         # Between two graph calls only the calls themselves and the exit decision run; the
         # bookkeeping (per-stage times) is done once at the end. ``alive`` stays None while
         # every sample is still in the batch: plain slices then, no index arrays.
-        alive, state, timeline = None, (x,), []
+        alive, state, timeline, hint = None, (x,), [], None
         clock = time.perf_counter
         for k in range(self.num_exits):
             t0 = clock()
-            state = self.stages[k].run(state)
+            state = self.stages[k].run(state, hint) if self._routed[k] else \
+                self.stages[k].run(state)
             done = p = None
             if k == last:
                 p = softmax(self.heads[k].run(state)[0])
@@ -277,8 +303,7 @@ class EdgeModel(object):
                     break
                 state = [s[keep] for s in state]
                 p = p[keep]
-            if p is not None and k < last and self._routed[k + 1]:
-                self.stages[k + 1].hint = p  # the router reads this exit's probabilities
+            hint = p  # the next stage's router reads this exit's probabilities
         return RunResult(probs.argmax(axis=1), probs, exit_index,
                          stage_ms_table(timeline, n, self.num_exits), (clock() - start) * 1000.0)
 

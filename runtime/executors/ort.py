@@ -67,6 +67,10 @@ class OrtGraph(object):
     allocates outputs itself, executors that bind device buffers (TensorRT) need them.
     """
 
+    # InferenceSession.run may be called from several threads at once (ONNX Runtime's
+    # documented guarantee); other executors are serialized by the engine.
+    thread_safe = True
+
     def __init__(self, path, input_names, output_names, output_shapes=None, threads=None,
                  build=None):
         try:

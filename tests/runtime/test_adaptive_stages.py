@@ -165,3 +165,56 @@ def test_what_cannot_be_skipped_or_routed_is_refused(adaptive, mnist_split):
     manifest = json.load(open(os.path.join(path, "manifest.json")))
     assert manifest["stages"][1]["gate"]["file"] == "gates/stage1.onnx"
     assert manifest["stages"][2]["widths"]["variants"][0]["id"] == "stage2.w50"
+
+
+def test_one_model_serves_several_threads(adaptive, mnist_split):
+    """Threads sharing one model with gates and a router get the answers a lone caller gets:
+    each call's router reads its own exit probabilities, and the counters add up."""
+    from concurrent.futures import ThreadPoolExecutor
+    path = adaptive[0]
+    _, (xc, _) = mnist_split
+    model = load_bundle(path, threads=1)
+    thr = [None, 0.999, None]
+    slices = [xc[i:i + n] for i, n in zip(range(0, 480, 40), [1, 3, 40, 7, 16, 2] * 2)]
+    alone = [model.run(x, thresholds=thr) for x in slices]
+    stage1, stage2 = model.stages[1], model.stages[2]
+    stage1.skipped = stage1.ran = 0
+    stage2.routed[:] = 0
+    rounds = 5
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda i: model.run(slices[i % len(slices)], thresholds=thr),
+                                 range(rounds * len(slices))))
+    for i, got in enumerate(together):
+        want = alone[i % len(slices)]
+        np.testing.assert_array_equal(got.exit_index, want.exit_index)
+        np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-6)
+    samples = rounds * sum(len(x) for x in slices)
+    assert stage1.skipped + stage1.ran == samples
+    reached = rounds * sum(int((r.exit_index == 2).sum()) for r in alone)
+    assert int(stage2.routed.sum()) == reached
+
+
+def test_executors_that_are_not_reentrant_take_one_call_at_a_time():
+    import threading
+    import time
+    from edgesdk.runtime.engine import _Serialized
+
+    class NotReentrant(object):
+        inside, overlaps = 0, 0
+
+        def run(self, tensors):
+            self.inside += 1
+            self.overlaps += self.inside > 1
+            time.sleep(0.002)
+            self.inside -= 1
+            return [tensors[0] * 2]
+
+    graph = NotReentrant()
+    serial = _Serialized(graph)
+    threads = [threading.Thread(target=lambda: [serial.run([np.ones(1)]) for _ in range(20)])
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert graph.overlaps == 0 and serial.inside == 0
