@@ -14,6 +14,7 @@ from edgesdk.errors import ConversionError, InputError
 from edgesdk.manifest import SCHEMA_VERSION
 from edgesdk.progress import Progress
 from edgesdk.converters.macs import count_macs
+from edgesdk.converters.memory import activation_bytes
 from edgesdk.converters.model import as_state, chain, split_model, trace_structure
 from edgesdk.converters.onnx_export import DEFAULT_OPSET, export_graph
 from edgesdk.converters.precision import PrecisionPlan, check_calibration, plan_precisions
@@ -30,6 +31,7 @@ DEFAULT_RTOL = 1e-3
 # outputs differently across instruction sets (x86 VNNI vs ARM dot product).
 REDUCED_PRECISION_ATOL = 5e-2
 REDUCED_PRECISION_RTOL = 1e-2
+MIB = 1 << 20
 
 
 @dataclass
@@ -273,6 +275,7 @@ def _write(tmp, output, stages, heads, structure, example, reference, ref_logits
     os.makedirs(os.path.join(tmp, "reference"))
     n_exits = len(stages)
     stage_entries, exit_entries, files, exported = [], [], [], {}
+    peak_bytes = 0
     torch = require("torch", "torch", "export stages to ONNX")
     state = (example,)
     with Progress(2 * n_exits, "exporting", enabled=progress) as bar:
@@ -294,6 +297,7 @@ def _write(tmp, output, stages, heads, structure, example, reference, ref_logits
                 files.append(rel)
                 entry = {"id": gid, "file": rel, "format": "onnx", "inputs": ins, "outputs": outs,
                          "macs": count_macs(graph)}
+                peak_bytes = max(peak_bytes, activation_bytes(graph))
                 if qat:
                     entry["precision"] = "int8"
                     exported[gid] = graph
@@ -346,6 +350,9 @@ def _write(tmp, output, stages, heads, structure, example, reference, ref_logits
                         "samples": int(reference.shape[0])}],
         },
         "reference": {"file": ref_rel, "atol": atol, "rtol": rtol},
+        # What the runtime checks before loading and before each batch (runtime/memory.py).
+        "memory": {"device_bytes": tgt.memory_mb * MIB if tgt.memory_mb else None,
+                   "activation_bytes_per_sample": peak_bytes},
         "files": bundle_io.hash_files(tmp, files),
     }
     bundle_io.write_manifest(tmp, manifest)

@@ -470,7 +470,7 @@ def _calibration_inputs(bundle, data):
         if not ref:
             raise InputError("FPGA builds need calibration inputs (calibration_data / "
                              "--calibration-data): the bundle has no reference inputs")
-        with np.load(bundle.path(ref["file"])) as z:
+        with np.load(bundle.path(ref["file"]), allow_pickle=False) as z:
             data = z["input"]
     x = np.asarray(data[0] if isinstance(data, tuple) else data)
     if x.dtype.kind != "f" or len(x) == 0 or not np.isfinite(x).all():

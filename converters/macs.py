@@ -6,13 +6,10 @@ def _dims(value_info):
     return [d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
-def count_macs(model):
-    """MACs for one sample through ``model`` (Conv, ConvTranspose, Gemm, MatMul).
-
-    Element-wise ops, pooling and normalisation are not counted: on CPUs and GPUs they are
-    small next to the convolutions, and measured profiles replace this estimate anyway.
-    """
-    onnx = require("onnx", "onnx", "count MACs")
+def infer_at_batch_1(model, why):
+    """A copy of ``model`` with a batch of 1 and shapes inferred, and ``{tensor: value_info}``
+    of every activation (inputs, intermediates, outputs) whose shape is known."""
+    onnx = require("onnx", "onnx", why)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for inp in m.graph.input:
@@ -21,8 +18,18 @@ def count_macs(model):
             dims[0].ClearField("dim_param")
             dims[0].dim_value = 1
     m = onnx.shape_inference.infer_shapes(m)
-    shapes = {v.name: _dims(v) for v in list(m.graph.value_info) + list(m.graph.input)
-              + list(m.graph.output)}
+    return m, {v.name: v for v in list(m.graph.value_info) + list(m.graph.input)
+               + list(m.graph.output)}
+
+
+def count_macs(model):
+    """MACs for one sample through ``model`` (Conv, ConvTranspose, Gemm, MatMul).
+
+    Element-wise ops, pooling and normalisation are not counted: on CPUs and GPUs they are
+    small next to the convolutions, and measured profiles replace this estimate anyway.
+    """
+    m, infos = infer_at_batch_1(model, "count MACs")
+    shapes = {name: _dims(v) for name, v in infos.items()}
     shapes.update({t.name: list(t.dims) for t in m.graph.initializer})
     total = 0
     for node in m.graph.node:

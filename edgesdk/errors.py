@@ -42,6 +42,10 @@ class InputError(EdgeSDKError):
     """Runtime input (tensor, data file, thresholds) does not fit the bundle."""
 
 
+class ResourceLimitError(EdgeSDKError):
+    """A bundle or a batch needs more memory than the device has; the message has the figures."""
+
+
 class ModelStructureError(EdgeSDKError):
     """A model does not have the multi-exit structure the converter needs."""
 

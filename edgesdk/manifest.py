@@ -22,6 +22,11 @@ _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 # A manifest is small; refusing huge ones keeps a hostile file from exhausting memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_DIM = 1 << 20
+# Deeper JSON could parse yet exhaust the stack when the digest re-encodes it.
+MAX_DEPTH = 64
+# Elements of one sample of any tensor the runtime allocates from manifest shapes (1 GiB of
+# float32): with MAX_DIM alone, [N, 2**20, 2**20] would pass.
+MAX_SAMPLE_ELEMENTS = 1 << 28
 
 
 def canonical_json(obj):
@@ -69,10 +74,18 @@ def _names(types):
     return " or ".join(table.get(t, t.__name__) for t in types)
 
 
+def _finite(value):
+    """A finite float, or an int a float can hold (math.isfinite(10**400) raises)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _number(obj, key, path, optional=False, allow_null=False):
     types = (int, float, type(None)) if allow_null else (int, float)
     value = _get(obj, key, path, types, optional)
-    if isinstance(value, float) and not math.isfinite(value):
+    if value is not None and not _finite(value):
         _fail("{}.{}".format(path, key), "must be finite")
     return value
 
@@ -181,11 +194,16 @@ def _check_graph(entry, path, files):
 def _check_shape(shape, path):
     if not isinstance(shape, list) or not shape:
         _fail(path, "expected a non-empty list of dimensions")
+    elements = 1
     for i, d in enumerate(shape):
         if d is None:
             continue
         if isinstance(d, bool) or not isinstance(d, int) or not 0 < d <= MAX_DIM:
             _fail("{}[{}]".format(path, i), "expected null (dynamic) or an integer in 1..{}".format(MAX_DIM))
+        elements *= d
+    if elements > MAX_SAMPLE_ELEMENTS:
+        _fail(path, "{} elements per sample; at most {} are accepted".format(
+            elements, MAX_SAMPLE_ELEMENTS))
 
 
 def _check_preprocessing(pre, path):
@@ -199,7 +217,7 @@ def _check_preprocessing(pre, path):
     for key in ("mean", "std"):
         values = _get(pre, key, path, (list,))
         if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                 and math.isfinite(v) for v in values):
+                                 and _finite(v) for v in values):
             _fail("{}.{}".format(path, key), "expected a non-empty list of finite numbers")
     if any(v <= 0 for v in pre["std"]):
         _fail(path + ".std", "every std must be > 0")
@@ -218,7 +236,8 @@ def _check_adaptive_stage(stage, path, files, index):
         _listed_file(gate, gp, files)
         outputs = _get(gate, "outputs", gp, (list,))
         shapes = _get(gate, "output_shapes", gp, (list,))
-        if len(outputs) != 1 or len(shapes) != 1 or shapes[0][1:] != [1]:
+        if len(outputs) != 1 or len(shapes) != 1 or not isinstance(shapes[0], list) or \
+                shapes[0][1:] != [1]:
             _fail(gp, "a gate has one output of shape [N, 1] (a skip logit per sample)")
         threshold = _number(gate, "threshold", gp)
         if not 0 <= threshold <= 1:
@@ -269,8 +288,10 @@ def _check_cascade(cascade, files):
             _fail(lp + ".bundle", "'{}/manifest.json' is not listed in $.files".format(rel))
         size = _get(level, "resolution", lp, (list,))
         if len(size) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and
-                                     1 <= d <= MAX_DIM for d in size):
-            _fail(lp + ".resolution", "expected [height, width] in 1..{}".format(MAX_DIM))
+                                     1 <= d <= MAX_DIM for d in size) or \
+                size[0] * size[1] > MAX_SAMPLE_ELEMENTS:
+            _fail(lp + ".resolution", "expected [height, width] in 1..{}, at most {} pixels".format(
+                MAX_DIM, MAX_SAMPLE_ELEMENTS))
         _get(level, "policy", lp, (str,))
         threshold = _number(level, "threshold", lp, allow_null=True)
         if i == len(levels) - 1 and threshold is not None:
@@ -281,6 +302,38 @@ def _check_cascade(cascade, files):
     crop = _number(pipe, "crop", p + ".pipeline", allow_null=True)
     if crop is not None and not 0 < crop <= 1:
         _fail(p + ".pipeline.crop", "the central fraction kept, in (0, 1], or null")
+
+
+def _check_json_values(manifest):
+    """Only JSON values, every number finite (``1e999`` parses to inf, which the digest cannot
+    encode). Iterative: a deeply nested manifest must not exhaust the stack."""
+    stack = [("$", manifest, 0)]
+    while stack:
+        path, value, depth = stack.pop()
+        if isinstance(value, (dict, list)) and depth >= MAX_DEPTH:
+            _fail(path, "nested deeper than {} levels".format(MAX_DEPTH))
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    _fail(path, "object keys must be strings, got {}".format(type(k).__name__))
+                stack.append(("{}.{}".format(path, k), v, depth + 1))
+        elif isinstance(value, list):
+            stack.extend(("{}[{}]".format(path, i), v, depth + 1) for i, v in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            _fail(path, "must be a finite number (JSON has no NaN or infinity)")
+        elif value is not None and not isinstance(value, (str, int, float)):
+            _fail(path, "expected a JSON value, got {}".format(type(value).__name__))
+
+
+def _check_memory(memory):
+    """The device's memory and the activations one sample needs (both in bytes)."""
+    if memory is None:
+        return
+    device = _get(memory, "device_bytes", "$.memory", (int, type(None)))
+    if device is not None and device <= 0:
+        _fail("$.memory.device_bytes", "must be > 0 (or null: the running machine's memory)")
+    if _get(memory, "activation_bytes_per_sample", "$.memory", (int,)) < 0:
+        _fail("$.memory.activation_bytes_per_sample", "must be >= 0")
 
 
 def validate(manifest, sdk_schema=SCHEMA_VERSION):
@@ -320,8 +373,8 @@ def validate(manifest, sdk_schema=SCHEMA_VERSION):
                              p + ".preprocessing")
 
     num_classes = _get(manifest, "num_classes", "$", (int,))
-    if num_classes < 2:
-        _fail("$.num_classes", "must be >= 2")
+    if not 2 <= num_classes <= MAX_DIM:
+        _fail("$.num_classes", "must be in 2..{}".format(MAX_DIM))
     stages = _get(manifest, "stages", "$", (list,))
     exits = _get(manifest, "exits", "$", (list,))
     if not stages:
@@ -346,6 +399,9 @@ def validate(manifest, sdk_schema=SCHEMA_VERSION):
         if _get(ex, "after_stage", p, (int,)) != i:
             _fail(p + ".after_stage", "exit {} must follow stage {}".format(i, i))
         _check_graph(ex, p, files)
+        if ex["output_shapes"][0] != [None, num_classes]:
+            _fail(p + ".output_shapes[0]", "an exit gives logits of shape [null, num_classes] "
+                  "= [null, {}], got {}".format(num_classes, ex["output_shapes"][0]))
         _get(ex, "policy", p, (str,))
         threshold = _number(ex, "threshold", p, allow_null=True)
         _get(ex, "chosen_from", p, (dict,))
@@ -360,6 +416,8 @@ def validate(manifest, sdk_schema=SCHEMA_VERSION):
             if _number(ref, key, "$.reference") < 0:
                 _fail("$.reference." + key, "must be >= 0")
     _check_cascade(_get(manifest, "cascade", "$", (dict, type(None)), optional=True), files)
+    _check_memory(_get(manifest, "memory", "$", (dict, type(None)), optional=True))
+    _check_json_values(manifest)
     digest = _get(manifest, "manifest_sha256", "$", (str,))
     if not _SHA256.match(digest):
         _fail("$.manifest_sha256", "expected 64 lowercase hex digits")

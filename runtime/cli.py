@@ -37,6 +37,9 @@ def add_run_arguments(p):
     p.add_argument("--builds", type=_build_spec,
                    help="run other builds than the selected ones where a graph has them: a "
                         "precision (int8), a format (tvm) or FORMAT:PRECISION (onnx:fp32)")
+    p.add_argument("--memory-limit-mb", type=float,
+                   help="refuse a bundle, input file or batch needing more (default: the smaller "
+                        "of the target's declared memory and this machine's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -53,8 +56,9 @@ def cmd_run(args):
     from edgesdk.runtime.engine import load_bundle
     if args.batch_size < 1:
         raise InputError("--batch-size must be >= 1")
-    model = load_bundle(args.bundle, threads=args.threads, builds=args.builds)
-    x, y, names = load_inputs(args.input, model.input_spec)
+    model = load_bundle(args.bundle, threads=args.threads, builds=args.builds,
+                        memory_limit_mb=args.memory_limit_mb)
+    x, y, names = load_inputs(args.input, model.input_spec, max_bytes=model.memory.limit)
     thr = model.resolve_thresholds(_thresholds(args.thresholds))
     parts = []
     with Progress(len(x), "running", enabled=not args.json) as bar:

@@ -11,22 +11,56 @@ import zipfile
 import numpy as np
 
 from edgesdk.deps import require
-from edgesdk.errors import InputError
+from edgesdk.errors import InputError, ResourceLimitError
 from edgesdk.runtime.inputs import preprocess
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff")
 
 
-def load_npz(path):
+def _check_npz_sizes(path, max_bytes):
+    """Refuse an .npz whose arrays would need more than ``max_bytes``, or whose array headers
+    claim more data than their members hold, from the headers alone: numpy allocates what a
+    header claims before it reads the data."""
+    fmt = np.lib.format
+    total = 0
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            with z.open(info) as f:
+                version = fmt.read_magic(f)
+                read = fmt.read_array_header_1_0 if version == (1, 0) else \
+                    fmt.read_array_header_2_0
+                shape, _, dtype = read(f)
+            nbytes = dtype.itemsize
+            for d in shape:
+                nbytes *= d
+            if nbytes > info.file_size:
+                raise ValueError("array '{}' claims {} bytes but its member holds {}".format(
+                    info.filename, nbytes, info.file_size))
+            total += nbytes
+    if max_bytes is not None and total > max_bytes:
+        raise ResourceLimitError("{} holds {:,.1f} MiB of arrays, more than the {:,.1f} MiB "
+                                 "allowed here".format(path, total / 1048576.0,
+                                                       max_bytes / 1048576.0))
+
+
+def read_npz(path, max_bytes=None):
+    """Every array of an .npz as a dict, never unpickling, after checking the headers (see
+    :func:`_check_npz_sizes`). Read errors raise ValueError/OSError/BadZipFile."""
+    _check_npz_sizes(path, max_bytes)
+    with np.load(path, allow_pickle=False) as data:
+        return dict((name, data[name]) for name in data.files)
+
+
+def load_npz(path, max_bytes=None):
     """``(x, y or None)`` from an .npz file (never unpickles)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if "x" not in data.files:
-                raise InputError("{} has arrays {}; it needs 'x' (inputs) and optionally 'y' "
-                                 "(integer labels)".format(path, data.files))
-            return data["x"], (data["y"] if "y" in data.files else None)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        data = read_npz(path, max_bytes)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError("cannot read {} as .npz: {}".format(path, exc))
+    if "x" not in data:
+        raise InputError("{} has arrays {}; it needs 'x' (inputs) and optionally 'y' "
+                         "(integer labels)".format(path, sorted(data)))
+    return data["x"], data.get("y")
 
 
 def load_image_folder(path, spec):
@@ -49,8 +83,9 @@ def load_image_folder(path, spec):
     return np.stack(arrays), names
 
 
-def load_inputs(path, spec):
-    """``(model-ready float32 x, labels or None, sample names)`` for an .npz or image folder."""
+def load_inputs(path, spec, max_bytes=None):
+    """``(model-ready float32 x, labels or None, sample names)`` for an .npz or image folder;
+    an .npz whose arrays hold more than ``max_bytes`` is refused before it is read."""
     if os.path.isdir(path):
         raw, names = load_image_folder(path, spec)
         return preprocess(raw, spec), None, names
@@ -60,7 +95,7 @@ def load_inputs(path, spec):
         raise InputError("input '{}' is neither a regular file nor a folder".format(path))
     if not path.endswith(".npz"):
         raise InputError("input '{}' must be an .npz file or a folder of images".format(path))
-    x, y = load_npz(path)
+    x, y = load_npz(path, max_bytes)
     if x.dtype.kind in "ui":
         x = preprocess(x, spec)
     if y is not None and (y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(x)):

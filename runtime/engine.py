@@ -17,6 +17,7 @@ from edgesdk.manifest import FORMATS
 from edgesdk.runtime.cuda_memory import to_host
 from edgesdk.runtime.executors import EXECUTORS
 from edgesdk.runtime.inputs import check_batch
+from edgesdk.runtime.memory import MemoryPlan, files_to_load
 from edgesdk.runtime.policies import get_policy, softmax
 
 SampleResult = collections.namedtuple(
@@ -163,10 +164,11 @@ class EdgeModel(object):
     ``builds``: which build of each graph to run instead of the manifest's selection, for
     every graph that has one: a precision (``"int8"``), a format (``"tvm"``), a
     ``(format, precision)`` pair, or ``{graph id: any of these}``.
-    ``self.builds`` maps each graph id to the build in use.
+    ``self.builds`` maps each graph id to the build in use. ``memory_limit_mb`` replaces
+    the memory the bundle and batches are checked against (see :mod:`.memory`).
     """
 
-    def __init__(self, bundle, threads=None, builds=None):
+    def __init__(self, bundle, threads=None, builds=None, memory_limit_mb=None):
         self.bundle = bundle
         m = bundle.manifest
         self.input_spec = m["inputs"][0]
@@ -175,6 +177,9 @@ class EdgeModel(object):
         for e in m["stages"] + m["exits"]:
             want = builds.get(e["id"]) if isinstance(builds, dict) else builds
             self.builds[e["id"]] = _pick_build(e, want)
+        # Before any graph is loaded; a build compiled for a fixed batch pads to it.
+        self.memory = MemoryPlan.for_bundle(bundle, files_to_load(m, self.builds), memory_limit_mb)
+        self.memory.check_load(max([b.get("batch") or 1 for b in self.builds.values()]))
         self.stages = [self._graph(s, threads) for s in m["stages"]]
         self.heads = [self._graph(e, threads) for e in m["exits"]]
         self._keep_host_side()
@@ -260,6 +265,7 @@ class EdgeModel(object):
         """
         start = time.perf_counter()
         x = check_batch(x, self.input_spec)
+        self.memory.check_batch(x.shape[0])
         thr = self.resolve_thresholds(thresholds) if early_exit else self._no_exit
         n, last = x.shape[0], self.num_exits - 1
         probs = np.empty((n, self.num_classes), dtype=np.float32)
@@ -324,7 +330,10 @@ class EdgeModel(object):
     def run_one(self, sample, thresholds=None, early_exit=True, **bounds):
         """Run one sample given without the batch dimension; returns a SampleResult.
         ``bounds``: ``deadline_ms``, ``budget_ms``, ``max_exit`` as for :meth:`run`."""
-        sample = np.asarray(sample)
+        try:
+            sample = np.asarray(sample)
+        except Exception as exc:  # ragged lists, arbitrary objects: report, don't crash
+            raise InputError("input could not be converted to an array: {}".format(exc))
         if sample.ndim != len(self.input_spec["shape"]) - 1:
             raise InputError("run_one() takes one sample of rank {} (no batch dimension), got "
                              "shape {}".format(len(self.input_spec["shape"]) - 1, list(sample.shape)))
@@ -337,6 +346,7 @@ class EdgeModel(object):
         with the number of samples done after each batch.
         """
         x = check_batch(x, self.input_spec)
+        self.memory.check_batch(min(batch_size, x.shape[0]))
         out = [[] for _ in self.heads]
         for i in range(0, x.shape[0], batch_size):
             state = (x[i:i + batch_size],)
@@ -353,11 +363,14 @@ class EdgeModel(object):
         return [softmax(l) for l in self.exit_logits(x, batch_size, progress)]
 
 
-def load_bundle(path, threads=None, verify=True, builds=None):
+def load_bundle(path, threads=None, verify=True, builds=None, memory_limit_mb=None):
     """Open and verify a bundle and prepare its graphs for running.
 
     ``threads``: CPU threads for the executors (default: all cores). ``verify=False`` skips
     the per-file sha256 check (the manifest is always validated). ``builds``: run other
-    builds than the selected ones (see :class:`EdgeModel`).
+    builds than the selected ones (see :class:`EdgeModel`). ``memory_limit_mb``: refuse
+    what needs more (default: the smaller of the target's declared memory and this
+    machine's).
     """
-    return EdgeModel(read_bundle(path, verify=verify), threads=threads, builds=builds)
+    return EdgeModel(read_bundle(path, verify=verify), threads=threads, builds=builds,
+                     memory_limit_mb=memory_limit_mb)

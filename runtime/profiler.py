@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from edgesdk.errors import InputError
+from edgesdk.runtime.datafiles import read_npz
 from edgesdk.runtime.policies import softmax
 from edgesdk.runtime.power.meter import EnergyMeter, idle_power
 
@@ -45,8 +46,7 @@ def example_batch(model, batch):
     """A model input of ``batch`` samples: the bundle's reference inputs, repeated as needed."""
     ref = model.bundle.manifest.get("reference")
     if ref is not None:
-        with np.load(model.bundle.path(ref["file"]), allow_pickle=False) as data:
-            x = data["input"]
+        x = read_npz(model.bundle.path(ref["file"]), model.memory.limit)["input"]
     else:
         shape = [d for d in model.input_spec["shape"][1:]]
         x = np.random.RandomState(0).standard_normal([1] + shape).astype(np.float32)

@@ -1,7 +1,10 @@
 """Check a loaded bundle against the reference inputs/outputs stored in it at conversion."""
+import zipfile
+
 import numpy as np
 
 from edgesdk.errors import IntegrityError
+from edgesdk.runtime.datafiles import read_npz
 
 
 def compare_exits(got, expected, atol, rtol):
@@ -30,10 +33,10 @@ def check_reference(model):
         raise IntegrityError("bundle '{}' has no reference data to check against".format(
             model.bundle.root))
     try:
-        with np.load(model.bundle.path(ref["file"]), allow_pickle=False) as data:
-            x = data["input"]
-            expected = [data["exit_{}".format(k)] for k in range(model.num_exits)]
-    except (OSError, KeyError, ValueError) as exc:
+        data = read_npz(model.bundle.path(ref["file"]), model.memory.limit)
+        x = data["input"]
+        expected = [data["exit_{}".format(k)] for k in range(model.num_exits)]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise IntegrityError("reference file '{}' cannot be read: {}".format(ref["file"], exc))
     atol, rtol = float(ref["atol"]), float(ref["rtol"])
     errors, failing = compare_exits(model.exit_logits(x), expected, atol, rtol)

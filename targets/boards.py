@@ -64,6 +64,7 @@ JETSON_TX2 = Target(
     processors=(TX2_CPU, TX2_GPU),
     os="linux",
     glibc="2.27",
+    memory_mb=8192,  # 8 GB LPDDR4, shared by the CPU and the GPU
     notes=["TensorRT 8.2 reads ONNX opset <= 13 and needs Q/DQ zero points of 0",
            "TensorRT engines are built on the board itself",
            "glibc 2.27 (Ubuntu 18.04): every library built for it must need no newer symbol"],
@@ -84,6 +85,7 @@ SNAPDRAGON_865 = Target(
     processors=(SD865_CPU, SD865_GPU),
     os="linux",
     glibc="2.27",
+    memory_mb=8192,  # RB5: 8 GB LPDDR5; phones ship 6-12 GB (the runtime also reads its own)
     notes=["INT8 (uint8 activations, int8 weights) uses the CPU's dot-product instructions and "
            "the Hexagon DSP; FP16 suits the Adreno GPU"],
 )
@@ -127,7 +129,7 @@ X86_NVIDIA = Target(
 )
 
 
-def _zynq(name, description, arch, fabric, notes):
+def _zynq(name, description, arch, fabric, memory_mb, notes):
     """A Zynq board: ARM cores run the runtime and the exit decisions, the fabric runs the
     stages and heads built with hls4ml."""
     return Target(
@@ -141,6 +143,7 @@ def _zynq(name, description, arch, fabric, notes):
         default_precision="int8",
         toolchains=("onnxruntime", "hls4ml"),
         fabric=fabric,
+        memory_mb=memory_mb,
         notes=notes)
 
 
@@ -151,6 +154,7 @@ ULTRA96_V2 = _zynq(
                   "logic), 2 GB LPDDR4, PYNQ image", "aarch64",
     Fabric(part="xczu3eg-sbva484-1-e", clock_mhz=200.0, dsp=360, bram_18k=432, lut=70560,
            ff=141120),
+    2048,
     ["CoDeNet's board: 4-bit weights and 8-bit activations fit its 360 DSPs by putting small "
      "products in LUTs"])
 
@@ -159,6 +163,7 @@ ZCU104 = _zynq(
               "with UltraRAM)", "aarch64",
     Fabric(part="xczu7ev-ffvc1156-2-e", clock_mhz=250.0, dsp=1728, bram_18k=624, lut=230400,
            ff=460800),
+    2048,  # the processing system's 2 GB DDR4
     ["96 UltraRAM blocks are not counted in the BRAM budget"])
 
 PYNQ_Z2 = _zynq(
@@ -166,4 +171,5 @@ PYNQ_Z2 = _zynq(
     "armv7l",
     Fabric(part="xc7z020clg400-1", clock_mhz=100.0, dsp=220, bram_18k=280, lut=53200,
            ff=106400),
+    512,
     ["A 7-series part: Vitis HLS supports it; the ARM cores are 32-bit"])

@@ -61,6 +61,10 @@ class Target:
     ``tensorrt``); ``processors`` TVM compiles for; ``os`` (``linux``/``android``) and
     ``glibc``: the oldest C library its system ships (a build may need no newer symbol
     version); ``build_on``: toolchain -> where its builds are made (``host``, ``device``).
+
+    ``memory_mb``: the board's RAM in MiB (shared with its GPU where it has one), recorded in
+    bundles so the runtime refuses a bundle or a batch that cannot fit before loading it;
+    ``None``: the memory of whichever machine runs the bundle.
     """
 
     name: str
@@ -82,6 +86,7 @@ class Target:
     glibc: str = None
     tensorrt: str = None
     fabric: Fabric = None
+    memory_mb: int = None
     notes: list = field(default_factory=list)
 
     def precision_rules(self):
@@ -106,7 +111,7 @@ class Target:
                 "formats": list(self.formats), "precisions": list(self.precisions),
                 "default_precision": self.default_precision, "build_on": dict(self.build_on),
                 "power_sensor": self.power_sensor, "max_opset": self.max_opset,
-                "tensorrt": self.tensorrt,
+                "tensorrt": self.tensorrt, "memory_mb": self.memory_mb,
                 "fabric": None if self.fabric is None else dict(
                     self.fabric.budget(), part=self.fabric.part, clock_mhz=self.fabric.clock_mhz,
                     hls_backend=self.fabric.hls_backend),

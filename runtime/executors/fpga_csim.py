@@ -24,6 +24,26 @@ def hls_layout(array, layout):
     return np.ascontiguousarray(array.reshape(len(array), -1))
 
 
+def hls_output_sizes(hls, output_shapes, path):
+    """Elements per sample of each HLS output, which must be those of the manifest's output
+    shape (validated and bounded): the executors allocate buffers of this size."""
+    sizes = []
+    for i, (hls_shape, shape) in enumerate(zip(hls["output_shapes"], output_shapes)):
+        size, want = 1, 1
+        for d in hls_shape:
+            if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+                raise BundleError("'{}': HLS output {} has shape {}; expected positive "
+                                  "integers".format(path, i, hls_shape))
+            size *= d
+        for d in shape[1:]:
+            want *= d
+        if size != want:
+            raise BundleError("'{}': HLS output {} has {} elements per sample, the manifest's "
+                              "output shape {} has {}".format(path, i, size, shape, want))
+        sizes.append(size)
+    return sizes
+
+
 def from_hls_layout(flat, layout, hls_shape, shape):
     """One HLS port's outputs back in the runtime's layout (NCHW feature maps)."""
     n = len(flat)
@@ -58,7 +78,7 @@ class FpgaCsimGraph(object):
         self.fn = fn
         self.hls = hls
         self.output_shapes = output_shapes
-        self.out_sizes = [int(np.prod(s)) for s in hls["output_shapes"]]
+        self.out_sizes = hls_output_sizes(hls, output_shapes, path)
 
     def run(self, tensors):
         """Run each sample through the simulation; returns a list of float32 arrays."""

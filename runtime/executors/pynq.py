@@ -11,7 +11,7 @@ PYNQ image. Python 3.6 compatible.
 import numpy as np
 
 from edgesdk.errors import BundleError, MissingDependencyError
-from edgesdk.runtime.executors.fpga_csim import from_hls_layout, hls_layout
+from edgesdk.runtime.executors.fpga_csim import from_hls_layout, hls_layout, hls_output_sizes
 
 
 class PynqGraph(object):
@@ -38,7 +38,7 @@ class PynqGraph(object):
         self.dma = getattr(self.overlay, dma)
         self.hls = hls
         self.output_shapes = output_shapes
-        self.out_size = int(np.prod(hls["output_shapes"][0]))
+        self.out_size = hls_output_sizes(hls, output_shapes, path)[0]
 
     def run(self, tensors):
         """Stream the batch through the fabric; returns a list with one float32 array."""

@@ -87,6 +87,8 @@ def test_user_errors_exit_4_with_message(tmp_path, files, bundle, capsys):
     assert code == 4 and "edgesdk run: error:" in err and "not a bundle directory" in err
     code, _, err = cli(capsys, "run", bundle, files / "few.npz", "--thresholds", "0.5")
     assert code == 4 and "expected 3 thresholds" in err
+    code, _, err = cli(capsys, "run", bundle, files / "few.npz", "--memory-limit-mb", "0.01")
+    assert code == 4 and "this bundle needs about" in err and "of the limit given" in err
     before = snapshot(bundle)
     code, _, err = cli(capsys, "calibrate", bundle, "--data", files / "few.npz",
                        "--max-cost-fraction", "0.0001")

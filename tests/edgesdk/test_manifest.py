@@ -50,6 +50,18 @@ def test_converted_manifest_is_valid_and_sealed(good):
     (lambda m: m.update(manifest_sha256=123), "$.manifest_sha256"),
     (lambda m: m.update(schema_version=0), "$.schema_version"),
     (lambda m: m.update(stages=[]), "$.stages"),
+    # Numbers the runtime sizes arrays with are bounded.
+    (lambda m: m.update(num_classes=10 ** 9), "$.num_classes: must be in 2..1048576"),
+    (lambda m: m["inputs"][0].update(shape=[None, 1 << 20, 1 << 20]),
+     "$.inputs[0].shape: 1099511627776 elements per sample"),
+    (lambda m: m["stages"][0].update(output_shapes=[[None, 4096, 4096, 4096]]),
+     "$.stages[0].output_shapes[0]: 68719476736 elements"),
+    (lambda m: m["exits"][0].update(output_shapes=[[None, 11]]),
+     "$.exits[0].output_shapes[0]: an exit gives logits of shape [null, num_classes]"),
+    (lambda m: m.update(memory={"device_bytes": 0, "activation_bytes_per_sample": 1}),
+     "$.memory.device_bytes"),
+    (lambda m: m.update(memory={"device_bytes": None, "activation_bytes_per_sample": -1}),
+     "$.memory.activation_bytes_per_sample"),
 ])
 def test_invalid_manifest_names_the_path(good, mutate, path):
     mutate(good)

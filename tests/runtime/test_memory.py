@@ -1,0 +1,105 @@
+"""Memory limits: the converter's activation estimate, and the runtime refusing a bundle or
+a batch that cannot fit before it loads or runs anything."""
+import io
+import zipfile
+
+import numpy as np
+import pytest
+
+from edgesdk.bundle import read_bundle, update_manifest
+from edgesdk.errors import BundleError, InputError, ResourceLimitError
+from edgesdk.runtime.datafiles import load_npz, read_npz
+from edgesdk.runtime.engine import load_bundle
+from edgesdk.runtime.memory import MIB, machine_memory_bytes
+
+
+def _graph(nodes, outputs):
+    from onnx import TensorProto, helper
+    g = helper.make_graph(
+        [helper.make_node(op, ins, [out]) for op, ins, out in nodes], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["N", 4]) for o in outputs])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_activation_estimate_follows_tensor_lifetimes():
+    from edgesdk.converters.memory import activation_bytes
+    # A chain frees each input after its reader: two 16-byte tensors alive at most.
+    assert activation_bytes(_graph([("Relu", ["x"], "a"), ("Relu", ["a"], "b")], ["b"])) == 32
+    # A branch keeps x alive until its second reader: x, a, b together.
+    branch = [("Relu", ["x"], "a"), ("Neg", ["x"], "b"), ("Add", ["a", "b"], "c")]
+    assert activation_bytes(_graph(branch, ["c"])) == 48
+
+
+def test_bundles_record_the_target_memory_and_activations(bundle_master, tx2_master):
+    host, tx2 = (read_bundle(b).manifest["memory"] for b in (bundle_master, tx2_master))
+    assert host["device_bytes"] is None and tx2["device_bytes"] == 8192 * 1024 * 1024
+    # TinyNet's peak is in stage 0 (batch norm folded at export): its conv output and the
+    # ReLU's, 16 channels of 14x14 float32 each, alive together.
+    assert host["activation_bytes_per_sample"] == 2 * 16 * 14 * 14 * 4
+    assert host["activation_bytes_per_sample"] == tx2["activation_bytes_per_sample"]
+
+
+def test_a_bundle_larger_than_the_limit_is_refused_before_loading(bundle, monkeypatch):
+    import edgesdk.runtime.executors.ort as ort
+    monkeypatch.setattr(ort, "make_session", lambda *a: pytest.fail("a graph was loaded"))
+    with pytest.raises(ResourceLimitError, match=r"needs about [\d.]+ MiB .* more than the "
+                                                 r"0.0 MiB of the limit given"):
+        load_bundle(bundle, memory_limit_mb=0.01)
+
+
+def test_the_declared_device_memory_is_the_limit(bundle, monkeypatch):
+    update_manifest(bundle, lambda m: m["memory"].update(device_bytes=20000))
+    with pytest.raises(ResourceLimitError, match="of the memory of target 'host' \\(its descriptor\\)"):
+        load_bundle(bundle)
+    # This machine's own memory bounds it too.
+    update_manifest(bundle, lambda m: m["memory"].update(device_bytes=1 << 50))
+    assert load_bundle(bundle).memory.limit == machine_memory_bytes()
+
+
+def test_a_batch_that_cannot_fit_is_refused_with_the_largest_that_can(bundle_master):
+    model = load_bundle(bundle_master)
+    plan = model.memory
+    limit_mb = (plan.resident + plan.largest + 40 * plan.per_sample) / MIB
+    small = load_bundle(bundle_master, memory_limit_mb=limit_mb)
+    most = small.memory.max_batch()
+    assert 40 <= most < 10 ** 4
+    x = np.zeros((most + 1, 1, 28, 28), np.float32)
+    with pytest.raises(ResourceLimitError, match="split it into batches of at most {}".format(most)):
+        small.run(x)
+    assert len(small.run(x[:most])) == most
+    # exit_logits works in slices: a slice that fits is fine, a larger one is refused.
+    assert len(small.exit_logits(x, batch_size=most)[0]) == most + 1
+    with pytest.raises(ResourceLimitError):
+        small.exit_logits(x, batch_size=most + 1)
+
+
+def _npz_with_header(shape, payload):
+    """An .npz whose array header claims ``shape`` (float32) over ``payload`` bytes."""
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1, np.float32))
+    header["shape"] = shape
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("x.npy", buf.getvalue() + payload)
+    return out.getvalue()
+
+
+def test_npz_headers_are_checked_before_numpy_allocates(tmp_path):
+    forged = tmp_path / "forged.npz"
+    forged.write_bytes(_npz_with_header((1 << 40,), b"\0" * 16))
+    with pytest.raises(InputError, match="claims 4398046511104 bytes but its member holds"):
+        load_npz(str(forged))
+    good = tmp_path / "good.npz"
+    np.savez(str(good), x=np.zeros((100, 4), np.float32))
+    assert read_npz(str(good))["x"].shape == (100, 4)
+    with pytest.raises(ResourceLimitError, match="more than the 0.0 MiB allowed"):
+        read_npz(str(good), max_bytes=1000)
+
+
+def test_hls_output_sizes_must_match_the_manifest():
+    from edgesdk.runtime.executors.fpga_csim import hls_output_sizes
+    assert hls_output_sizes({"output_shapes": [[10]]}, [[None, 10]], "g") == [10]
+    with pytest.raises(BundleError, match="has 1073741824 elements per sample"):
+        hls_output_sizes({"output_shapes": [[1 << 30]]}, [[None, 10]], "g")
