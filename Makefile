@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench venv runtime-zip clean
+.PHONY: demo test test-all bench venv runtime-zip clean fuzz
 
 venv: $(STAMP)
 
@@ -47,6 +47,23 @@ bench: venv
 	$(PY) benchmarks/tvm.py --samples 300
 	$(PY) benchmarks/adaptive.py
 	$(PY) benchmarks/fpga.py
+
+# Coverage-guided fuzzing (atheris) of the manifest parser, the bundle loader (manifest.json and
+# tar archives) and profile import, FUZZ_TIME seconds each. Corpora live outside the repository
+# (FUZZ_DIR); a crash leaves its input there as crash-*. Hypothesis runs in `make test`.
+FUZZ_TIME ?= 300
+FUZZ_DIR  ?= /tmp/edgesdk-fuzz
+fuzz: venv
+	$(PY) -m pip install -q -e '.[fuzz]'
+	@for h in manifest bundle profiles; do \
+		mkdir -p $(FUZZ_DIR)/$$h; \
+		echo "== fuzz/fuzz_$$h.py for $(FUZZ_TIME) s"; \
+		$(PY) fuzz/fuzz_$$h.py $(FUZZ_DIR)/$$h -max_total_time=$(FUZZ_TIME) -timeout=20 \
+			-dict=fuzz/json.dict -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/crash-$$h- \
+			2>&1 | grep -E '^(#[0-9]+[[:space:]]+DONE|Done|stat::number_of_executed_units|==|.*Uncaught|.*Error)' \
+			|| exit 1; \
+		test -z "$$(ls $(FUZZ_DIR)/crash-$$h-* 2>/dev/null)" || { echo "crash inputs in $(FUZZ_DIR)"; exit 1; }; \
+	done
 
 runtime-zip: venv
 	$(VENV)/bin/edgesdk pack-runtime dist/edgesdk-runtime.pyz

@@ -126,25 +126,25 @@ def convert_cascade(models, resolutions, images, output, labels=None, calibratio
     spec = {"pipeline": {"resize": resize, "crop": crop}}
     ids = ["r{}x{}".format(*s) for s in sizes]
     output = os.path.abspath(output)
-    scratch = tempfile.mkdtemp(prefix=".cascade-", dir=os.path.dirname(output))
-    try:
-        with bundle_io.staging_directory(output, force=force) as tmp:
-            for k, (model, size) in enumerate(zip(models, sizes)):
-                example = preprocess(resize_images(images, size, resize, crop),
-                                     {"name": "input", "preprocessing": preprocessing})
-                last = k == len(sizes) - 1
-                dest = os.path.join(scratch if last else os.path.join(tmp, VARIANTS),
-                                    ids[k] + bundle_io.SUFFIX)
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                convert(_as_multi_exit(model), example, dest, progress=progress,
-                        preprocessing=preprocessing, name=ids[k], **convert_kwargs)
-                if last:  # the full resolution is the outer bundle itself
-                    for name in os.listdir(dest):
-                        os.replace(os.path.join(dest, name), os.path.join(tmp, name))
-            _finish(tmp, spec, ids, sizes, policy, pol, labels, calibration_images,
-                    max_accuracy_drop)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with bundle_io.staging_directory(output, force=force) as tmp:
+        # Inside the staging directory: a killed build leaves nothing that the next write's
+        # recovery does not remove (see edgesdk.atomic.recover).
+        scratch = tempfile.mkdtemp(prefix=".cascade-", dir=tmp)
+        for k, (model, size) in enumerate(zip(models, sizes)):
+            example = preprocess(resize_images(images, size, resize, crop),
+                                 {"name": "input", "preprocessing": preprocessing})
+            last = k == len(sizes) - 1
+            dest = os.path.join(scratch if last else os.path.join(tmp, VARIANTS),
+                                ids[k] + bundle_io.SUFFIX)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            convert(_as_multi_exit(model), example, dest, progress=progress,
+                    preprocessing=preprocessing, name=ids[k], **convert_kwargs)
+            if last:  # the full resolution is the outer bundle itself
+                for name in os.listdir(dest):
+                    os.replace(os.path.join(dest, name), os.path.join(tmp, name))
+        shutil.rmtree(scratch)
+        _finish(tmp, spec, ids, sizes, policy, pol, labels, calibration_images,
+                max_accuracy_drop)
     return bundle_io.read_bundle(output).manifest["cascade"]
 
 

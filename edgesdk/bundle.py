@@ -2,8 +2,12 @@
 
 A bundle is ``NAME.edgebundle/`` with ``manifest.json`` and the files it lists, each with a
 sha256. Reading refuses anything that does not match; writing goes to a temporary sibling
-directory that is renamed into place, so a crash never leaves half a bundle. Runs on the
-device (Python 3.6, stdlib only).
+directory that is renamed into place, so a crash never leaves half a bundle. Replacing an
+existing bundle swaps the two directories in one step (Linux ``renameat2`` with
+``RENAME_EXCHANGE``); where that is unavailable, the old bundle is moved aside first and a
+killed writer's leftovers are repaired by the next reader or writer (:func:`edgesdk.atomic.recover`),
+so the path always holds the complete old or the complete new bundle. Runs on the device
+(Python 3.6, stdlib only).
 """
 import contextlib
 import hashlib
@@ -13,6 +17,7 @@ import shutil
 import stat
 import tempfile
 
+from edgesdk import atomic
 from edgesdk import manifest as mf
 from edgesdk.errors import BundleError, IntegrityError, ManifestError
 
@@ -112,6 +117,8 @@ def verify_files(root, manifest):
 def read_bundle(root, verify=True):
     """Open a bundle: parse and validate the manifest, check its digest and every file hash."""
     root = os.path.abspath(root)
+    if not os.path.lexists(root):
+        atomic.recover(root)  # a writer killed while replacing it may have moved it aside
     manifest = mf.validate(_read_manifest(root))
     if mf.content_digest(manifest) != manifest["manifest_sha256"]:
         raise IntegrityError(
@@ -123,31 +130,11 @@ def read_bundle(root, verify=True):
     return Bundle(root, manifest)
 
 
-def _fsync_dir(path):
-    if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_json_atomic(path, obj):
     """Write ``obj`` as JSON to ``path`` atomically (temporary file, fsync, rename)."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(directory)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic.atomic_file(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
+        f.write("\n")
 
 
 def seal_manifest(manifest):
@@ -171,32 +158,33 @@ def staging_directory(final, force=False):
 
     The caller writes every file (manifest last); if anything raises, the temporary directory
     is removed and ``final`` is untouched. With ``force`` an existing bundle is replaced only
-    after the new one is complete.
+    after the new one is complete, in one atomic swap where the system allows it. A process
+    killed at any moment leaves the complete old bundle or the complete new one at ``final``
+    (after :func:`edgesdk.atomic.recover`, which reading and writing run).
     """
     final = os.path.abspath(final)
     parent = os.path.dirname(final)
+    atomic.recover(final)
     if os.path.exists(final) and not force:
         raise BundleError("'{}' already exists; choose another output path or pass force=True "
                           "(--force) to replace it".format(final))
     if not os.path.isdir(parent):
         raise BundleError("output directory '{}' does not exist".format(parent))
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(final) + ".tmp-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=atomic.temporary_prefix(final, "tmp"), dir=parent)
     try:
         yield tmp
-        for dirpath, _, filenames in os.walk(tmp):
+        for dirpath, _, filenames in os.walk(tmp, topdown=False):
             for name in filenames:
                 with open(os.path.join(dirpath, name), "rb") as f:
                     os.fsync(f.fileno())
-        if os.path.exists(final):
-            old = tempfile.mkdtemp(prefix="." + os.path.basename(final) + ".old-", dir=parent)
-            os.rename(final, os.path.join(old, "bundle"))
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            atomic.fsync_dir(dirpath)
+        if os.path.lexists(final):
+            atomic.replace_directory(tmp, final, parent)
         else:
             os.rename(tmp, final)
-        _fsync_dir(parent)
+        atomic.fsync_dir(parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        atomic.remove(tmp)
         raise
 
 

@@ -52,19 +52,29 @@ def unpack_bundle(data, dest, force=False):
     with tar:
         if len(members) > MAX_MEMBERS:
             raise BundleError("archive has {} members; a bundle has far fewer".format(len(members)))
+        seen = set()
         for m in members:
             _check_member(m)
+            if m.name.rstrip("/") in seen:
+                raise BundleError("archive member '{}' appears twice; refusing to unpack".format(
+                    m.name))
+            seen.add(m.name.rstrip("/"))
         if MANIFEST not in [m.name for m in members]:
             raise BundleError("archive has no {} at its top level: not a bundle".format(MANIFEST))
         with staging_directory(dest, force=force) as tmp:
             for m in members:
                 target = os.path.join(tmp, *m.name.split("/"))
-                if m.isdir():
-                    os.makedirs(target, exist_ok=True)
-                    continue
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                src = tar.extractfile(m)
-                with open(target, "wb") as out:
-                    out.write(src.read())
+                try:
+                    if m.isdir():
+                        os.makedirs(target, exist_ok=True)
+                        continue
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    src = tar.extractfile(m)
+                    with open(target, "wb") as out:
+                        out.write(src.read())
+                except (OSError, tarfile.TarError, EOFError) as exc:
+                    # a name too long for this file system, a file where a directory goes,
+                    # member data cut short
+                    raise BundleError("cannot unpack archive member '{}': {}".format(m.name, exc))
             read_bundle(tmp)
     return read_bundle(dest)

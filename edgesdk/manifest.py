@@ -96,6 +96,10 @@ def check_relative_path(rel, path):
         _fail(path, "expected a non-empty relative path")
     if rel.startswith("/") or "\\" in rel or ":" in rel or "\x00" in rel:
         _fail(path, "'{}' must be a relative POSIX path inside the bundle".format(rel))
+    try:
+        rel.encode("utf-8")  # JSON's "\\ud800" escape gives a lone surrogate: no file name
+    except UnicodeEncodeError:
+        _fail(path, "{!r} is not valid Unicode (lone surrogate)".format(rel))
     parts = rel.split("/")
     if any(p in ("", ".", "..") for p in parts):
         _fail(path, "'{}' must not contain empty, '.' or '..' components".format(rel))

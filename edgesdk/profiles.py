@@ -234,6 +234,20 @@ class ProfileStore(object):
         return {d: json.loads(desc) for d, desc in self.db.execute("SELECT device, description FROM devices")}
 
 
+MAX_BATCH = 1 << 31
+
+
+def _is_text(v):
+    """A non-empty string SQLite can store (JSON's "\\ud800" escapes give lone surrogates)."""
+    if not isinstance(v, str) or not v:
+        return False
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate_row(row, index=0):
     """A measurement row with every column of the right type; InputError names the row."""
     if not isinstance(row, dict):
@@ -247,21 +261,21 @@ def validate_row(row, index=0):
         if c == "batch":
             try:
                 v = int(v)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
                 raise InputError("profile row {}: batch {!r} is not an integer".format(index, v))
-            if v < 1:
-                raise InputError("profile row {}: batch must be >= 1".format(index))
+            if not 1 <= v <= MAX_BATCH:  # SQLite integers have 64 bits
+                raise InputError("profile row {}: batch must be >= 1 and <= {}".format(index, MAX_BATCH))
         elif c == "value":
             if v in (None, ""):
                 v = None
             else:
                 try:
                     v = float(v)
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):  # OverflowError: 10**400
                     raise InputError("profile row {}: value {!r} is not a number".format(index, v))
                 if v != v or v in (float("inf"), float("-inf")):
                     raise InputError("profile row {}: value must be finite".format(index))
-        elif not isinstance(v, str) or not v:
+        elif not _is_text(v):
             raise InputError("profile row {}: {} must be a non-empty string".format(index, c))
         out[c] = v
     return out
@@ -269,21 +283,20 @@ def validate_row(row, index=0):
 
 def export_rows(store, path):
     """Write every row to ``path`` (.csv or .json); returns the row count."""
+    from edgesdk.atomic import atomic_file  # temporary file, fsync, rename: never half a file
     rows = store.rows()
-    tmp = path + ".tmp"
     if path.endswith(".json"):
-        with open(tmp, "w") as f:
+        with atomic_file(path) as f:
             json.dump({"format": STORE_FORMAT, "version": STORE_VERSION, "devices": store.devices(),
                        "rows": rows}, f, indent=1)
     elif path.endswith(".csv"):
-        with open(tmp, "w", newline="") as f:
+        with atomic_file(path, newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(COLUMNS))
             w.writeheader()
             for r in rows:
                 w.writerow(dict(r, value="" if r["value"] is None else repr(r["value"])))
     else:
         raise InputError("export to .csv or .json, not '{}'".format(path))
-    os.replace(tmp, path)
     return len(rows)
 
 
@@ -293,20 +306,29 @@ def read_rows(path):
         raise InputError("'{}' does not exist".format(path))
     if path.endswith(".json"):
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-        except ValueError as exc:
+        except ValueError as exc:  # UnicodeDecodeError is a ValueError too
             raise InputError("{} is not valid JSON: {}".format(path, exc))
+        except RecursionError:
+            raise InputError("{} is not a profile export: JSON nested too deeply".format(path))
         if not isinstance(data, dict) or data.get("format") != STORE_FORMAT or not isinstance(
                 data.get("rows"), list):
             raise InputError("{} is not an edgesdk profile export (format/rows missing)".format(path))
-        return data["rows"], data.get("devices") or {}
+        devices = data.get("devices") or {}
+        if not isinstance(devices, dict) or not all(_is_text(d) for d in devices):
+            raise InputError("{}: devices must be an object keyed by device fingerprint".format(path))
+        return data["rows"], devices
     if path.endswith(".csv"):
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or set(COLUMNS) - set(reader.fieldnames):
-                raise InputError("{}: CSV header must have the columns {}".format(path, ", ".join(COLUMNS)))
-            return list(reader), {}
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames is None or set(COLUMNS) - set(reader.fieldnames):
+                    raise InputError("{}: CSV header must have the columns {}".format(
+                        path, ", ".join(COLUMNS)))
+                return list(reader), {}
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise InputError("{} is not a readable CSV export: {}".format(path, exc))
     with ProfileStore(path, create=False) as other:
         return other.rows(), other.devices()
 

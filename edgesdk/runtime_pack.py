@@ -12,7 +12,7 @@ import edgesdk
 
 # The core contracts the runtime imports; everything under runtime/ is added too.
 CORE_MODULES = ("__init__.py", "errors.py", "deps.py", "registry.py", "progress.py",
-                "manifest.py", "bundle.py", "bundle_archive.py", "table.py", "profiles.py")
+                "manifest.py", "atomic.py", "bundle.py", "bundle_archive.py", "table.py", "profiles.py")
 
 
 def pack_runtime(output):

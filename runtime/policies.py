@@ -42,7 +42,7 @@ class Policy(object):
             return None
         try:
             value = float(threshold)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: float(10**400)
             raise InputError("{}: threshold {!r} is not a number".format(where, threshold))
         if not (lo <= value <= hi):
             raise InputError("{}: {} threshold {} is outside [{}, {:.4g}]".format(

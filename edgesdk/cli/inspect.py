@@ -74,5 +74,5 @@ def run(args):
                 r["sparsity"], "yes" if r["2:4"] else "no", r["note"]))
     total = sum(f["bytes"] for f in files.values())
     print("\n{} files, {} in all; manifest sha256 {}".format(len(files), _size(total),
-                                                            m["manifest_sha256"][:12]))
+                                                            m["manifest_sha256"]))
     return 0
