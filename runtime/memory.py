@@ -96,3 +96,26 @@ def files_to_load(manifest, builds):
         files += [v["file"] for v in (stage.get("widths") or {}).get("variants", [])]
     return files
 
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def steady_allocator(mmap_threshold=128 * 1024):
+    """For long-running services on glibc: allocations of ``mmap_threshold`` bytes or more
+    (batched activations) get their own pages, returned to the system when freed.
+
+    glibc raises its mmap threshold each time such a block is freed (up to 32 MiB), after
+    which batch-sized arrays come from the per-thread heaps; with several threads calling one
+    model, those heaps then grew in steps (+13 MB over 100,000 inferences in
+    ``benchmarks/soak.py``, +3.7 MB with this, flat after 20,000). Same as setting
+    ``MALLOC_MMAP_THRESHOLD_`` in the environment. Returns False where the C library has no
+    ``mallopt`` (not glibc) or refuses the value.
+    """
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) == 1

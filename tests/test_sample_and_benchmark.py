@@ -61,6 +61,18 @@ def test_profiler_benchmark_prints_the_json_summary_last(sample_run):
     assert summary["samples"] == 64 and summary["sensor"].startswith("none")
 
 
+def test_soak_benchmark_two_threads_on_one_model_prints_the_json_summary_last(sample_run):
+    summary, _ = benchmark_summary("soak.py", sample_run[0], "--inferences", "3000",
+                                   "--threads", "2", "--warmup", "300")
+    for key in ("inferences", "errors", "rss_start_mb", "rss_end_mb", "rss_growth_mb",
+                "rss_slope_mb_per_10k", "p99_first_ms", "p99_last_ms", "p99_drift", "wall_s"):
+        assert isinstance(summary[key], (int, float)), key
+    assert summary["threads"] == 2 and summary["errors"] == 0
+    assert summary["inferences"] >= 3000 and summary["warmup_inferences"] >= 300
+    assert summary["calls"] > summary["batch1_calls"] > 0    # mixed batch sizes
+    assert set(summary["goals_met"]) == {"errors", "rss_growth", "p99_drift"}
+
+
 @pytest.mark.slow
 def test_build_choice_benchmark_prints_the_json_summary_last(sample_run):
     summary, _ = benchmark_summary("build_choice.py", sample_run[0], "--repeats", "5", "--rounds", "1")
