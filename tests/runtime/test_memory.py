@@ -103,3 +103,16 @@ def test_hls_output_sizes_must_match_the_manifest():
     assert hls_output_sizes({"output_shapes": [[10]]}, [[None, 10]], "g") == [10]
     with pytest.raises(BundleError, match="has 1073741824 elements per sample"):
         hls_output_sizes({"output_shapes": [[1 << 30]]}, [[None, 10]], "g")
+
+
+def test_steady_memory_turns_off_the_arena_for_later_sessions(bundle_master):
+    from edgesdk.runtime.executors import ort
+    from edgesdk.runtime.memory import steady_memory
+    before = load_bundle(bundle_master).stages[0].session.get_session_options()
+    try:
+        assert steady_memory() is True  # glibc here
+        after = load_bundle(bundle_master).stages[0].session.get_session_options()
+    finally:
+        ort.use_memory_arena(True)
+    assert before.enable_cpu_mem_arena and not after.enable_cpu_mem_arena
+    assert not after.enable_mem_pattern
