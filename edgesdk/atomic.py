@@ -205,8 +205,10 @@ def _exchange(a, b):
     raise OSError(err, os.strerror(err), b)
 
 
-def replace_directory(tmp, final, parent):
-    """Put the complete directory ``tmp`` at ``final``, which exists."""
+def replace_directory(tmp, final):
+    """Put the complete directory ``tmp`` at ``final``, which exists; the parent directory
+    is synced once the new one is in place."""
+    parent = os.path.dirname(final)
     if _exchange(tmp, final):
         fsync_dir(parent)
         remove(tmp)  # now the old bundle; a leftover is removed by the next recovery

@@ -2,12 +2,9 @@
 
 A bundle is ``NAME.edgebundle/`` with ``manifest.json`` and the files it lists, each with a
 sha256. Reading refuses anything that does not match; writing goes to a temporary sibling
-directory that is renamed into place, so a crash never leaves half a bundle. Replacing an
-existing bundle swaps the two directories in one step (Linux ``renameat2`` with
-``RENAME_EXCHANGE``); where that is unavailable, the old bundle is moved aside first and a
-killed writer's leftovers are repaired by the next reader or writer (:func:`edgesdk.atomic.recover`),
-so the path always holds the complete old or the complete new bundle. Runs on the device
-(Python 3.6, stdlib only).
+directory that replaces the old one whole (:mod:`edgesdk.atomic`), so the path always holds
+the complete old or the complete new bundle, even after a crash. Runs on the device (Python
+3.6, stdlib only).
 """
 import contextlib
 import hashlib
@@ -179,10 +176,10 @@ def staging_directory(final, force=False):
                     os.fsync(f.fileno())
             atomic.fsync_dir(dirpath)
         if os.path.lexists(final):
-            atomic.replace_directory(tmp, final, parent)
+            atomic.replace_directory(tmp, final)
         else:
             os.rename(tmp, final)
-        atomic.fsync_dir(parent)
+            atomic.fsync_dir(parent)
     except BaseException:
         atomic.remove(tmp)
         raise

@@ -15,6 +15,8 @@ from edgesdk.errors import InputError, ResourceLimitError
 from edgesdk.runtime.inputs import preprocess
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff")
+# What reading a damaged or foreign .npz raises (read_npz's callers turn it into their error).
+NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
 
 
 def _check_npz_sizes(path, max_bytes):
@@ -45,7 +47,7 @@ def _check_npz_sizes(path, max_bytes):
 
 def read_npz(path, max_bytes=None):
     """Every array of an .npz as a dict, never unpickling, after checking the headers (see
-    :func:`_check_npz_sizes`). Read errors raise ValueError/OSError/BadZipFile."""
+    :func:`_check_npz_sizes`). Read errors raise one of :data:`NPZ_ERRORS`."""
     _check_npz_sizes(path, max_bytes)
     with np.load(path, allow_pickle=False) as data:
         return dict((name, data[name]) for name in data.files)
@@ -55,7 +57,7 @@ def load_npz(path, max_bytes=None):
     """``(x, y or None)`` from an .npz file (never unpickles)."""
     try:
         data = read_npz(path, max_bytes)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except NPZ_ERRORS as exc:
         raise InputError("cannot read {} as .npz: {}".format(path, exc))
     if "x" not in data:
         raise InputError("{} has arrays {}; it needs 'x' (inputs) and optionally 'y' "

@@ -18,11 +18,8 @@ _arena = {"enabled": True}
 
 def use_memory_arena(enabled):
     """Whether sessions made from now on keep ONNX Runtime's CPU memory arena (and memory
-    patterns). The arena never gives memory back: after the sample's calibration at batch
-    256, a process serving small batches kept 733 MB resident with it and 346 MB without,
-    and with two threads it grew in steps (+9.6 MB over 100,000 inferences) where without it
-    RSS followed the live tensors (+0.45 MB). Without it the sample's batch-1 and batch-64
-    calls took 0.98x and 1.02x the time (interleaved medians, this 2-core host)."""
+    patterns), which never gives memory back; services turn it off through
+    :func:`edgesdk.runtime.memory.steady_memory` (the measurements are there)."""
     _arena["enabled"] = bool(enabled)
 
 
