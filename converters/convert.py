@@ -47,6 +47,7 @@ class ConversionReport:
     choices: dict = None                                # what --profile chose (None without it)
     exit_table: list = None                             # per exit: fp32 vs selected builds
     precision_warnings: list = field(default_factory=list)
+    macs_uncounted: dict = field(default_factory=dict)  # graph id -> nodes left out of its MACs
 
 
 def utc_now():
@@ -295,8 +296,11 @@ def _write(tmp, output, stages, heads, structure, example, reference, ref_logits
                 rel = "{}/{}.onnx".format(folder, gid)
                 onnx.save_model(graph, os.path.join(tmp, folder, gid + ".onnx"))
                 files.append(rel)
+                # MACs at the example's batch (every shape concrete), per sample; the nodes
+                # that could not be counted are recorded, never taken as 0 silently.
+                macs = count_macs(graph, {n: t.numpy() for n, t in zip(ins, args)})
                 entry = {"id": gid, "file": rel, "format": "onnx", "inputs": ins, "outputs": outs,
-                         "macs": count_macs(graph)}
+                         "macs": macs.total, "macs_uncounted": macs.uncounted}
                 peak_bytes = max(peak_bytes, activation_bytes(graph))
                 if qat:
                     entry["precision"] = "int8"
@@ -359,4 +363,7 @@ def _write(tmp, output, stages, heads, structure, example, reference, ref_logits
     return ConversionReport(path=output, max_abs_error=[],
                             stage_macs=[e["macs"] for e in stage_entries],
                             exit_macs=[e["macs"] for e in exit_entries],
+                            macs_uncounted={e["id"]: e["macs_uncounted"]
+                                            for e in stage_entries + exit_entries
+                                            if e["macs_uncounted"]},
                             files=manifest["files"])

@@ -185,6 +185,7 @@ def _check_graph(entry, path, files):
     macs = _get(entry, "macs", path, (int,))
     if macs < 0:
         _fail(path + ".macs", "must be >= 0")
+    _check_uncounted(entry, path)
     shapes = _get(entry, "output_shapes", path, (list,))
     if len(shapes) != len(entry["outputs"]):
         _fail(path + ".output_shapes", "expected one shape per output ({})".format(len(entry["outputs"])))
@@ -193,6 +194,17 @@ def _check_graph(entry, path, files):
         _check_shape(shape, p)
         if shape[0] is not None or None in shape[1:]:
             _fail(p, "expected a dynamic batch dimension (null) followed by fixed dimensions")
+
+
+def _check_uncounted(entry, path):
+    """Optional ``macs_uncounted``: the nodes left out of ``macs``, each
+    ``{"node": name, "op": op type, "why": reason}`` (older manifests have no such key)."""
+    nodes = _get(entry, "macs_uncounted", path, (list,), optional=True)
+    for i, node in enumerate(nodes or []):
+        p = "{}.macs_uncounted[{}]".format(path, i)
+        for key in ("node", "op", "why"):
+            if not _get(node, key, p, (str,)):
+                _fail("{}.{}".format(p, key), "expected a non-empty string")
 
 
 def _check_shape(shape, path):

@@ -173,6 +173,17 @@ def exit_table_text(rows):
                          for r in rows])
 
 
+def uncounted_lines(uncounted):
+    """Warning lines for the nodes left out of the MAC counts (``{graph id: [node, ...]}``):
+    those counts are too low and fractions built on them are wrong."""
+    lines = []
+    for gid, nodes in sorted(uncounted.items()):
+        lines.append("  warning: {} MACs leave out {} node(s); the count is too low:".format(
+            gid, len(nodes)))
+        lines += ["    {} ({}): {}".format(n["node"], n["op"], n["why"]) for n in nodes]
+    return lines
+
+
 def preprocessing_from(args):
     """The manifest preprocessing record from --scale/--mean/--std (None if none given)."""
     if args.scale is None and args.mean is None and args.std is None:
@@ -238,12 +249,15 @@ def run(args):
                           "stage_macs": report.stage_macs, "exit_macs": report.exit_macs,
                           "builds": report.builds, "choices": report.choices,
                           "exit_table": report.exit_table, "warnings": report.precision_warnings,
+                          "macs_uncounted": report.macs_uncounted,
                           "pruning": [{k: v for k, v in r.items() if k != "history"} for r in records]}))
         return 0
     print("wrote {}".format(report.path))
     for k, err in enumerate(report.max_abs_error):
         print("  exit {}: stage {:.2f}M + head {:.3f}M MACs, ONNX Runtime vs PyTorch max abs "
               "error {:.2e}".format(k, report.stage_macs[k] / 1e6, report.exit_macs[k] / 1e6, err))
+    for line in uncounted_lines(report.macs_uncounted):
+        print(line)
     for gid, agreement in sorted(report.builds.items()):
         print("  {}: {}".format(gid, ", ".join(
             "{} build, top-1 agreement with fp32 {:.2%}".format(p, a)

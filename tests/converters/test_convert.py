@@ -130,4 +130,4 @@ def test_mac_count_of_known_layers():
             return self.fc(self.dw(self.conv(x)).mean(dim=(2, 3)))
     from edgesdk.converters.onnx_export import export_graph
     g = export_graph(Net().eval(), (torch.randn(2, 3, 8, 8),), ["x"], ["y"], 13, "test net")
-    assert count_macs(g) == 6912 + 2304 + 40
+    assert count_macs(g, {"x": (2, 3, 8, 8)}) == (6912 + 2304 + 40, [])
