@@ -1,4 +1,9 @@
-"""Summarise a bundle: target, input, stages and exits with MACs, sizes, hashes, thresholds."""
+"""Summarise a bundle: target, input, stages and exits with MACs, sizes, hashes, thresholds.
+
+Cost fractions shown here come from the manifest: counted MACs (head costs included) unless
+`edgesdk calibrate --profile DB` chose the thresholds from measured costs. There is no
+``inspect --profile``: the fractions need the calibration data, which the bundle does not keep.
+"""
 import json
 
 from edgesdk.bundle import read_bundle
@@ -12,6 +17,51 @@ def add_arguments(p):
 
 def _size(n):
     return "{:.1f} KiB".format(n / 1024.0) if n < 1 << 20 else "{:.2f} MiB".format(n / float(1 << 20))
+
+
+# What a cost fraction from the manifest's MAC counts means: the mean over samples of the
+# stages and heads each one runs (early heads included) over every stage plus the last head.
+MAC_FRACTION = ("fractions of the full model's counted MACs, head costs included; no measured "
+                "profile behind them: `edgesdk calibrate --profile DB` uses measured costs")
+
+
+def _uncounted_lines(m):
+    """The nodes each graph's MAC count leaves out (recorded by convert), if any."""
+    graphs = [e for e in m["stages"] + m["exits"] if e.get("macs_uncounted")]
+    if not graphs:
+        return []
+    lines = ["", "MACs not counted (the counts marked >= are too low, and so are cost "
+                 "fractions built on them):"]
+    for e in graphs:
+        lines += ["  {}: {} ({}): {}".format(e["id"], n["node"], n["op"], n["why"])
+                  for n in e["macs_uncounted"]]
+    return lines
+
+
+def _calibration_lines(m):
+    """What `edgesdk calibrate` expects of the thresholds it chose, with what the cost
+    fraction is a fraction of: counted MACs, or the measured costs of a profile."""
+    chosen = next((e["chosen_from"] for e in m["exits"][:-1]
+                   if (e.get("chosen_from") or {}).get("method") == "calibrate"), None)
+    expected = (chosen or {}).get("expected")
+    if not expected or expected.get("mean_cost_fraction") is None:
+        return []
+    profile = chosen.get("profile")
+    if profile:
+        basis = "fraction of the full model's measured {} (profile of device {}, {})".format(
+            profile.get("metric", expected.get("unit", "?")), profile.get("device", "?"),
+            profile.get("db", "?"))
+    else:
+        basis = MAC_FRACTION
+    lines = ["", "calibrated on {} samples: expected accuracy {:.2%} (final exit {:.2%}), mean "
+             "cost {:.1%}".format((chosen.get("data") or {}).get("samples", "?"),
+                                  expected["accuracy"], expected["final_exit_accuracy"],
+                                  expected["mean_cost_fraction"]),
+             "  ({})".format(basis)]
+    if not profile and any(e.get("macs_uncounted") for e in m["stages"] + m["exits"]):
+        lines.append("  warning: some MAC counts leave nodes out (above): this fraction is "
+                     "not reliable")
+    return lines
 
 
 def run(args):
@@ -49,16 +99,23 @@ def run(args):
                       for b in entry.get("builds") or [] if b["file"] != entry["file"]]
             build = "{} {}".format(entry["format"], entry.get("precision", "fp32"))
             pruned = "{:.0%}".format(ratios[k]) if ratios and kind == "stage" else ""
+            # ">=": the count leaves nodes out (listed below the table), so it is too low.
+            macs = ("" if not entry.get("macs_uncounted") else ">=") + "{:.2f}M".format(
+                entry["macs"] / 1e6)
             rows.append([entry["id"], build + (" (+{})".format(",".join(others)) if others else ""),
-                         pruned, "{:.2f}M".format(entry["macs"] / 1e6), _size(f["bytes"]),
+                         pruned, macs, _size(f["bytes"]),
                          f["sha256"][:12], policy, thr, chosen])
     print(format_table(["graph", "build (other builds)", "pruned", "MACs", "size", "sha256",
                         "policy", "threshold", "chosen by"], rows))
+    for line in _uncounted_lines(m):
+        print(line)
+    for line in _calibration_lines(m):
+        print(line)
     q = m.get("quantization") or {}
     if q.get("exit_table"):
         from edgesdk.cli.convert import exit_table_text
-        print("\nselected builds vs fp32 on {} calibration samples:".format(
-            q.get("exit_table_samples", "?")))
+        print("\nselected builds vs fp32 on {} calibration samples (costs: {}):".format(
+            q.get("exit_table_samples", "?"), MAC_FRACTION))
         print(exit_table_text(q["exit_table"]))
     for r in m.get("pruning") or []:
         if r.get("kind") == "structured":

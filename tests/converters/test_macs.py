@@ -245,25 +245,34 @@ class PatchStage(nn.Module):
         return self.block.embed(x)
 
 
-def test_convert_records_counts_and_uncounted_nodes_in_the_manifest(tmp_path):
+class AttnHead(nn.Module):
+    """Self-attention over the 4x4 tokens of a stage's (N, 16, 4, 4) state."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = PatchAttention(patch=1)
+        self.attn.embed = nn.Conv2d(16, 16, 1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, s):
+        return self.fc(self.attn(s))
+
+
+@pytest.fixture(scope="module")
+def gru_bundle(tmp_path_factory):
+    """(model, report) of a two-exit model: an attention head, then a GRU head."""
     torch.manual_seed(0)
-
-    class AttnHead(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attn = PatchAttention(patch=1)
-            self.attn.embed = nn.Conv2d(16, 16, 1)
-            self.fc = nn.Linear(16, 10)
-
-        def forward(self, s):
-            return self.fc(self.attn(s))
     model = MultiExitModel([PatchStage(), nn.Conv2d(16, 16, 3, padding=1)], [AttnHead(), GruHead()])
     x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
-    report = convert(model, x, str(tmp_path / "a.edgebundle"), progress=False)
+    out = tmp_path_factory.mktemp("macs") / "attn.edgebundle"
+    return model, convert(model, x, str(out), progress=False)
+
+
+def test_convert_records_counts_and_uncounted_nodes_in_the_manifest(gru_bundle):
+    model, report = gru_bundle
     m = read_bundle(report.path).manifest
-    state = torch.zeros(4, 16, 4, 4)
-    head0 = model.heads[0]
-    expected_head0 = pytorch_macs(head0, state, lambda s: 2 * 4 * 4 * 16 * 16 * 4)
+    expected_head0 = pytorch_macs(model.heads[0], torch.zeros(4, 16, 4, 4),
+                                  lambda s: 2 * 4 * 4 * 16 * 16 * 4)
     assert m["exits"][0]["macs"] == expected_head0 and m["exits"][0]["macs_uncounted"] == []
     assert m["stages"][0]["macs"] == 16 * 4 * 4 * 3 * 16
     gru = m["exits"][1]["macs_uncounted"]
@@ -272,6 +281,33 @@ def test_convert_records_counts_and_uncounted_nodes_in_the_manifest(tmp_path):
     from edgesdk.cli.convert import uncounted_lines
     lines = uncounted_lines(report.macs_uncounted)
     assert "exit1 MACs leave out 1 node(s)" in lines[0] and "(GRU)" in lines[1]
+
+
+def test_inspect_marks_incomplete_counts_and_lists_the_nodes(gru_bundle, capsys):
+    from edgesdk.cli import main
+    assert main(["inspect", gru_bundle[1].path]) == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith("exit1 ")]
+    assert row and ">=0.00M" in row[0]
+    assert "MACs not counted" in out and "exit1: " in out and "(GRU)" in out
+    assert not [line for line in out.splitlines() if line.startswith("exit0 ") and ">=" in line]
+
+
+def test_inspect_says_what_a_cost_fraction_is_a_fraction_of():
+    from edgesdk.cli.inspect import _calibration_lines
+    expected = {"accuracy": 0.9, "final_exit_accuracy": 0.91, "mean_cost_fraction": 0.556,
+                "mean_cost": 1.0, "unit": "MACs"}
+    chosen = {"method": "calibrate", "expected": expected, "data": {"samples": 600}}
+    m = {"stages": [{"macs_uncounted": []}] * 2,
+         "exits": [{"chosen_from": chosen}, {"chosen_from": {"method": "final exit"}}]}
+    text = "\n".join(_calibration_lines(m))
+    assert "mean cost 55.6%" in text and "counted MACs, head costs included" in text
+    assert "not reliable" not in text
+    m["stages"][1] = {"macs_uncounted": [{"node": "n", "op": "LSTM", "why": "not modelled"}]}
+    assert "not reliable" in "\n".join(_calibration_lines(m))
+    chosen["profile"] = {"metric": "mean_ms", "device": "tx2-01", "db": "p.db"}
+    text = "\n".join(_calibration_lines(m))
+    assert "measured mean_ms (profile of device tx2-01" in text and "MACs" not in text
 
 
 def test_manifest_validates_uncounted_nodes(bundle_master):
