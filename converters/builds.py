@@ -134,7 +134,8 @@ def record_agreement(root, x):
     """For every build that is not selected and runs here: its top-1 agreement with the
     selected builds on ``x``, the worst over the exits it influences (``top1_agreement``,
     ``agreement_samples``)."""
-    from edgesdk.runtime.engine import EdgeModel, graph_builds
+    from edgesdk.runtime.build_select import graph_builds
+    from edgesdk.runtime.engine import EdgeModel
     x = np.ascontiguousarray(x[:FEED_LIMIT], dtype=np.float32)
     bundle = bundle_io.read_bundle(root, verify=False)
     manifest = bundle.manifest

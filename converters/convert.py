@@ -22,15 +22,13 @@ from edgesdk.converters.qat import (QAT_ATOL, QAT_RTOL, frozen_copy, quant_bit_w
                                     quantization_aware_kind, validate_qat_graphs)
 from edgesdk.converters.pruning import make_dense, sparsity_report
 from edgesdk.converters.selection import DEFAULT_EXIT_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT
+from edgesdk.runtime.input_stats import summarize
+from edgesdk.runtime.reference import REDUCED_PRECISION_ATOL, REDUCED_PRECISION_RTOL
 from edgesdk.targets import get_target
 
 INPUT_NAME = "x"
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
-# Reference tolerance once INT8 builds are selected: integer kernels round the requantized
-# outputs differently across instruction sets (x86 VNNI vs ARM dot product).
-REDUCED_PRECISION_ATOL = 5e-2
-REDUCED_PRECISION_RTOL = 1e-2
 MIB = 1 << 20
 
 
@@ -48,6 +46,7 @@ class ConversionReport:
     exit_table: list = None                             # per exit: fp32 vs selected builds
     precision_warnings: list = field(default_factory=list)
     macs_uncounted: dict = field(default_factory=dict)  # graph id -> nodes left out of its MACs
+    input_statistics: dict = None                       # per channel, after preprocessing
 
 
 def utc_now():
@@ -183,14 +182,19 @@ def convert(model, example_input, output, *, stages_attr="stages", heads_attr="h
         with torch.no_grad():
             ref_logits = [t.numpy() for t in chain(stages, heads, (reference,))]
         with bundle_io.staging_directory(output, force=force) as tmp:
-            report = _write(tmp, output, stages, heads, structure, example, reference, ref_logits,
-                            opset, pol, thr, preprocessing, atol, rtol, name, class_names, tgt,
-                            model, progress, pruning, qat)
-            verified = load_bundle(tmp, threads=threads)
-            report.max_abs_error = _verify(verified, reference.numpy(), ref_logits, atol, rtol)
             if calib_x is not None and calib_x.shape[1:] != example.shape[1:]:
                 raise InputError("calibration data shape {} differs from example_input {}".format(
                     list(calib_x.shape), list(example.shape)))
+            # What inputs looked like (after preprocessing): the runtime warns on batches far
+            # outside it (raw pixels taken as model input).
+            stats = summarize(calib_x, "the calibration data") if calib_x is not None else \
+                summarize(example.numpy(), "the example input")
+            report = _write(tmp, output, stages, heads, structure, example, reference, ref_logits,
+                            opset, pol, thr, preprocessing, atol, rtol, name, class_names, tgt,
+                            model, progress, pruning, qat, stats)
+            report.input_statistics = stats
+            verified = load_bundle(tmp, threads=threads)
+            report.max_abs_error = _verify(verified, reference.numpy(), ref_logits, atol, rtol)
             # Agreement of FP16 builds is checked on the reference inputs when no calibration
             # data was given (FP16 needs none to build).
             _extra_builds(tmp, report, plan, tgt,
@@ -269,7 +273,8 @@ def _verify(model, x, expected, atol, rtol):
 
 
 def _write(tmp, output, stages, heads, structure, example, reference, ref_logits, opset, pol,
-           thr, preprocessing, atol, rtol, name, class_names, tgt, model, progress, pruning, qat):
+           thr, preprocessing, atol, rtol, name, class_names, tgt, model, progress, pruning, qat,
+           input_stats):
     onnx = require("onnx", "onnx", "write ONNX stages")
     os.makedirs(os.path.join(tmp, "stages"))
     os.makedirs(os.path.join(tmp, "heads"))
@@ -338,7 +343,7 @@ def _write(tmp, output, stages, heads, structure, example, reference, ref_logits
         "target": tgt.name,
         "built_with": dict(_versions(), opset=opset, exporter="torch.onnx (TorchScript, dynamo=False)"),
         "inputs": [{"name": INPUT_NAME, "dtype": "float32", "shape": [None] + list(example.shape[1:]),
-                    "preprocessing": preprocessing}],
+                    "preprocessing": preprocessing, "statistics": input_stats}],
         "num_classes": structure.num_classes,
         "class_names": list(class_names) if class_names is not None else None,
         "stages": stage_entries,

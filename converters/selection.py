@@ -22,7 +22,8 @@ from edgesdk import bundle as bundle_io
 from edgesdk.converters.builds import FEED_LIMIT, top1_labels
 from edgesdk.manifest import graph_entries
 from edgesdk.converters.cost_model import build_costs, device_rows, table_from_rows
-from edgesdk.runtime.engine import EdgeModel, graph_builds
+from edgesdk.runtime.build_select import graph_builds
+from edgesdk.runtime.engine import EdgeModel
 
 DEFAULT_MIN_AGREEMENT = 0.99
 MIN_SAVING = 0.05  # a build must save 5% of its graph's measured cost to be chosen
@@ -61,25 +62,39 @@ def choose_builds(bundle, costs, x, baseline, min_agreement):
 
 def exits_to_drop(table, probs=None, y=None, policy=None, exit_accuracy_drop=DEFAULT_EXIT_ACCURACY_DROP,
                   confidence=0.99):
-    """``({exit index: reason}, how)`` for the early exits that do not pay for themselves."""
+    """``({exit index: reason}, how)`` for the early exits that do not pay for themselves.
+
+    With labels, the exits the certified cheapest thresholds leave off; when the labels are
+    too few to certify the drop, or no early exit is certified, the label-free rule below
+    decides (dropping every exit for want of data would be wrong), and ``how`` says why."""
     from edgesdk.converters.calibrate import ExitSimulator, choose_thresholds
+    from edgesdk.errors import CalibrationError
     n = len(table.head)
+    unlabelled = "no labelled data given"
     if y is not None:
         sim = ExitSimulator(probs, y, policy, table.stage, table.head)
-        point, objective = choose_thresholds(sim, max_accuracy_drop=exit_accuracy_drop,
-                                             confidence=confidence, unit=table.unit)
-        return ({k: "the cheapest thresholds within {} points of the final exit's accuracy ({}% "
-                    "confidence) leave it off".format(exit_accuracy_drop, int(confidence * 100))
-                 for k in range(n - 1) if point.thresholds[k] is None},
-                {"criterion": "threshold search on labelled data", "objective": objective,
-                 "expected_mean_cost": point.mean_cost, "unit": table.unit})
+        try:
+            point, objective = choose_thresholds(sim, max_accuracy_drop=exit_accuracy_drop,
+                                                 confidence=confidence, unit=table.unit)
+        except CalibrationError as e:
+            point, unlabelled = None, str(e)
+        if point is not None and any(t is not None for t in point.thresholds[:-1]):
+            return ({k: "the cheapest thresholds certified within {} points of the final exit's "
+                        "accuracy ({}% confidence) leave it off".format(
+                            exit_accuracy_drop, int(confidence * 100))
+                     for k in range(n - 1) if point.thresholds[k] is None},
+                    {"criterion": "threshold search on labelled data", "objective": objective,
+                     "expected_mean_cost": point.mean_cost, "unit": table.unit,
+                     "risk": point.risk})
+        if point is not None:
+            unlabelled = "no early exit certified on the labelled data"
     drop = {}
     for k in range(n - 1):
         rest = sum(table.stage[k + 1:]) + table.head[-1]
         if table.head[k] >= rest:
             drop[k] = "its head costs {:.4g} {}, everything after it {:.4g}: it can never save " \
                       "more than it costs".format(table.head[k], table.unit, rest)
-    return drop, {"criterion": "head cost >= cost of the rest (no labelled data given)"}
+    return drop, {"criterion": "head cost >= cost of the rest ({})".format(unlabelled)}
 
 
 def apply_profile(root, db, x, y=None, device=None, metric="mean_ms", batch=1,

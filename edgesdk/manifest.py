@@ -241,6 +241,27 @@ def _check_preprocessing(pre, path):
         _fail(path, "mean and std must have the same length")
 
 
+def _check_statistics(stats, path, shape):
+    """Per-channel statistics of the conversion data: four equal-length lists of finite
+    numbers, one value per channel (axis 1 of a rank >= 3 input, else one)."""
+    if stats is None:
+        return
+    _get(stats, "source", path, (str,))
+    if _get(stats, "samples", path, (int,)) < 1:
+        _fail(path + ".samples", "must be >= 1")
+    channels = shape[1] if len(shape) >= 3 else 1
+    for key in ("mean", "std", "min", "max"):
+        values = _get(stats, key, path, (list,))
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and _finite(v)
+                   for v in values):
+            _fail("{}.{}".format(path, key), "expected a list of finite numbers")
+        if len(values) != channels:
+            _fail("{}.{}".format(path, key), "expected {} value(s), one per input channel, got "
+                  "{}".format(channels, len(values)))
+    if any(lo > hi for lo, hi in zip(stats["min"], stats["max"])):
+        _fail(path, "min must not exceed max")
+
+
 RESIZE_MODES = ("area", "linear", "nearest", "cubic")
 
 
@@ -387,6 +408,8 @@ def validate(manifest, sdk_schema=SCHEMA_VERSION):
         _check_shape(_get(spec, "shape", p, (list,)), p + ".shape")
         _check_preprocessing(_get(spec, "preprocessing", p, (dict, type(None)), optional=True),
                              p + ".preprocessing")
+        _check_statistics(_get(spec, "statistics", p, (dict, type(None)), optional=True),
+                          p + ".statistics", spec["shape"])
 
     num_classes = _get(manifest, "num_classes", "$", (int,))
     if not 2 <= num_classes <= MAX_DIM:

@@ -72,6 +72,8 @@ class Cascade(object):
             self.levels.append(EdgeModel(sub, threads=threads))
             self.ids.append(level["id"])
             self.resolutions.append(tuple(level["resolution"]))
+        # The builds each level's graphs run with, as every RunResult reports them.
+        self.ran = dict(zip(self.ids, [m.ran for m in self.levels]))
         self.policies = [get_policy(level["policy"]) for level in spec["levels"]]
         self.thresholds = [p.check_threshold(level["threshold"], self.levels[-1].num_classes,
                                              "manifest.json: $.cascade.levels[{}]".format(k))
@@ -114,7 +116,8 @@ class Cascade(object):
             alive = alive[~done]
         return RunResult(probs.argmax(axis=1), probs, exit_index,
                          stage_ms_table(timeline, n, len(self.levels)),
-                         (clock() - start) * 1000.0)
+                         (clock() - start) * 1000.0,
+                         builds=self.ran)
 
     def level_probabilities(self, raw):
         """Every level's answer for every image (no escalation): a list of (N, C) arrays,

@@ -7,6 +7,7 @@ behaves exactly like the host. Python 3.6 compatible.
 import argparse
 import json
 import sys
+import warnings
 
 import numpy as np
 
@@ -34,19 +35,43 @@ def add_run_arguments(p):
                                         "an exit (default: the bundle's)")
     p.add_argument("--no-early-exit", action="store_true", help="run every stage for every sample")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    p.add_argument("--builds", type=_build_spec,
-                   help="run other builds than the selected ones where a graph has them: a "
-                        "precision (int8), a format (tvm) or FORMAT:PRECISION (onnx:fp32)")
+    add_builds_argument(p, "run")
     p.add_argument("--memory-limit-mb", type=float,
                    help="refuse a bundle, input file or batch needing more (default: the smaller "
                         "of the target's declared memory and this machine's)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _build_spec(text):
-    """``--builds``: ``int8``, ``tvm`` or ``onnx:fp32`` (a (format, precision) pair)."""
-    fmt, sep, precision = text.partition(":")
-    return (fmt, precision) if sep else text
+def add_builds_argument(p, verb):
+    """``--builds``, as run, validate and profile take it."""
+    p.add_argument("--builds", type=_build_request, metavar="BUILD[,fallback]",
+                   help="{} other builds than the selected ones: a precision (int8), a format "
+                        "(tvm) or FORMAT:PRECISION (onnx:fp32). A graph without that build is "
+                        "an error, unless ',fallback' is added (it then uses its selected "
+                        "build)".format(verb))
+
+
+def _build_request(text):
+    from edgesdk.runtime.build_select import parse_request
+    try:
+        return parse_request(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def _builds(args):
+    """``(request, fallback)`` from ``--builds`` (``(None, False)`` without it)."""
+    return args.builds if args.builds else (None, False)
+
+
+def print_builds(ran):
+    """One line per distinct build: which graphs ran with it."""
+    from edgesdk.runtime.build_select import build_name
+    groups = {}
+    for gid, b in ran.items():
+        groups.setdefault(build_name(b), []).append(gid)
+    for name, gids in sorted(groups.items()):
+        print("builds run: {}: {}".format(name, ", ".join(gids)))
 
 
 def cmd_run(args):
@@ -56,7 +81,8 @@ def cmd_run(args):
     from edgesdk.runtime.engine import load_bundle
     if args.batch_size < 1:
         raise InputError("--batch-size must be >= 1")
-    model = load_bundle(args.bundle, threads=args.threads, builds=args.builds,
+    request, fallback = _builds(args)
+    model = load_bundle(args.bundle, threads=args.threads, builds=request, fallback=fallback,
                         memory_limit_mb=args.memory_limit_mb)
     x, y, names = load_inputs(args.input, model.input_spec, max_bytes=model.memory.limit)
     thr = model.resolve_thresholds(_thresholds(args.thresholds))
@@ -76,6 +102,7 @@ def cmd_run(args):
         "exit_counts": np.bincount(exits, minlength=model.num_exits).tolist(),
         "mean_ms_per_sample": float(call_ms.sum() / max(len(x), 1)),
         "accuracy": float((labels == y).mean()) if y is not None and len(y) else None,
+        "builds": model.ran,
     }
     names_ = model.bundle.manifest.get("class_names")
     records = []
@@ -101,6 +128,7 @@ def cmd_run(args):
         len(x), summary["mean_ms_per_sample"], args.batch_size))
     if summary["accuracy"] is not None:
         print("accuracy: {:.2%}".format(summary["accuracy"]))
+    print_builds(model.ran)
     return 0
 
 
@@ -108,6 +136,7 @@ def add_validate_arguments(p):
     p.add_argument("bundle", help="path to NAME.edgebundle")
     p.add_argument("--check", action="store_true",
                    help="also run the reference inputs and compare every exit's outputs")
+    add_builds_argument(p, "check")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -120,7 +149,10 @@ def cmd_validate(args):
     if args.check:
         from edgesdk.runtime.engine import EdgeModel
         from edgesdk.runtime.reference import check_reference
-        out["reference"] = check_reference(EdgeModel(bundle))
+        request, fallback = _builds(args)
+        out["reference"] = check_reference(EdgeModel(bundle, builds=request, fallback=fallback))
+    elif args.builds:
+        raise InputError("--builds chooses the builds --check runs: add --check")
     if args.json:
         print(json.dumps(out))
     else:
@@ -130,6 +162,7 @@ def cmd_validate(args):
             print("reference check ({} samples, atol={} rtol={}): {}; max abs error per exit: {}".format(
                 ref["samples"], ref["atol"], ref["rtol"], "passed" if ref["passed"] else "FAILED",
                 ", ".join("{:.3g}".format(e) for e in ref["max_abs_error"])))
+            print_builds(ref["builds"])
     if args.check and not out["reference"]["passed"]:
         raise IntegrityError("reference outputs do not match: the bundle's graphs or this "
                              "machine's executor produce different results than at conversion")
@@ -256,12 +289,20 @@ def print_engine_records(records, as_json):
 
 
 def run_command(func, args, prog):
-    """Run a command function; map EdgeSDKError to its exit code with a message on stderr."""
-    try:
-        return func(args)
-    except EdgeSDKError as exc:
-        sys.stderr.write("{}: error: {}\n".format(prog, exc))
-        return exc.exit_code
+    """Run a command function; map EdgeSDKError to its exit code with a message on stderr,
+    and print the runtime's warnings (inputs far outside the conversion data) as one line."""
+    from edgesdk.runtime.input_stats import InputRangeWarning
+
+    def show(message, category, *rest, **kw):
+        sys.stderr.write("{}: warning: {}\n".format(prog, message))
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", InputRangeWarning)
+        warnings.showwarning = show
+        try:
+            return func(args)
+        except EdgeSDKError as exc:
+            sys.stderr.write("{}: error: {}\n".format(prog, exc))
+            return exc.exit_code
 
 
 def main(argv=None):

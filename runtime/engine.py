@@ -4,18 +4,17 @@ Samples that exit leave the batch (compaction); later stages run on the rest onl
 exits without a threshold are not run at all. Python 3.6 / numpy 1.19 compatible.
 """
 import collections
-import os
-import platform
 import threading
 import time
 
 import numpy as np
 
 from edgesdk.bundle import read_bundle
-from edgesdk.errors import BundleError, InputError
-from edgesdk.manifest import FORMATS
+from edgesdk.errors import InputError
+from edgesdk.runtime.build_select import pick_build, ran
 from edgesdk.runtime.cuda_memory import to_host
 from edgesdk.runtime.executors import EXECUTORS
+from edgesdk.runtime.input_stats import InputGuard
 from edgesdk.runtime.inputs import check_batch
 from edgesdk.runtime.memory import MemoryPlan, files_to_load
 from edgesdk.runtime.policies import get_policy, softmax
@@ -30,10 +29,14 @@ class RunResult(object):
     Attributes: ``labels`` (N,), ``probabilities`` (N, C), ``exit_index`` (N,), ``stage_ms``
     (N, stages): the wall time of each stage call (stage + its head) shared equally by the
     samples in that call, NaN for stages a sample did not reach; ``total_ms``: the whole call;
-    ``notes``: what a deadline or budget did (empty when nothing was cut short).
+    ``notes``: what a deadline or budget did (empty when nothing was cut short); ``builds``:
+    ``{graph id: {"format", "precision", "processor", "device", "file"}}``, the build each
+    graph ran with.
     """
 
-    def __init__(self, labels, probabilities, exit_index, stage_ms, total_ms, notes=()):
+    def __init__(self, labels, probabilities, exit_index, stage_ms, total_ms, notes=(),
+                 builds=None):
+        self.builds = builds
         self.labels = labels
         self.probabilities = probabilities
         self.exit_index = exit_index
@@ -53,12 +56,6 @@ class RunResult(object):
         return np.bincount(self.exit_index, minlength=self.stage_ms.shape[1])
 
 
-# Device nodes that show a GPU's or an FPGA's driver is present, per kernel language (Jetson,
-# desktop NVIDIA, Adreno, Zynq fabric): a file check, so deciding what runs here imports nothing.
-GPU_DEVICE_NODES = {"cuda": ("/dev/nvhost-ctrl", "/dev/nvidia0"), "opencl": ("/dev/kgsl-3d0",),
-                    "fpga": ("/sys/class/fpga_manager/fpga0", "/dev/xlnk")}
-
-
 def stage_ms_table(timeline, n, num_exits):
     """Per-sample milliseconds of each stage call: ``timeline`` holds ``(rows, seconds)`` per
     call (``rows`` None: the whole batch), shared equally by the rows in the call."""
@@ -69,55 +66,6 @@ def stage_ms_table(timeline, n, num_exits):
         else:
             stage_ms[rows, k] = seconds * 1000.0 / rows.size
     return stage_ms
-
-
-def runs_here(build):
-    """Whether this machine can run ``build``: ONNX builds always; compiled builds (TVM,
-    TensorRT, HLS C simulations, bitstreams) when they are for this machine's CPU
-    architecture, and for GPU and FPGA builds when the device's driver is present."""
-    if build.get("arch") is None:
-        return True
-    if build["arch"] != platform.machine() or build.get("artifact", "shared-library") not in (
-            "shared-library", "engine", "bitstream"):
-        return False
-    if build.get("processor", "cpu") == "cpu":
-        return True
-    language = {"tensorrt": "cuda", "pynq": "fpga"}.get(build["format"]) or \
-        (build.get("kernels") or {}).get("language")
-    return any(os.path.exists(p) for p in GPU_DEVICE_NODES.get(language, ()))
-
-
-def graph_builds(entry):
-    """The builds of a stage or head entry that this machine can run (see :func:`runs_here`),
-    each as its manifest record (at least ``file``, ``format``, ``precision``), the selected
-    one first."""
-    listed = [dict(b, precision=b.get("precision", "fp32")) for b in entry.get("builds") or []]
-    selected = next((b for b in listed if b["file"] == entry["file"]),
-                    {"file": entry["file"], "format": entry["format"],
-                     "precision": entry.get("precision", "fp32")})
-    builds = [b for b in [selected] + [b for b in listed if b["file"] != entry["file"]]
-              if runs_here(b)]
-    if not builds:
-        raise BundleError("graph '{}' has no build this machine ({}) can run; its builds are "
-                          "for: {}".format(entry["id"], platform.machine(), ", ".join(
-                              sorted({b.get("device") or b["format"] for b in listed}))))
-    return builds
-
-
-def _pick_build(entry, want):
-    """The build of ``entry`` that ``want`` names: None (the selected one), a precision
-    (``"int8"``), a format (``"tvm"``) or a ``(format, precision)`` pair; a graph without
-    such a build keeps its selected one."""
-    builds = graph_builds(entry)
-    if want is None:
-        return builds[0]
-    if isinstance(want, (tuple, list)):
-        match = lambda b: (b["format"], b["precision"]) == tuple(want)  # noqa: E731
-    elif want in FORMATS:
-        match = lambda b: b["format"] == want  # noqa: E731
-    else:
-        match = lambda b: b["precision"] == want  # noqa: E731
-    return next((b for b in builds if match(b)), builds[0])
 
 
 class _HostSide(object):
@@ -161,22 +109,32 @@ class EdgeModel(object):
     per call. Changing ``thresholds``, ``costs`` or a stage's ``enabled`` while other threads
     run is not synchronized.
 
-    ``builds``: which build of each graph to run instead of the manifest's selection, for
-    every graph that has one: a precision (``"int8"``), a format (``"tvm"``), a
-    ``(format, precision)`` pair, or ``{graph id: any of these}``.
-    ``self.builds`` maps each graph id to the build in use. ``memory_limit_mb`` replaces
+    ``builds``: which build of each graph to run instead of the manifest's selection: a
+    precision (``"int8"``), a format (``"tvm"``), a ``(format, precision)`` pair, or
+    ``{graph id: any of these}``. A graph without the requested build is an error naming the
+    builds it has, unless ``fallback`` (it then runs its selected build).
+    ``self.builds`` maps each graph id to the build in use, ``self.ran`` to its summary
+    (format, precision, processor, device, file), which every :class:`RunResult` carries. ``memory_limit_mb`` replaces
     the memory the bundle and batches are checked against (see :mod:`.memory`).
     """
 
-    def __init__(self, bundle, threads=None, builds=None, memory_limit_mb=None):
+    def __init__(self, bundle, threads=None, builds=None, memory_limit_mb=None, fallback=False):
         self.bundle = bundle
         m = bundle.manifest
         self.input_spec = m["inputs"][0]
+        self.input_guard = InputGuard(self.input_spec)  # warns on inputs far off the recorded
         self.num_classes = m["num_classes"]
         self.builds = {}
+        if isinstance(builds, dict):
+            unknown = sorted(set(builds) - {e["id"] for e in m["stages"] + m["exits"]})
+            if unknown:
+                raise InputError("builds= names graphs the bundle does not have: {}".format(
+                    ", ".join(unknown)))
         for e in m["stages"] + m["exits"]:
             want = builds.get(e["id"]) if isinstance(builds, dict) else builds
-            self.builds[e["id"]] = _pick_build(e, want)
+            self.builds[e["id"]] = pick_build(e, want, fallback)
+        # What ran, per graph: every RunResult carries it (one shared dict, built once).
+        self.ran = dict((gid, ran(b)) for gid, b in self.builds.items())
         # Before any graph is loaded; a build compiled for a fixed batch pads to it.
         self.memory = MemoryPlan.for_bundle(bundle, files_to_load(m, self.builds), memory_limit_mb)
         self.memory.check_load(max([b.get("batch") or 1 for b in self.builds.values()]))
@@ -265,6 +223,7 @@ class EdgeModel(object):
         """
         start = time.perf_counter()
         x = check_batch(x, self.input_spec)
+        self.input_guard.check(x)
         self.memory.check_batch(x.shape[0])
         thr = self.resolve_thresholds(thresholds) if early_exit else self._no_exit
         n, last = x.shape[0], self.num_exits - 1
@@ -272,14 +231,14 @@ class EdgeModel(object):
         exit_index = np.empty(n, dtype=np.int64)
         if n == 0:
             return RunResult(np.zeros(0, dtype=np.int64), probs, exit_index,
-                             np.zeros((0, self.num_exits)), 0.0)
+                             np.zeros((0, self.num_exits)), 0.0, builds=self.ran)
         if deadline_ms is not None or budget_ms is not None or max_exit is not None:
             from edgesdk.runtime.anytime import run_bounded
             bounds = self._check_bounds(deadline_ms, budget_ms, max_exit)
             probs, exit_index, timeline, notes = run_bounded(self, x, thr, *bounds)
             return RunResult(probs.argmax(axis=1), probs, exit_index,
                              stage_ms_table(timeline, n, self.num_exits),
-                             (time.perf_counter() - start) * 1000.0, notes)
+                             (time.perf_counter() - start) * 1000.0, notes, self.ran)
         # Between two graph calls only the calls themselves and the exit decision run; the
         # bookkeeping (per-stage times) is done once at the end. ``alive`` stays None while
         # every sample is still in the batch: plain slices then, no index arrays.
@@ -311,7 +270,8 @@ class EdgeModel(object):
                 p = p[keep]
             hint = p  # the next stage's router reads this exit's probabilities
         return RunResult(probs.argmax(axis=1), probs, exit_index,
-                         stage_ms_table(timeline, n, self.num_exits), (clock() - start) * 1000.0)
+                         stage_ms_table(timeline, n, self.num_exits), (clock() - start) * 1000.0,
+                         builds=self.ran)
 
     def _check_bounds(self, deadline_ms, budget_ms, max_exit):
         if deadline_ms is not None and budget_ms is not None:
@@ -346,6 +306,7 @@ class EdgeModel(object):
         with the number of samples done after each batch.
         """
         x = check_batch(x, self.input_spec)
+        self.input_guard.check(x)
         self.memory.check_batch(min(batch_size, x.shape[0]))
         out = [[] for _ in self.heads]
         for i in range(0, x.shape[0], batch_size):
@@ -363,14 +324,15 @@ class EdgeModel(object):
         return [softmax(l) for l in self.exit_logits(x, batch_size, progress)]
 
 
-def load_bundle(path, threads=None, verify=True, builds=None, memory_limit_mb=None):
+def load_bundle(path, threads=None, verify=True, builds=None, memory_limit_mb=None,
+                fallback=False):
     """Open and verify a bundle and prepare its graphs for running.
 
     ``threads``: CPU threads for the executors (default: all cores). ``verify=False`` skips
     the per-file sha256 check (the manifest is always validated). ``builds``: run other
-    builds than the selected ones (see :class:`EdgeModel`). ``memory_limit_mb``: refuse
-    what needs more (default: the smaller of the target's declared memory and this
-    machine's).
+    builds than the selected ones; a graph without the requested build is an error unless
+    ``fallback`` (see :class:`EdgeModel`). ``memory_limit_mb``: refuse what needs more
+    (default: the smaller of the target's declared memory and this machine's).
     """
     return EdgeModel(read_bundle(path, verify=verify), threads=threads, builds=builds,
-                     memory_limit_mb=memory_limit_mb)
+                     memory_limit_mb=memory_limit_mb, fallback=fallback)

@@ -201,7 +201,8 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=10, repeats=50, db=None
     """
     from edgesdk.progress import Progress
     from edgesdk.runtime.datafiles import load_inputs
-    from edgesdk.runtime.engine import EdgeModel, graph_builds, load_bundle
+    from edgesdk.runtime.build_select import graph_builds
+    from edgesdk.runtime.engine import EdgeModel, load_bundle
     model = load_bundle(bundle_path, threads=threads)
     # The selected builds first, then each other format and precision the bundle holds (that
     # this machine runs), chained as the runtime would run them; a build already measured is
@@ -209,7 +210,9 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=10, repeats=50, db=None
     m = model.bundle.manifest
     others = sorted({(b["format"], b["precision"])
                      for e in m["stages"] + m["exits"] for b in graph_builds(e)[1:]})
-    configs = [model] + [EdgeModel(model.bundle, threads=threads, builds=p) for p in others]
+    # Graphs without one of those builds run their selected one in that pass (fallback).
+    configs = [model] + [EdgeModel(model.bundle, threads=threads, builds=p, fallback=True)
+                         for p in others]
     sensor = pick_sensor(no_sensor)
     if db:
         from edgesdk.profiles import ProfileRecorder
@@ -232,7 +235,7 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=10, repeats=50, db=None
             for config in configs:
                 profile_graphs(config, batch_sizes, warmup, repeats, sensor, progress=done)
         out = {"bundle": model.bundle.root, "sensor": sensor.describe() if sensor else None,
-               "graphs": rows}
+               "graphs": rows, "builds": [c.ran for c in configs]}
         if data:
             x, y, _ = load_inputs(data, model.input_spec)
             out["end_to_end"] = profile_end_to_end(model, x, y, sensor=sensor)

@@ -19,7 +19,10 @@ from edgesdk.errors import InputError
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="FILE.py:NAME or package.module:NAME")
-    p.add_argument("--weights", help="state_dict saved with torch.save (.pt)")
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--weights", help="state_dict saved with torch.save (.pt)")
+    weights.add_argument("--random-weights", action="store_true",
+                         help="convert the model as constructed (untrained: for timing only)")
     p.add_argument("--stages-attr", default="stages", help="nn.ModuleList of stages (default: stages)")
     p.add_argument("--heads-attr", default="heads", help="nn.ModuleList of exit heads (default: heads)")
     p.add_argument("--input-shape", help="one sample's shape, e.g. 1,28,28 (or give --example-data)")
@@ -30,7 +33,9 @@ def add_arguments(p):
     p.add_argument("--policy", default="max-softmax", help="exit policy: max-softmax, entropy, margin")
     p.add_argument("--threshold", type=float, help="threshold for every early exit "
                                                     "(default: off until `edgesdk calibrate`)")
-    p.add_argument("--scale", type=float, help="preprocessing: multiply raw pixels by this")
+    p.add_argument("--scale", type=_fraction,
+                   help="preprocessing: multiply raw pixels by this, e.g. 1/255 or 0.0625 "
+                        "(default 1/255 only for 8-bit example pixels)")
     p.add_argument("--mean", help="preprocessing: per-channel means, comma separated")
     p.add_argument("--std", help="preprocessing: per-channel stds, comma separated")
     p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance (absolute)")
@@ -184,14 +189,63 @@ def uncounted_lines(uncounted):
     return lines
 
 
-def preprocessing_from(args):
-    """The manifest preprocessing record from --scale/--mean/--std (None if none given)."""
+def _fraction(text):
+    """``--scale``: a number or a fraction such as ``1/255``."""
+    import argparse
+    from fractions import Fraction
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError("expected a number or a fraction such as 1/255, got "
+                                         "'{}'".format(text))
+    if not value > 0:
+        raise argparse.ArgumentTypeError("the scale must be > 0, got '{}'".format(text))
+    return value
+
+
+def preprocessing_from(args, raw_dtype=None):
+    """The manifest preprocessing record from --scale/--mean/--std (None if none given).
+
+    Without --scale the scale is 1/255 only when the example pixels are 8-bit (``raw_dtype``
+    uint8): any other range needs it said, since a wrong scale converts fine and then
+    predicts nonsense."""
     if args.scale is None and args.mean is None and args.std is None:
         return None
     if args.mean is None or args.std is None:
-        raise InputError("give --mean and --std together (and optionally --scale, default 1/255)")
-    return {"scale": args.scale if args.scale is not None else 1.0 / 255.0,
-            "mean": _floats(args.mean, "--mean"), "std": _floats(args.std, "--std")}
+        raise InputError("give --mean and --std together (with --scale for pixels that are not "
+                         "8-bit)")
+    scale = args.scale
+    if scale is None:
+        if raw_dtype is None or np.dtype(raw_dtype) != np.uint8:
+            raise InputError(
+                "give --scale: preprocessing maps raw pixels to model input as (raw * scale - "
+                "mean) / std, and the example data {}; e.g. --scale 1/255 for 0..255 pixels, "
+                "--scale 1/16 for 0..16".format("are {}, not 8-bit pixels".format(
+                    np.dtype(raw_dtype)) if raw_dtype is not None else "do not show the range"))
+        scale = 1.0 / 255.0
+    return {"scale": scale, "mean": _floats(args.mean, "--mean"), "std": _floats(args.std, "--std")}
+
+
+def input_lines(spec_pre, stats):
+    """How the bundle takes input, and what the conversion data looked like, in words."""
+    lines = ["  input: float32 is taken as model-ready; {}".format(
+        "integer pixels are preprocessed as (raw * {:g} - mean {}) / std {}".format(
+            spec_pre["scale"], spec_pre["mean"], spec_pre["std"]) if spec_pre else
+        "no preprocessing recorded, so integer input is refused")]
+    if stats:
+        lines.append("  model input of {} ({} samples), per channel: mean {}, std {}, range "
+                     "{}; the runtime warns on batches far outside it".format(
+                         stats["source"], stats["samples"],
+                         _short(stats["mean"]), _short(stats["std"]),
+                         ", ".join("{:.3g}..{:.3g}".format(a, b)
+                                   for a, b in list(zip(stats["min"], stats["max"]))[:4])
+                         + (" ..." if len(stats["min"]) > 4 else "")))
+    return lines
+
+
+def _short(values):
+    return "[" + ", ".join("{:.3g}".format(v) for v in values[:4]) + (
+        ", ...]" if len(values) > 4 else "]")
 
 
 def run(args):
@@ -199,10 +253,22 @@ def run(args):
     from edgesdk.converters import convert
     from edgesdk.runtime.datafiles import load_npz
     from edgesdk.runtime.inputs import preprocess
-    pre = preprocessing_from(args)
+    loaded = {}
+
+    def npz(path):  # each file read once
+        if path not in loaded:
+            loaded[path] = load_npz(path)
+        return loaded[path]
+
+    raw_dtype = None
+    if args.example_data or args.calibration_data:
+        raw_dtype = npz(args.example_data or args.calibration_data)[0].dtype
+    pre = preprocessing_from(args, raw_dtype)
+    if pre is not None and args.scale is None:
+        print("preprocessing: --scale 1/255 (the example data are 8-bit pixels)", file=sys.stderr)
 
     def model_inputs(path, what):
-        x, y = load_npz(path)
+        x, y = npz(path)
         if x.dtype.kind in "ui":
             if pre is None:
                 raise InputError("{} holds raw integer pixels; give --mean/--std so they can be "
@@ -229,7 +295,7 @@ def run(args):
         x = np.random.default_rng(0).standard_normal([8] + shape).astype(np.float32)
     else:
         raise InputError("give --example-data (preferred: real inputs) or --input-shape")
-    model = load_model(args.model, args.weights)
+    model = load_model(args.model, None if args.random_weights else args.weights)
     records = []
     if pruning:
         records.append(_prune(model, x, calibration, args))
@@ -250,6 +316,7 @@ def run(args):
                           "builds": report.builds, "choices": report.choices,
                           "exit_table": report.exit_table, "warnings": report.precision_warnings,
                           "macs_uncounted": report.macs_uncounted,
+                          "input_statistics": report.input_statistics,
                           "pruning": [{k: v for k, v in r.items() if k != "history"} for r in records]}))
         return 0
     print("wrote {}".format(report.path))
@@ -257,6 +324,8 @@ def run(args):
         print("  exit {}: stage {:.2f}M + head {:.3f}M MACs, ONNX Runtime vs PyTorch max abs "
               "error {:.2e}".format(k, report.stage_macs[k] / 1e6, report.exit_macs[k] / 1e6, err))
     for line in uncounted_lines(report.macs_uncounted):
+        print(line)
+    for line in input_lines(pre, report.input_statistics):
         print(line)
     for gid, agreement in sorted(report.builds.items()):
         print("  {}: {}".format(gid, ", ".join(

@@ -95,10 +95,10 @@ def test_user_errors_exit_4_with_message(tmp_path, files, bundle, capsys):
     assert code == 4 and "cheapest achievable" in err
     assert snapshot(bundle) == before
     code, _, err = cli(capsys, "convert", "--model", "nosuchmodule:Net", "--input-shape", "1,28,28",
-                       "-o", tmp_path / "x.edgebundle")
+                       "--random-weights", "-o", tmp_path / "x.edgebundle")
     assert code == 4 and "cannot import 'nosuchmodule'" in err
     code, _, err = cli(capsys, "convert", "--model", MODEL, "--input-shape", "1,28,28",
-                       "-o", tmp_path / "x.edgebundle")
+                       "--random-weights", "-o", tmp_path / "x.edgebundle")
     assert code == 4 and "--stages-attr" in err
     assert not (tmp_path / "x.edgebundle").exists()
 

@@ -164,7 +164,7 @@ def test_a_tuning_database_for_another_target_is_refused(bundle, tmp_path):
 
 def test_gpu_builds_carry_kernel_source_for_the_board(bundle):
     import shutil
-    from edgesdk.runtime.engine import runs_here
+    from edgesdk.runtime.build_select import runs_here
     tx2 = build_tvm(bundle, "jetson-tx2", "gpu", progress=False)
     adreno = build_tvm(bundle, "snapdragon-865", "gpu", progress=False)
     for r in tx2:

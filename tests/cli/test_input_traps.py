@@ -1,0 +1,116 @@
+"""No silent input traps: weights, scale and raw pixels taken as model input."""
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from edgesdk.cli import main
+from edgesdk.runtime import load_bundle, preprocess
+from edgesdk.runtime.input_stats import InputGuard, InputRangeWarning, summarize
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = os.path.join(HERE, "models.py") + ":TinyNet"
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, trained_tiny):
+    path = tmp_path_factory.mktemp("traps") / "w.pt"
+    torch.save(trained_tiny.state_dict(), str(path))
+    return path
+
+
+def _raw(x):
+    """The MNIST test images as 0..255 pixels (what the model was normalized from)."""
+    return np.clip(x[:, 0] * 0.3081 + 0.1307, 0, 1) * 255.0
+
+
+def test_convert_needs_weights_or_an_explicit_random_choice(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["convert", "--model", MODEL, "--input-shape", "1,28,28", "-o",
+              str(tmp_path / "x.edgebundle")])
+    assert e.value.code == 2
+    assert "--weights" in capsys.readouterr().err and not (tmp_path / "x.edgebundle").exists()
+
+
+def test_scale_is_a_fraction_and_never_assumed_for_non_8_bit_pixels(weights, mnist_split,
+                                                                    tmp_path, capsys):
+    _, (x, y) = mnist_split
+    sixteen = np.round(_raw(x[:64]) / 255.0 * 16.0)  # float64 0..16 pixels, as sklearn's digits
+    data = tmp_path / "d16.npz"
+    np.savez(str(data), x=sixteen.astype(np.int64), y=y[:64])
+    common = ["convert", "--model", MODEL, "--weights", weights, "--stages-attr", "blocks",
+              "--heads-attr", "exits", "--example-data", data, "--mean", "0.1307", "--std",
+              "0.3081"]
+    code, _, err = cli(capsys, *common, "-o", tmp_path / "a.edgebundle")
+    assert code == 4 and "give --scale" in err and "--scale 1/16" in err
+    assert not (tmp_path / "a.edgebundle").exists()
+    code, out, _ = cli(capsys, *common, "--scale", "1/16", "-o", tmp_path / "b.edgebundle", "--json")
+    assert code == 0
+    manifest = json.loads((tmp_path / "b.edgebundle" / "manifest.json").read_text())
+    spec = manifest["inputs"][0]
+    assert spec["preprocessing"]["scale"] == 1 / 16
+    stats = spec["statistics"]
+    assert stats["samples"] == 16 and len(stats["mean"]) == 1
+    assert stats["min"][0] == pytest.approx(-0.1307 / 0.3081, abs=1e-5)
+    with pytest.raises(SystemExit):
+        main([str(a) for a in common] + ["--scale", "1/0", "-o", str(tmp_path / "c.edgebundle")])
+    assert "fraction" in capsys.readouterr().err
+
+
+def test_8_bit_pixels_default_to_1_over_255_and_say_so(weights, mnist_split, tmp_path, capsys):
+    _, (x, y) = mnist_split
+    data = tmp_path / "u8.npz"
+    np.savez(str(data), x=np.round(_raw(x[:32])).astype(np.uint8), y=y[:32])
+    code, out, err = cli(capsys, "convert", "--model", MODEL, "--weights", weights,
+                         "--stages-attr", "blocks", "--heads-attr", "exits", "--example-data",
+                         data, "--mean", "0.1307", "--std", "0.3081", "-o", tmp_path / "u.edgebundle")
+    assert code == 0 and "--scale 1/255" in err
+    assert "integer pixels are preprocessed as (raw * 0.00392157" in out
+    assert "the runtime warns on batches far outside it" in out
+
+
+def test_raw_float_pixels_warn_once_and_model_input_does_not(bundle_master, mnist_split):
+    _, (x, _) = mnist_split
+    model = load_bundle(bundle_master)
+    assert model.input_spec["statistics"]["samples"] > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.run(x[:8])   # real model input: no warning
+        model.run(preprocess(np.round(_raw(x[8:16])).astype(np.uint8), model.input_spec))
+    raw16 = (_raw(x[:8]) / 255.0 * 16.0)[:, None].astype(np.float64)
+    with pytest.warns(InputRangeWarning, match="far outside.*preprocess"):
+        model.run(raw16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.run(raw16)   # once per loaded model
+
+
+def test_the_cli_prints_the_warning(bundle_master, mnist_split, tmp_path, capsys):
+    _, (x, y) = mnist_split
+    path = tmp_path / "raw.npz"
+    np.savez(str(path), x=_raw(x[:10])[:, None].astype(np.float32), y=y[:10])
+    code, _, err = cli(capsys, "run", bundle_master, path)
+    assert code == 0 and "far outside" in err
+
+
+def test_guard_statistics_are_per_channel():
+    ramp = np.linspace(0.0, 1.0, 4 * 25).reshape(4, 5, 5)
+    x = np.stack([ramp, 2.0 + 2.0 * ramp], axis=1)   # channel 0 in 0..1, channel 1 in 2..4
+    s = summarize(x, "test")
+    assert s["min"] == [0.0, 2.0] and s["max"] == [1.0, 4.0]
+    assert s["mean"] == pytest.approx([0.5, 3.0])
+    guard = InputGuard({"name": "x", "statistics": s, "preprocessing": None})
+    # A margin of one recorded range beyond the extremes: -1..6 passes, 7 does not.
+    assert guard.check(np.full((1, 2, 5, 5), 5.5, np.float32)) is None
+    assert guard.check(np.full((1, 2, 5, 5), -0.9, np.float32)) is None
+    with pytest.warns(InputRangeWarning):
+        assert "far outside" in guard.check(np.full((1, 2, 5, 5), 7.0, np.float32))
