@@ -18,6 +18,11 @@ from edgesdk.converters.cost_model import table_from_rows
 from edgesdk.runtime.policies import get_policy
 
 SWEEP_POINTS = 40
+# A graph whose p90 is more than this many times its p50 is flagged as noisy.
+SPREAD_FLAG = 1.5
+SPREAD_RANGE = "p10 to p90 of the calls"
+# The latency statistic the cost model reads (what calibration budgets use).
+LATENCY_METRIC = "mean_ms"
 
 
 def pareto(points):
@@ -46,16 +51,21 @@ def _sweep(sim):
     return points
 
 
-def _plot_tradeoff(plt, points, unit, what, path, title):
+def _plot_tradeoff(plt, points, marks, unit, what, path, title):
+    """Accuracy vs predicted cost over thresholds, the Pareto front, and the marked points
+    (``marks``: ``[(label, OperatingPoint, matplotlib style)]``, e.g. exits off, calibrated)."""
     costs = [p.mean_cost for p in points]
     accs = [100 * p.accuracy for p in points]
     front = pareto(list(zip(costs, accs)))
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.scatter(costs, accs, s=14, color="tab:gray", label="one threshold for every exit")
+    ax.scatter(costs, accs, s=14, color="tab:gray", label="one threshold for every early exit")
     ax.plot([costs[i] for i in front], [accs[i] for i in front], "o-", color="tab:red",
-            label="Pareto front")
-    ax.set_xlabel("predicted mean {} per sample ({})".format(what, unit))
-    ax.set_ylabel("accuracy (%)")
+            label="best trade-offs (Pareto front)")
+    for label, point, style in marks:
+        ax.plot([point.mean_cost], [100 * point.accuracy], style[0], ms=style[1], color=style[2],
+                label=label, zorder=5)
+    ax.set_xlabel("predicted mean {} per input ({})".format(what, unit))
+    ax.set_ylabel("accuracy on the labelled inputs (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -65,14 +75,23 @@ def _plot_tradeoff(plt, points, unit, what, path, title):
     return front
 
 
-def _plot_bars(plt, table, path, title):
+def _plot_bars(plt, table, spread, path, title):
+    """Per-stage cost bars (stage + its head stacked); ``spread``: per stage, the whisker
+    ``(low, high)`` of the stage's per-call latency in the same unit, or None."""
     k = np.arange(len(table.stage))
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.bar(k, table.stage, label="stage (incl. runtime work)" if table.unit == "ms" else "stage")
+    ax.bar(k, table.stage, label="stage (with the runtime's own work)" if table.unit == "ms"
+           else "stage")
     ax.bar(k, table.head, bottom=table.stage, label="exit head")
+    if spread is not None:
+        lo = [max(0.0, v - a) for v, (a, _) in zip(table.stage, spread)]
+        hi = [max(0.0, b - v) for v, (_, b) in zip(table.stage, spread)]
+        ax.errorbar(k, table.stage, yerr=[lo, hi], fmt="none", ecolor="black", capsize=4,
+                    label="stage spread ({})".format(SPREAD_RANGE))
     ax.set_xticks(k)
     ax.set_xticklabels(["stage {}".format(i) for i in k])
-    ax.set_ylabel("{} per sample ({})".format(table.metric, table.unit))
+    ax.set_ylabel("{} per input ({})".format(
+        "latency" if table.unit == "ms" else "energy", table.unit))
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -84,8 +103,8 @@ def _plot_hist(plt, counts, path, title):
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
     ax.bar(range(len(counts)), counts, color="tab:green")
     ax.set_xticks(range(len(counts)))
-    ax.set_xlabel("exit")
-    ax.set_ylabel("samples")
+    ax.set_xlabel("exit taken")
+    ax.set_ylabel("number of inputs")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -98,8 +117,8 @@ def _plot_pred(plt, pairs, path):
     ax.scatter(meas, pred, color="tab:purple")
     hi = max(pred + meas) * 1.1
     ax.plot([0, hi], [0, hi], "--", color="gray", label="predicted = measured")
-    ax.set_xlabel("measured mean latency (ms)")
-    ax.set_ylabel("predicted mean latency (ms)")
+    ax.set_xlabel("measured mean latency per input (ms)")
+    ax.set_ylabel("predicted mean latency per input (ms)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -153,10 +172,145 @@ def compression_section(bundle_path):
     return md
 
 
-def write_report(db, out_dir, bundle_paths=()):
-    """Write ``report.md``, ``report.html`` and PNGs into ``out_dir``; returns the .md path.
+def device_words(desc):
+    """A device description in words: ``"AMD EPYC 7B13 (x86_64, 2 cores), Linux 6.1"``."""
+    if not desc:
+        return "(not described)"
+    main = desc.get("cpu") or desc.get("machine") or "unknown CPU"
+    extra = ", ".join(v for v in (desc.get("machine"), "{} cores".format(desc["cores"])
+                                  if desc.get("cores") else None) if v)
+    system = " ".join(str(desc[k]) for k in ("system", "release") if desc.get(k))
+    return "{}{}{}".format(main, " ({})".format(extra) if extra else "",
+                           ", " + system if system else "")
 
-    ``bundle_paths``: bundles whose compression (builds, per-exit table, pruning) is added."""
+
+def _spread(rows, ids):
+    """Per graph id: ``(low, high, p90/p50)`` of its per-call latency per input at batch 1
+    (low: p10 where stored, else p50), from the rows; graphs without percentiles are left out."""
+    values = {}
+    for r in rows:
+        if r["value"] is not None and r["metric"] in ("p10_ms", "p50_ms", "p90_ms"):
+            values.setdefault(r["graph"], {})[r["metric"]] = r["value"] / r["batch"]
+    out = {}
+    for gid in ids:
+        v = values.get(gid, {})
+        if "p50_ms" in v and "p90_ms" in v:
+            out[gid] = (v.get("p10_ms", v["p50_ms"]), v["p90_ms"],
+                        v["p90_ms"] / v["p50_ms"] if v["p50_ms"] > 0 else float("inf"))
+    return out
+
+
+def _cost_lines(tables, spread, ids):
+    """The per-graph cost table (Markdown), noisy rows flagged."""
+    md = ["| graph | latency ms/input | p90/p50 | energy mJ/input |", "|---|---|---|---|"]
+    n = len(tables["latency"].stage)
+    for i, gid in enumerate(ids):
+        kind, k = ("stage", i) if i < n else ("head", i - n)
+        e = tables.get("energy")
+        ratio = spread.get(gid, (None, None, None))[2]
+        md.append("| {} | {:.4f} | {} | {} |".format(
+            gid, getattr(tables["latency"], kind)[k],
+            "-" if ratio is None else "{:.2f}{}".format(ratio, " (noisy)" if ratio > SPREAD_FLAG
+                                                        else ""),
+            "{:.4f}".format(getattr(e, kind)[k]) if e else "-"))
+    noisy = [gid for gid in ids if spread.get(gid, (0, 0, 0))[2] > SPREAD_FLAG]
+    md.append("")
+    if noisy:
+        md += ["Noisy measurements (p90 more than {}x p50): {}. Profile again on a quieter "
+               "machine or with more repeats before trusting them.".format(
+                   SPREAD_FLAG, ", ".join(noisy)), ""]
+    return md, noisy
+
+
+def _section(plt, out_dir, b, device, drows, scores, runs, desc, names):
+    """Markdown lines, plot files and a JSON summary for one bundle on one device."""
+    tag = "{}-{}".format(b[:10], device[:10])
+    stage_ids, head_ids = _graph_ids(drows)
+    named = names.get(b)
+    title = "{} (target {})".format(named["name"], named["target"]) if named else \
+        "bundle {}".format(b[:12])
+    md = ["## {} on {}".format(title, device_words(desc)), "",
+          "Bundle graphs sha256 {}, device fingerprint {}.".format(b[:16], device), ""]
+    metric = LATENCY_METRIC
+    tables = {"latency": table_from_rows(drows, metric, stage_ids, head_ids, device, b)}
+    try:
+        tables["energy"] = table_from_rows(drows, "energy_mj", stage_ids, head_ids, device, b)
+    except ProfileStoreError:
+        md += ["Energy: no sensor on this device; latency only.", ""]
+    spread = _spread(drows, stage_ids + head_ids)
+    lines, noisy = _cost_lines(tables, spread, stage_ids + head_ids)
+    md += ["Costs are per input at batch 1 ({} of the timed calls).".format(metric), ""] + lines
+    plots = []
+    whiskers = [spread[g][:2] for g in stage_ids] if all(g in spread for g in stage_ids) else None
+    for name, table in tables.items():
+        png = "costs-{}-{}.png".format(name, tag)
+        _plot_bars(plt, table, whiskers if name == "latency" else None,
+                   os.path.join(out_dir, png), "{} per stage and exit head, {}".format(name, title))
+        plots.append(png)
+        md += ["![{} per stage]({})".format(name, png), ""]
+    summary = {"bundle_sha256": b, "bundle": named, "device": device,
+               "device_words": device_words(desc), "latency_metric": metric,
+               "stage_ms": tables["latency"].stage, "head_ms": tables["latency"].head,
+               "noisy": noisy, "tradeoffs": [], "predicted_vs_measured": []}
+    for (dataset, policy), (sc, corr) in sorted(scores.items()):
+        run = next((r for r in reversed(runs) if r["dataset_sha256"] == dataset
+                    and r["device"] == device), None)
+        for name, table in tables.items():
+            sim = ExitSimulator.from_scores(sc, corr, get_policy(policy), table.stage, table.head)
+            points = _sweep(sim)
+            marks = [("early exits off", points[0], ("s", 8, "black"))]
+            if run is not None:
+                marks.append(("thresholds of the profiled run (calibrated)",
+                              sim.evaluate(run["thresholds"]), ("*", 15, "tab:blue")))
+            png = "tradeoff-{}-{}-{}.png".format(name, tag, dataset[:8])
+            front = _plot_tradeoff(plt, points, marks, table.unit, name,
+                                   os.path.join(out_dir, png),
+                                   "{}: {} labelled inputs (data {}), {} policy".format(
+                                       title, sim.n, dataset[:8], policy))
+            plots.append(png)
+            md += ["![accuracy vs {}]({})".format(name, png), "",
+                   "Pareto front ({}): {}".format(name, ", ".join(
+                       "{:.3g} {} -> {:.2%}".format(points[i].mean_cost, table.unit,
+                                                    points[i].accuracy) for i in front)), ""]
+            md += ["{}: {:.3g} {} at {:.2%} accuracy.".format(
+                label[0].upper() + label[1:], p.mean_cost, table.unit, p.accuracy)
+                for label, p, _ in marks] + [""]
+            summary["tradeoffs"].append({
+                "metric": name, "unit": table.unit, "dataset_sha256": dataset, "policy": policy,
+                "samples": sim.n, "pareto": [[points[i].mean_cost, points[i].accuracy]
+                                             for i in front],
+                "marked": {label: [p.mean_cost, p.accuracy] for label, p, _ in marks}})
+            if name == "latency":
+                for r in runs:
+                    if r["dataset_sha256"] == dataset and r["device"] == device:
+                        summary["predicted_vs_measured"].append(
+                            [sim.evaluate(r["thresholds"]).mean_cost, r["mean_ms"]])
+    mine = [r for r in runs if r["device"] == device]
+    if mine:
+        png = "exits-{}.png".format(tag)
+        _plot_hist(plt, mine[-1]["exit_counts"], os.path.join(out_dir, png),
+                   "exits taken in the latest run ({} inputs), {}".format(mine[-1]["samples"], title))
+        plots.append(png)
+        md += ["![exit histogram]({})".format(png), ""]
+    pairs = summary["predicted_vs_measured"]
+    if pairs:
+        png = "predicted-{}.png".format(tag)
+        _plot_pred(plt, pairs, os.path.join(out_dir, png))
+        plots.append(png)
+        md += ["| run | predicted ms | measured ms | error |", "|---|---|---|---|"]
+        md += ["| {} | {:.4f} | {:.4f} | {:+.1%} |".format(i + 1, p, m, (p - m) / m)
+               for i, (p, m) in enumerate(pairs)]
+        md += ["", "![predicted vs measured]({})".format(png), ""]
+    return md, plots, summary
+
+
+def write_report(db, out_dir, bundle_paths=()):
+    """Write ``report.md``, ``report.html`` and PNGs into ``out_dir``.
+
+    ``bundle_paths``: bundles whose compression (builds, per-exit table, pruning) is added.
+    Returns ``{"markdown", "html", "plots", "sections"}``: the files written and, per bundle
+    and device, what the page shows (costs, noisy graphs, trade-off points, predicted vs
+    measured runs)."""
     # Bundles first: a wrong path fails before anything is written.
     sections = [compression_section(path) for path in bundle_paths]
     matplotlib = require("matplotlib", "plot", "draw report plots")
@@ -168,76 +322,28 @@ def write_report(db, out_dir, bundle_paths=()):
             raise ProfileStoreError("{} holds no measurements (empty table): run `edgesdk profile "
                                     "BUNDLE --db {}` first".format(db, db))
         data = [(b, store.rows(bundle_sha256=b), store.exit_scores(b), store.runs(b)) for b in bundles]
-        devices = store.devices()
+        devices, names = store.devices(), store.bundle_names()
     os.makedirs(out_dir, exist_ok=True)
     md = ["# edgesdk profile report", "", "Database: `{}`".format(db), ""]
+    plots, summaries = [], []
     for b, rows, scores, runs in data:
         for device in sorted({r["device"] for r in rows}):
             drows = [r for r in rows if r["device"] == device and r["batch"] == 1]
-            if not drows:
-                continue
-            tag = "{}-{}".format(b[:10], device[:10])
-            stage_ids, head_ids = _graph_ids(drows)
-            desc = devices.get(device, {})
-            md += ["## bundle {} on device {}".format(b[:12], device), "",
-                   "Device: {}".format(", ".join("{} {}".format(k, v) for k, v in sorted(desc.items()))
-                                       or "(not described)"), ""]
-            tables = {"latency": table_from_rows(drows, "mean_ms", stage_ids, head_ids, device, b)}
-            try:
-                tables["energy"] = table_from_rows(drows, "energy_mj", stage_ids, head_ids, device, b)
-            except ProfileStoreError:
-                md += ["Energy: no sensor on this device; latency only.", ""]
-            md += ["| graph | latency ms/sample | energy mJ/sample |", "|---|---|---|"]
-            for i, gid in enumerate(stage_ids + head_ids):
-                kind, k = ("stage", i) if i < len(stage_ids) else ("head", i - len(stage_ids))
-                e = tables.get("energy")
-                md.append("| {} | {:.4f} | {} |".format(gid, getattr(tables["latency"], kind)[k],
-                                                        "{:.4f}".format(getattr(e, kind)[k]) if e else "-"))
-            md.append("")
-            for name, table in tables.items():
-                png = "costs-{}-{}.png".format(name, tag)
-                _plot_bars(plt, table, os.path.join(out_dir, png), "per-stage {} (batch 1)".format(name))
-                md += ["![{} per stage]({})".format(name, png), ""]
-            pairs = []
-            for (dataset, policy), (sc, corr) in sorted(scores.items()):
-                for name, table in tables.items():
-                    sim = ExitSimulator.from_scores(sc, corr, get_policy(policy), table.stage, table.head)
-                    points = _sweep(sim)
-                    png = "tradeoff-{}-{}-{}.png".format(name, tag, dataset[:8])
-                    front = _plot_tradeoff(plt, points, table.unit, name, os.path.join(out_dir, png),
-                                           "{} samples (data {}), policy {}".format(
-                                               sim.n, dataset[:8], policy))
-                    md += ["![accuracy vs {}]({})".format(name, png), "",
-                           "Pareto front ({}): {}".format(name, ", ".join(
-                               "{:.3g} {} -> {:.2%}".format(points[i].mean_cost, table.unit,
-                                                            points[i].accuracy) for i in front)), ""]
-                    if name != "latency":
-                        continue
-                    for run in runs:
-                        if run["dataset_sha256"] == dataset and run["device"] == device:
-                            p = sim.evaluate(run["thresholds"]).mean_cost
-                            pairs.append((p, run["mean_ms"]))
-            if runs:
-                last = [r for r in runs if r["device"] == device] or runs
-                png = "exits-{}.png".format(tag)
-                _plot_hist(plt, last[-1]["exit_counts"], os.path.join(out_dir, png),
-                           "exits taken, latest run ({} samples)".format(last[-1]["samples"]))
-                md += ["![exit histogram]({})".format(png), ""]
-            if pairs:
-                png = "predicted-{}.png".format(tag)
-                _plot_pred(plt, pairs, os.path.join(out_dir, png))
-                md += ["| run | predicted ms | measured ms | error |", "|---|---|---|---|"]
-                md += ["| {} | {:.4f} | {:.4f} | {:+.1%} |".format(i + 1, p, m, (p - m) / m)
-                       for i, (p, m) in enumerate(pairs)]
-                md += ["", "![predicted vs measured]({})".format(png), ""]
+            if drows:
+                lines, files, summary = _section(plt, out_dir, b, device, drows, scores, runs,
+                                                 devices.get(device, {}), names)
+                md += lines
+                plots += files
+                summaries.append(summary)
     for lines in sections:
         md += lines
     md_path = os.path.join(out_dir, "report.md")
+    html_path = os.path.join(out_dir, "report.html")
     with open(md_path, "w") as f:
         f.write("\n".join(md) + "\n")
-    with open(os.path.join(out_dir, "report.html"), "w") as f:
+    with open(html_path, "w") as f:
         f.write(_html(md))
-    return md_path
+    return {"markdown": md_path, "html": html_path, "plots": plots, "sections": summaries}
 
 
 def _html(md_lines):

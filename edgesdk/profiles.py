@@ -233,6 +233,24 @@ class ProfileStore(object):
     def devices(self):
         return {d: json.loads(desc) for d, desc in self.db.execute("SELECT device, description FROM devices")}
 
+    def name_bundle(self, bundle, name, target):
+        """Remember a bundle's name and target for reports (``meta`` key ``bundle:<sha256>``)."""
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (
+                "bundle:" + bundle, json.dumps({"name": name, "target": target}, sort_keys=True)))
+
+    def bundle_names(self):
+        """``{bundle sha256: {"name", "target"}}`` for the bundles whose name was recorded."""
+        out = {}
+        for key, value in self.db.execute("SELECT key, value FROM meta WHERE key LIKE 'bundle:%'"):
+            try:
+                rec = json.loads(value)
+            except ValueError:
+                continue  # a foreign or damaged entry names nothing; the hash still identifies
+            if isinstance(rec, dict) and _is_text(rec.get("name")) and _is_text(rec.get("target")):
+                out[key[len("bundle:"):]] = {"name": rec["name"], "target": rec["target"]}
+        return out
+
 
 MAX_BATCH = 1 << 31
 
@@ -349,22 +367,45 @@ def merge_into(store, path):
             for run in other.runs():
                 if (run["device"], run["bundle_sha256"], run["measured_at"]) not in known:
                     store.write_run(run)
+            for bundle, rec in other.bundle_names().items():
+                store.name_bundle(bundle, rec["name"], rec["target"])
             for bundle in other.bundles_with_scores():
                 for (dataset, policy), (scores, correct) in other.exit_scores(bundle).items():
                     store.write_exit_scores(bundle, dataset, policy, scores, correct)
     return n
 
 
+# The metrics stored per profiled graph: latency statistics (ms), ``spread`` (p90 / p50) and
+# ``noisy`` (1.0 where the spread exceeds 1.5: profile again on a quieter machine), memory and
+# energy. Stores written before some of these existed hold fewer metrics; readers ask by name.
+# The latency statistic the cost model sums along the runtime's path (the one that predicted
+# the measured mean latency of real early-exit runs best: benchmarks/profiler.py, README).
+COST_STATISTIC = "mean_ms"
+NOISY_SPREAD = 1.5  # p90 / p50 above this flags a row as noisy
+PROFILE_METRICS = ("mean_ms", "std_ms", "trimmed_mean_ms", "p10_ms", "p50_ms", "p90_ms",
+                   "p99_ms", "min_ms", "spread", "noisy", "peak_rss_mb", "energy_mj")
+
+
+def noisy_graphs(rows):
+    """``{(graph, build, precision, batch)}`` of the rows flagged ``noisy`` (spread > 1.5)."""
+    return {(r["graph"], r["build"], r["precision"], r["batch"]) for r in rows
+            if r["metric"] == "noisy" and r["value"]}
+
+
 def rows_from_profile(graph_rows, manifest, device, sensor_name, measured_at, resolution=None):
-    """Store rows for the profiler's per-graph results (one per metric)."""
+    """Store rows for the profiler's per-graph results (one per metric of
+    :data:`PROFILE_METRICS`; ``noisy`` stored as 1.0 / 0.0)."""
     res = resolution or "x".join(str(d) for d in manifest["inputs"][0]["shape"][2:]) or "-"
     out = []
     for g in graph_rows:
-        for metric in ("mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "peak_rss_mb", "energy_mj"):
+        for metric in PROFILE_METRICS:
+            value = g.get(metric)
+            if isinstance(value, bool):
+                value = float(value)
             out.append({"device": device, "target": manifest["target"],
                         "bundle_sha256": graphs_sha256(manifest), "graph": g["graph"],
                         "build": g["build"], "precision": g["precision"], "batch": g["batch"],
-                        "resolution": res, "metric": metric, "value": g.get(metric),
+                        "resolution": res, "metric": metric, "value": value,
                         "sensor": sensor_name, "sdk_version": edgesdk.__version__,
                         "measured_at": measured_at})
     return out
@@ -383,6 +424,7 @@ class ProfileRecorder(object):
         desc = device_description()
         self.device = device_fingerprint(desc)
         self.store.add_device(self.device, desc)
+        self.store.name_bundle(graphs_sha256(manifest), manifest["name"], manifest["target"])
 
     def __call__(self, graph_row):
         self.store.write(rows_from_profile([graph_row], self.manifest, self.device,

@@ -9,15 +9,26 @@ def add_arguments(p):
     p.add_argument("-o", "--output", default="edgesdk-report", help="output folder")
     p.add_argument("--bundle", action="append", default=[],
                    help="add this bundle's compression: builds, per-exit table, pruning (repeatable)")
+    p.add_argument("--json", action="store_true",
+                   help="print what was written and shown (files, costs, trade-offs) as JSON")
 
 
 def run(args):
     """Call :func:`edgesdk.converters.report.write_report`."""
     import os
-    from edgesdk.converters.report import write_report
+    from edgesdk.converters.report import SPREAD_FLAG, write_report
     from edgesdk.errors import InputError
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise InputError("'{}' exists and is not a folder".format(args.output))
-    path = write_report(args.db, args.output, bundle_paths=args.bundle)
-    print("wrote {} and report.html beside it".format(path))
+    result = write_report(args.db, args.output, bundle_paths=args.bundle)
+    if args.json:
+        import json
+        print(json.dumps(result))
+        return 0
+    print("wrote {} and report.html beside it ({} plots)".format(result["markdown"],
+                                                                 len(result["plots"])))
+    for section in result["sections"]:
+        if section["noisy"]:
+            print("noisy measurements (p90/p50 > {}) on {}: {}".format(
+                SPREAD_FLAG, section["device_words"], ", ".join(section["noisy"])))
     return 0
