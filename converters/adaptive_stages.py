@@ -4,15 +4,24 @@ stages; see :mod:`edgesdk.runtime.adaptive_stages` for how they run.
 Each gate and variant is exported to its own ONNX graph on the state the stage takes (the
 bundle's earlier stages run on ``x``), checked against PyTorch in ONNX Runtime, hashed, and
 recorded on the stage entry. The bundle is rewritten in a staging copy: whole or untouched.
+
+Gate thresholds: :func:`add_gate` writes the one it is given (recorded as uncalibrated);
+:func:`calibrate_gates` chooses them on labelled data with the exact bound and fixed-sequence
+test of :mod:`~edgesdk.converters.risk`: one common skip threshold for every gate along a
+path fixed in advance (``GATE_PATH``, 0.999 down to 0.5), tested in order against the accuracy
+of the same bundle with its gates off; the certified threshold that skips the most MACs wins.
 """
 import os
 
 import numpy as np
 
 from edgesdk import bundle as bundle_io
-from edgesdk.errors import ConversionError, InputError
+from edgesdk.errors import CalibrationError, ConversionError, InputError
 
 ATOL, RTOL = 1e-4, 1e-3
+# Common skip thresholds, most conservative first: fixed before any data is seen, so the
+# order of the fixed-sequence test cannot depend on the losses it tests.
+GATE_PATH = (0.999, 0.995, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 
 def _stage_state(bundle, k, x):
@@ -80,9 +89,99 @@ def add_gate(bundle_path, stage, gate, x, threshold=0.5):
         if shapes != [[None, 1]]:
             raise InputError("a gate returns (N, 1) skip logits, got {}".format(shapes[0]))
         record = {"file": rel, "outputs": ["skip_logit"], "output_shapes": shapes,
-                  "threshold": float(threshold)}
+                  "threshold": float(threshold),
+                  "chosen_from": {"method": "given to add_gate (uncalibrated)"}}
         _record(tmp, k, "gate", record, [rel])
     return record
+
+
+class _GateRun(object):
+    """One common gate threshold's outcome on the calibration data."""
+
+    def __init__(self, losses, gains, accuracy, skipped, macs_skipped):
+        self.losses, self.gains, self.accuracy = losses, gains, accuracy
+        self.skipped, self.macs_skipped = skipped, macs_skipped
+
+
+def calibrate_gates(bundle_path, x, y, max_accuracy_drop, confidence=0.99, path=GATE_PATH,
+                    threads=None):
+    """Choose the skip threshold of every gate in the bundle on labelled model inputs ``(x,
+    y)`` and write it with its ``chosen_from`` record (objective, data, the exact bound of
+    the accuracy drop, ``n``, the confidence, the method, what is expected).
+
+    The drop is measured against the same bundle with its gates off (its early exits as
+    they are); it is certified to stay within ``max_accuracy_drop`` points with probability
+    ``confidence`` (0: point estimates, no guarantee). ``path``: the common thresholds to
+    test, most conservative first. Raises :class:`CalibrationError` when this many samples
+    cannot certify the target, or when not even the first threshold is certified (the
+    bundle is then left as it was). Returns ``{"thresholds": {stage id: threshold},
+    "chosen_from": record}``."""
+    from edgesdk.converters import risk
+    from edgesdk.converters.calibrate import _check_data
+    from edgesdk.profiles import dataset_sha256
+    from edgesdk.runtime.engine import load_bundle
+    risk.check_confidence(confidence)
+    if not 0 <= max_accuracy_drop <= 100:
+        raise InputError("max_accuracy_drop is in percentage points, 0..100; got {}".format(
+            max_accuracy_drop))
+    path = [float(t) for t in path]
+    if not path or any(not 0 <= t <= 1 for t in path) or path != sorted(path, reverse=True):
+        raise InputError("a gate path is skip thresholds in [0, 1], most conservative "
+                         "(highest) first; got {}".format(path))
+    model = load_bundle(bundle_path, threads=threads)
+    y = _check_data(x, y, model.num_classes)
+    gated = [s for s in model.adaptive_stages() if s.gate is not None]
+    if not gated:
+        raise InputError("{} has no gates: add them with add_gate first".format(bundle_path))
+    n, allowed = len(y), max_accuracy_drop / 100.0
+    risk.require_certifiable(allowed, n, confidence, "gate calibration")
+    manifest = model.bundle.manifest
+    macs = {e["id"]: e["macs"] for e in manifest["stages"]}
+    full = float(sum(macs.values()) + manifest["exits"][-1]["macs"])
+    for s in model.adaptive_stages():
+        s.enabled = False
+    reference = model.run(x).labels == y
+    for s in model.adaptive_stages():
+        s.enabled = True
+
+    def evaluate(threshold):
+        for s in gated:
+            s.threshold, s.skipped = threshold, 0
+        right = model.run(x).labels == y
+        skipped = {s.id: s.skipped / float(n) for s in gated}
+        return _GateRun(int((reference & ~right).sum()), int((right & ~reference).sum()),
+                        float(right.mean()), skipped,
+                        sum(f * macs[sid] for sid, f in skipped.items()) / full)
+    good, tested, stop = risk.fixed_sequence(path, evaluate, n, allowed, confidence)
+    if not good:
+        t, r = stop if stop is not None else (path[0], evaluate(path[0]))
+        raise CalibrationError(
+            "no gate threshold is certified within {:g} points: at the most conservative, "
+            "{:g}, {} of {} samples the ungated bundle gets right are lost (exact bound {:.3g} "
+            "points at confidence {:g}); the bundle is unchanged. Allow a larger drop, give "
+            "more data or train the gates to skip less".format(
+                max_accuracy_drop, t, r.losses, n,
+                100.0 * risk.clopper_pearson_upper(r.losses, n, 1.0 - confidence)
+                if confidence > 0 else 100.0 * (r.losses - r.gains) / n, confidence))
+    threshold, best = max(good, key=lambda g: (g[1].macs_skipped, g[1].accuracy))
+    record = {"method": "calibrate-gates",
+              "objective": {"kind": "most-skipped-within-accuracy-drop",
+                            "max_accuracy_drop_points": max_accuracy_drop,
+                            "confidence": confidence},
+              "data": {"samples": n, "sha256": dataset_sha256(x, y)},
+              "risk": risk.risk_record(best.losses, best.gains, n, confidence,
+                                       path="common skip threshold {}".format(path),
+                                       settings_tested=tested, settings_certified=len(good)),
+              "expected": {"accuracy": best.accuracy, "ungated_accuracy": float(reference.mean()),
+                           "skipped_fraction": best.skipped,
+                           "macs_skipped_fraction": best.macs_skipped}}
+
+    def change(m):
+        for entry in m["stages"]:
+            if entry.get("gate") is not None:
+                entry["gate"].update(threshold=threshold, chosen_from=record)
+    bundle_io.update_manifest(model.bundle.root, change)
+    return {"thresholds": {s.id: threshold for s in gated}, "chosen_from": record}
 
 
 def add_width_variants(bundle_path, stage, variants, x, bounds, router="confidence"):

@@ -1,34 +1,58 @@
 """Per-exit threshold calibration on labelled held-out data.
 
-The bundle is run once over the data with every exit evaluated; thresholds are then searched
+The bundle is run once over the data with every exit evaluated; thresholds are then chosen
 on those outputs with an exact simulation of the runtime (same policy, same rule that a
 disabled exit's head is not run). Objectives:
 
-(a) ``max_accuracy_drop``: the smallest mean cost whose accuracy is within that many points of
-    the final exit's accuracy, with ``confidence`` (default 99%): the per-sample difference
-    "final exit right" minus "chosen exit right" is a paired sample, and its one-sided upper
-    confidence bound must stay within the allowed drop. Without it, a search over thousands of
-    settings on ~1000 samples finds thresholds that only look free (measured on the sample
-    model, 0.1-point target: 1.1 points lost on the test split with point estimates, 0.6 with
-    a 95% bound, 0.2 with 99%; the search compares so many settings that 95% is too loose);
-(b) ``max_cost_fraction``: the best accuracy whose mean cost is at most that fraction of the
-    full model's cost.
+(a) ``max_accuracy_drop``: the cheapest thresholds whose accuracy drop below the final exit
+    is certified to stay within that many points with probability ``confidence`` (default
+    0.99) over the draw of the calibration data, by Learn then Test (see
+    :mod:`~edgesdk.converters.risk`):
+
+    1. A path of settings is fixed without the labels: one common threshold ``lambda`` for
+       every early exit, from the most conservative (no sample leaves early) to the most
+       aggressive (finest at the confident end), each with the early exits whose head costs
+       more than it saves at that ``lambda`` switched off (a cost from the unlabelled scores).
+    2. The settings are tested in that order: the exact one-sided Clopper-Pearson bound on
+       P(final exit right, chosen exit wrong) must be within the target; testing stops at the
+       first failure. Every setting tested before it holds the target simultaneously with
+       probability >= ``confidence``, so the cheapest of them is chosen.
+
+    ``path="split"`` instead searches a path with the coordinate search below on half of the
+    data (point estimates, an increasing number of losses allowed) and tests it on the other
+    half; it halves the samples behind the bound (``benchmarks/calibration.py`` compares
+    the two; the label-free path is the default).
+    A target that ``n`` samples cannot certify even with no loss (``n < log(1 - confidence)
+    / log(1 - target)``) is refused with the smallest target ``n`` can certify. Without this,
+    a search over thousands of settings with mean + z x standard error accepted settings with
+    no observed disagreement (standard error 0) from a single sample. ``confidence=0``
+    compares point estimates with the coordinate search: no guarantee.
+(b) ``max_cost_fraction`` / a cost budget: the best accuracy whose mean cost is at most that
+    fraction of the full model's cost (or the budget), by coordinate search over per-exit
+    thresholds. These are cost constraints, not risk: the exact bound of the chosen point's
+    drop is reported too, but it is not a guarantee (the search chose the point on the same
+    data).
 
 Cost per stage and head is the counted MAC model in the manifest, until measured profiles
-replace it.
+replace it. The bound, ``n``, the confidence and the method go into each exit's
+``chosen_from["risk"]``.
 """
-from dataclasses import dataclass
-from statistics import NormalDist
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgesdk import bundle as bundle_io
+from edgesdk.converters import risk
 from edgesdk.errors import CalibrationError, InputError
 from edgesdk.profiles import dataset_sha256
 from edgesdk.progress import Progress
 
 CANDIDATES_PER_EXIT = 120
 MAX_PASSES = 8
+PATH_POINTS = 400   # common-threshold levels on the label-free path (every score near the top)
+PATHS = ("scores", "split")
+SPLIT_SEED = 0
+SPLIT_SEARCHES = 8
 
 
 @dataclass
@@ -40,6 +64,9 @@ class OperatingPoint:
     mean_cost: float           # MACs per sample
     exit_fractions: list
     drop_se: float = 0.0       # standard error of the accuracy drop vs the final exit (paired)
+    losses: int = 0            # samples the final exit gets right and this setting wrong
+    gains: int = 0             # samples this setting gets right and the final exit wrong
+    risk: dict = field(default=None)   # the accuracy drop's bound and how it was obtained
 
 
 @dataclass
@@ -53,10 +80,16 @@ class CalibrationResult:
     policy: str
     samples: int
     unit: str = "MACs"
+    cost_model: str = "counted MACs per stage and head"
 
     @property
     def cost_fraction(self):
         return self.point.mean_cost / self.full_cost
+
+    @property
+    def risk(self):
+        """The chosen point's accuracy-drop bound record (see :func:`risk.risk_record`)."""
+        return self.point.risk
 
 
 class ExitSimulator:
@@ -85,23 +118,30 @@ class ExitSimulator:
         self.k = len(scores)
         self.disabled = set()  # exits never enabled (dropped at conversion)
 
+    def subset(self, rows):
+        """A simulator of the samples ``rows`` only (same policy, costs and dropped exits)."""
+        sim = ExitSimulator.from_scores([s[rows] for s in self.scores],
+                                        [c[rows] for c in self.correct], self.policy,
+                                        self.stage_costs, self.head_costs)
+        sim.disabled = set(self.disabled)
+        return sim
+
     @property
     def full_cost(self):
         """Cost with every early exit disabled: all stages and the final head."""
         return float(self.stage_costs.sum() + self.head_costs[-1])
 
-    def evaluate(self, thresholds):
-        """The :class:`OperatingPoint` of ``thresholds`` (list, None = disabled)."""
+    def _route(self, thresholds):
+        """Per exit, the mask of samples leaving there; and the mean cost. Labels unused."""
         remaining = np.ones(self.n, dtype=bool)
-        chosen_correct = np.zeros(self.n, dtype=bool)
         cost_sum, paid = 0.0, 0.0
-        fractions = []
+        leaving = []
         for k in range(self.k):
             last = k == self.k - 1
             paid += self.stage_costs[k]
             t = None if k in self.disabled else thresholds[k]
             if not last and t is None:
-                fractions.append(0.0)
+                leaving.append(None)
                 continue
             paid += self.head_costs[k]
             if last:
@@ -109,15 +149,32 @@ class ExitSimulator:
             else:
                 s = self.scores[k]
                 leave = remaining & ((s >= t) if self.policy.higher_is_confident else (s <= t))
-            count = int(leave.sum())
-            chosen_correct |= self.correct[k] & leave
-            cost_sum += count * paid
-            fractions.append(count / self.n)
+            cost_sum += int(leave.sum()) * paid
+            leaving.append(leave)
             remaining = remaining & ~leave
+        return leaving, cost_sum / self.n
+
+    def mean_cost(self, thresholds):
+        """Mean cost per sample of ``thresholds``, from the scores alone (no labels)."""
+        return self._route(thresholds)[1]
+
+    def evaluate(self, thresholds):
+        """The :class:`OperatingPoint` of ``thresholds`` (list, None = disabled)."""
+        leaving, mean_cost = self._route(thresholds)
+        chosen_correct = np.zeros(self.n, dtype=bool)
+        fractions = []
+        for k, leave in enumerate(leaving):
+            if leave is None:
+                fractions.append(0.0)
+                continue
+            chosen_correct |= self.correct[k] & leave
+            fractions.append(int(leave.sum()) / self.n)
+        final = self.correct[-1]
         diff = self.final_correct - chosen_correct.astype(np.int8)
         se = float(diff.std(ddof=1) / np.sqrt(self.n)) if self.n > 1 else 0.0
-        return OperatingPoint(list(thresholds), float(chosen_correct.mean()), cost_sum / self.n,
-                              fractions, se)
+        return OperatingPoint(list(thresholds), float(chosen_correct.mean()), mean_cost,
+                              fractions, se, int((final & ~chosen_correct).sum()),
+                              int((chosen_correct & ~final).sum()))
 
     def candidates(self, k):
         """Threshold candidates for exit ``k``: quantiles of its scores, plus disabled."""
@@ -144,6 +201,63 @@ class ExitSimulator:
             if not improved:
                 break
         return best
+
+    def _cheapest_exits(self, enabled, level):
+        """All ``enabled`` early exits at threshold ``level``, less those whose removal lowers
+        the mean cost (most saving first): a label-free choice."""
+        on = list(enabled)
+
+        def setting(exits):
+            return [level if k in exits else None for k in range(self.k)]
+        cost = self.mean_cost(setting(on))
+        while on:
+            trial, k = min((self.mean_cost(setting([e for e in on if e != k])), k) for k in on)
+            if trial >= cost:
+                break
+            on.remove(k)
+            cost = trial
+        return setting(on)
+
+    def score_path(self):
+        """The label-free path (most conservative first): no early exit, then one common
+        threshold at each pooled early-exit score level, from the most confident down (every
+        level at first, geometrically sparser later), with the exits that do not pay for
+        themselves there switched off. A generator: testing usually stops early."""
+        yield [None] * self.k
+        enabled = [k for k in range(self.k - 1) if k not in self.disabled]
+        if not enabled:
+            return
+        levels = np.unique(np.concatenate([self.scores[k] for k in enabled]))
+        if self.policy.higher_is_confident:
+            levels = levels[::-1]
+        ranks = np.unique(np.round(np.geomspace(1, len(levels), PATH_POINTS)).astype(int)) - 1
+        last = [None] * self.k
+        for level in levels[ranks]:
+            setting = self._cheapest_exits(enabled, float(level))
+            if setting != last:
+                yield setting
+                last = setting
+
+    def split_path(self, confidence, max_drop):
+        """``(test simulator, path)``: a path searched on a random half (coordinate search
+        with at most m losses there, m = 0, 1, ...), to be tested on the other half."""
+        order = np.random.default_rng(SPLIT_SEED).permutation(self.n)
+        search, test = self.subset(order[:self.n // 2]), self.subset(order[self.n // 2:])
+        allowed = 0
+        while allowed < test.n and risk.certified(allowed + 1, test.n, max_drop, confidence):
+            allowed += 1
+        path = [[None] * self.k]
+        # Up to SPLIT_SEARCHES searches, allowing 0 .. 2 x (the losses the test half may have)
+        # + 2 losses on the search half.
+        for m in np.unique(np.round(np.linspace(0, 2 * allowed + 2, SPLIT_SEARCHES))).astype(int):
+            point = search.search(lambda p: p.losses <= m, _cheaper, [None] * self.k)
+            if point.thresholds not in path:
+                path.append(point.thresholds)
+        return test, path
+
+
+def _cheaper(p, b):
+    return (p.mean_cost, -p.accuracy) < (b.mean_cost, -b.accuracy)
 
 
 def _check_data(x, y, num_classes):
@@ -183,32 +297,29 @@ def simulator_for(model, probs, y, policy_name=None, costs=None):
 
 
 def choose_thresholds(sim, max_accuracy_drop=None, max_cost_fraction=None, confidence=0.99,
-                      max_mean_cost=None, unit="MACs"):
-    """Search thresholds for one objective; returns (OperatingPoint, objective dict).
+                      max_mean_cost=None, unit="MACs", path="scores"):
+    """Choose thresholds for one objective; returns (OperatingPoint, objective dict).
 
     Objectives: ``max_accuracy_drop`` (points), ``max_cost_fraction`` (of the full model's
-    cost) or ``max_mean_cost`` (absolute, in the simulator's cost ``unit``). ``confidence``
-    applies to ``max_accuracy_drop``: the drop's one-sided upper confidence bound at this
-    level must be within the allowed drop (0 compares point estimates).
+    cost) or ``max_mean_cost`` (absolute, in the simulator's cost ``unit``). ``confidence``:
+    for ``max_accuracy_drop``, the probability that the chosen point's drop is within the
+    target (exact bound + fixed-sequence test along ``path``, "scores" or "split"; see the
+    module doc); 0 compares point estimates. The point's ``risk`` holds the bound record.
+    A target the data cannot certify raises :class:`CalibrationError`.
     """
     if sum(v is not None for v in (max_accuracy_drop, max_cost_fraction, max_mean_cost)) != 1:
         raise InputError("give exactly one objective: max_accuracy_drop (points), "
                          "max_cost_fraction (of the full model's cost) or a cost budget")
-    final_acc = sim.evaluate([None] * sim.k).accuracy
-    eps = 1e-12
+    risk.check_confidence(confidence)
     if max_accuracy_drop is not None:
         if not 0 <= max_accuracy_drop <= 100:
             raise InputError("max_accuracy_drop is in percentage points, 0..100; got {}".format(
                 max_accuracy_drop))
-        if not 0 <= confidence < 1:
-            raise InputError("confidence must be in [0, 1); got {}".format(confidence))
-        z = NormalDist().inv_cdf(confidence) if confidence > 0 else 0.0
-        allowed = max_accuracy_drop / 100.0
-        point = sim.search(lambda p: final_acc - p.accuracy + z * p.drop_se <= allowed + eps,
-                           lambda p, b: (p.mean_cost, -p.accuracy) < (b.mean_cost, -b.accuracy),
-                           [None] * sim.k)
-        return point, {"kind": "min-cost-within-accuracy-drop",
-                       "max_accuracy_drop_points": max_accuracy_drop, "confidence": confidence}
+        if path not in PATHS:
+            raise InputError("path '{}' is not one of {}".format(path, ", ".join(PATHS)))
+        objective = {"kind": "min-cost-within-accuracy-drop",
+                     "max_accuracy_drop_points": max_accuracy_drop, "confidence": confidence}
+        return _within_drop(sim, max_accuracy_drop / 100.0, confidence, path), objective
     if max_cost_fraction is not None:
         if not 0 < max_cost_fraction <= 1:
             raise InputError("max_cost_fraction must be in (0, 1]; got {}".format(max_cost_fraction))
@@ -219,6 +330,50 @@ def choose_thresholds(sim, max_accuracy_drop=None, max_cost_fraction=None, confi
             raise InputError("the cost budget must be > 0; got {}".format(max_mean_cost))
         budget = float(max_mean_cost)
         objective = {"kind": "max-accuracy-within-cost", "max_mean_cost": budget, "unit": unit}
+    point = _within_cost(sim, budget, unit)
+    point.risk = risk.risk_record(
+        point.losses, point.gains, sim.n, confidence,
+        method="clopper-pearson bound on P(final exit right, chosen exit wrong) of this one "
+               "setting; not a guarantee: a cost search chose it on the same data",
+        reference=all(t is None for t in point.thresholds[:-1]))
+    return point, objective
+
+
+def _within_drop(sim, allowed, confidence, path):
+    """The cheapest point within ``allowed`` (fraction) drop (see the module doc)."""
+    eps = 1e-12
+    reference = [None] * sim.k
+    if confidence == 0:   # point estimates: the coordinate search
+        final_acc = sim.evaluate(reference).accuracy
+        point = sim.search(lambda p: final_acc - p.accuracy <= allowed + eps, _cheaper, reference)
+        point.risk = risk.risk_record(point.losses, point.gains, sim.n, 0, path="coordinate search")
+        return point
+    if path == "split":
+        if sim.n < 2:
+            raise CalibrationError("the split path needs at least 2 labelled samples, got "
+                                   "{}".format(sim.n))
+        risk.require_certifiable(allowed, sim.n - sim.n // 2, confidence,
+                                 "the test half of {} samples".format(sim.n))
+        tester, settings = sim.split_path(confidence, allowed)
+    else:
+        risk.require_certifiable(allowed, sim.n, confidence)
+        tester, settings = sim, sim.score_path()
+    good, tested, _ = risk.fixed_sequence(settings, tester.evaluate, tester.n, allowed,
+                                          confidence)
+    thresholds, result = min(good, key=lambda g: (g[1].mean_cost, -g[1].accuracy))
+    point = sim.evaluate(thresholds)
+    point.risk = risk.risk_record(
+        result.losses, result.gains, tester.n, confidence,
+        reference=all(t is None for t in thresholds[:-1]),
+        path="label-free common threshold" if path == "scores" else
+             "coordinate search on one half, tested on the other",
+        settings_tested=tested, settings_certified=len(good))
+    return point
+
+
+def _within_cost(sim, budget, unit):
+    """The most accurate point with a mean cost within ``budget`` (coordinate search)."""
+    eps = 1e-12
     # Cheapest setting: every sample leaves at the first exit in use (a threshold every
     # score passes).
     lowest = (-np.inf if sim.policy.higher_is_confident else np.inf)
@@ -231,10 +386,9 @@ def choose_thresholds(sim, max_accuracy_drop=None, max_cost_fraction=None, confi
             "achievable is {:.4g} {} ({:.1%}), every sample leaving at exit {}".format(
                 budget, unit, budget / sim.full_cost, cheapest.mean_cost, unit,
                 cheapest.mean_cost / sim.full_cost, sim.k - 1 if first is None else first))
-    point = sim.search(lambda p: p.mean_cost <= budget + eps,
-                       lambda p, b: (-p.accuracy, p.mean_cost) < (-b.accuracy, b.mean_cost),
-                       start)
-    return point, objective
+    return sim.search(lambda p: p.mean_cost <= budget + eps,
+                      lambda p, b: (-p.accuracy, p.mean_cost) < (-b.accuracy, b.mean_cost),
+                      start)
 
 
 def calibrate(bundle_path, x, y, *, max_accuracy_drop=None, max_cost_fraction=None,
@@ -244,12 +398,16 @@ def calibrate(bundle_path, x, y, *, max_accuracy_drop=None, max_cost_fraction=No
     """Choose per-exit thresholds on labelled data and write them into the bundle's manifest.
 
     Exactly one objective: ``max_accuracy_drop`` (percentage points below the final exit's
-    accuracy on this data, held with ``confidence``), ``max_cost_fraction`` (mean cost as a
+    accuracy, certified with probability ``confidence`` by an exact bound; see the module
+    doc; a target the data cannot certify raises :class:`CalibrationError`), ``max_cost_fraction`` (mean cost as a
     fraction of the full model's), or, with a measured ``profile`` database,
     ``budget_latency_ms`` / ``budget_energy_mj`` (mean per sample at ``batch``; ``p99`` sums
     per-graph p99 latencies instead of means, a conservative bound). With ``profile`` the
-    costs are the measured ones of ``device`` (needed when the database holds several). ``policy`` switches every exit to another exit policy. The manifest is replaced
-    atomically; on any error it is left as it was.
+    costs are the measured ones of ``device`` (needed when the database holds several).
+    ``policy`` switches every exit to another exit policy. The manifest is replaced
+    atomically; on any error it is left as it was. Each early exit's ``chosen_from`` records
+    the objective, the data, the expected behaviour and ``risk``: the accuracy drop's exact
+    upper bound, ``n``, the confidence and the method.
     """
     from edgesdk.runtime.engine import load_bundle
     model = load_bundle(bundle_path, threads=threads)
@@ -274,13 +432,16 @@ def calibrate(bundle_path, x, y, *, max_accuracy_drop=None, max_cost_fraction=No
                                          max_mean_cost=budget, unit=unit)
     # Thresholds of -inf/inf (everything leaves) become the policy's range end in JSON.
     lo, hi = sim.policy.valid_range(model.num_classes)
-    point.thresholds = [None if t is None else float(min(max(t, lo), hi)) for t in point.thresholds]
-    point = sim.evaluate(point.thresholds)
+    bound = point.risk
+    point = sim.evaluate([None if t is None else float(min(max(t, lo), hi))
+                          for t in point.thresholds])
+    point.risk = bound   # the same samples leave where they did: the same losses
+    cost_model = ("counted MACs per stage and head" if costs is None else
+                  "measured {} per stage and head".format(costs.metric))
     result = CalibrationResult(point, sim.evaluate([None] * sim.k).accuracy, sim.full_cost,
-                               objective, sim.policy.name, len(y), unit)
-    chosen = {"method": "calibrate", "objective": objective,
-              "cost_model": ("counted MACs per stage and head" if costs is None else
-                             "measured {} per stage and head".format(costs.metric)),
+                               objective, sim.policy.name, len(y), unit, cost_model)
+    chosen = {"method": "calibrate", "objective": objective, "cost_model": cost_model,
+              "risk": point.risk,
               "profile": costs.record() if costs is not None else None,
               "data": {"samples": len(y), "sha256": dataset_sha256(x, y)},
               "expected": {"accuracy": point.accuracy, "final_exit_accuracy": result.final_exit_accuracy,

@@ -3,9 +3,10 @@ each resolution into one bundle, with thresholds chosen on labelled calibration 
 
 The last (largest) resolution is the bundle itself; cheaper levels are complete bundles under
 ``variants/ID/``, hashed by the outer manifest too (see :mod:`edgesdk.runtime.cascade`).
-Thresholds: level by level, cheapest first, the lowest threshold whose cascade accuracy on the
-calibration images stays within ``max_accuracy_drop`` points of the full-resolution model
-alone, the later levels answering for every sample not let out.
+Thresholds: one common threshold for the early levels, certified on the calibration images to
+keep the accuracy within ``max_accuracy_drop`` points of the full-resolution model alone with
+probability ``confidence``, by the exact bound and fixed-sequence test of
+:mod:`~edgesdk.converters.risk` (see :func:`choose_thresholds`).
 """
 import os
 import shutil
@@ -18,6 +19,7 @@ from edgesdk.errors import InputError
 from edgesdk.manifest import RESIZE_MODES
 
 VARIANTS = "variants"
+PATH_POINTS = 400   # common-threshold levels on the label-free path
 
 
 def _resolutions(resolutions):
@@ -44,53 +46,72 @@ def _as_multi_exit(model):
     return MultiExitModel([model], [nn.Identity()])
 
 
-def choose_thresholds(level_probs, labels, max_accuracy_drop, policy):
+class _LevelRun(object):
+    """One common level threshold's outcome on the calibration images."""
+
+    def __init__(self, losses, gains, accuracy, leaving):
+        self.losses, self.gains, self.accuracy, self.leaving = losses, gains, accuracy, leaving
+
+
+def _level_path(scores, higher_is_confident):
+    """Common thresholds for the early levels, most conservative first: None (every sample
+    climbs to the last level), then each pooled unlabelled score from the most confident
+    down (every level at first, geometrically sparser later)."""
+    levels = np.unique(np.concatenate(scores))
+    if higher_is_confident:
+        levels = levels[::-1]
+    ranks = np.unique(np.round(np.geomspace(1, len(levels), PATH_POINTS)).astype(int)) - 1
+    return [None] + [float(v) for v in levels[ranks]]
+
+
+def choose_thresholds(level_probs, labels, max_accuracy_drop, policy, confidence=0.99):
     """Per-level thresholds (None for the last level) and a record of the choice, from every
-    level's probabilities on labelled calibration samples (see the module doc)."""
+    level's probabilities on labelled calibration samples.
+
+    One common threshold for every level but the last, along a label-free path (from every
+    sample climbing to the last level down through the pooled scores), tested in order with
+    the exact bound of :mod:`~edgesdk.converters.risk` on P(full resolution right, cascade
+    wrong): the most aggressive threshold before the first failure is certified within
+    ``max_accuracy_drop`` points with probability ``confidence`` (0: point estimates, the
+    most aggressive whose observed drop is within the target). A lower common threshold
+    lets every sample out at the same level or earlier, so it is also the cheapest. Raises
+    :class:`CalibrationError` when this many samples cannot certify the target."""
+    from edgesdk.converters import risk
+    risk.check_confidence(confidence)
     labels = np.asarray(labels)
     n = len(labels)
+    allowed = max_accuracy_drop / 100.0
+    risk.require_certifiable(allowed, n, confidence, "cascade calibration")
     correct = [p.argmax(axis=1) == labels for p in level_probs]
-    full = float(correct[-1].mean())
-    target = full - max_accuracy_drop / 100.0
-    alive = np.ones(n, dtype=bool)
-    settled = 0  # correct answers of samples that left at earlier levels
-    thresholds, share = [], []
-    for k in range(len(level_probs) - 1):
-        score = policy.score(level_probs[k])
-        if not policy.higher_is_confident:
-            score = -score
-        idx = np.flatnonzero(alive)
-        order = idx[np.argsort(-score[idx], kind="stable")]
-        # Letting the j most confident out: they answer at level k, the rest at the last.
-        gain = np.concatenate([[0], np.cumsum(correct[k][order])])
-        rest = np.concatenate([np.cumsum(correct[-1][order][::-1])[::-1], [0]])
-        accuracy = (settled + gain + rest) / float(n)
-        ok = np.flatnonzero(accuracy >= target - 1e-12)
-        j = int(ok.max())
-        # Ties at the cut: keep only the scores strictly above the first one left in.
-        while 0 < j < len(order) and score[order[j - 1]] == score[order[j]]:
-            j -= 1
-        if j == 0:
-            thresholds.append(None)
-            share.append(0)
-            continue
-        cut = float(score[order[j - 1]])
-        thresholds.append(cut if policy.higher_is_confident else -cut)
-        out = order[:j]
-        settled += int(correct[k][out].sum())
-        alive[out] = False
-        share.append(int(j))
-    accuracy = (settled + int(correct[-1][alive].sum())) / float(n)
-    return thresholds + [None], {
+    scores = [policy.score(p) for p in level_probs[:-1]]
+    last = len(level_probs) - 1
+
+    def evaluate(threshold):
+        level = np.full(n, last)
+        if threshold is not None:
+            for k in range(last - 1, -1, -1):   # the first confident level wins
+                ok = scores[k] >= threshold if policy.higher_is_confident else scores[k] <= threshold
+                level[ok] = k
+        right = np.choose(level, correct)
+        return _LevelRun(int((correct[-1] & ~right).sum()), int((right & ~correct[-1]).sum()),
+                         float(right.mean()), np.bincount(level, minlength=last + 1).tolist())
+    path = _level_path(scores, policy.higher_is_confident)
+    good, tested, _ = risk.fixed_sequence(path, evaluate, n, allowed, confidence)
+    threshold, run = good[-1] if good else (None, evaluate(None))
+    return [threshold] * last + [None], {
         "method": "calibrate-cascade", "samples": int(n),
         "max_accuracy_drop_points": float(max_accuracy_drop),
-        "accuracy_full": full, "accuracy_cascade": accuracy,
-        "leaving_per_level": share + [int(alive.sum())]}
+        "accuracy_full": float(correct[-1].mean()), "accuracy_cascade": run.accuracy,
+        "leaving_per_level": run.leaving,
+        "risk": risk.risk_record(run.losses, run.gains, n, confidence, reference=threshold is None,
+                                 path="label-free common threshold", settings_tested=tested,
+                                 settings_certified=len(good))}
 
 
 def convert_cascade(models, resolutions, images, output, labels=None, calibration_images=None,
                     max_accuracy_drop=0.5, policy="max-softmax", resize="area", crop=None,
-                    preprocessing=None, force=False, progress=True, **convert_kwargs):
+                    preprocessing=None, force=False, progress=True, confidence=0.99,
+                    **convert_kwargs):
     """Convert a model at several input resolutions into one cascade bundle at ``output``.
 
     ``models``: one model whose weights serve every resolution (fully convolutional with
@@ -99,7 +120,8 @@ def convert_cascade(models, resolutions, images, output, labels=None, calibratio
     last is the full resolution. ``images``: raw example images ``(N, H, W[, C])`` (any size:
     the pipeline crops and resizes them with OpenCV). ``calibration_images`` + ``labels``:
     raw labelled images to choose the thresholds (else they stay null, and every sample
-    climbs to the last level). ``resize``: OpenCV interpolation (area, linear, nearest,
+    climbs to the last level), certified within ``max_accuracy_drop`` points of the full
+    resolution with probability ``confidence`` (see :func:`choose_thresholds`). ``resize``: OpenCV interpolation (area, linear, nearest,
     cubic); ``crop``: central fraction kept before resizing. ``preprocessing``: scale / mean /
     std after resizing (required: the pipeline starts from raw pixels). Other keyword
     arguments go to :func:`~edgesdk.converters.convert` for every level. The bundle is
@@ -123,6 +145,11 @@ def convert_cascade(models, resolutions, images, output, labels=None, calibratio
     pol = get_policy(policy)
     if (labels is None) != (calibration_images is None):
         raise InputError("thresholds need both calibration_images and labels")
+    if labels is not None:   # refuse an uncertifiable target before converting anything
+        from edgesdk.converters import risk
+        risk.check_confidence(confidence)
+        risk.require_certifiable(max_accuracy_drop / 100.0, len(labels), confidence,
+                                 "cascade calibration")
     spec = {"pipeline": {"resize": resize, "crop": crop}}
     ids = ["r{}x{}".format(*s) for s in sizes]
     output = os.path.abspath(output)
@@ -144,11 +171,12 @@ def convert_cascade(models, resolutions, images, output, labels=None, calibratio
                     os.replace(os.path.join(dest, name), os.path.join(tmp, name))
         shutil.rmtree(scratch)
         _finish(tmp, spec, ids, sizes, policy, pol, labels, calibration_images,
-                max_accuracy_drop)
+                max_accuracy_drop, confidence)
     return bundle_io.read_bundle(output).manifest["cascade"]
 
 
-def _finish(tmp, spec, ids, sizes, policy, pol, labels, calibration_images, max_accuracy_drop):
+def _finish(tmp, spec, ids, sizes, policy, pol, labels, calibration_images, max_accuracy_drop,
+            confidence):
     """Write the cascade section, then choose and write the thresholds if labels are given."""
     from edgesdk.runtime.cascade import Cascade
     last = len(sizes) - 1
@@ -161,7 +189,7 @@ def _finish(tmp, spec, ids, sizes, policy, pol, labels, calibration_images, max_
         return
     cascade = Cascade(bundle_io.read_bundle(tmp))
     thresholds, record = choose_thresholds(cascade.level_probabilities(calibration_images),
-                                           labels, max_accuracy_drop, pol)
+                                           labels, max_accuracy_drop, pol, confidence)
     for level, t in zip(spec["levels"], thresholds):
         level["threshold"] = t
     spec["chosen_from"] = record

@@ -1,7 +1,9 @@
 """Choose per-exit thresholds on labelled held-out data (.npz with 'x' and 'y').
 
-Give one objective: --max-accuracy-drop POINTS (cheapest thresholds within that many
-percentage points of the final exit's accuracy, held with --confidence, default 0.99),
+Give one objective: --max-accuracy-drop POINTS (cheapest thresholds whose drop below the final
+exit's accuracy is certified within that many percentage points with probability
+--confidence, default 0.99: an exact Clopper-Pearson bound tested along a label-free path of
+settings; a target the data cannot certify is refused with the smallest one it can),
 --max-cost-fraction F (best accuracy at a mean cost of at most F of the full model), or with
 --profile DB (measured by `edgesdk profile --db`) --budget-latency-ms MS / --budget-energy-mj MJ
 (best accuracy whose predicted mean cost per sample meets the measured budget). Costs are
@@ -26,8 +28,8 @@ def add_arguments(p):
     p.add_argument("--p99", action="store_true", help="budget per-graph p99 latencies, not means")
     p.add_argument("--batch", type=int, default=1, help="batch size the costs are taken at (default 1)")
     p.add_argument("--confidence", type=float, default=0.99,
-                   help="confidence that the accuracy drop stays within --max-accuracy-drop "
-                        "(default 0.99; 0 compares point estimates)")
+                   help="probability that the accuracy drop stays within --max-accuracy-drop "
+                        "(default 0.99; 0 compares point estimates, no guarantee)")
     p.add_argument("--policy", help="switch every exit to this policy (max-softmax, entropy, margin)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -49,21 +51,46 @@ def run(args):
                     p99=args.p99, batch=args.batch,
                     threads=args.threads, progress=not args.json)
     p = res.point
+    risk = res.risk or {}
+    cost_of = cost_label(res)
     if args.json:
         print(json.dumps({"thresholds": p.thresholds, "accuracy": p.accuracy,
                           "final_exit_accuracy": res.final_exit_accuracy,
                           "mean_cost_fraction": res.cost_fraction, "mean_cost": p.mean_cost,
-                          "unit": res.unit,
+                          "unit": res.unit, "cost_fraction_of": cost_of,
                           "exit_fractions": p.exit_fractions, "objective": res.objective,
-                          "policy": res.policy, "samples": res.samples}))
+                          "policy": res.policy, "samples": res.samples,
+                          "accuracy_drop_bound_points": risk.get("accuracy_drop_bound_points"),
+                          "bound_samples": risk.get("samples"),
+                          "confidence": risk.get("confidence"), "method": risk.get("method"),
+                          "risk": risk}))
         return 0
     rows = [["exit {}".format(k), "always" if k == len(p.thresholds) - 1 else
              ("off" if t is None else "{:.6g}".format(t)), "{:.1%}".format(f)]
             for k, (t, f) in enumerate(zip(p.thresholds, p.exit_fractions))]
     print(format_table(["exit", res.policy + " threshold", "samples leaving"], rows))
     print("\non {} samples: accuracy {:.2%} (final exit alone {:.2%}), predicted mean cost "
-          "{:.4g} {} per sample, {:.1%} of the full model".format(
+          "{:.4g} {} per sample, {:.1%} {}".format(
               res.samples, p.accuracy, res.final_exit_accuracy, p.mean_cost, res.unit,
-              res.cost_fraction))
+              res.cost_fraction, cost_of))
+    print(bound_line(risk))
     print("thresholds written to {}".format(args.bundle))
     return 0
+
+
+def cost_label(res):
+    """What the cost fraction is a fraction of: counted MACs or a measured metric."""
+    if res.unit == "MACs":
+        return "of the full model's MACs (heads included)"
+    return "of the full model's measured {}".format(res.cost_model.split(" per ")[0][len("measured "):])
+
+
+def bound_line(risk):
+    """One line on the accuracy drop's bound: value, n, confidence, method."""
+    if risk.get("accuracy_drop_bound_points") is None:
+        return "accuracy drop: {:.3g} points observed on {} samples ({})".format(
+            risk.get("observed_drop_points", float("nan")), risk.get("samples"), risk.get("method"))
+    return ("accuracy drop: at most {:.3g} points with confidence {:g} ({} of {} samples the "
+            "final exit gets right lost; {})".format(
+                risk["accuracy_drop_bound_points"], risk["confidence"], risk["losses"],
+                risk["samples"], risk["method"]))

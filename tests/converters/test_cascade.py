@@ -12,7 +12,7 @@ pytest.importorskip("cv2")
 from conftest import PREPROCESSING  # noqa: E402
 
 from edgesdk.converters.cascade import choose_thresholds, convert_cascade  # noqa: E402
-from edgesdk.errors import InputError, IntegrityError  # noqa: E402
+from edgesdk.errors import CalibrationError, InputError, IntegrityError  # noqa: E402
 from edgesdk.runtime.cascade import load_cascade, resize_images  # noqa: E402
 from edgesdk.runtime.engine import load_bundle  # noqa: E402
 from edgesdk.runtime.inputs import preprocess  # noqa: E402
@@ -50,8 +50,9 @@ def shared_weights(raw_digits):
 def cascade_path(tmp_path_factory, shared_weights, raw_digits):
     raw, y = raw_digits
     out = str(tmp_path_factory.mktemp("cascade") / "digits.edgebundle")
+    # 300 images certify no less than 1.52 points at the default 99%: allow 2.
     convert_cascade(shared_weights, [14, 28], raw[:8], out, calibration_images=raw[1000:1300],
-                    labels=y[1000:1300], max_accuracy_drop=0.5, preprocessing=PREPROCESSING,
+                    labels=y[1000:1300], max_accuracy_drop=2.0, preprocessing=PREPROCESSING,
                     progress=False)
     return out
 
@@ -63,7 +64,10 @@ def test_cascade_bundle_holds_both_resolutions_and_escalates_the_unconfident(cas
     assert cascade.resolutions == [(14, 14), (28, 28)]
     assert cascade.levels[0].input_spec["shape"][2:] == [14, 14]
     record = load_bundle(cascade_path).bundle.manifest["cascade"]["chosen_from"]
-    assert record["accuracy_cascade"] >= record["accuracy_full"] - 0.005   # the promise kept
+    r = record["risk"]    # the promise: certified within 2 points with 99% confidence
+    assert r["accuracy_drop_bound_points"] <= 2.0 and r["confidence"] == 0.99
+    assert r["samples"] == 300 and "clopper-pearson" in r["method"]
+    assert record["accuracy_cascade"] >= record["accuracy_full"] - r["losses"] / 300.0
     test = raw[1300:1600]
     got = cascade.run(test)
     counts = got.exit_counts()
@@ -120,11 +124,37 @@ def test_thresholds_keep_the_accuracy_promise_on_a_known_case():
     # Level 0 is right and confident on samples 0 and 2, wrong (but fairly sure) on 3.
     level0 = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.7, 0.3]])
     full = np.array([[0.8, 0.2], [0.7, 0.3], [0.3, 0.7], [0.1, 0.9]])  # right on all
-    thresholds, record = choose_thresholds([level0, full], labels, 0.0, pol)
+    # Point estimates (confidence 0): the most aggressive threshold within the target.
+    thresholds, record = choose_thresholds([level0, full], labels, 0.0, pol, confidence=0)
     assert thresholds == [0.8, None]         # sample 3 (0.7) must not leave at level 0
     assert record["leaving_per_level"] == [2, 2] and record["accuracy_cascade"] == 1.0
-    loose, rec = choose_thresholds([level0, full], labels, 30.0, pol)   # 25% may be lost
-    assert loose[0] == 0.6 and rec["accuracy_cascade"] == 0.75
+    loose, rec = choose_thresholds([level0, full], labels, 30.0, pol, confidence=0)
+    assert loose[0] == 0.6 and rec["accuracy_cascade"] == 0.75   # 25% may be lost
+    assert rec["risk"]["accuracy_drop_bound_points"] is None
+    # With a guarantee, 4 samples certify nothing below 68 points (99%).
+    with pytest.raises(CalibrationError, match="4 labelled samples at confidence 0.99"):
+        choose_thresholds([level0, full], labels, 30.0, pol)
+
+
+def test_thresholds_stop_at_the_first_uncertified_level():
+    """100 samples: level 0 is right on its 60 most confident (0.99 .. 0.9), then wrong on
+    one at 0.85 while the full model is right; 3 losses would be needed to certify less."""
+    pol = get_policy("max-softmax")
+    n = 100
+    labels = np.zeros(n, dtype=np.int64)
+    top = np.concatenate([np.linspace(0.99, 0.9, 60), [0.85], np.linspace(0.8, 0.6, 39)])
+    level0 = np.stack([top, 1 - top], axis=1)
+    level0[60] = [0.15, 0.85]            # confidently wrong
+    level0[61:, :] = level0[61:, ::-1]   # the rest wrong too, less sure
+    full = np.tile([0.9, 0.1], (n, 1))
+    thresholds, record = choose_thresholds([level0, full], labels, 4.0, pol, confidence=0.9)
+    # 0 losses at 60 leaving certify 2.3 points; the 61st setting loses 1 (bound 3.8 <= 4),
+    # the 62nd 2 (bound 5.2 > 4): testing stops there and 0.85 is the lowest certified.
+    assert thresholds == [0.85, None] and record["leaving_per_level"] == [61, 39]
+    r = record["risk"]
+    assert r["losses"] == 1 and r["samples"] == n and r["confidence"] == 0.9
+    assert r["accuracy_drop_bound_points"] == pytest.approx(100 * 0.0383395, rel=1e-5)
+    assert r["settings_tested"] == r["settings_certified"] + 1
 
 
 def test_a_changed_byte_in_an_inner_bundle_is_refused(cascade_path, tmp_path):
@@ -179,7 +209,8 @@ def test_cli_builds_a_cascade_from_a_model_file_and_raw_images(tmp_path, shared_
     out = str(tmp_path / "cli.edgebundle")
     args = ["cascade", "--model", models + ":ConvClassifier", "--weights", weights,
             "--resolutions", "14,28", "--example-data", str(tmp_path / "ex.npz"),
-            "--calibration-data", str(tmp_path / "cal.npz"), "--mean", "0.1307",
+            "--calibration-data", str(tmp_path / "cal.npz"), "--max-accuracy-drop", "3",
+            "--scale", str(1 / 255), "--mean", "0.1307",
             "--std", "0.3081", "-o", out]
     assert main(args) == 0
     text = capsys.readouterr().out
