@@ -54,7 +54,9 @@ class InputGuard(object):
         the warning text or None."""
         if not self.stats or self.warned or not x.size:
             return None
-        lo, hi = float(x.min()), float(x.max())
+        # The ufuncs' reductions directly: x.min()/x.max() add a Python wrapper each, as much
+        # again on a small batch.
+        lo, hi = float(np.minimum.reduce(x, axis=None)), float(np.maximum.reduce(x, axis=None))
         if self.lo <= lo and hi <= self.hi:
             return None
         self.warned = True
@@ -71,3 +73,24 @@ class InputGuard(object):
                    "Apply the preprocessing the model was trained with."))
         warnings.warn(msg, InputRangeWarning, stacklevel=3)
         return msg
+
+
+def describe_input(spec):
+    """Lines saying how a bundle takes input (``spec``: its manifest input record) and what
+    the conversion data looked like after preprocessing."""
+    pre, stats = spec.get("preprocessing"), spec.get("statistics")
+    lines = ["input rule: float32 is taken as model-ready; {}".format(
+        "integer pixels are preprocessed as (raw * {:g} - mean {}) / std {}".format(
+            pre["scale"], pre["mean"], pre["std"]) if pre else
+        "no preprocessing recorded, so integer input is refused")]
+    if stats:
+        ranges = ["{:.3g}..{:.3g}".format(a, b) for a, b in zip(stats["min"], stats["max"])]
+        lines.append("model input of {} ({} samples), per channel: mean {}, std {}, range {}; "
+                     "the runtime warns on batches far outside it".format(
+                         stats["source"], stats["samples"], _short(stats["mean"]),
+                         _short(stats["std"]), _short(ranges, str)))
+    return lines
+
+
+def _short(values, fmt="{:.3g}".format):
+    return "[" + ", ".join(fmt(v) for v in values[:4]) + (", ...]" if len(values) > 4 else "]")

@@ -226,32 +226,11 @@ def preprocessing_from(args, raw_dtype=None):
     return {"scale": scale, "mean": _floats(args.mean, "--mean"), "std": _floats(args.std, "--std")}
 
 
-def input_lines(spec_pre, stats):
-    """How the bundle takes input, and what the conversion data looked like, in words."""
-    lines = ["  input: float32 is taken as model-ready; {}".format(
-        "integer pixels are preprocessed as (raw * {:g} - mean {}) / std {}".format(
-            spec_pre["scale"], spec_pre["mean"], spec_pre["std"]) if spec_pre else
-        "no preprocessing recorded, so integer input is refused")]
-    if stats:
-        lines.append("  model input of {} ({} samples), per channel: mean {}, std {}, range "
-                     "{}; the runtime warns on batches far outside it".format(
-                         stats["source"], stats["samples"],
-                         _short(stats["mean"]), _short(stats["std"]),
-                         ", ".join("{:.3g}..{:.3g}".format(a, b)
-                                   for a, b in list(zip(stats["min"], stats["max"]))[:4])
-                         + (" ..." if len(stats["min"]) > 4 else "")))
-    return lines
-
-
-def _short(values):
-    return "[" + ", ".join("{:.3g}".format(v) for v in values[:4]) + (
-        ", ...]" if len(values) > 4 else "]")
-
-
 def run(args):
     """Load the model and example data, then call :func:`edgesdk.converters.convert`."""
     from edgesdk.converters import convert
     from edgesdk.runtime.datafiles import load_npz
+    from edgesdk.runtime.input_stats import describe_input
     from edgesdk.runtime.inputs import preprocess
     loaded = {}
 
@@ -325,8 +304,8 @@ def run(args):
               "error {:.2e}".format(k, report.stage_macs[k] / 1e6, report.exit_macs[k] / 1e6, err))
     for line in uncounted_lines(report.macs_uncounted):
         print(line)
-    for line in input_lines(pre, report.input_statistics):
-        print(line)
+    for line in describe_input({"preprocessing": pre, "statistics": report.input_statistics}):
+        print("  " + line)
     for gid, agreement in sorted(report.builds.items()):
         print("  {}: {}".format(gid, ", ".join(
             "{} build, top-1 agreement with fp32 {:.2%}".format(p, a)

@@ -79,6 +79,9 @@ def run(args):
     print("input    {} {} {}   preprocessing {}".format(
         inp["name"], inp["dtype"], ["N" if d is None else d for d in inp["shape"]],
         json.dumps(inp.get("preprocessing"))))
+    from edgesdk.runtime.input_stats import describe_input
+    for line in describe_input(inp):
+        print("         " + line)
     print("built    " + ", ".join("{} {}".format(k, v) for k, v in sorted(m["built_with"].items())))
     print()
     structured = [r for r in m.get("pruning") or [] if r.get("kind") == "structured"]

@@ -133,8 +133,9 @@ def test_feedback_loop_convert_profile_convert(files, tmp_path, capsys):
               "--heads-attr", "exits", "--example-data", files / "cal.npz", "--mean", "0.1307",
               "--std", "0.3081", "--precisions", "fp32,int8"]
     first, db = tmp_path / "a.edgebundle", tmp_path / "p.sqlite"
-    code, out, _ = cli(capsys, "convert", *common, "-o", first)
-    assert code == 0 and "int8 build, top-1 agreement with fp32" in out
+    code, out, err = cli(capsys, "convert", *common, "-o", first)
+    assert code == 0, err
+    assert "int8 build, top-1 agreement with fp32" in out
     code, out, _ = cli(capsys, "profile", first, "--db", db, "--repeats", "5", "--warmup", "1", "--json")
     assert code == 0
     assert {r["precision"] for r in json.loads(out)["graphs"]} == {"fp32", "int8", "-"}

@@ -76,6 +76,9 @@ def test_8_bit_pixels_default_to_1_over_255_and_say_so(weights, mnist_split, tmp
     assert code == 0 and "--scale 1/255" in err
     assert "integer pixels are preprocessed as (raw * 0.00392157" in out
     assert "the runtime warns on batches far outside it" in out
+    code, out, _ = cli(capsys, "inspect", tmp_path / "u.edgebundle")
+    assert code == 0 and "input rule: float32 is taken as model-ready; integer pixels" in out
+    assert "model input of the example input (16 samples)" in out
 
 
 def test_raw_float_pixels_warn_once_and_model_input_does_not(bundle_master, mnist_split):
