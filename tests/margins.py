@@ -38,3 +38,10 @@ def margin(scores, threshold):
     s = np.asarray(scores, dtype=np.float64).ravel()
     s = s[np.isfinite(s)]
     return float(np.min(np.abs(s - threshold))) if len(s) else float("inf")
+
+
+def decisive(logits, min_margin=MIN_GAP):
+    """Rows of ``logits`` (or probabilities) whose top two values differ by more than
+    ``min_margin``: their argmax does not depend on which backend computed them."""
+    top2 = np.sort(np.asarray(logits, dtype=np.float64), axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]) > min_margin

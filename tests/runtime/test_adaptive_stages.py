@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import PREPROCESSING, snapshot
+from margins import decisive, threshold_with_margin
 
 from edgesdk.errors import BundleError, InputError
 from edgesdk.runtime.engine import load_bundle
@@ -55,14 +56,19 @@ def adaptive(tmp_path_factory, mnist_split):
     (x, y), (xc, _) = mnist_split
     net, gate, narrow = _nets()
     net = train_quickly(net, x[:500], y[:500], epochs=1).eval()
-    with torch.no_grad():  # centre the gate on this data: about half the samples skip
-        logits = gate(net.stages[0](torch.from_numpy(xc[:200])))[:, 0]
-        gate.fc[2].bias -= logits.median()
+    # Centre the gate on this data (many samples skip, many do not) with its decision
+    # boundary (logit 0, sigmoid 0.5) in a wide gap between samples' logits: at the median
+    # itself one sample sat exactly on it and flipped between PyTorch and ONNX Runtime on
+    # AVX-512 machines. The tests compare decisions on these 200 samples (and subsets).
+    with torch.no_grad():
+        logits = gate(net.stages[0](torch.from_numpy(xc[:200])))[:, 0].numpy()
+        gate.fc[2].bias -= threshold_with_margin(logits, 0.5)[0]
     path = str(tmp_path_factory.mktemp("adaptive") / "res.edgebundle")
     convert(net, xc[:8], path, preprocessing=PREPROCESSING, progress=False)
     add_gate(path, 1, gate, xc[:16], threshold=0.5)
-    # The router's bound at the median confidence of exit 1: about half run narrow.
-    bound = float(np.median(_reference(net, gate, narrow, xc[:200])[1][1].max(axis=1)))
+    # The router's bound near the median confidence of exit 1, also in a gap between samples.
+    bound = threshold_with_margin(_reference(net, gate, narrow, xc[:200])[1][1].max(axis=1),
+                                  0.5)[0]
     add_width_variants(path, "stage2", [(0.5, narrow)], xc[:16], bounds=[bound])
     return path, net, gate, narrow, bound
 
@@ -104,8 +110,11 @@ def test_gates_and_routers_choose_per_sample_as_pytorch_does(adaptive, mnist_spl
     result = model.run(x, thresholds=[None, 0.999, None])
     assert calls == []
     leaving = result.exit_index == 1
-    np.testing.assert_array_equal(result.labels[~leaving], want[2][~leaving].argmax(axis=1))
-    np.testing.assert_array_equal(result.labels[leaving], want[1][leaving].argmax(axis=1))
+    chosen = np.where(leaving[:, None], want[1], want[2])
+    # Labels compared where PyTorch's top two logits are not within float error of a tie.
+    clear = decisive(chosen)
+    assert clear.mean() > 0.9, clear.mean()
+    np.testing.assert_array_equal(result.labels[clear], chosen[clear].argmax(axis=1))
     # Switched off, every sample runs the full stages.
     for s in model.adaptive_stages():
         s.enabled = False
