@@ -2,16 +2,30 @@
 
 The expected cost of a bundle under thresholds is sum over stages of P(sample reaches stage k)
 x (cost of stage k + its head when the head runs): :class:`ExitSimulator` computes exactly that
-from the tables built here. Latency tables add the runtime's own measured work per stage step
-(the profiler's ``runtime`` row) to every stage. Batch sizes that were not measured are interpolated linearly in the
-per-sample cost between the nearest measured sizes, and flagged.
+from the tables built here. Latency tables add the engine's own measured work (the profiler's
+``runtime`` rows, see ``runtime/timing.py``): per stage step to every stage, per head run to
+every head, once per call to stage 0 (every sample reaches it). Batch sizes that were not
+measured are interpolated linearly in the per-sample cost between the nearest measured sizes,
+and flagged.
+
+Which latency statistic: :data:`LATENCY_STATISTIC`, the per-graph statistic whose sum along
+the runtime's path predicted the measured mean latency of real early-exit runs best
+(``benchmarks/profiler.py`` measures every statistic against real runs; README).
 """
 from dataclasses import dataclass, field
 
 from edgesdk.errors import InputError
-from edgesdk.profiles import ProfileStore, ProfileStoreError, graphs_sha256
+from edgesdk.profiles import COST_STATISTIC, ProfileStore, ProfileStoreError, graphs_sha256
 
-METRICS = {"latency": "mean_ms", "latency-p99": "p99_ms", "energy": "energy_mj"}
+LATENCY_STATISTIC = COST_STATISTIC
+METRICS = {"latency": LATENCY_STATISTIC, "latency-p99": "p99_ms", "energy": "energy_mj"}
+# The engine's own rows (runtime/profiler.py RUNTIME_ROWS): graph name -> where it is added.
+ENGINE_ROWS = {"runtime-call": "call", "runtime": "stage", "runtime-head": "head"}
+
+
+def is_engine_row(graph):
+    """Whether a row is the engine's own work rather than a graph's."""
+    return graph in ENGINE_ROWS
 
 
 @dataclass
@@ -28,12 +42,27 @@ class CostTable:
     interpolated: bool
     measured_at: list = field(default_factory=list)   # [oldest, newest] row times
     db: str = ""
+    # The engine's own work included above, per sample: {"call", "stage", "head"} (0 where
+    # the profile has no such row: stores from before they existed, or energy).
+    engine: dict = field(default_factory=lambda: {"call": 0.0, "stage": 0.0, "head": 0.0})
+    noisy: list = field(default_factory=list)   # graphs whose profile spread p90/p50 > 1.5
+
+    def describe(self):
+        """One line: which statistic and what it includes (for ``chosen_from.cost_model``)."""
+        if self.unit != "ms":
+            return "measured {} per stage and head".format(self.metric)
+        return ("measured {} per stage and head, plus the engine's own work ({:.4g} ms per "
+                "call, {:.4g} per stage step, {:.4g} per head run)".format(
+                    self.metric, self.engine["call"], self.engine["stage"], self.engine["head"]))
 
     def record(self):
-        """What goes into the manifest's ``chosen_from``."""
+        """What goes into the manifest's ``chosen_from``: ``statistic`` names the per-graph
+        statistic the costs are (the metric), ``engine`` the runtime's share included."""
         return {"db": self.db, "device": self.device, "bundle_sha256": self.bundle_sha256,
-                "metric": self.metric, "batch": self.batch, "interpolated": self.interpolated,
-                "measured_at": self.measured_at, "stage": self.stage, "head": self.head}
+                "metric": self.metric, "statistic": self.metric, "batch": self.batch,
+                "interpolated": self.interpolated, "measured_at": self.measured_at,
+                "stage": self.stage, "head": self.head, "engine": dict(self.engine),
+                "noisy": list(self.noisy)}
 
 
 def _per_sample(points, batch, what):
@@ -93,7 +122,7 @@ def build_costs(rows, metric, batch=1):
     and whether any value was interpolated."""
     points = {}
     for r in rows:
-        if r["metric"] == metric and r["value"] is not None and r["graph"] != "runtime":
+        if r["metric"] == metric and r["value"] is not None and not is_engine_row(r["graph"]):
             points.setdefault((r["graph"], r["build"], r["precision"]), {})[r["batch"]] = r["value"]
     out, interpolated = {}, False
     for key, values in points.items():
@@ -129,10 +158,12 @@ def table_from_rows(rows, metric, stage_ids, head_ids, device, bundle, batch=1, 
     """A :class:`CostTable` from one device's measurement rows of one bundle.
 
     ``builds`` (``{graph id: (format, precision)}``) says which build's rows to use for each
-    graph (see :func:`_one_build` without it).
+    graph (see :func:`_one_build` without it). Latency metrics include the engine's rows.
     """
+    flags = _one_build([r for r in rows if r["metric"] == "noisy" and r["batch"] == batch], builds)
+    noisy = sorted({r["graph"] for r in flags if r["value"]})
     rows = _one_build([r for r in rows if r["metric"] == metric
-                       and not (r["graph"] == "runtime" and metric.startswith("energy"))], builds)
+                       and not (is_engine_row(r["graph"]) and metric.startswith("energy"))], builds)
     values, times = {}, []
     for r in rows:
         if r["value"] is None:
@@ -154,10 +185,16 @@ def table_from_rows(rows, metric, stage_ids, head_ids, device, bundle, batch=1, 
             v, interp = _per_sample(values[gid], batch, gid)
             interpolated = interpolated or interp
             tables[kind].append(v)
-    if "runtime" in values:
-        step, interp = _per_sample(values["runtime"], batch, "the runtime's own work")
-        tables["stage"] = [v + step for v in tables["stage"]]
-        interpolated = interpolated or interp
+    engine = {"call": 0.0, "stage": 0.0, "head": 0.0}
+    for graph, term in ENGINE_ROWS.items():
+        if graph in values:
+            engine[term], interp = _per_sample(values[graph], batch,
+                                               "the runtime's own work ({})".format(graph))
+            interpolated = interpolated or interp
+    tables["stage"] = [v + engine["stage"] for v in tables["stage"]]
+    tables["head"] = [v + engine["head"] for v in tables["head"]]
+    if tables["stage"]:
+        tables["stage"][0] += engine["call"]  # every sample reaches stage 0, once per call
     unit = "mJ" if metric.startswith("energy") else "ms"
     return CostTable(metric, unit, tables["stage"], tables["head"], device, bundle, batch,
-                     interpolated, [min(times), max(times)] if times else [], db)
+                     interpolated, [min(times), max(times)] if times else [], db, engine, noisy)

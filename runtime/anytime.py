@@ -26,12 +26,17 @@ from edgesdk.runtime.policies import softmax
 
 class StageCosts(object):
     """Predicted milliseconds per sample of each stage and each head (batch 1), plus the
-    runtime's own work per stage step, from a profile store or given by hand."""
+    engine's own work (the profiler's runtime rows): ``runtime_ms`` per stage step,
+    ``head_runtime_ms`` per head run (softmax, exit decision) and ``call_ms`` once per call;
+    from a profile store or given by hand."""
 
-    def __init__(self, stage_ms, head_ms, runtime_ms=0.0, source="given"):
+    def __init__(self, stage_ms, head_ms, runtime_ms=0.0, source="given", head_runtime_ms=0.0,
+                 call_ms=0.0):
         self.stage_ms = [float(v) for v in stage_ms]
         self.head_ms = [float(v) for v in head_ms]
         self.runtime_ms = float(runtime_ms)
+        self.head_runtime_ms = float(head_runtime_ms)
+        self.call_ms = float(call_ms)
         self.source = source
         if len(self.stage_ms) != len(self.head_ms) or any(
                 not np.isfinite(v) or v < 0 for v in self.stage_ms + self.head_ms):
@@ -39,8 +44,8 @@ class StageCosts(object):
                              "head, got {} and {}".format(stage_ms, head_ms))
 
     def step_ms(self, k):
-        """Predicted ms per sample of stage ``k`` with its head."""
-        return self.stage_ms[k] + self.head_ms[k] + self.runtime_ms
+        """Predicted ms per sample of stage ``k`` with its head and the engine's work."""
+        return self.stage_ms[k] + self.head_ms[k] + self.runtime_ms + self.head_runtime_ms
 
     @classmethod
     def from_store(cls, db, model, metric="p99_ms", device=None):
@@ -63,7 +68,7 @@ class StageCosts(object):
         for r in rows:
             if r["device"] == device and r["value"] is not None:
                 values[(r["graph"], r["build"], r["precision"])] = r["value"]
-        runtime = [v for (g, _, _), v in values.items() if g == "runtime"]
+        engine = {g: v for (g, _, _), v in values.items() if g.startswith("runtime")}
 
         def cost(entry):
             build = model.builds[entry["id"]]
@@ -73,7 +78,9 @@ class StageCosts(object):
                                         "the builds in use".format(db, metric, *(key + (device,))))
             return values[key]
         return cls([cost(e) for e in manifest["stages"]], [cost(e) for e in manifest["exits"]],
-                   runtime[0] if runtime else 0.0, source="{} {} on {}".format(db, metric, device))
+                   engine.get("runtime", 0.0), source="{} {} on {}".format(db, metric, device),
+                   head_runtime_ms=engine.get("runtime-head", 0.0),
+                   call_ms=engine.get("runtime-call", 0.0))
 
 
 def run_bounded(model, x, thr, deadline_ms=None, budget_ms=None, max_exit=None):
@@ -93,12 +100,15 @@ def run_bounded(model, x, thr, deadline_ms=None, budget_ms=None, max_exit=None):
     probs = np.empty((n, model.num_classes), dtype=np.float32)
     exit_index = np.empty(n, dtype=np.int64)
     alive, state, timeline, notes = np.arange(n), (x,), [], []
-    confidence, spent, hint = None, 0.0, None
+    confidence, hint = None, None
     limit = deadline_ms if deadline_ms is not None else budget_ms
+    # The engine's once-per-call work (input checks, result assembly) is part of the call.
+    spent = costs.call_ms if limit is not None else 0.0
     for k in range(last + 1):
         if limit is not None:
             step = costs.step_ms(k)
-            left = limit - ((clock() - start) * 1000.0 if deadline_ms is not None else spent)
+            left = limit - ((clock() - start) * 1000.0 + costs.call_ms if deadline_ms is not None
+                            else spent)
             if k == 0:
                 if step * alive.size > left:
                     notes.append("{} of {:.3g} ms is shorter than the cheapest exit ({:.3g} ms "

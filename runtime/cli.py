@@ -173,8 +173,14 @@ def add_profile_arguments(p):
     p.add_argument("bundle", nargs="?", help="path to NAME.edgebundle")
     p.add_argument("--list-sensors", action="store_true", help="list this machine's power sensors")
     p.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default 1)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed calls per graph (default 10)")
-    p.add_argument("--repeats", type=int, default=50, help="timed calls per graph (default 50)")
+    p.add_argument("--warmup", type=int, default=10,
+                   help="untimed runs of each kind before timing (default 10; and --warmup-seconds)")
+    p.add_argument("--warmup-seconds", type=float, default=0.2,
+                   help="warm up for at least this long per batch size (default 0.2)")
+    p.add_argument("--repeats", type=int, default=200,
+                   help="timed runs of each kind, per batch size (default 200; and --min-seconds)")
+    p.add_argument("--min-seconds", type=float, default=1.0,
+                   help="time for at least this long per batch size (default 1.0)")
     p.add_argument("--data", help=".npz with 'x' (and 'y') for an end-to-end early-exit run")
     p.add_argument("--no-sensor", action="store_true", help="measure latency only")
     p.add_argument("--db", help="profile database (SQLite) to record the rows in")
@@ -224,7 +230,8 @@ def cmd_profile(args):
         from edgesdk.runtime.profiler import profile_bundle
         out = profile_bundle(args.bundle, batches, args.warmup, args.repeats, db=args.db,
                              data=args.data, no_sensor=args.no_sensor, threads=args.threads,
-                             progress=not args.json)
+                             progress=not args.json, warmup_s=args.warmup_seconds,
+                             min_seconds=args.min_seconds)
     print_profile(out, args.json)
     return 0
 
@@ -246,13 +253,24 @@ def print_profile(out, as_json):
     print("sensor: {}".format("{} {}".format(sensor["sensor"], sensor["rail"]) if sensor else
                               "no sensor (latency only, energy not measured)"))
     rows = out["graphs"]
+    ms = lambda v: "-" if v is None else "{:.4f}".format(v)  # noqa: E731
     print(format_table(
-        ["graph", "batch", "mean ms", "p50", "p90", "p99", "std", "energy mJ", "peak RSS MiB"],
-        [[r["graph"], r["batch"], "{:.3f}".format(r["mean_ms"]), "{:.3f}".format(r["p50_ms"]),
-          "{:.3f}".format(r["p90_ms"]), "{:.3f}".format(r["p99_ms"]),
-          "-" if r["std_ms"] is None else "{:.3f}".format(r["std_ms"]),
+        ["graph", "batch", "mean ms", "trimmed", "p10", "p50", "p90", "p99", "spread", "",
+         "energy mJ", "peak RSS MiB"],
+        [[r["graph"], r["batch"], ms(r["mean_ms"]), ms(r.get("trimmed_mean_ms")),
+          ms(r.get("p10_ms")), ms(r["p50_ms"]), ms(r["p90_ms"]), ms(r["p99_ms"]),
+          "-" if r.get("spread") is None else "{:.2f}".format(r["spread"]),
+          "NOISY" if r.get("noisy") else "",
           "{:.3f}".format(r["energy_mj"]) if r["energy_mj"] is not None else r["energy_status"],
           "{:.0f}".format(r["peak_rss_mb"]) if r["peak_rss_mb"] else "?"] for r in rows]))
+    from edgesdk.profiles import COST_STATISTIC, NOISY_SPREAD
+    noisy = sorted({r["graph"] for r in rows if r.get("noisy")})
+    print("runtime, runtime-head, runtime-call: the engine's own work per stage step, per head "
+          "run and per call. The cost model uses {}.".format(COST_STATISTIC))
+    if noisy:
+        print("NOISY (p90/p50 > {}): {}: the timings spread widely (a loaded machine or "
+              "scheduler spikes); profile again when the machine is quiet, or with a longer "
+              "--min-seconds".format(NOISY_SPREAD, ", ".join(noisy)))
     e2e = out.get("end_to_end")
     if e2e:
         print("\nend to end ({} samples, batch 1): {:.3f} ms/sample, exits {}{}".format(

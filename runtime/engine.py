@@ -19,6 +19,8 @@ from edgesdk.runtime.inputs import check_batch
 from edgesdk.runtime.memory import MemoryPlan, files_to_load
 from edgesdk.runtime.policies import get_policy, softmax
 
+count_nonzero = np.count_nonzero
+
 SampleResult = collections.namedtuple(
     "SampleResult", ["label", "probabilities", "exit_index", "stage_ms"])
 
@@ -59,6 +61,12 @@ class RunResult(object):
 def stage_ms_table(timeline, n, num_exits):
     """Per-sample milliseconds of each stage call: ``timeline`` holds ``(rows, seconds)`` per
     call (``rows`` None: the whole batch), shared equally by the rows in the call."""
+    if all(rows is None for rows, _ in timeline):
+        # No sample left early (always so at batch 1): the table from one list, about half
+        # the cost of filling a NaN table column by column.
+        row = [seconds * 1000.0 / n for _, seconds in timeline]
+        row += [np.nan] * (num_exits - len(row))
+        return np.array(row * n, dtype=np.float64).reshape(n, num_exits)
     stage_ms = np.full((n, num_exits), np.nan)
     for k, (rows, seconds) in enumerate(timeline):
         if rows is None:
@@ -241,31 +249,38 @@ class EdgeModel(object):
                              (time.perf_counter() - start) * 1000.0, notes, self.ran)
         # Between two graph calls only the calls themselves and the exit decision run; the
         # bookkeeping (per-stage times) is done once at the end. ``alive`` stays None while
-        # every sample is still in the batch: plain slices then, no index arrays.
-        alive, state, timeline, hint = None, (x,), [], None
-        clock = time.perf_counter
+        # every sample is still in the batch: plain slices then, no index arrays. When all
+        # samples left stop at one exit (always so at batch 1) they are written without
+        # compaction. The engine's cost per call, stage step and head is measured by the
+        # profiler (runtime/timing.py) and benchmarks/early_exit.py.
+        alive, state, timeline, hint, left = None, (x,), [], None, n
+        clock, stages, heads, policies, routed = (time.perf_counter, self.stages, self.heads,
+                                                  self.policies, self._routed)
         for k in range(self.num_exits):
             t0 = clock()
-            state = self.stages[k].run(state, hint) if self._routed[k] else \
-                self.stages[k].run(state)
+            state = stages[k].run(state, hint) if routed[k] else stages[k].run(state)
             done = p = None
+            leaving = 0
             if k == last:
-                p = softmax(self.heads[k].run(state)[0])
+                p = softmax(heads[k].run(state)[0])
+                leaving = left
+            elif thr[k] is not None:
+                p = softmax(heads[k].run(state)[0])
+                done = policies[k].exits(p, thr[k])
+                leaving = count_nonzero(done)
+            timeline.append((alive, clock() - t0))
+            if leaving == left:  # every sample still running stops here
                 rows = slice(None) if alive is None else alive
                 probs[rows] = p
                 exit_index[rows] = k
-            elif thr[k] is not None:
-                p = softmax(self.heads[k].run(state)[0])
-                done = self.policies[k].exits(p, thr[k])
-            timeline.append((alive, clock() - t0))
-            if done is not None and done.any():
+                break
+            if leaving:
                 idx = np.flatnonzero(done) if alive is None else alive[done]
                 probs[idx] = p[done]
                 exit_index[idx] = k
                 keep = ~done
                 alive = np.flatnonzero(keep) if alive is None else alive[keep]
-                if alive.size == 0:
-                    break
+                left -= leaving
                 state = [s[keep] for s in state]
                 p = p[keep]
             hint = p  # the next stage's router reads this exit's probabilities

@@ -11,10 +11,19 @@ from edgesdk.errors import InputError
 from edgesdk.registry import Registry
 
 
+# The ufuncs' own reductions: ndarray.max()/.sum() reach them through a Python wrapper,
+# which on a batch of one costs as much as the reduction itself.
+_max, _sum = np.maximum.reduce, np.add.reduce
+
+
 def softmax(logits):
-    """Row-wise softmax (a new array), stable for large logits."""
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    z /= z.sum(axis=1, keepdims=True)
+    """Row-wise softmax (a new array), stable for large logits; float arrays keep their
+    dtype, others become float64."""
+    z = logits - _max(logits, axis=1, keepdims=True)
+    if z.dtype.kind != "f":
+        z = z.astype(np.float64)
+    np.exp(z, out=z)  # in place: the array is already new
+    z /= _sum(z, axis=1, keepdims=True)
     return z
 
 
@@ -56,7 +65,7 @@ class MaxSoftmax(Policy):
     name = "max-softmax"
 
     def score(self, probs):
-        return probs.max(axis=1)
+        return _max(probs, axis=1)
 
 
 class Margin(Policy):

@@ -1,30 +1,39 @@
 """Measure a loaded bundle on this device: every stage and exit head, per batch size.
 
-Latency: warm-up, then ``repeats`` timed passes through the whole chain in the order the
-runtime calls the graphs (stage 0, head 0, stage 1, ...), each call timed on its own (mean,
-std, p50/p90/p99). Timing a graph in a loop of its own was 19% cheaper on the sample than
-inside a real run (warm caches), which made the cost model miss by 27%. A ``runtime`` row
-records the engine's own work per stage (an end-to-end call minus its graphs). Memory: the
-process's peak resident set after the graph ran (what the OS had to give; ONNX Runtime's own
-allocations are invisible to Python's tracers). Energy: where a power sensor exists, the
-timed calls run again inside an :class:`EnergyMeter` window of at least ``min_window_s`` (a
-board's power monitor updates every few milliseconds), with the idle power measured just
-before reported beside it. No sensor: energy fields are None and the status says "no sensor".
-Python 3.6 compatible.
+Latency: every graph is timed inside real runs of the engine (:mod:`.timing`): in the order
+and with the engine work around it that a real run has (a graph timed in a loop of its own
+was 19% cheaper on the sample than inside a real run, which made the cost model miss by 27%).
+Warm-up by count and by time (``warmup`` rounds and ``warmup_s`` seconds, whichever is
+longer), then timed rounds until at least ``repeats`` and ``min_seconds``: one spike among
+few calls dominated a mean of 50 (0.263 ms mean vs 0.014 ms median for one head). Each row
+has the mean, a 10% trimmed mean, p10/p50/p90/p99, min, std, the spread p90/p50 and a
+``noisy`` flag (spread > 1.5). Three rows hold the engine's own work, fitted from the engine
+time of several kinds of run (see :mod:`.timing`): ``runtime`` per stage step,
+``runtime-head`` per exit head that runs, ``runtime-call`` once per call.
+Memory: the process's peak resident set after the graph ran (what the OS had to give; ONNX
+Runtime's own allocations are invisible to Python's tracers). Energy: where a power sensor
+exists, the graph's calls run again inside an :class:`EnergyMeter` window of at least
+``min_window_s`` (a board's power monitor updates every few milliseconds), with the idle
+power measured just before reported beside it. No sensor: energy fields are None and the
+status says "no sensor". Python 3.6 compatible.
 """
-import time
-
 import numpy as np
 
 from edgesdk.errors import InputError
 from edgesdk.runtime.datafiles import read_npz
-from edgesdk.runtime.policies import softmax
 from edgesdk.runtime.power.meter import EnergyMeter, idle_power
+from edgesdk.runtime.timing import STATISTICS, fit_engine, latency_stats, time_runs
 
 try:
     import resource
 except ImportError:  # not on Windows
     resource = None
+
+# The engine's own rows: graph name -> which fitted term (see timing.fit_engine).
+RUNTIME_ROWS = (("runtime-call", 0, "once per call"), ("runtime", 1, "per stage step"),
+                ("runtime-head", 2, "per exit head run"))
+# Defaults of profile_graphs / `edgesdk profile` (time floors: see the module docstring).
+WARMUP, WARMUP_S, REPEATS, MIN_SECONDS = 10, 0.2, 200, 1.0
 
 
 def peak_rss_mb():
@@ -32,14 +41,6 @@ def peak_rss_mb():
     if resource is None:
         return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def latency_stats(ms):
-    """Summary of per-call latencies in milliseconds."""
-    a = np.asarray(ms, dtype=np.float64)
-    return {"mean_ms": float(a.mean()), "std_ms": float(a.std()), "p50_ms": float(np.percentile(a, 50)),
-            "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
-            "min_ms": float(a.min()), "repeats": int(a.size)}
 
 
 def example_batch(model, batch):
@@ -64,38 +65,6 @@ def graph_inputs(model, batch):
     return out
 
 
-def _time_chain(model, x, warmup, repeats):
-    """Per-call latencies (ms) of every graph, timed inside chained passes; plus the engine's
-    own per-stage overhead (ms) from full runs without early exit."""
-    clock = time.perf_counter
-    graphs = [g for k in range(model.num_exits) for g in (model.stages[k], model.heads[k])]
-    times = [[] for _ in graphs]
-    for r in range(warmup + repeats):
-        state = (x,)
-        for k in range(model.num_exits):
-            t0 = clock()
-            nxt = model.stages[k].run(state)
-            t1 = clock()
-            # A head's cost includes the exit decision the runtime makes on its output.
-            p = softmax(model.heads[k].run(nxt)[0])
-            model.policies[k].exits(p, 0.5)
-            t2 = clock()
-            state = nxt
-            if r >= warmup:
-                times[2 * k].append((t1 - t0) * 1000.0)
-                times[2 * k + 1].append((t2 - t1) * 1000.0)
-    # The engine's own cost: a full run (every stage, final head) minus the same graphs.
-    graph_ms = sum(np.median(times[2 * k]) for k in range(model.num_exits)) + np.median(times[-1])
-    full = []
-    for r in range(warmup + repeats):
-        t0 = clock()
-        model.run(x, early_exit=False)
-        if r >= warmup:
-            full.append((clock() - t0) * 1000.0)
-    overhead = max(0.0, (float(np.median(full)) - graph_ms) / model.num_exits)
-    return dict(zip(graphs, times)), overhead
-
-
 def _energy(graph, tensors, sensor, mean_ms, min_window_s):
     calls = max(1, int(min_window_s * 1000.0 / max(mean_ms, 1e-3)))
     with EnergyMeter(sensor) as meter:
@@ -105,25 +74,27 @@ def _energy(graph, tensors, sensor, mean_ms, min_window_s):
     return (r.energy_j * 1000.0 / calls if r.energy_j is not None else None), r.status
 
 
-def profile_graphs(model, batch_sizes=(1,), warmup=10, repeats=50, sensor=None,
-                   min_window_s=1.0, progress=None):
-    """One row (a dict) per stage/head and batch size; see the module docstring.
+def profile_graphs(model, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS, sensor=None,
+                   min_window_s=1.0, progress=None, warmup_s=WARMUP_S, min_seconds=MIN_SECONDS):
+    """One row (a dict) per stage/head and batch size, then the engine's own rows; see the
+    module docstring. ``progress`` is called after each row.
 
-    ``progress`` is called after each row.
+    Profile a model no other thread is running: the timed runs share its graphs.
     """
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise InputError("batch sizes must be integers >= 1, got {}".format(list(batch_sizes)))
-    if warmup < 0 or repeats < 1:
-        raise InputError("need warmup >= 0 and repeats >= 1")
+    if warmup < 0 or repeats < 1 or not warmup_s >= 0 or not min_seconds >= 0:
+        raise InputError("need warmup >= 0, repeats >= 1, warmup_s >= 0 and min_seconds >= 0")
     idle = idle_power(sensor, seconds=min(1.0, 2 * min_window_s)) if sensor is not None else None
     rows = []
     for batch in batch_sizes:
         inputs = graph_inputs(model, int(batch))
-        chain_ms, overhead_ms = _time_chain(model, inputs[0][3][0], warmup, repeats)
-        for kind, k, graph, tensors in inputs:
+        graph_ms, engine, kinds = time_runs(model, inputs[0][3][0], warmup, repeats,
+                                            warmup_s, min_seconds)
+        for slot, (kind, k, graph, tensors) in enumerate(inputs):
             entry = (model.bundle.manifest["stages"] if kind == "stage" else
                      model.bundle.manifest["exits"])[k]
-            stats = latency_stats(chain_ms[graph])
+            stats = latency_stats(graph_ms[slot])
             energy_mj, status = (None, "no sensor")
             if sensor is not None:
                 energy_mj, status = _energy(graph, tensors, sensor, stats["mean_ms"], min_window_s)
@@ -136,20 +107,30 @@ def profile_graphs(model, batch_sizes=(1,), warmup=10, repeats=50, sensor=None,
             rows.append(row)
             if progress:
                 progress(row)
-        rows.append(_overhead_row(overhead_ms, int(batch)))
-        if progress:
-            progress(rows[-1])
+        for row in engine_rows(engine, kinds, int(batch)):
+            rows.append(row)
+            if progress:
+                progress(row)
     return rows
 
 
-def _overhead_row(ms, batch):
-    """The engine's own work per stage step, as a row like the graphs' (mean only)."""
-    row = {"graph": "runtime", "kind": "runtime", "index": -1, "batch": batch, "build": "python",
-           "precision": "-", "macs": 0, "peak_rss_mb": peak_rss_mb(), "energy_mj": None,
-           "idle_power_w": None, "energy_status": "not measured separately"}
-    row.update({"mean_ms": ms, "std_ms": None, "p50_ms": ms, "p90_ms": ms, "p99_ms": ms,
-                "min_ms": ms, "repeats": None})
-    return row
+def engine_rows(engine, kinds, batch):
+    """The engine's own rows (:data:`RUNTIME_ROWS`) from the engine time of each run kind:
+    every statistic fitted on its own; the spread and flag are those of the run kind with
+    every head (the most engine work)."""
+    per_kind = {name: latency_stats(ms) for name, ms in engine.items()}
+    fitted = {s: fit_engine({n: per_kind[n][s] for n in per_kind}, kinds) for s in STATISTICS}
+    full = per_kind[max(kinds, key=lambda k: (k[3], k[2]))[0]]
+    rows = []
+    for graph, term, what in RUNTIME_ROWS:
+        row = {"graph": graph, "kind": "runtime", "index": -1, "batch": batch, "build": "python",
+               "precision": "-", "macs": 0, "peak_rss_mb": peak_rss_mb(), "energy_mj": None,
+               "idle_power_w": None, "energy_status": "not measured separately",
+               "std_ms": None, "spread": full["spread"], "noisy": full["noisy"],
+               "repeats": full["repeats"], "term": what}
+        row.update({s: fitted[s][term] for s in STATISTICS})
+        rows.append(row)
+    return rows
 
 
 def profile_end_to_end(model, x, y=None, batch_size=1, sensor=None):
@@ -190,11 +171,13 @@ class _NoRecorder(object):
         pass
 
 
-def profile_bundle(bundle_path, batch_sizes=(1,), warmup=10, repeats=50, db=None, data=None,
-                   no_sensor=False, threads=None, progress=True):
+def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS, db=None,
+                   data=None, no_sensor=False, threads=None, progress=True, warmup_s=WARMUP_S,
+                   min_seconds=MIN_SECONDS):
     """Profile a bundle on this device, as ``edgesdk profile`` does; returns a JSON-able dict.
 
-    Every stage and head at each batch size (see :func:`profile_graphs`), with the first
+    Every stage and head at each batch size (see :func:`profile_graphs`: ``warmup``,
+    ``warmup_s``, ``repeats`` and ``min_seconds`` are its time floors), with the first
     board-total power sensor found unless ``no_sensor``; with ``data`` (an .npz or image
     folder) also an end-to-end early-exit run. With ``db`` each graph's rows are committed
     to that profile store as soon as they are measured (and the labelled end-to-end run too).
@@ -220,8 +203,8 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=10, repeats=50, db=None
                                  "{} {}".format(sensor.name, sensor.rail) if sensor else "none")
     else:
         record = _NoRecorder()
-    # graphs + the runtime's own row, per configuration
-    total = (2 * model.num_exits + 1) * len(batch_sizes) * len(configs)
+    # graphs + the runtime's own rows, per configuration
+    total = (2 * model.num_exits + len(RUNTIME_ROWS)) * len(batch_sizes) * len(configs)
     rows, seen = [], set()
     try:
         with Progress(total, "profiling", enabled=progress) as bar:
@@ -233,7 +216,8 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=10, repeats=50, db=None
                     record(row)
                 bar.update(note=row["graph"])
             for config in configs:
-                profile_graphs(config, batch_sizes, warmup, repeats, sensor, progress=done)
+                profile_graphs(config, batch_sizes, warmup, repeats, sensor, progress=done,
+                               warmup_s=warmup_s, min_seconds=min_seconds)
         out = {"bundle": model.bundle.root, "sensor": sensor.describe() if sensor else None,
                "graphs": rows, "builds": [c.ran for c in configs]}
         if data:

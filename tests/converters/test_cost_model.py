@@ -75,3 +75,47 @@ def test_calibrate_under_a_measured_latency_budget(bundle, mnist_split, tmp_path
         calibrate(bundle, x, y, profile=db, budget_latency_ms=0.5, progress=False)
     with pytest.raises(InputError, match="need measured costs"):
         calibrate(bundle, x, y, budget_latency_ms=1.0, progress=False)
+
+
+def _engine_rows(manifest, call, stage, head, metric="mean_ms", batch=1):
+    base = {"device": "board", "target": "host", "bundle_sha256": graphs_sha256(manifest),
+            "build": "python", "precision": "-", "batch": batch, "resolution": "28x28",
+            "metric": metric, "sensor": "none", "sdk_version": "0.1.0",
+            "measured_at": "2026-11-22T12:00:00Z"}
+    return [dict(base, graph=g, value=v) for g, v in
+            (("runtime-call", call), ("runtime", stage), ("runtime-head", head))]
+
+
+def test_the_table_adds_the_engine_cost_and_names_its_statistic(bundle, tmp_path):
+    m = read_bundle(bundle).manifest
+    db = str(tmp_path / "p.sqlite")
+    fill(db, m, batches=(1,))                      # stages 1, 2, 3 ms; heads 0.1 ms
+    with ProfileStore(db) as s:
+        s.write(_engine_rows(m, 0.04, 0.002, 0.01))
+        s.write([dict(r, metric="noisy", value=1.0 if r["graph"] == "runtime-head" else 0.0)
+                 for r in _engine_rows(m, 0, 0, 0)])
+    t = cost_table(db, m)
+    # stage 0 carries the once-per-call work; every stage its step; every head its decision
+    assert t.stage == pytest.approx([1.042, 2.002, 3.002])
+    assert t.head == pytest.approx([0.11] * 3)
+    assert t.engine == {"call": 0.04, "stage": 0.002, "head": 0.01}
+    assert t.noisy == ["runtime-head"]
+    rec = t.record()
+    assert rec["statistic"] == "mean_ms" and rec["engine"] == t.engine and rec["noisy"] == t.noisy
+    assert t.describe().startswith("measured mean_ms per stage and head, plus the engine's own")
+    # energy tables never include the engine's rows (it is not measured separately)
+    with ProfileStore(db) as s:
+        s.write(_engine_rows(m, None, None, None, metric="energy_mj"))
+    fill(db, m, batches=(1,), energy=0.5)
+    e = cost_table(db, m, metric="energy_mj")
+    assert e.stage == [0.5] * 3 and e.engine == {"call": 0.0, "stage": 0.0, "head": 0.0}
+
+
+def test_stores_without_the_engine_split_still_read(bundle, tmp_path):
+    m = read_bundle(bundle).manifest
+    db = str(tmp_path / "p.sqlite")
+    fill(db, m, batches=(1,))
+    with ProfileStore(db) as s:   # an older profiler's single per-step row
+        s.write([r for r in _engine_rows(m, 0.0, 0.05, 0.0) if r["graph"] == "runtime"])
+    t = cost_table(db, m)
+    assert t.stage == pytest.approx([1.05, 2.05, 3.05]) and t.head == pytest.approx([0.1] * 3)

@@ -24,7 +24,7 @@ import pytest
 
 from edgesdk import atomic, bundle as bio
 from edgesdk.errors import BundleError
-from edgesdk.profiles import ProfileStore, export_rows
+from edgesdk.profiles import PROFILE_METRICS, ProfileStore, export_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TESTS = os.path.join(ROOT, "tests")
@@ -135,7 +135,8 @@ def op_profile(cmd):
             record(row)
             say("committed", record.device, row["graph"], row["batch"], row["build"],
                 row["precision"])
-        profile_graphs(model, (1 + i % 3,), warmup=0, repeats=2, progress=committed)
+        profile_graphs(model, (1 + i % 3,), warmup=0, repeats=2, progress=committed,
+                       warmup_s=0, min_seconds=0)
         if i % 3 == 2:
             record.end_to_end(model, x, y, profile_end_to_end(model, x, y, batch_size=8))
             say("run", record.device)
@@ -493,7 +494,7 @@ def _kill_profiling(zygote, tmp_path, points, seed):
             for r in store.rows():
                 key = (r["device"], r["graph"], str(r["batch"]), r["build"], r["precision"])
                 keys[key] = keys.get(key, 0) + 1
-            missing = [c for c in committed if keys.get(tuple(c)) != 7]  # 7 metrics a graph
+            missing = [c for c in committed if keys.get(tuple(c)) != len(PROFILE_METRICS)]
             assert not missing, "committed rows lost: {}".format(missing[:3])
             assert set(runs) <= {r["device"] for r in store.runs()}
     return len(committed), len(runs)

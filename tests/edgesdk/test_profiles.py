@@ -145,3 +145,26 @@ def test_graph_hash_ignores_thresholds_but_not_graphs(bundle):
     m = read_bundle(bundle).manifest
     swap(m)
     assert graphs_sha256(m) != before
+
+
+@pytest.mark.parametrize("ext", [".csv", ".json"])
+def test_the_robust_statistics_and_the_noisy_flag_round_trip(tmp_path, bundle, ext):
+    from edgesdk.profiles import PROFILE_METRICS, noisy_graphs, rows_from_profile
+    from edgesdk.runtime.timing import latency_stats
+    m = read_bundle(bundle).manifest
+    graph = {"graph": "exit0", "build": "onnx", "precision": "fp32", "batch": 1,
+             "peak_rss_mb": 80.0, "energy_mj": None}
+    graph.update(latency_stats([1.0] * 8 + [100.0, 100.0]))       # p90/p50 = 100: noisy
+    quiet = dict(graph, graph="stage0", **latency_stats([1.0] * 10))
+    rows = rows_from_profile([graph, quiet], m, "dev-a", "none", "2026-12-02T10:00:00Z")
+    a = ProfileStore(str(tmp_path / "a.sqlite"))
+    a.write(rows)
+    out = str(tmp_path / ("rows" + ext))
+    assert export_rows(a, out) == 2 * len(PROFILE_METRICS)
+    b = ProfileStore(str(tmp_path / "b.sqlite"))
+    merge_into(b, out)
+    got = {(r["graph"], r["metric"]): r["value"] for r in b.rows()}
+    assert got[("exit0", "trimmed_mean_ms")] == pytest.approx(107.0 / 8)
+    assert got[("exit0", "p10_ms")] == 1.0 and got[("exit0", "spread")] == pytest.approx(100.0)
+    assert got[("exit0", "noisy")] == 1.0 and got[("stage0", "noisy")] == 0.0
+    assert noisy_graphs(b.rows()) == {("exit0", "onnx", "fp32", 1)}

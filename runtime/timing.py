@@ -1,0 +1,182 @@
+"""Timing a loaded model inside its own runs: robust statistics, and the engine's own cost.
+
+The profiler times every graph inside real :meth:`EdgeModel.run` calls (each graph wrapped in
+a timer), so a graph is measured in the order, with the caches and with the engine work
+around it that a real run has; the engine's own work in a call is the call's wall time minus
+its graphs. The exits each run takes are forced through the thresholds (``-inf``/``inf`` on
+the policies' own scores), so the exit decisions, compaction and bookkeeping timed are the
+real ones. Several kinds of run (every sample leaving at exit j, for each j; and only the
+final head) separate the engine's cost into three terms, fitted by least squares:
+
+- ``call``: once per call (input checks, input statistics, result assembly, the exit taken);
+- ``stage``: per stage step (the loop, the clock, the per-stage time record);
+- ``head``: per exit head that runs (softmax, the exit decision).
+
+Statistics per series: mean, a 10% trimmed mean, p10/p50/p90/p99, min, std, and the spread
+p90/p50; a series whose spread exceeds :data:`NOISY_SPREAD` is flagged ``noisy`` (a scheduler
+spike or a loaded machine: profile again). Python 3.6 / numpy 1.19 compatible.
+"""
+import copy
+import time
+
+import numpy as np
+
+from edgesdk.profiles import NOISY_SPREAD
+
+# Share of the samples dropped at each end for the trimmed mean.
+TRIM = 0.1
+# The latency statistics every row carries (the cost model uses one, see cost_model.py).
+STATISTICS = ("mean_ms", "trimmed_mean_ms", "p10_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms")
+
+_clock = time.perf_counter
+
+
+def trimmed_mean(values, cut=TRIM):
+    """Mean after dropping ``floor(cut * n)`` of the smallest and as many of the largest
+    values (scipy.stats.trim_mean's rule)."""
+    a = np.sort(np.asarray(values, dtype=np.float64))
+    k = int(a.size * cut + 1e-9)  # 1e-9: 0.1 * 30 must cut 3, not 2.9999...
+    return float(a[k:a.size - k].mean())
+
+
+def latency_stats(ms):
+    """Summary of per-call latencies in milliseconds (see the module docstring)."""
+    a = np.asarray(ms, dtype=np.float64)
+    p10, p50, p90, p99 = (float(v) for v in np.percentile(a, [10, 50, 90, 99]))
+    spread = p90 / p50 if p50 > 0 else None
+    return {"mean_ms": float(a.mean()), "std_ms": float(a.std()),
+            "trimmed_mean_ms": trimmed_mean(a), "p10_ms": p10, "p50_ms": p50, "p90_ms": p90,
+            "p99_ms": p99, "min_ms": float(a.min()), "spread": spread,
+            "noisy": spread is not None and spread > NOISY_SPREAD, "repeats": int(a.size)}
+
+
+class _Timed(object):
+    """A graph whose calls append ``(slot, seconds)`` to a shared log."""
+
+    def __init__(self, graph, slot, log):
+        self.graph, self.slot, self.log = graph, slot, log
+
+    def run(self, *args):
+        t0 = _clock()
+        out = self.graph.run(*args)
+        self.log.append((self.slot, _clock() - t0))
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.graph, name)
+
+
+class _Null(object):
+    def run(self, *args):
+        return args
+
+
+def _timer_cost(calls=2000, rounds=5):
+    """Seconds a :class:`_Timed` wrapper adds to one graph call (subtracted from the engine's
+    share: a real run has no wrapper)."""
+    null, log = _Null(), []
+    timed = _Timed(null, 0, log)
+    best = []
+    for fn in (null.run, timed.run):
+        t = []
+        for _ in range(rounds):
+            del log[:]
+            t0 = _clock()
+            for _ in range(calls):
+                fn(None)
+            t.append(_clock() - t0)
+        best.append(min(t) / calls)
+    return max(0.0, best[1] - best[0])
+
+
+def _never(policy):
+    """A threshold at which ``policy`` never lets a sample exit."""
+    return float("inf") if policy.higher_is_confident else float("-inf")
+
+
+def run_kinds(model):
+    """The kinds of run timed: ``[(name, thresholds, stages, heads)]``: every sample leaving
+    at exit j (j < last) for each j, all heads and the final one, and the final head only."""
+    k_last = model.num_exits - 1
+    kinds = []
+    for j in range(model.num_exits):
+        thr = [_never(p) for p in model.policies[:-1]] + [None]
+        if j < k_last:
+            thr[j] = -_never(model.policies[j])
+        kinds.append(("exit{}".format(j), thr, j + 1, j + 1))
+    if k_last > 0:
+        kinds.append(("final-head-only", [None] * model.num_exits, model.num_exits, 1))
+    return kinds
+
+
+def _probe(model, log):
+    """A shallow copy of ``model`` whose graphs are timed and whose thresholds are forced
+    (set ``probe.forced``); the thresholds are still validated as a real call does."""
+    probe = copy.copy(model)
+    probe.stages = [_Timed(g, 2 * k, log) for k, g in enumerate(model.stages)]
+    probe.heads = [_Timed(g, 2 * k + 1, log) for k, g in enumerate(model.heads)]
+    probe.forced = None
+
+    def resolve(thresholds):
+        model.resolve_thresholds(None)  # the real call's validation cost
+        return probe.forced
+    probe.resolve_thresholds = resolve
+    return probe
+
+
+def time_runs(model, x, warmup=10, repeats=200, warmup_s=0.2, min_seconds=1.0):
+    """Time every graph and the engine inside real runs of the batch ``x``.
+
+    Each round runs every kind of :func:`run_kinds` once, interleaved so load changes hit
+    them alike; warm-up rounds until at least ``warmup`` rounds and ``warmup_s`` seconds, then
+    timed rounds until at least ``repeats`` and ``min_seconds``. Returns ``(graph_ms, engine)``:
+    ``graph_ms[slot]`` the per-call ms of stage k (slot 2k) and head k (slot 2k+1); ``engine``
+    ``{kind name: per-call ms outside the graphs}``, with ``kinds`` the run kinds.
+    """
+    log = []
+    probe = _probe(model, log)
+    kinds = run_kinds(model)
+    graph_ms = [[] for _ in range(2 * model.num_exits)]
+    engine = {name: [] for name, _, _, _ in kinds}
+    wrapper = _timer_cost()
+
+    def one_round(keep):
+        for name, thr, _, _ in kinds:
+            probe.forced = thr
+            del log[:]
+            t0 = _clock()
+            probe.run(x)
+            wall = _clock() - t0
+            if keep:
+                inside = 0.0
+                for slot, s in log:
+                    graph_ms[slot].append(s * 1000.0)
+                    inside += s
+                engine[name].append((wall - inside - wrapper * len(log)) * 1000.0)
+
+    for minimum, seconds, keep in ((warmup, warmup_s, False), (repeats, min_seconds, True)):
+        end, done = _clock() + seconds, 0
+        while done < minimum or _clock() < end:
+            one_round(keep)
+            done += 1
+    return graph_ms, engine, kinds
+
+
+def fit_engine(values, kinds):
+    """Least-squares ``(call, stage, head)`` ms from one statistic of each run kind's engine
+    time (``values``: {kind name: ms}); a term fitted below 0 is dropped and the rest fitted
+    again (noise on a term that costs ~nothing). One exit only: everything is the stage step."""
+    names = [k[0] for k in kinds]
+    y = np.array([values[n] for n in names], dtype=np.float64)
+    design = np.array([[1.0, k[2], k[3]] for k in kinds])
+    if len(kinds) == 1:
+        return 0.0, float(max(y[0], 0.0)), 0.0
+    active = [0, 1, 2]
+    coef = np.zeros(3)
+    while active:
+        sol = np.linalg.lstsq(design[:, active], y, rcond=None)[0]
+        if (sol >= 0).all():
+            coef[active] = sol
+            break
+        active.pop(int(np.argmin(sol)))
+    return float(coef[0]), float(coef[1]), float(coef[2])
