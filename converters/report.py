@@ -12,17 +12,13 @@ import re
 import numpy as np
 
 from edgesdk.deps import require
-from edgesdk.profiles import ProfileStore, ProfileStoreError
+from edgesdk.profiles import NOISY_SPREAD, ProfileStore, ProfileStoreError
 from edgesdk.converters.calibrate import ExitSimulator
-from edgesdk.converters.cost_model import table_from_rows
+from edgesdk.converters.cost_model import LATENCY_STATISTIC, table_from_rows
 from edgesdk.runtime.policies import get_policy
 
 SWEEP_POINTS = 40
-# A graph whose p90 is more than this many times its p50 is flagged as noisy.
-SPREAD_FLAG = 1.5
 SPREAD_RANGE = "p10 to p90 of the calls"
-# The latency statistic the cost model reads (what calibration budgets use).
-LATENCY_METRIC = "mean_ms"
 
 
 def pareto(points):
@@ -210,15 +206,15 @@ def _cost_lines(tables, spread, ids):
         ratio = spread.get(gid, (None, None, None))[2]
         md.append("| {} | {:.4f} | {} | {} |".format(
             gid, getattr(tables["latency"], kind)[k],
-            "-" if ratio is None else "{:.2f}{}".format(ratio, " (noisy)" if ratio > SPREAD_FLAG
+            "-" if ratio is None else "{:.2f}{}".format(ratio, " (noisy)" if ratio > NOISY_SPREAD
                                                         else ""),
             "{:.4f}".format(getattr(e, kind)[k]) if e else "-"))
-    noisy = [gid for gid in ids if spread.get(gid, (0, 0, 0))[2] > SPREAD_FLAG]
+    noisy = [gid for gid in ids if spread.get(gid, (0, 0, 0))[2] > NOISY_SPREAD]
     md.append("")
     if noisy:
         md += ["Noisy measurements (p90 more than {}x p50): {}. Profile again on a quieter "
                "machine or with more repeats before trusting them.".format(
-                   SPREAD_FLAG, ", ".join(noisy)), ""]
+                   NOISY_SPREAD, ", ".join(noisy)), ""]
     return md, noisy
 
 
@@ -231,7 +227,7 @@ def _section(plt, out_dir, b, device, drows, scores, runs, desc, names):
         "bundle {}".format(b[:12])
     md = ["## {} on {}".format(title, device_words(desc)), "",
           "Bundle graphs sha256 {}, device fingerprint {}.".format(b[:16], device), ""]
-    metric = LATENCY_METRIC
+    metric = LATENCY_STATISTIC
     tables = {"latency": table_from_rows(drows, metric, stage_ids, head_ids, device, b)}
     try:
         tables["energy"] = table_from_rows(drows, "energy_mj", stage_ids, head_ids, device, b)

@@ -16,7 +16,8 @@ def add_arguments(p):
 def run(args):
     """Call :func:`edgesdk.converters.report.write_report`."""
     import os
-    from edgesdk.converters.report import SPREAD_FLAG, write_report
+    from edgesdk.converters.report import write_report
+    from edgesdk.profiles import NOISY_SPREAD
     from edgesdk.errors import InputError
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise InputError("'{}' exists and is not a folder".format(args.output))
@@ -30,5 +31,5 @@ def run(args):
     for section in result["sections"]:
         if section["noisy"]:
             print("noisy measurements (p90/p50 > {}) on {}: {}".format(
-                SPREAD_FLAG, section["device_words"], ", ".join(section["noisy"])))
+                NOISY_SPREAD, section["device_words"], ", ".join(section["noisy"])))
     return 0
