@@ -237,7 +237,13 @@ def _section(plt, out_dir, b, device, drows, scores, runs, desc, names):
     lines, noisy = _cost_lines(tables, spread, stage_ids + head_ids)
     md += ["Costs are per input at batch 1 ({} of the timed calls).".format(metric), ""] + lines
     plots = []
-    whiskers = [spread[g][:2] for g in stage_ids] if all(g in spread for g in stage_ids) else None
+    whiskers = None
+    if all(g in spread for g in stage_ids):
+        # The bars add the engine's own work to each stage; the whiskers move with them.
+        own = {r["graph"]: r["value"] / r["batch"] for r in drows
+               if r["metric"] == metric and r["value"] is not None}
+        whiskers = [(spread[g][0] + v - own[g], spread[g][1] + v - own[g])
+                    for g, v in zip(stage_ids, tables["latency"].stage)]
     for name, table in tables.items():
         png = "costs-{}-{}.png".format(name, tag)
         _plot_bars(plt, table, whiskers if name == "latency" else None,
