@@ -45,3 +45,13 @@ def decisive(logits, min_margin=MIN_GAP):
     ``min_margin``: their argmax does not depend on which backend computed them."""
     top2 = np.sort(np.asarray(logits, dtype=np.float64), axis=1)[:, -2:]
     return (top2[:, 1] - top2[:, 0]) > min_margin
+
+
+def exit_thresholds(model, x, quantile=0.5, min_gap=MIN_GAP):
+    """Per-exit thresholds for a loaded bundle (``None`` for the final exit): each exit's
+    policy score on ``x`` split near ``quantile`` in a gap of at least ``min_gap``, so
+    runs that compute the scores differently (other batch sizes, backends, CPUs) exit the
+    same samples at the same exits."""
+    probs = model.exit_probabilities(x)
+    return [threshold_with_margin(policy.score(p), quantile, min_gap=min_gap)[0]
+            for policy, p in zip(model.policies[:-1], probs[:-1])] + [None]

@@ -62,7 +62,10 @@ def test_end_to_end(files, tmp_path, capsys):
     assert code == 0
     res = json.loads(out)
     assert res["summary"]["samples"] == 600
-    assert abs(res["summary"]["accuracy"] - cal["accuracy"]) < 1e-9   # same data, same thresholds
+    # Same data, same thresholds: the same accuracy, up to the samples whose score lies
+    # within float error of a threshold (run computes later exits on compacted batches).
+    near = _near_thresholds(b, files / "cal.npz", cal["thresholds"])
+    assert abs(res["summary"]["accuracy"] - cal["accuracy"]) <= near / 600.0 + 1e-9, near
     assert res["summary"]["exit_counts"][0] > 0
     assert res["samples"][0].keys() >= {"label", "exit", "confidence", "true_label", "class"} - {"class"}
 
@@ -71,6 +74,20 @@ def test_end_to_end(files, tmp_path, capsys):
 
     code, out, _ = cli(capsys, "run", b, files / "few.npz", "--thresholds", "0.0,none,none", "--json")
     assert json.loads(out)["summary"]["exit_counts"] == [5, 0, 0]
+
+
+def _near_thresholds(bundle, data, thresholds, eps=1e-5):
+    """How many samples of ``data`` have an exit score within ``eps`` of that exit's
+    threshold: the decisions float error may flip."""
+    from edgesdk.runtime import load_bundle
+    from edgesdk.runtime.datafiles import load_inputs
+    model = load_bundle(str(bundle))
+    x = load_inputs(str(data), model.input_spec)[0]
+    near = np.zeros(len(x), dtype=bool)
+    for policy, p, t in zip(model.policies, model.exit_probabilities(x), thresholds):
+        if t is not None:
+            near |= np.abs(policy.score(p) - t) < eps
+    return int(near.sum())
 
 
 def test_usage_errors_exit_2(capsys):

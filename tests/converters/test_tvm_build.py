@@ -15,6 +15,7 @@ from edgesdk.converters.elf_check import check_library, inspect_elf  # noqa: E40
 from edgesdk.converters.tvm_build import build_tvm  # noqa: E402
 from edgesdk.errors import BuildError, UnsupportedOpError  # noqa: E402
 from edgesdk.runtime.engine import load_bundle  # noqa: E402
+from margins import decisive, exit_thresholds  # noqa: E402
 
 
 def _max_error(bundle, x, **builds):
@@ -40,9 +41,15 @@ def test_host_tvm_build_matches_onnxruntime_at_every_exit(tvm_bundle, mnist_spli
     assert {b["format"] for b in model.builds.values()} == {"tvm"}
     # 13 samples through batch-1 libraries: sliced calls, the results stitched back in order.
     assert _max_error(tvm_bundle, x[:13], builds="tvm") < 1e-4
-    ref = load_bundle(tvm_bundle).run(x[:64], thresholds=[0.9, 0.9, None])
-    got = model.run(x[:64], thresholds=[0.9, 0.9, None])
-    assert (ref.exit_index == got.exit_index).all() and (ref.labels == got.labels).all()
+    # Thresholds in gaps between the samples' scores and labels where the top two are no tie:
+    # TVM and ONNX Runtime round differently (within 1e-4 of each other, checked above).
+    onnx_model = load_bundle(tvm_bundle)
+    thr = exit_thresholds(onnx_model, x[:64], 0.5)
+    ref = onnx_model.run(x[:64], thresholds=thr)
+    got = model.run(x[:64], thresholds=thr)
+    assert (ref.exit_index == got.exit_index).all()
+    clear = decisive(ref.probabilities)
+    assert clear.mean() > 0.9 and (ref.labels == got.labels)[clear].all()
 
 
 def test_symbolic_batch_build_runs_any_batch(bundle, mnist_split):

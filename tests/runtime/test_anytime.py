@@ -8,6 +8,7 @@ from edgesdk.profiles import ProfileStoreError
 from edgesdk.runtime.anytime import StageCosts
 from edgesdk.runtime.engine import load_bundle
 from edgesdk.runtime.policies import softmax
+from margins import exit_thresholds
 
 NO_EXITS = [None, None, None]  # no early stop: only the bounds end a sample's run
 
@@ -38,8 +39,9 @@ def test_confident_samples_still_leave_early_under_a_budget(bundle, mnist_split)
     _, (xc, _) = mnist_split
     model = load_bundle(bundle)
     model.costs = StageCosts([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])
-    free = model.run(xc[:50], thresholds=[0.9, 0.9, None])
-    bounded = model.run(xc[:50], thresholds=[0.9, 0.9, None], budget_ms=1000.0)
+    thr = exit_thresholds(model, xc[:50], 0.5)  # the bounded path runs other batch shapes
+    free = model.run(xc[:50], thresholds=thr)
+    bounded = model.run(xc[:50], thresholds=thr, budget_ms=1000.0)
     np.testing.assert_array_equal(free.exit_index, bounded.exit_index)
     np.testing.assert_array_equal(free.labels, bounded.labels)
 
