@@ -47,6 +47,7 @@ bench: venv
 	$(PY) benchmarks/tvm.py --samples 300
 	$(PY) benchmarks/adaptive.py
 	$(PY) benchmarks/fpga.py
+	$(PY) benchmarks/calibration.py
 
 # Coverage-guided fuzzing (atheris) of the manifest parser, the bundle loader (manifest.json and
 # tar archives) and profile import, FUZZ_TIME seconds each. Corpora live outside the repository

@@ -131,3 +131,28 @@ def test_adaptive_benchmark_prints_the_json_summary_last(sample_run):
     assert sum(summary["cascade_exit_counts"]) == 64
     assert sum(summary["hard_exit_counts_deadline"]) == 40   # noise + perturbed, 20 each
     assert len(summary["blocks_skipped_fraction"]) == 3
+
+
+@pytest.mark.slow
+def test_calibration_benchmark_smoke_prints_the_json_summary_last():
+    pytest.importorskip("sklearn")
+    pytest.importorskip("skimage")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "calibration.py"),
+                           "--splits", "2", "--datasets", "digits,lfw", "--sizes", "50,100",
+                           "--targets", "1,5", "--train-scale", "0.2"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CPU: " in proc.stdout and "avx512_vnni" in proc.stdout
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["confidence"] == 0.9 and summary["splits"] == 2
+    assert summary["datasets"]["lfw"]["sizes"] == [50]       # 120 in the pool: 70 left to test
+    cells = {(c["dataset"], c["n"], c["target"]): c for c in summary["cells"]}
+    assert set(cells) == {("digits", 50, 1.0), ("digits", 50, 5.0), ("digits", 100, 1.0),
+                          ("digits", 100, 5.0), ("lfw", 50, 1.0), ("lfw", 50, 5.0)}
+    # 1 point at 90% needs 230 samples: refused at n <= 100; 5 points needs 45: not refused.
+    assert all(cells[k]["exact"]["refused_rate"] == 1.0 for k in cells if k[2] == 1.0)
+    assert all(cells[k]["exact"]["refused_rate"] == 0.0 for k in cells if k[2] == 5.0)
+    for c in summary["cells"]:
+        for m in ("exact", "split", "old"):
+            assert 0 <= c[m]["violation_rate"] <= 1 and 0 < c[m]["mean_cost_fraction"] <= 1
+    assert isinstance(summary["goals_met"], bool)

@@ -235,3 +235,26 @@ def test_gate_thresholds_are_certified_and_recorded(gated_bundle, mnist_split, t
     with pytest.raises(InputError, match="most conservative"):
         calibrate_gates(path, x, y, max_accuracy_drop=3.0, path=[0.5, 0.9])
     assert snapshot(path) == before
+
+
+def test_cli_prints_the_bound_n_confidence_method_and_what_the_cost_is_of(bundle, mnist_split,
+                                                                          tmp_path, capsys):
+    from edgesdk.cli import main
+    _, (x, y) = mnist_split
+    data = str(tmp_path / "cal.npz")
+    np.savez(data, x=x, y=y)
+    assert main(["calibrate", bundle, "--data", data, "--max-accuracy-drop", "2",
+                 "--confidence", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "of the full model's MACs (heads included)" in out
+    assert "accuracy drop: at most" in out and "with confidence 0.9" in out
+    assert "of 600 samples" in out and "clopper-pearson" in out
+    assert main(["calibrate", bundle, "--data", data, "--max-accuracy-drop", "2",
+                 "--confidence", "0.9", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["accuracy_drop_bound_points"] <= 2 and rep["bound_samples"] == 600
+    assert rep["confidence"] == 0.9 and "clopper-pearson" in rep["method"]
+    assert rep["cost_fraction_of"] == "of the full model's MACs (heads included)"
+    # A target 600 samples cannot certify: exit code 4 and the smallest certifiable target.
+    assert main(["calibrate", bundle, "--data", data, "--max-accuracy-drop", "0.2"]) == 4
+    assert "can certify an accuracy drop of no less than 0.765 points" in capsys.readouterr().err
