@@ -41,12 +41,27 @@ def test_a_changed_byte_in_any_listed_file_is_refused(tx2_bundle):
 def test_a_changed_byte_anywhere_in_the_manifest_is_refused(bundle):
     path = os.path.join(bundle, bio.MANIFEST)
     size = os.path.getsize(path)
+    with open(path) as f:
+        original = json.load(f)
     for position in random.Random(1).sample(range(size), 300):
         _flip(path, position)
+        if _parses_to(path, original):
+            # A digit past a float's 17 significant ones: the text changed, the manifest not
+            # (-0.048153711275294976 and ...977 are the same double).
+            _flip(path, position)
+            continue
         with pytest.raises((ManifestError, IntegrityError)):
             bio.read_bundle(bundle, verify=False)
         _flip(path, position)
     bio.read_bundle(bundle)
+
+
+def _parses_to(path, value):
+    try:
+        with open(path) as f:
+            return json.load(f) == value
+    except ValueError:
+        return False
 
 
 def _reseal(root, change):
