@@ -288,7 +288,7 @@ def count_macs(model, example=None):
 
     ``example``: ``{input name: array or shape}`` at a concrete batch (the first dimension);
     shapes are taken there and the total divided by that batch. Without it, every symbolic
-    dimension is 1. Counted: Conv, ConvTranspose, Gemm, MatMul (batched, broadcasting),
+    dimension is 1 and nothing is divided (the count is per call). Counted: Conv, ConvTranspose, Gemm, MatMul (batched, broadcasting),
     Einsum, and their INT8 forms (ConvInteger, QLinearConv, MatMulInteger, QLinearMatMul).
     Reported in ``uncounted``: ops doing matrix work that are not modelled (LSTM, GRU, RNN,
     attention contrib ops, ops of unknown domains, matrix ops inside If/Loop/Scan bodies) and
