@@ -288,8 +288,9 @@ def count_macs(model, example=None):
 
     ``example``: ``{input name: array or shape}`` at a concrete batch (the first dimension);
     shapes are taken there and the total divided by that batch. Without it, every symbolic
-    dimension is 1 and nothing is divided (the count is per call). Counted: Conv, ConvTranspose, Gemm, MatMul (batched, broadcasting),
-    Einsum, and their INT8 forms (ConvInteger, QLinearConv, MatMulInteger, QLinearMatMul).
+    dimension is 1 and nothing is divided (the count is per call). Counted: Conv,
+    ConvTranspose, Gemm, MatMul (batched, broadcasting), Einsum, and their INT8 forms
+    (ConvInteger, QLinearConv, MatMulInteger, QLinearMatMul).
     Reported in ``uncounted``: ops doing matrix work that are not modelled (LSTM, GRU, RNN,
     attention contrib ops, ops of unknown domains, matrix ops inside If/Loop/Scan bodies) and
     counted ops whose shapes stay unknown. Returns a :data:`MacCount`.
@@ -328,16 +329,20 @@ def count_macs(model, example=None):
             skip(node, i, "shape of '{}' unknown: shape inference left it symbolic and the "
                  "ONNX Runtime run failed ({})".format(missing[0], run_error or "not run"))
             continue
+        operands = [shapes[n] for n in names]
         try:
-            if op == "Einsum":
-                total += einsum_macs(_attr(node, "equation", ""), [shapes[n] for n in names])
-            elif op in ("Gemm",):
-                total += _gemm_macs(node, shapes[names[0]], shapes[names[1]])
-            elif op in ("MatMul", "MatMulInteger", "QLinearMatMul"):
-                total += _matmul_macs(node, shapes[names[0]], shapes[names[1]])
-            else:
-                total += _conv_macs(node, *[shapes[n] for n in names])
+            total += _node_macs(node, operands)
         except (ValueError, IndexError, KeyError) as exc:
-            skip(node, i, "operand shapes {} not understood: {}".format(
-                [shapes[n] for n in names], exc))
+            skip(node, i, "operand shapes {} not understood: {}".format(operands, exc))
     return MacCount(int(round(total / float(batch))), uncounted)
+
+
+def _node_macs(node, operands):
+    """MACs of one counted node, given its operands' shapes (see :func:`_operand_names`)."""
+    if node.op_type == "Einsum":
+        return einsum_macs(_attr(node, "equation", ""), operands)
+    if node.op_type == "Gemm":
+        return _gemm_macs(node, operands[0], operands[1])
+    if node.op_type in ("MatMul", "MatMulInteger", "QLinearMatMul"):
+        return _matmul_macs(node, operands[0], operands[1])
+    return _conv_macs(node, *operands)
