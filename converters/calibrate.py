@@ -379,13 +379,17 @@ def _within_cost(sim, budget, unit):
     lowest = (-np.inf if sim.policy.higher_is_confident else np.inf)
     first = min(set(range(sim.k - 1)) - sim.disabled, default=None)
     start = [float(lowest) if k == first else None for k in range(sim.k)]
+    # With the engine's own work in measured costs, an exit head can cost more than the
+    # stages it saves (tiny models): then every exit off is the cheapest setting.
+    start = min((start, [None] * sim.k), key=lambda t: sim.evaluate(t).mean_cost)
     cheapest = sim.evaluate(start)
     if cheapest.mean_cost > budget + eps:
         raise CalibrationError(
             "a mean cost of {:.4g} {} ({:.1%} of the full model) cannot be met: the cheapest "
             "achievable is {:.4g} {} ({:.1%}), every sample leaving at exit {}".format(
                 budget, unit, budget / sim.full_cost, cheapest.mean_cost, unit,
-                cheapest.mean_cost / sim.full_cost, sim.k - 1 if first is None else first))
+                cheapest.mean_cost / sim.full_cost,
+                sim.k - 1 if first is None or start[first] is None else first))
     return sim.search(lambda p: p.mean_cost <= budget + eps,
                       lambda p, b: (-p.accuracy, p.mean_cost) < (-b.accuracy, b.mean_cost),
                       start)
