@@ -160,7 +160,7 @@ def library_rule(sim, target, confidence, path):
     from edgesdk.errors import CalibrationError
     try:
         point, _ = choose_thresholds(sim, max_accuracy_drop=target, confidence=confidence,
-                                     path=path)
+                                     path=path, refuse=True)
         return point.thresholds, False
     except CalibrationError:
         return [None] * sim.k, True

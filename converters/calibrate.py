@@ -297,7 +297,7 @@ def simulator_for(model, probs, y, policy_name=None, costs=None):
 
 
 def choose_thresholds(sim, max_accuracy_drop=None, max_cost_fraction=None, confidence=0.99,
-                      max_mean_cost=None, unit="MACs", path="scores"):
+                      max_mean_cost=None, unit="MACs", path="scores", refuse=False):
     """Choose thresholds for one objective; returns (OperatingPoint, objective dict).
 
     Objectives: ``max_accuracy_drop`` (points), ``max_cost_fraction`` (of the full model's
@@ -305,7 +305,10 @@ def choose_thresholds(sim, max_accuracy_drop=None, max_cost_fraction=None, confi
     for ``max_accuracy_drop``, the probability that the chosen point's drop is within the
     target (exact bound + fixed-sequence test along ``path``, "scores" or "split"; see the
     module doc); 0 compares point estimates. The point's ``risk`` holds the bound record.
-    A target the data cannot certify raises :class:`CalibrationError`.
+    A target this many samples cannot certify even with no loss raises
+    :class:`CalibrationError` with ``refuse`` (as :func:`calibrate` does); without, the
+    answer is the one certified setting, every early exit off (drop exactly 0), and
+    ``risk["uncertifiable"]`` says why (callers that only inform keep working).
     """
     if sum(v is not None for v in (max_accuracy_drop, max_cost_fraction, max_mean_cost)) != 1:
         raise InputError("give exactly one objective: max_accuracy_drop (points), "
@@ -319,7 +322,15 @@ def choose_thresholds(sim, max_accuracy_drop=None, max_cost_fraction=None, confi
             raise InputError("path '{}' is not one of {}".format(path, ", ".join(PATHS)))
         objective = {"kind": "min-cost-within-accuracy-drop",
                      "max_accuracy_drop_points": max_accuracy_drop, "confidence": confidence}
-        return _within_drop(sim, max_accuracy_drop / 100.0, confidence, path), objective
+        try:
+            return _within_drop(sim, max_accuracy_drop / 100.0, confidence, path), objective
+        except risk.Uncertifiable as e:
+            if refuse:
+                raise
+            point = sim.evaluate([None] * sim.k)
+            point.risk = risk.risk_record(0, 0, sim.n, confidence, reference=True, path=path,
+                                          uncertifiable=str(e))
+            return point, objective
     if max_cost_fraction is not None:
         if not 0 < max_cost_fraction <= 1:
             raise InputError("max_cost_fraction must be in (0, 1]; got {}".format(max_cost_fraction))
@@ -350,8 +361,8 @@ def _within_drop(sim, allowed, confidence, path):
         return point
     if path == "split":
         if sim.n < 2:
-            raise CalibrationError("the split path needs at least 2 labelled samples, got "
-                                   "{}".format(sim.n))
+            raise risk.Uncertifiable("the split path needs at least 2 labelled samples, got "
+                                     "{}".format(sim.n))
         risk.require_certifiable(allowed, sim.n - sim.n // 2, confidence,
                                  "the test half of {} samples".format(sim.n))
         tester, settings = sim.split_path(confidence, allowed)
@@ -433,7 +444,7 @@ def calibrate(bundle_path, x, y, *, max_accuracy_drop=None, max_cost_fraction=No
     sim = simulator_for(model, probs, y, policy, costs)
     sim.disabled = {k for k, e in enumerate(model.bundle.manifest["exits"]) if e.get("dropped")}
     point, objective = choose_thresholds(sim, max_accuracy_drop, max_cost_fraction, confidence,
-                                         max_mean_cost=budget, unit=unit)
+                                         max_mean_cost=budget, unit=unit, refuse=True)
     # Thresholds of -inf/inf (everything leaves) become the policy's range end in JSON.
     lo, hi = sim.policy.valid_range(model.num_classes)
     bound = point.risk

@@ -112,13 +112,18 @@ def certified(losses, n, max_drop, confidence):
     return binomial_cdf(losses, n, max_drop) <= 1.0 - confidence
 
 
+class Uncertifiable(CalibrationError):
+    """Too few samples to certify the target whatever they show (the message says how many
+    would do)."""
+
+
 def require_certifiable(max_drop, n, confidence, what="calibration"):
     """Refuse a target that ``n`` samples cannot certify at ``confidence`` even with no loss,
     naming the smallest target this ``n`` can certify and the samples the target needs."""
     if confidence == 0 or certified(0, n, max_drop, confidence):
         return
     need = samples_needed(max_drop, confidence)
-    raise CalibrationError(
+    raise Uncertifiable(
         "{}: {} labelled samples at confidence {:g} can certify an accuracy drop of no less "
         "than {:.3g} points (the exact Clopper-Pearson bound with no sample lost); the "
         "requested {:g} points {}. Give more labelled samples, a larger allowed drop or a "

@@ -87,7 +87,8 @@ def exits_to_drop(table, probs=None, y=None, policy=None, exit_accuracy_drop=DEF
                      "expected_mean_cost": point.mean_cost, "unit": table.unit,
                      "risk": point.risk})
         if point is not None:
-            unlabelled = "no early exit certified on the labelled data"
+            unlabelled = point.risk.get("uncertifiable") or \
+                "no early exit certified on the labelled data"
     drop = {}
     for k in range(n - 1):
         rest = sum(table.stage[k + 1:]) + table.head[-1]

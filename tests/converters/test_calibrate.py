@@ -90,7 +90,11 @@ def test_no_observed_disagreement_on_few_samples_is_not_certified():
     assert old_bound == 0.0     # what the old rule certified
     # 20 samples at 90% certify no less than 1 - 0.1 ** (1 / 20) = 10.9 points.
     with pytest.raises(CalibrationError, match=r"no less than 10\.9 points.*needs at least 45 samples"):
-        choose_thresholds(sim, max_accuracy_drop=5.0, confidence=0.9)
+        choose_thresholds(sim, max_accuracy_drop=5.0, confidence=0.9, refuse=True)
+    # Without refuse (callers that only inform): the one certified setting, exits off.
+    off, _ = choose_thresholds(sim, max_accuracy_drop=5.0, confidence=0.9)
+    assert off.thresholds == [None, None] and off.risk["accuracy_drop_bound_points"] == 0.0
+    assert "needs at least 45 samples" in off.risk["uncertifiable"]
     point, _ = choose_thresholds(sim, max_accuracy_drop=15.0, confidence=0.9)
     assert point.thresholds[0] is not None and point.exit_fractions[0] == 1.0
     assert point.risk["accuracy_drop_bound_points"] == pytest.approx(100 * (1 - 0.1 ** (1 / 20)))
