@@ -128,6 +128,22 @@ def quantize_int8(src, dst, feeds, method="minmax", symmetric=False):
     finally:
         os.chdir(cwd)
         shutil.rmtree(scratch, ignore_errors=True)
+    drop_unused_domains(dst)
+
+
+def drop_unused_domains(path):
+    """Remove the opset imports of ``path`` that no node uses. ONNX Runtime 1.31's
+    pre-processing declares every domain it knows (ai.onnx.ml, com.microsoft, ...), and older
+    runtimes on the boards refuse graphs naming a domain version they lack (onnxruntime 1.10,
+    JetPack 4.6's Python 3.6: ai.onnx.ml opset 5)."""
+    onnx = require("onnx", "onnx", "write INT8 graphs")
+    model = onnx.load(path)
+    used = {n.domain or "" for n in model.graph.node}
+    keep = [o for o in model.opset_import if (o.domain or "") in used or not o.domain]
+    if len(keep) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+        onnx.save(model, path)
 
 
 def int8_rule_violations(path, symmetric_int8=False, no_bool=False):

@@ -159,9 +159,16 @@ def cmd_validate(args):
         print("{}: manifest and {} file hashes ok".format(bundle.root, out["files"]))
         if args.check:
             ref = out["reference"]
-            print("reference check ({} samples, atol={} rtol={}): {}; max abs error per exit: {}".format(
-                ref["samples"], ref["atol"], ref["rtol"], "passed" if ref["passed"] else "FAILED",
-                ", ".join("{:.3g}".format(e) for e in ref["max_abs_error"])))
+            if ref["mode"] == "logits":
+                how = "logits within atol={} rtol={}".format(ref["atol"], ref["rtol"])
+            else:
+                how = ("another precision than the reference: top-1 class kept on the samples "
+                       "that are no near tie ({} per exit)".format(ref["decisive_samples"]))
+            print("reference check ({} samples, {}): {}; max abs error per exit: {}; top-1 "
+                  "agreement per exit: {}".format(
+                      ref["samples"], how, "passed" if ref["passed"] else "FAILED",
+                      ", ".join("{:.3g}".format(e) for e in ref["max_abs_error"]),
+                      ", ".join("{:.0%}".format(a) for a in ref["top1_agreement"])))
             print_builds(ref["builds"])
     if args.check and not out["reference"]["passed"]:
         raise IntegrityError("reference outputs do not match: the bundle's graphs or this "
@@ -265,8 +272,9 @@ def print_profile(out, as_json):
           "{:.0f}".format(r["peak_rss_mb"]) if r["peak_rss_mb"] else "?"] for r in rows]))
     from edgesdk.profiles import COST_STATISTIC, NOISY_SPREAD
     noisy = sorted({r["graph"] for r in rows if r.get("noisy")})
-    print("runtime, runtime-head, runtime-call: the engine's own work per stage step, per head "
-          "run and per call. The cost model uses {}.".format(COST_STATISTIC))
+    print("runtime, runtime-head, runtime-final, runtime-call: the engine's own work per stage "
+          "step, per early head, for the final head and per call. The cost model uses "
+          "{}.".format(COST_STATISTIC))
     if noisy:
         print("NOISY (p90/p50 > {}): {}: the timings spread widely (a loaded machine or "
               "scheduler spikes); profile again when the machine is quiet, or with a longer "

@@ -91,8 +91,20 @@ def test_cli_run_and_validate_say_which_builds_ran(tx2_master, inputs, capsys):
     assert code == 0
     ref = json.loads(out)["reference"]
     assert {b["precision"] for b in ref["builds"].values()} == {"fp32"}
-    # FP32 graphs checked against the FP16 builds' reference: the reduced-precision tolerance.
-    assert ref["atol"] >= 5e-2 and ref["passed"]
-    assert len(ref["top1_agreement"]) == 3
+    # FP32 graphs checked against the FP16 builds' reference: by top-1 class, near ties left out.
+    assert ref["mode"] == "top-1" and ref["atol"] >= 5e-2 and ref["passed"]
+    assert len(ref["top1_agreement"]) == 3 and min(ref["decisive_samples"]) > 0
+    code, out, _ = cli(capsys, "validate", tx2_master, "--check", "--builds", "int8")
+    assert code == 0 and "another precision than the reference" in out
     code, _, err = cli(capsys, "validate", tx2_master, "--builds", "int8")
     assert code == 4 and "add --check" in err
+
+
+def test_decisive_agreement_ignores_near_ties_only():
+    from edgesdk.runtime.reference import decisive_agreement
+    expected = [np.array([[2.0, 0.0], [1.0, 0.99], [0.0, 3.0]])]
+    same = [np.array([[1.5, 0.2], [0.9, 1.0], [0.1, 2.0]])]      # flips only the near tie
+    ok, counted, agreement = decisive_agreement(same, expected, 0.05, 0.01)
+    assert ok == [True] and counted == [2] and agreement == [pytest.approx(2 / 3)]
+    flipped = [np.array([[0.0, 2.0], [1.0, 0.99], [0.0, 3.0]])]  # flips a decisive sample
+    assert decisive_agreement(flipped, expected, 0.05, 0.01)[0] == [False]
