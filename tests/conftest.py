@@ -67,6 +67,14 @@ def tx2_bundle(tmp_path, tx2_master):
     return str(dst)
 
 
+def cli(capsys, *argv):
+    """Run ``edgesdk ARGV...`` in-process; returns ``(exit code, stdout, stderr)``."""
+    from edgesdk.cli import main
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def snapshot(root):
     """{relative path: bytes} of every file under ``root`` (to prove nothing changed)."""
     out = {}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import snapshot
+from conftest import cli, snapshot
 from edgesdk.cli import main
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,12 +24,6 @@ def files(tmp_path_factory, trained_tiny, mnist_split):
     np.savez(str(d / "cal.npz"), x=np.round(raw).astype(np.uint8), y=y)
     np.savez(str(d / "few.npz"), x=x[:5], y=y[:5])
     return d
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_end_to_end(files, tmp_path, capsys):

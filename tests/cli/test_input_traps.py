@@ -7,18 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import cli
 from edgesdk.cli import main
 from edgesdk.runtime import load_bundle, preprocess
 from edgesdk.runtime.input_stats import InputGuard, InputRangeWarning, summarize
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(HERE, "models.py") + ":TinyNet"
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from edgesdk.cli import main
+from conftest import cli
 from edgesdk.errors import BundleError, InputError
 from edgesdk.runtime import load_bundle
 from edgesdk.runtime.build_select import parse_request
-
-
-def cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
