@@ -7,7 +7,9 @@ Same trained sample model, same held-out MNIST test images, same thread settings
  (d) the edgesdk runtime with the calibrated thresholds
 (b), (c), (d) are timed in interleaved rounds so machine noise hits them alike; (a) runs in
 its own block first (PyTorch's worker threads would otherwise compete with ONNX Runtime's).
-The last line printed is one JSON object with the ratios.
+Then the engine's own work per call and per stage step at batch 1: with stub graphs that
+return preallocated outputs of the real shapes (run() alone), and between the real graphs
+(the profiler's runtime rows, medians). The last line printed is one JSON object.
 """
 import datetime
 import json
@@ -19,6 +21,21 @@ import time
 import numpy as np
 
 from common import sample_parser
+
+
+def cpu():
+    """CPU model and the instruction-set flags that matter for the kernels."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"cpu": model, "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags}
 
 
 def monolithic(model):
@@ -72,6 +89,64 @@ def timed_rounds(methods, x, batch, rounds, warmup=20):
     return {k: v / (rounds * len(x)) for k, v in total.items()}, outputs
 
 
+class _Stub(object):
+    """A graph that returns preallocated outputs: run() then costs only the engine's work."""
+
+    def __init__(self, outputs):
+        self.outputs = outputs
+
+    def run(self, *args):
+        return self.outputs
+
+
+def engine_overhead(edge, x, seconds=2.0):
+    """The engine's own work at batch 1 with stub graphs at the bundle's real shapes (the
+    outputs of a real run of ``x[:1]``), so that only run() itself is timed: median wall time
+    of every kind of run the profiler times (every sample leaving at exit j; the final head
+    only), fitted as ms per call, stage step, early head and final head (runtime/timing.py).
+    ``per_stage_step_ms``: a run through every stage and head, less the per-call part, per
+    stage. Returns a dict of ms."""
+    from edgesdk.runtime.timing import _forced, fit_engine, run_kinds
+    x1 = x[:1]
+    state, stages, heads = (x1,), [], []
+    for k in range(edge.num_exits):
+        state = edge.stages[k].run(state)
+        stages.append(_Stub([np.array(s) for s in state]))
+        heads.append(_Stub([np.array(v) for v in edge.heads[k].run(state)]))
+    probe = _forced(edge)
+    probe.stages, probe.heads = stages, heads
+    kinds = run_kinds(edge)
+    calls = {name: [] for name, _, _ in kinds}
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for name, thr, _ in kinds:
+            probe.forced = thr
+            for _ in range(50):
+                t0 = time.perf_counter()
+                probe.run(x1)
+                calls[name].append(time.perf_counter() - t0)
+    med = {name: 1e3 * float(np.median(v)) for name, v in calls.items()}
+    fit = fit_engine(med, kinds)
+    full = med["exit{}".format(edge.num_exits - 1)]
+    out = {k + "_ms": v for k, v in fit.items()}
+    out.update({"full_run_ms": full, "per_stage_step_ms": (full - fit["call"]) / edge.num_exits,
+                "calls_per_kind": len(calls[kinds[0][0]])})
+    return out
+
+
+def engine_in_real_runs(edge, x):
+    """The profiler's engine rows for the bundle at batch 1 (real graphs, timed inside real
+    runs; medians): ms per call, stage step, early head and final head."""
+    from edgesdk.runtime.profiler import profile_graphs
+    rows = [r for r in profile_graphs(edge, [1]) if r["kind"] == "runtime"]
+    fit = {r["graph"]: r["p50_ms"] for r in rows}
+    out = {"call_ms": fit["runtime-call"], "stage_ms": fit["runtime"],
+           "head_ms": fit["runtime-head"], "final_ms": fit["runtime-final"]}
+    out["per_stage_step_ms"] = (out["stage_ms"] * edge.num_exits + out["head_ms"] *
+                                (edge.num_exits - 1) + out["final_ms"]) / edge.num_exits
+    return out
+
+
 def main(argv=None):
     parser = sample_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=7)
@@ -111,8 +186,11 @@ def main(argv=None):
     acc_staged = float((np.concatenate([r.labels for r in outs1["c_edgesdk_no_exit"]]) == y).mean())
     exits = np.bincount(np.concatenate([r.exit_index for r in ee]), minlength=edge.num_exits)
 
-    print("\nedgesdk early-exit benchmark: {} MNIST test images, {} threads, {} rounds, {} {}".format(
-        len(y), args.threads, args.rounds, platform.machine(), platform.processor() or ""))
+    info = cpu()
+    print("\nedgesdk early-exit benchmark: {} MNIST test images, {} threads, {} rounds, {}, CPU {} "
+          "(avx2 {}, avx512_vnni {})".format(len(y), args.threads, args.rounds,
+                                            platform.machine(), info["cpu"], info["avx2"],
+                                            info["avx512_vnni"]))
     print("calibrated thresholds: {}; exits taken: {}".format(
         ["off" if v is None else round(v, 4) for v in edge.thresholds[:-1]], exits.tolist()))
     print("\n{:<24}{:>14}{:>16}{:>12}".format("method", "b1 ms/sample", "b64 ms/sample", "vs (b) b1"))
@@ -121,6 +199,15 @@ def main(argv=None):
             name, 1e3 * t1[name], 1e3 * results[64][0][name], t1[name] / t1["b_ort_monolithic"]))
     print("\naccuracy: monolithic {:.2%}, staged {:.2%}, early exit {:.2%}".format(
         acc_mono, acc_staged, acc_ee))
+    engine = engine_overhead(edge, x)
+    real = engine_in_real_runs(edge, x)
+    print("\nthe engine's own work at batch 1 (ms): stub graphs (run() alone): per call {:.4f}, "
+          "per stage step {:.4f} (stage {:.4f} + early head {:.4f}; final head {:.4f}); "
+          "between the real graphs (profiler, medians): per call {:.4f}, per stage step "
+          "{:.4f}; goal <= 0.02 per stage step".format(
+              engine["call_ms"], engine["per_stage_step_ms"], engine["stage_ms"],
+              engine["head_ms"], engine["final_ms"], real["call_ms"],
+              real["per_stage_step_ms"]))
     t64 = results[64][0]
     summary = {
         "date": datetime.date.today().isoformat(),
@@ -137,6 +224,9 @@ def main(argv=None):
         "accuracy_early_exit": round(acc_ee, 4),
         "accuracy_drop_points": round(100 * (acc_mono - acc_ee), 2),
         "exit_counts": exits.tolist(),
+        "engine_stub_ms": {k: round(v, 5) for k, v in engine.items()},
+        "engine_real_ms": {k: round(v, 5) for k, v in real.items()},
+        "cpu": cpu(),
     }
     print(json.dumps(summary))
     return 0

@@ -3,8 +3,9 @@
 The expected cost of a bundle under thresholds is sum over stages of P(sample reaches stage k)
 x (cost of stage k + its head when the head runs): :class:`ExitSimulator` computes exactly that
 from the tables built here. Latency tables add the engine's own measured work (the profiler's
-``runtime`` rows, see ``runtime/timing.py``): per stage step to every stage, per head run to
-every head, once per call to stage 0 (every sample reaches it). Batch sizes that were not
+``runtime`` rows, see ``runtime/timing.py``): per stage step to every stage, per early head
+run to every early head, the final head's to the final head, once per call to stage 0 (every
+sample reaches it). Batch sizes that were not
 measured are interpolated linearly in the per-sample cost between the nearest measured sizes,
 and flagged.
 
@@ -20,7 +21,8 @@ from edgesdk.profiles import COST_STATISTIC, ProfileStore, ProfileStoreError, gr
 LATENCY_STATISTIC = COST_STATISTIC
 METRICS = {"latency": LATENCY_STATISTIC, "latency-p99": "p99_ms", "energy": "energy_mj"}
 # The engine's own rows (runtime/profiler.py RUNTIME_ROWS): graph name -> where it is added.
-ENGINE_ROWS = {"runtime-call": "call", "runtime": "stage", "runtime-head": "head"}
+ENGINE_ROWS = {"runtime-call": "call", "runtime": "stage", "runtime-head": "head",
+               "runtime-final": "final"}
 
 
 def is_engine_row(graph):
@@ -42,9 +44,9 @@ class CostTable:
     interpolated: bool
     measured_at: list = field(default_factory=list)   # [oldest, newest] row times
     db: str = ""
-    # The engine's own work included above, per sample: {"call", "stage", "head"} (0 where
-    # the profile has no such row: stores from before they existed, or energy).
-    engine: dict = field(default_factory=lambda: {"call": 0.0, "stage": 0.0, "head": 0.0})
+    # The engine's own work included above, per sample: {"call", "stage", "head", "final"}
+    # (0 where the profile has no such row: stores from before they existed, or energy).
+    engine: dict = field(default_factory=lambda: dict.fromkeys(ENGINE_ROWS.values(), 0.0))
     noisy: list = field(default_factory=list)   # graphs whose profile spread p90/p50 > 1.5
 
     def describe(self):
@@ -52,8 +54,9 @@ class CostTable:
         if self.unit != "ms":
             return "measured {} per stage and head".format(self.metric)
         return ("measured {} per stage and head, plus the engine's own work ({:.4g} ms per "
-                "call, {:.4g} per stage step, {:.4g} per head run)".format(
-                    self.metric, self.engine["call"], self.engine["stage"], self.engine["head"]))
+                "call, {:.4g} per stage step, {:.4g} per early head, {:.4g} for the final "
+                "head)".format(self.metric, self.engine["call"], self.engine["stage"],
+                               self.engine["head"], self.engine["final"]))
 
     def record(self):
         """What goes into the manifest's ``chosen_from``: ``statistic`` names the per-graph
@@ -185,14 +188,15 @@ def table_from_rows(rows, metric, stage_ids, head_ids, device, bundle, batch=1, 
             v, interp = _per_sample(values[gid], batch, gid)
             interpolated = interpolated or interp
             tables[kind].append(v)
-    engine = {"call": 0.0, "stage": 0.0, "head": 0.0}
+    engine = dict.fromkeys(ENGINE_ROWS.values(), 0.0)
     for graph, term in ENGINE_ROWS.items():
         if graph in values:
             engine[term], interp = _per_sample(values[graph], batch,
                                                "the runtime's own work ({})".format(graph))
             interpolated = interpolated or interp
     tables["stage"] = [v + engine["stage"] for v in tables["stage"]]
-    tables["head"] = [v + engine["head"] for v in tables["head"]]
+    tables["head"] = [v + engine["head"] for v in tables["head"][:-1]] + \
+        [v + engine["final"] for v in tables["head"][-1:]]
     if tables["stage"]:
         tables["stage"][0] += engine["call"]  # every sample reaches stage 0, once per call
     unit = "mJ" if metric.startswith("energy") else "ms"

@@ -27,15 +27,16 @@ from edgesdk.runtime.policies import softmax
 class StageCosts(object):
     """Predicted milliseconds per sample of each stage and each head (batch 1), plus the
     engine's own work (the profiler's runtime rows): ``runtime_ms`` per stage step,
-    ``head_runtime_ms`` per head run (softmax, exit decision) and ``call_ms`` once per call;
-    from a profile store or given by hand."""
+    ``head_runtime_ms`` per early head run (softmax, exit decision), ``final_ms`` for the
+    final head and ``call_ms`` once per call; from a profile store or given by hand."""
 
     def __init__(self, stage_ms, head_ms, runtime_ms=0.0, source="given", head_runtime_ms=0.0,
-                 call_ms=0.0):
+                 call_ms=0.0, final_ms=0.0):
         self.stage_ms = [float(v) for v in stage_ms]
         self.head_ms = [float(v) for v in head_ms]
         self.runtime_ms = float(runtime_ms)
         self.head_runtime_ms = float(head_runtime_ms)
+        self.final_ms = float(final_ms)
         self.call_ms = float(call_ms)
         self.source = source
         if len(self.stage_ms) != len(self.head_ms) or any(
@@ -45,7 +46,8 @@ class StageCosts(object):
 
     def step_ms(self, k):
         """Predicted ms per sample of stage ``k`` with its head and the engine's work."""
-        return self.stage_ms[k] + self.head_ms[k] + self.runtime_ms + self.head_runtime_ms
+        head = self.final_ms if k == len(self.stage_ms) - 1 else self.head_runtime_ms
+        return self.stage_ms[k] + self.head_ms[k] + self.runtime_ms + head
 
     @classmethod
     def from_store(cls, db, model, metric="p99_ms", device=None):
@@ -80,7 +82,8 @@ class StageCosts(object):
         return cls([cost(e) for e in manifest["stages"]], [cost(e) for e in manifest["exits"]],
                    engine.get("runtime", 0.0), source="{} {} on {}".format(db, metric, device),
                    head_runtime_ms=engine.get("runtime-head", 0.0),
-                   call_ms=engine.get("runtime-call", 0.0))
+                   call_ms=engine.get("runtime-call", 0.0),
+                   final_ms=engine.get("runtime-final", 0.0))
 
 
 def run_bounded(model, x, thr, deadline_ms=None, budget_ms=None, max_exit=None):

@@ -7,9 +7,10 @@ Warm-up by count and by time (``warmup`` rounds and ``warmup_s`` seconds, whiche
 longer), then timed rounds until at least ``repeats`` and ``min_seconds``: one spike among
 few calls dominated a mean of 50 (0.263 ms mean vs 0.014 ms median for one head). Each row
 has the mean, a 10% trimmed mean, p10/p50/p90/p99, min, std, the spread p90/p50 and a
-``noisy`` flag (spread > 1.5). Three rows hold the engine's own work, fitted from the engine
+``noisy`` flag (spread > 1.5). Four rows hold the engine's own work, fitted from the engine
 time of several kinds of run (see :mod:`.timing`): ``runtime`` per stage step,
-``runtime-head`` per exit head that runs, ``runtime-call`` once per call.
+``runtime-head`` per early exit head that runs, ``runtime-final`` for the final head,
+``runtime-call`` once per call.
 Memory: the process's peak resident set after the graph ran (what the OS had to give; ONNX
 Runtime's own allocations are invisible to Python's tracers). Energy: where a power sensor
 exists, the graph's calls run again inside an :class:`EnergyMeter` window of at least
@@ -17,6 +18,8 @@ exists, the graph's calls run again inside an :class:`EnergyMeter` window of at 
 power measured just before reported beside it. No sensor: energy fields are None and the
 status says "no sensor". Python 3.6 compatible.
 """
+import time
+
 import numpy as np
 
 from edgesdk.errors import InputError
@@ -24,14 +27,18 @@ from edgesdk.runtime.datafiles import read_npz
 from edgesdk.runtime.power.meter import EnergyMeter, idle_power
 from edgesdk.runtime.timing import STATISTICS, fit_engine, latency_stats, time_runs
 
+_clock = time.perf_counter
+
 try:
     import resource
 except ImportError:  # not on Windows
     resource = None
 
-# The engine's own rows: graph name -> which fitted term (see timing.fit_engine).
-RUNTIME_ROWS = (("runtime-call", 0, "once per call"), ("runtime", 1, "per stage step"),
-                ("runtime-head", 2, "per exit head run"))
+# The engine's own rows: (graph name, fitted term of timing.TERMS, what it is).
+RUNTIME_ROWS = (("runtime-call", "call", "once per call"),
+                ("runtime", "stage", "per stage step"),
+                ("runtime-head", "head", "per early exit head run"),
+                ("runtime-final", "final", "the final head, when reached"))
 # Defaults of profile_graphs / `edgesdk profile` (time floors: see the module docstring).
 WARMUP, WARMUP_S, REPEATS, MIN_SECONDS = 10, 0.2, 200, 1.0
 
@@ -75,9 +82,11 @@ def _energy(graph, tensors, sensor, mean_ms, min_window_s):
 
 
 def profile_graphs(model, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS, sensor=None,
-                   min_window_s=1.0, progress=None, warmup_s=WARMUP_S, min_seconds=MIN_SECONDS):
+                   min_window_s=1.0, progress=None, warmup_s=WARMUP_S, min_seconds=MIN_SECONDS,
+                   between=None):
     """One row (a dict) per stage/head and batch size, then the engine's own rows; see the
-    module docstring. ``progress`` is called after each row.
+    module docstring. ``progress`` is called after each row; ``between(seconds)`` after each
+    timed round (e.g. an :class:`InterleavedRuns`).
 
     Profile a model no other thread is running: the timed runs share its graphs.
     """
@@ -90,7 +99,7 @@ def profile_graphs(model, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS, sens
     for batch in batch_sizes:
         inputs = graph_inputs(model, int(batch))
         graph_ms, engine, kinds = time_runs(model, inputs[0][3][0], warmup, repeats,
-                                            warmup_s, min_seconds)
+                                            warmup_s, min_seconds, between)
         for slot, (kind, k, graph, tensors) in enumerate(inputs):
             entry = (model.bundle.manifest["stages"] if kind == "stage" else
                      model.bundle.manifest["exits"])[k]
@@ -120,7 +129,7 @@ def engine_rows(engine, kinds, batch):
     every head (the most engine work)."""
     per_kind = {name: latency_stats(ms) for name, ms in engine.items()}
     fitted = {s: fit_engine({n: per_kind[n][s] for n in per_kind}, kinds) for s in STATISTICS}
-    full = per_kind[max(kinds, key=lambda k: (k[3], k[2]))[0]]
+    full = per_kind[max(kinds, key=lambda k: sum(k[2][1:]))[0]]
     rows = []
     for graph, term, what in RUNTIME_ROWS:
         row = {"graph": graph, "kind": "runtime", "index": -1, "batch": batch, "build": "python",
@@ -131,6 +140,45 @@ def engine_rows(engine, kinds, batch):
         row.update({s: fitted[s][term] for s in STATISTICS})
         rows.append(row)
     return rows
+
+
+class InterleavedRuns(object):
+    """Real runs of ``x`` at batch 1, timed between the profiler's rounds (pass it as
+    ``between``) so that they and the profile see the same machine load: after each round
+    the next samples of ``x`` run, in order, for about as long as the round took.
+
+    :meth:`finish` completes the pass in progress (every sample measured equally often) and
+    returns the mean wall time around ``model.run()`` in ms per call; ``exit_index`` holds
+    each sample's exit. This is how the cost model is checked (benchmarks/profiler.py, the
+    sample): a profile taken at another time of a loaded machine differs by the load.
+    """
+
+    def __init__(self, model, x):
+        self.model, self.x = model, x
+        self.next, self.calls, self.seconds = 0, 0, 0.0
+        self.exit_index = np.full(len(x), -1, dtype=np.int64)
+
+    def _one(self):
+        clock = _clock
+        i = self.next
+        xi = self.x[i:i + 1]
+        t0 = clock()
+        r = self.model.run(xi)
+        self.seconds += clock() - t0
+        self.calls += 1
+        self.exit_index[i] = r.exit_index[0]
+        self.next = (i + 1) % len(self.x)
+
+    def __call__(self, round_seconds):
+        end = _clock() + round_seconds
+        while _clock() < end:
+            self._one()
+
+    def finish(self):
+        """Complete the current pass (at least one); the mean ms per call."""
+        while self.calls == 0 or self.next != 0:
+            self._one()
+        return self.seconds * 1000.0 / self.calls
 
 
 def profile_end_to_end(model, x, y=None, batch_size=1, sensor=None):

@@ -8,9 +8,12 @@ the policies' own scores), so the exit decisions, compaction and bookkeeping tim
 real ones. Several kinds of run (every sample leaving at exit j, for each j; and only the
 final head) separate the engine's cost into three terms, fitted by least squares:
 
-- ``call``: once per call (input checks, input statistics, result assembly, the exit taken);
+- ``call``: once per call (input checks, input statistics, result assembly, writing the
+  exit taken);
 - ``stage``: per stage step (the loop, the clock, the per-stage time record);
-- ``head``: per exit head that runs (softmax, the exit decision).
+- ``head``: per early exit head that runs (softmax, the exit decision);
+- ``final``: the final head's softmax, for the samples that reach it (less the exit write an
+  early exit does, which ``call`` holds).
 
 Statistics per series: mean, a 10% trimmed mean, p10/p50/p90/p99, min, std, and the spread
 p90/p50; a series whose spread exceeds :data:`NOISY_SPREAD` is flagged ``noisy`` (a scheduler
@@ -51,42 +54,22 @@ def latency_stats(ms):
 
 
 class _Timed(object):
-    """A graph whose calls append ``(slot, seconds)`` to a shared log."""
+    """A graph whose calls append their seconds to ``times`` and add them to ``inside[0]``
+    (flat lists of floats: nothing the garbage collector tracks is allocated per call)."""
 
-    def __init__(self, graph, slot, log):
-        self.graph, self.slot, self.log = graph, slot, log
+    def __init__(self, graph, times, inside):
+        self.graph, self.times, self.inside = graph, times, inside
 
     def run(self, *args):
         t0 = _clock()
         out = self.graph.run(*args)
-        self.log.append((self.slot, _clock() - t0))
+        dt = _clock() - t0
+        self.times.append(dt)
+        self.inside[0] += dt
         return out
 
     def __getattr__(self, name):
         return getattr(self.graph, name)
-
-
-class _Null(object):
-    def run(self, *args):
-        return args
-
-
-def _timer_cost(calls=2000, rounds=5):
-    """Seconds a :class:`_Timed` wrapper adds to one graph call (subtracted from the engine's
-    share: a real run has no wrapper)."""
-    null, log = _Null(), []
-    timed = _Timed(null, 0, log)
-    best = []
-    for fn in (null.run, timed.run):
-        t = []
-        for _ in range(rounds):
-            del log[:]
-            t0 = _clock()
-            for _ in range(calls):
-                fn(None)
-            t.append(_clock() - t0)
-        best.append(min(t) / calls)
-    return max(0.0, best[1] - best[0])
 
 
 def _never(policy):
@@ -94,27 +77,31 @@ def _never(policy):
     return float("inf") if policy.higher_is_confident else float("-inf")
 
 
+# The engine's terms, in the order of a run kind's counts and of fit_engine's result.
+TERMS = ("call", "stage", "head", "final")
+
+
 def run_kinds(model):
-    """The kinds of run timed: ``[(name, thresholds, stages, heads)]``: every sample leaving
-    at exit j (j < last) for each j, all heads and the final one, and the final head only."""
+    """The kinds of run timed: ``[(name, thresholds, counts)]``: every sample leaving at exit
+    j for each early exit j; every head with the final exit; and the final head only.
+    ``counts``: how often each of :data:`TERMS` occurs in one call (once; stage steps; early
+    heads run, the one left at included; the final head)."""
     k_last = model.num_exits - 1
     kinds = []
     for j in range(model.num_exits):
         thr = [_never(p) for p in model.policies[:-1]] + [None]
         if j < k_last:
             thr[j] = -_never(model.policies[j])
-        kinds.append(("exit{}".format(j), thr, j + 1, j + 1))
+        kinds.append(("exit{}".format(j), thr, (1, j + 1, min(j + 1, k_last), int(j == k_last))))
     if k_last > 0:
-        kinds.append(("final-head-only", [None] * model.num_exits, model.num_exits, 1))
+        kinds.append(("final-head-only", [None] * model.num_exits, (1, k_last + 1, 0, 1)))
     return kinds
 
 
-def _probe(model, log):
-    """A shallow copy of ``model`` whose graphs are timed and whose thresholds are forced
-    (set ``probe.forced``); the thresholds are still validated as a real call does."""
+def _forced(model):
+    """A shallow copy of ``model`` whose thresholds are forced (set ``.forced``); they are
+    still validated as a real call does."""
     probe = copy.copy(model)
-    probe.stages = [_Timed(g, 2 * k, log) for k, g in enumerate(model.stages)]
-    probe.heads = [_Timed(g, 2 * k + 1, log) for k, g in enumerate(model.heads)]
     probe.forced = None
 
     def resolve(thresholds):
@@ -124,59 +111,92 @@ def _probe(model, log):
     return probe
 
 
-def time_runs(model, x, warmup=10, repeats=200, warmup_s=0.2, min_seconds=1.0):
+class _Null(object):
+    def run(self, *args):
+        return args
+
+
+def _timer_cost(calls=2000, rounds=5):
+    """Seconds a :class:`_Timed` timer adds to one graph call, outside the time it records:
+    taken off the engine's share (a real run has no timer). Measured on a graph that does
+    nothing, best of ``rounds``: a lower bound (caches are warm), ~0.7 us here. Estimating it
+    in place instead, as the difference of timed and untimed runs, was swamped by the load
+    of a busy machine (ms) and turned the fitted engine terms negative."""
+    null, times, inside = _Null(), [], [0.0]
+    timed = _Timed(null, times, inside)
+    best = []
+    for fn in (null.run, timed.run):
+        t = []
+        for _ in range(rounds):
+            del times[:]
+            t0 = _clock()
+            for _ in range(calls):
+                fn(None)
+            t.append(_clock() - t0)
+        best.append(min(t) / calls)
+    return max(0.0, best[1] - best[0])
+
+
+def time_runs(model, x, warmup=10, repeats=200, warmup_s=0.2, min_seconds=1.0, between=None):
     """Time every graph and the engine inside real runs of the batch ``x``.
 
     Each round runs every kind of :func:`run_kinds` once, interleaved so load changes hit
-    them alike; warm-up rounds until at least ``warmup`` rounds and ``warmup_s`` seconds, then
-    timed rounds until at least ``repeats`` and ``min_seconds``. Returns ``(graph_ms, engine)``:
+    them alike. Warm-up rounds until at least ``warmup`` rounds and ``warmup_s`` seconds, then
+    timed rounds until at least ``repeats`` and ``min_seconds``. ``between(seconds)``, if
+    given, is called after every timed round with the round's duration (see
+    :class:`~.profiler.InterleavedRuns`). Returns ``(graph_ms, engine, kinds)``:
     ``graph_ms[slot]`` the per-call ms of stage k (slot 2k) and head k (slot 2k+1); ``engine``
-    ``{kind name: per-call ms outside the graphs}``, with ``kinds`` the run kinds.
+    ``{kind name: per-call ms outside the graphs}`` (less the timers' own cost, see
+    :func:`_timer_cost`); ``kinds`` from :func:`run_kinds`.
     """
-    log = []
-    probe = _probe(model, log)
+    inside = [0.0]
+    graph_s = [[] for _ in range(2 * model.num_exits)]
+    probe = _forced(model)
+    probe.stages = [_Timed(g, graph_s[2 * k], inside) for k, g in enumerate(model.stages)]
+    probe.heads = [_Timed(g, graph_s[2 * k + 1], inside) for k, g in enumerate(model.heads)]
     kinds = run_kinds(model)
-    graph_ms = [[] for _ in range(2 * model.num_exits)]
-    engine = {name: [] for name, _, _, _ in kinds}
-    wrapper = _timer_cost()
+    engine = {name: [] for name, _, _ in kinds}
+    timer = _timer_cost()
 
     def one_round(keep):
-        for name, thr, _, _ in kinds:
+        for name, thr, _ in kinds:
             probe.forced = thr
-            del log[:]
+            inside[0] = 0.0
+            before = sum(len(t) for t in graph_s)
             t0 = _clock()
             probe.run(x)
             wall = _clock() - t0
             if keep:
-                inside = 0.0
-                for slot, s in log:
-                    graph_ms[slot].append(s * 1000.0)
-                    inside += s
-                engine[name].append((wall - inside - wrapper * len(log)) * 1000.0)
+                calls = sum(len(t) for t in graph_s) - before
+                engine[name].append((wall - inside[0] - timer * calls) * 1000.0)
+            else:
+                for t in graph_s:
+                    del t[:]
 
     for minimum, seconds, keep in ((warmup, warmup_s, False), (repeats, min_seconds, True)):
         end, done = _clock() + seconds, 0
         while done < minimum or _clock() < end:
+            t0 = _clock()
             one_round(keep)
             done += 1
-    return graph_ms, engine, kinds
+            if keep and between is not None:
+                between(_clock() - t0)
+    return [[v * 1000.0 for v in t] for t in graph_s], engine, kinds
 
 
 def fit_engine(values, kinds):
-    """Least-squares ``(call, stage, head)`` ms from one statistic of each run kind's engine
+    """Least-squares ms of each of :data:`TERMS` from one statistic of each run kind's engine
     time (``values``: {kind name: ms}); a term fitted below 0 is dropped and the rest fitted
-    again (noise on a term that costs ~nothing). One exit only: everything is the stage step."""
-    names = [k[0] for k in kinds]
-    y = np.array([values[n] for n in names], dtype=np.float64)
-    design = np.array([[1.0, k[2], k[3]] for k in kinds])
-    if len(kinds) == 1:
-        return 0.0, float(max(y[0], 0.0)), 0.0
-    active = [0, 1, 2]
-    coef = np.zeros(3)
+    again (noise on a term that costs ~nothing). With fewer kinds than terms (one or two
+    exits) the last terms are not separable and are folded into the first ones."""
+    y = np.array([values[k[0]] for k in kinds], dtype=np.float64)
+    design = np.array([k[2] for k in kinds], dtype=np.float64)
+    active = list(range(min(len(TERMS), len(kinds))))
+    coef = np.zeros(len(TERMS))
     while active:
         sol = np.linalg.lstsq(design[:, active], y, rcond=None)[0]
         if (sol >= 0).all():
             coef[active] = sol
             break
         active.pop(int(np.argmin(sol)))
-    return float(coef[0]), float(coef[1]), float(coef[2])
+    return dict(zip(TERMS, (float(v) for v in coef)))

@@ -2,9 +2,9 @@
 
 train (or reuse) -> convert to a bundle -> calibrate thresholds on held-out data -> run with
 the device runtime at batch 1 -> per-exit accuracy, exit histogram, latency -> a plot of
-accuracy vs mean latency across thresholds -> profile every stage and head into a profile
-database and compare the cost model's prediction with the measured run. Outputs go to
-samples/mnist_early_exit/out/.
+accuracy vs mean latency across thresholds -> profile every stage, head and the engine's own
+work into a profile database and compare the cost model's prediction with the measured run.
+Outputs go to samples/mnist_early_exit/out/.
 """
 import argparse
 import json
@@ -22,6 +22,7 @@ from data import PREPROCESSING, load_splits, to_model_input  # noqa: E402
 from edgesdk.converters import calibrate, convert, cost_table, simulator_for  # noqa: E402
 from edgesdk.profiles import ProfileRecorder  # noqa: E402
 from edgesdk.runtime import load_bundle, preprocess, profile_graphs  # noqa: E402
+from edgesdk.runtime.profiler import InterleavedRuns  # noqa: E402
 
 # One max-softmax threshold for every exit, swept for the trade-off plot.
 SWEEP = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999]
@@ -31,7 +32,7 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def prepare(out_dir, epochs=6, max_accuracy_drop=0.2, threads=None):
+def prepare(out_dir, epochs=6, max_accuracy_drop=0.5, threads=None):
     """Train (or reuse weights trained with the same settings), convert, calibrate.
 
     Returns ``(splits, torch model, bundle path, CalibrationResult)``.
@@ -109,7 +110,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(HERE, "out"))
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--max-accuracy-drop", type=float, default=0.2,
+    parser.add_argument("--max-accuracy-drop", type=float, default=0.5,
                         help="calibration objective, percentage points (on the calibration split)")
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
@@ -132,12 +133,18 @@ def main(argv=None):
     png = os.path.join(args.out, "accuracy_vs_latency.png")
     plot(points, (ms_ee, acc_ee), (ms_full, acc_full), png)
 
-    # Profile every stage and head on this machine; the cost model then predicts the early-exit
-    # run's mean latency from the measured table and the test split's exits.
+    # Profile every stage, head and the engine's own work on this machine (the profiler's
+    # defaults), with the calibrated run on the test split timed between the profiler's rounds
+    # (same machine load; wall time around run()). The cost model then predicts that run's
+    # mean latency from the measured table and the test split's exits.
     db = os.path.join(args.out, "profiles.sqlite")
+    if os.path.exists(db):
+        os.remove(db)  # this run's profile only
     recorder = ProfileRecorder(db, model.bundle.manifest)
-    profile_graphs(model, [1], warmup=20, repeats=100, progress=recorder)
+    live = InterleavedRuns(model, x_test)
+    profile_graphs(model, [1], progress=recorder, between=live)
     recorder.close()
+    measured = live.finish()
     table = cost_table(db, model.bundle.manifest)
     sim = simulator_for(model, model.exit_probabilities(x_test), y_test, costs=table)
     predicted = sim.evaluate(model.thresholds).mean_cost
@@ -156,8 +163,16 @@ def main(argv=None):
         ms_ee / ms_full, 100 * (acc_ee - acc_full), png))
     print("measured per-sample ms: stages {}, heads {} (profile: {})".format(
         [round(v, 3) for v in table.stage], [round(v, 3) for v in table.head], db))
-    print("cost model: predicted {:.3f} ms for the calibrated run, measured {:.3f} ms ({:+.1%})".format(
-        predicted, ms_ee, (predicted - ms_ee) / ms_ee))
+    print("engine's own work (ms): {:.4f} per call, {:.4f} per stage step, {:.4f} per early "
+          "head, {:.4f} for the final head".format(table.engine["call"], table.engine["stage"],
+                                                  table.engine["head"], table.engine["final"]))
+    if table.noisy:
+        print("noisy profile rows (p90/p50 > 1.5, a loaded machine): {}".format(
+            ", ".join(table.noisy)))
+    print("cost model: predicted {:.3f} ms for the calibrated run ({} per graph + the engine's "
+          "own work), measured {:.3f} ms (wall time around run(), timed between the profiler's "
+          "rounds) ({:+.1%}; goal within 5%)".format(predicted, table.metric, measured,
+                                                    (predicted - measured) / measured))
     print("bundle: {}  ({:.0f}s in all)".format(bundle, time.time() - t0))
     return 0
 

@@ -77,13 +77,14 @@ def test_calibrate_under_a_measured_latency_budget(bundle, mnist_split, tmp_path
         calibrate(bundle, x, y, budget_latency_ms=1.0, progress=False)
 
 
-def _engine_rows(manifest, call, stage, head, metric="mean_ms", batch=1):
+def _engine_rows(manifest, call, stage, head, final=0.0, metric="mean_ms", batch=1):
     base = {"device": "board", "target": "host", "bundle_sha256": graphs_sha256(manifest),
             "build": "python", "precision": "-", "batch": batch, "resolution": "28x28",
             "metric": metric, "sensor": "none", "sdk_version": "0.1.0",
             "measured_at": "2026-11-22T12:00:00Z"}
     return [dict(base, graph=g, value=v) for g, v in
-            (("runtime-call", call), ("runtime", stage), ("runtime-head", head))]
+            (("runtime-call", call), ("runtime", stage), ("runtime-head", head),
+             ("runtime-final", final))]
 
 
 def test_the_table_adds_the_engine_cost_and_names_its_statistic(bundle, tmp_path):
@@ -91,24 +92,25 @@ def test_the_table_adds_the_engine_cost_and_names_its_statistic(bundle, tmp_path
     db = str(tmp_path / "p.sqlite")
     fill(db, m, batches=(1,))                      # stages 1, 2, 3 ms; heads 0.1 ms
     with ProfileStore(db) as s:
-        s.write(_engine_rows(m, 0.04, 0.002, 0.01))
+        s.write(_engine_rows(m, 0.04, 0.002, 0.01, 0.005))
         s.write([dict(r, metric="noisy", value=1.0 if r["graph"] == "runtime-head" else 0.0)
                  for r in _engine_rows(m, 0, 0, 0)])
     t = cost_table(db, m)
-    # stage 0 carries the once-per-call work; every stage its step; every head its decision
+    # stage 0 carries the once-per-call work; every stage its step; every early head its
+    # decision, the final head its softmax
     assert t.stage == pytest.approx([1.042, 2.002, 3.002])
-    assert t.head == pytest.approx([0.11] * 3)
-    assert t.engine == {"call": 0.04, "stage": 0.002, "head": 0.01}
+    assert t.head == pytest.approx([0.11, 0.11, 0.105])
+    assert t.engine == {"call": 0.04, "stage": 0.002, "head": 0.01, "final": 0.005}
     assert t.noisy == ["runtime-head"]
     rec = t.record()
     assert rec["statistic"] == "mean_ms" and rec["engine"] == t.engine and rec["noisy"] == t.noisy
     assert t.describe().startswith("measured mean_ms per stage and head, plus the engine's own")
     # energy tables never include the engine's rows (it is not measured separately)
     with ProfileStore(db) as s:
-        s.write(_engine_rows(m, None, None, None, metric="energy_mj"))
+        s.write(_engine_rows(m, None, None, None, None, metric="energy_mj"))
     fill(db, m, batches=(1,), energy=0.5)
     e = cost_table(db, m, metric="energy_mj")
-    assert e.stage == [0.5] * 3 and e.engine == {"call": 0.0, "stage": 0.0, "head": 0.0}
+    assert e.stage == [0.5] * 3 and set(e.engine.values()) == {0.0}
 
 
 def test_stores_without_the_engine_split_still_read(bundle, tmp_path):
@@ -119,3 +121,17 @@ def test_stores_without_the_engine_split_still_read(bundle, tmp_path):
         s.write([r for r in _engine_rows(m, 0.0, 0.05, 0.0) if r["graph"] == "runtime"])
     t = cost_table(db, m)
     assert t.stage == pytest.approx([1.05, 2.05, 3.05]) and t.head == pytest.approx([0.1] * 3)
+
+
+def test_a_budget_where_an_exit_head_costs_more_than_it_saves(bundle, mnist_split, tmp_path):
+    # Early heads (with the engine's work for them) dearer than the stages after them, as on
+    # tiny models: all leaving at exit 0 costs 1 + 2 = 3 ms, every exit off 1.2 + 0.1 ms.
+    _, (x, y) = mnist_split
+    m = read_bundle(bundle).manifest
+    db = str(tmp_path / "p.sqlite")
+    fill(db, m, batches=(1,), per_call={("stage0", 1): 1.0, ("stage1", 1): 0.1,
+                                        ("stage2", 1): 0.1, ("exit0", 1): 2.0,
+                                        ("exit1", 1): 2.0, ("exit2", 1): 0.1})
+    res = calibrate(bundle, x, y, profile=db, budget_latency_ms=1.5, progress=False)
+    assert res.point.thresholds[:2] == [None, None]
+    assert res.point.mean_cost == pytest.approx(1.3)
