@@ -20,8 +20,8 @@ disabled exit's head is not run). Objectives:
 
     ``path="split"`` instead searches a path with the coordinate search below on half of the
     data (point estimates, an increasing number of losses allowed) and tests it on the other
-    half; it halves the samples behind the bound (``benchmarks/calibration.py`` compares
-    the two; the label-free path is the default).
+    half. It halves the samples behind the bound: on MNIST, sklearn digits and lfw at 50-1000
+    samples it was never cheaper than the label-free path (``benchmarks/calibration.py``).
     A target that ``n`` samples cannot certify even with no loss (``n < log(1 - confidence)
     / log(1 - target)``) is refused with the smallest target ``n`` can certify. Without this,
     a search over thousands of settings with mean + z x standard error accepted settings with
