@@ -414,8 +414,8 @@ def calibrate(bundle_path, x, y, *, max_accuracy_drop=None, max_cost_fraction=No
 
     Exactly one objective: ``max_accuracy_drop`` (percentage points below the final exit's
     accuracy, certified with probability ``confidence`` by an exact bound; see the module
-    doc; a target the data cannot certify raises :class:`CalibrationError`), ``max_cost_fraction`` (mean cost as a
-    fraction of the full model's), or, with a measured ``profile`` database,
+    doc; a target the data cannot certify raises :class:`CalibrationError`),
+    ``max_cost_fraction`` (mean cost as a fraction of the full model's), or, with a measured ``profile`` database,
     ``budget_latency_ms`` / ``budget_energy_mj`` (mean per sample at ``batch``; ``p99`` sums
     per-graph p99 latencies instead of means, a conservative bound). With ``profile`` the
     costs are the measured ones of ``device`` (needed when the database holds several).

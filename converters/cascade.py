@@ -121,8 +121,9 @@ def convert_cascade(models, resolutions, images, output, labels=None, calibratio
     the pipeline crops and resizes them with OpenCV). ``calibration_images`` + ``labels``:
     raw labelled images to choose the thresholds (else they stay null, and every sample
     climbs to the last level), certified within ``max_accuracy_drop`` points of the full
-    resolution with probability ``confidence`` (see :func:`choose_thresholds`). ``resize``: OpenCV interpolation (area, linear, nearest,
-    cubic); ``crop``: central fraction kept before resizing. ``preprocessing``: scale / mean /
+    resolution with probability ``confidence`` (see :func:`choose_thresholds`). ``resize``:
+    OpenCV interpolation (area, linear, nearest, cubic); ``crop``: central fraction kept
+    before resizing. ``preprocessing``: scale / mean /
     std after resizing (required: the pipeline starts from raw pixels). Other keyword
     arguments go to :func:`~edgesdk.converters.convert` for every level. The bundle is
     written whole or not at all."""
