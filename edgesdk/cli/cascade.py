@@ -8,6 +8,7 @@ labels ('y') in --calibration-data the thresholds are chosen so the cascade stay
 """
 import json
 
+from edgesdk.cli.convert import _fraction
 from edgesdk.errors import InputError
 
 
@@ -21,10 +22,17 @@ def add_arguments(p):
     p.add_argument("--calibration-data", help=".npz with raw images 'x' and labels 'y'")
     p.add_argument("--max-accuracy-drop", type=float, default=0.5,
                    help="points below the full-resolution model on the calibration data")
+    p.add_argument("--confidence", type=float, default=0.99,
+                   help="confidence that the cascade's accuracy drop stays within "
+                        "--max-accuracy-drop (default 0.99)")
     p.add_argument("--resize", default="area", help="OpenCV interpolation: area, linear, "
                                                      "nearest, cubic (default area)")
     p.add_argument("--crop", type=float, help="central fraction of each image kept before resizing")
-    p.add_argument("--scale", type=float, help="preprocessing: multiply raw pixels by this")
+    p.add_argument("--random-weights", action="store_true",
+                   help="convert the model as constructed (untrained: for timing only)")
+    p.add_argument("--scale", type=_fraction,
+                   help="preprocessing: multiply raw pixels by this, e.g. 1/255 (default 1/255 "
+                        "only for 8-bit example pixels)")
     p.add_argument("--mean", required=True, help="preprocessing: per-channel means")
     p.add_argument("--std", required=True, help="preprocessing: per-channel stds")
     p.add_argument("--policy", default="max-softmax", help="max-softmax, entropy, margin")
@@ -57,6 +65,9 @@ def run(args):
     if len(args.weights) not in (0, 1, len(sizes)):
         raise InputError("give --weights once (shared weights) or once per resolution ({}), "
                          "got {}".format(len(sizes), len(args.weights)))
+    if bool(args.weights) == args.random_weights:
+        raise InputError("give --weights (once, or once per resolution) or --random-weights "
+                         "(untrained, for timing only)")
     weights = args.weights if len(args.weights) > 1 else (args.weights or [None])
     models = [load_model(args.model, w).eval() for w in weights]
     images, _ = load_npz(args.example_data)
@@ -69,8 +80,8 @@ def run(args):
     spec = convert_cascade(models if len(models) > 1 else models[0], sizes, images, args.output,
                            labels=cal_y, calibration_images=cal_x,
                            max_accuracy_drop=args.max_accuracy_drop, policy=args.policy,
-                           resize=args.resize, crop=args.crop,
-                           preprocessing=preprocessing_from(args), force=args.force)
+                           resize=args.resize, crop=args.crop, confidence=args.confidence,
+                           preprocessing=preprocessing_from(args, images.dtype), force=args.force)
     if args.json:
         print(json.dumps(spec, indent=2))
         return 0

@@ -210,7 +210,7 @@ def test_cli_builds_a_cascade_from_a_model_file_and_raw_images(tmp_path, shared_
     args = ["cascade", "--model", models + ":ConvClassifier", "--weights", weights,
             "--resolutions", "14,28", "--example-data", str(tmp_path / "ex.npz"),
             "--calibration-data", str(tmp_path / "cal.npz"), "--max-accuracy-drop", "3",
-            "--scale", str(1 / 255), "--mean", "0.1307",
+            "--scale", "1/255", "--confidence", "0.9", "--mean", "0.1307",
             "--std", "0.3081", "-o", out]
     assert main(args) == 0
     text = capsys.readouterr().out
@@ -220,3 +220,6 @@ def test_cli_builds_a_cascade_from_a_model_file_and_raw_images(tmp_path, shared_
     bad[bad.index("14,28")] = "14,big"
     assert main(bad + ["--force"]) == 4
     assert "--resolutions takes N or HxW" in capsys.readouterr().err
+    unweighted = [a for a in args if a not in ("--weights", weights)]
+    assert main(unweighted + ["--force"]) == 4
+    assert "--random-weights" in capsys.readouterr().err
