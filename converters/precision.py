@@ -124,8 +124,9 @@ def select_precision(root, plan, per_graph=False):
 def exit_agreement_table(root, x, y=None, max_accuracy_drop=0.5):
     """Per exit: accuracy of the FP32 builds and of the selected builds on ``(x, y)``, and
     their top-1 agreement; with labels, a last row for early exit with thresholds calibrated
-    afresh for each (``max_accuracy_drop`` points at 99%): accuracy and mean cost as a
-    fraction of the full model's MACs. A list of dicts (the table convert prints)."""
+    afresh for each (``max_accuracy_drop`` points at 99%, or the smallest drop the labelled
+    samples can certify if that is larger): accuracy and mean cost as a fraction of the full
+    model's MACs. A list of dicts (the table convert prints)."""
     from edgesdk.converters.calibrate import choose_thresholds, simulator_for
     from edgesdk.runtime.engine import EdgeModel
     bundle = bundle_io.read_bundle(root, verify=False)
@@ -138,10 +139,16 @@ def exit_agreement_table(root, x, y=None, max_accuracy_drop=0.5):
                      "accuracy_fp32": float((a == y).mean()) if y is not None else None,
                      "accuracy_selected": float((b == y).mean()) if y is not None else None})
     if y is not None:
-        row = {"exit": "early exit (recalibrated)", "agreement": None}
+        import math
+        from edgesdk.converters.risk import smallest_certifiable
+        # A target these samples cannot certify would show the full model: take the smallest
+        # they can (in tenths of a point), and say which in the row's name.
+        drop = max(max_accuracy_drop, math.ceil(1000 * smallest_certifiable(len(y), 0.99)) / 10)
+        row = {"exit": "early exit (recalibrated, within {:g} points at 99%)".format(drop),
+               "agreement": None, "max_accuracy_drop": drop}
         for name, m in models.items():
             sim = simulator_for(m, probs[name], y)
-            point, _ = choose_thresholds(sim, max_accuracy_drop=max_accuracy_drop)
+            point, _ = choose_thresholds(sim, max_accuracy_drop=drop, confidence=0.99)
             row["accuracy_" + name] = point.accuracy
             row["cost_" + name] = point.mean_cost / sim.full_cost
         rows.append(row)
