@@ -314,20 +314,24 @@ class EdgeModel(object):
                              "shape {}".format(len(self.input_spec["shape"]) - 1, list(sample.shape)))
         return self.run(sample[None], thresholds, early_exit, **bounds)[0]
 
-    def exit_logits(self, x, batch_size=256, progress=None):
+    def exit_logits(self, x, batch_size=256, progress=None, adaptive=True):
         """Logits at every exit for every sample (no early exit): a list of (N, C) arrays.
 
         Used for calibration, accuracy reports and reference checks. ``progress`` is called
-        with the number of samples done after each batch.
+        with the number of samples done after each batch. ``adaptive=False`` runs every
+        stage's full graph, ignoring gates and width variants (what the reference outputs
+        recorded at conversion are of).
         """
         x = check_batch(x, self.input_spec)
         self.input_guard.check(x)
         self.memory.check_batch(min(batch_size, x.shape[0]))
         out = [[] for _ in self.heads]
+        stages = self.stages if adaptive else [getattr(s, "stage", s) if hasattr(s, "routed")
+                                               else s for s in self.stages]
         for i in range(0, x.shape[0], batch_size):
             state = (x[i:i + batch_size],)
             for k in range(self.num_exits):
-                state = self.stages[k].run(state)
+                state = stages[k].run(state)
                 out[k].append(self.heads[k].run(state)[0])
             if progress:
                 progress(min(batch_size, x.shape[0] - i))

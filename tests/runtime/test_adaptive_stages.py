@@ -227,3 +227,13 @@ def test_executors_that_are_not_reentrant_take_one_call_at_a_time():
     for t in threads:
         t.join()
     assert graph.overlaps == 0 and serial.inside == 0
+
+
+def test_a_bundle_with_gates_and_variants_passes_its_reference_check(adaptive, capsys):
+    """The reference outputs are of the stages' own graphs: adding a gate and width variants
+    (which change which samples run what) keeps `validate --check` passing."""
+    from conftest import cli
+    path = adaptive[0]
+    code, out, err = cli(capsys, "validate", path, "--check")
+    assert code == 0, err
+    assert "passed" in out
