@@ -74,6 +74,12 @@ def run(args):
               res.samples, p.accuracy, res.final_exit_accuracy, p.mean_cost, res.unit,
               res.cost_fraction, cost_of))
     print(bound_line(risk))
+    m = read_bundle(args.bundle, verify=False).manifest
+    partial = [e["id"] for e in m["stages"] + m["exits"] if e.get("macs_uncounted")]
+    if res.unit == "MACs" and partial:
+        print("warning: the MAC counts of {} leave nodes out (see `edgesdk inspect`): the costs "
+              "and this fraction are too low there; calibrate with --profile for measured "
+              "costs".format(", ".join(partial)))
     print("thresholds written to {}".format(args.bundle))
     return 0
 
