@@ -210,12 +210,13 @@ def main(argv=None):
     from edgesdk.runtime.timing import STATISTICS
     models = args.models.split(",")
     tmp = tempfile.mkdtemp(prefix="edgesdk-profiler-bench-")
-    results = {}
+    results, sizes = {}, {}
     try:
         for name in models:
             path, cal, test = (mnist_bundle(args, tmp) if name == "mnist" else
                                small_bundle(name, args, tmp))
             results[name] = []
+            sizes[name] = len(test[1])
             for r in range(args.runs):
                 res = one_repeat(path, cal, test, args, tmp, STATISTICS)
                 results[name].append(res)
@@ -273,6 +274,7 @@ def main(argv=None):
         "date": datetime.date.today().isoformat(),
         "machine": "{} cores {}".format(os.cpu_count(), platform.machine()), "cpu": info,
         "threads": args.threads, "runs": args.runs, "statistic": COST_STATISTIC,
+        "samples": sizes[models[0]], "test_samples": sizes,
         "best_statistic": best,
         "cost_model_error": round(max(errors), 4),
         "cost_model_error_per_model": {m: [round(r["error"][COST_STATISTIC], 4)

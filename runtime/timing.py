@@ -117,11 +117,9 @@ class _Null(object):
 
 
 def _timer_cost(calls=2000, rounds=5):
-    """Seconds a :class:`_Timed` timer adds to one graph call, outside the time it records:
-    taken off the engine's share (a real run has no timer). Measured on a graph that does
-    nothing, best of ``rounds``: a lower bound (caches are warm), ~0.7 us here. Estimating it
-    in place instead, as the difference of timed and untimed runs, was swamped by the load
-    of a busy machine (ms) and turned the fitted engine terms negative."""
+    """Seconds a :class:`_Timed` timer adds to one graph call, measured on a graph that does
+    nothing, best of ``rounds``: a lower bound (caches are warm), ~0.7 us here; see
+    :func:`time_runs` for the estimate in place."""
     null, times, inside = _Null(), [], [0.0]
     timed = _Timed(null, times, inside)
     best = []
@@ -141,22 +139,28 @@ def time_runs(model, x, warmup=10, repeats=200, warmup_s=0.2, min_seconds=1.0, b
     """Time every graph and the engine inside real runs of the batch ``x``.
 
     Each round runs every kind of :func:`run_kinds` once, interleaved so load changes hit
-    them alike. Warm-up rounds until at least ``warmup`` rounds and ``warmup_s`` seconds, then
-    timed rounds until at least ``repeats`` and ``min_seconds``. ``between(seconds)``, if
+    them alike, and the run through every graph once more without timers. The timers' own
+    cost per graph call, taken off the engine's share (a real run has none), is the
+    difference of the p10s of that run with and without timers, at least the cost measured on
+    a graph doing nothing (:func:`_timer_cost`): on the digits model 0.7 us on an empty graph
+    left the prediction 5% high; a difference of medians was swamped by a busy machine's
+    stalls (ms). Warm-up rounds until at least ``warmup`` rounds and ``warmup_s`` seconds,
+    then timed rounds until at least ``repeats`` and ``min_seconds``. ``between(seconds)``, if
     given, is called after every timed round with the round's duration (see
     :class:`~.profiler.InterleavedRuns`). Returns ``(graph_ms, engine, kinds)``:
     ``graph_ms[slot]`` the per-call ms of stage k (slot 2k) and head k (slot 2k+1); ``engine``
-    ``{kind name: per-call ms outside the graphs}`` (less the timers' own cost, see
-    :func:`_timer_cost`); ``kinds`` from :func:`run_kinds`.
+    ``{kind name: per-call ms outside the graphs}``; ``kinds`` from :func:`run_kinds`.
     """
     inside = [0.0]
     graph_s = [[] for _ in range(2 * model.num_exits)]
-    probe = _forced(model)
+    probe, plain = _forced(model), _forced(model)
     probe.stages = [_Timed(g, graph_s[2 * k], inside) for k, g in enumerate(model.stages)]
     probe.heads = [_Timed(g, graph_s[2 * k + 1], inside) for k, g in enumerate(model.heads)]
     kinds = run_kinds(model)
-    engine = {name: [] for name, _, _ in kinds}
-    timer = _timer_cost()
+    full = max(kinds, key=lambda k: sum(k[2][1:]))
+    plain.forced = full[1]
+    raw = {name: [] for name, _, _ in kinds}   # (wall - graphs, graph calls) per run
+    walls = {"timed": [], "plain": []}
 
     def one_round(keep):
         for name, thr, _ in kinds:
@@ -167,11 +171,16 @@ def time_runs(model, x, warmup=10, repeats=200, warmup_s=0.2, min_seconds=1.0, b
             probe.run(x)
             wall = _clock() - t0
             if keep:
-                calls = sum(len(t) for t in graph_s) - before
-                engine[name].append((wall - inside[0] - timer * calls) * 1000.0)
+                raw[name].append((wall - inside[0], sum(len(t) for t in graph_s) - before))
+                if name == full[0]:
+                    walls["timed"].append(wall)
             else:
                 for t in graph_s:
                     del t[:]
+        t0 = _clock()
+        plain.run(x)
+        if keep:
+            walls["plain"].append(_clock() - t0)
 
     for minimum, seconds, keep in ((warmup, warmup_s, False), (repeats, min_seconds, True)):
         end, done = _clock() + seconds, 0
@@ -181,6 +190,10 @@ def time_runs(model, x, warmup=10, repeats=200, warmup_s=0.2, min_seconds=1.0, b
             done += 1
             if keep and between is not None:
                 between(_clock() - t0)
+    calls = raw[full[0]][0][1]
+    timer = max(_timer_cost(), (np.percentile(walls["timed"], 10) -
+                                np.percentile(walls["plain"], 10)) / calls)
+    engine = {name: [(e - timer * n) * 1000.0 for e, n in raw[name]] for name in raw}
     return [[v * 1000.0 for v in t] for t in graph_s], engine, kinds
 
 
