@@ -122,7 +122,8 @@ def _run_for_shapes(model, names, input_shapes, example):
     the example's shape where only shapes were given). Returns ``({name: shape}, error)``."""
     try:
         onnx = require("onnx", "onnx", "count MACs")
-        ort = require("onnxruntime", "onnx", "read the shapes shape inference cannot")
+        require("onnxruntime", "onnx", "read the shapes shape inference cannot")
+        from edgesdk.runtime.executors.ort import make_session
     except Exception as exc:  # the caller reports the nodes as uncounted with this reason
         return {}, str(exc)
     m = onnx.ModelProto()
@@ -141,12 +142,8 @@ def _run_for_shapes(model, names, input_shapes, example):
             dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
             feeds[inp.name] = np.zeros(input_shapes[inp.name], dtype=dtype)
     try:
-        opts = ort.SessionOptions()
         # Unoptimised: the tensors asked for must exist as they are in the graph.
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(m.SerializeToString(), opts,
-                                       providers=["CPUExecutionProvider"])
+        session = make_session(m.SerializeToString(), optimize=False)
         values = session.run(list(names), feeds)
     except Exception as exc:
         return {}, "{}: {}".format(type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")

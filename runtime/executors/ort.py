@@ -40,16 +40,19 @@ def _shared_pool(ort, threads):
     return _pool["threads"] == threads
 
 
-def make_session(model, threads=None):
-    """An InferenceSession on the CPU for a model path or serialized bytes.
+def make_session(model, threads=None, optimize=True):
+    """An InferenceSession on the CPU for a model path or serialized bytes, on the process's
+    shared thread pool where there is one (ONNX Runtime refuses per-session pools beside it).
 
-    ``threads``: intra-op threads (default: all cores).
+    ``threads``: intra-op threads (default: all cores). ``optimize=False`` keeps the graph as
+    it is (every intermediate tensor can then be read as an output).
     """
     import os
     ort = _ort()
     threads = int(threads or os.cpu_count() or 1)
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize \
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
     # x86-64 INT8 kernels without VNNI add pairs of u8 x s8 products in 16 bits, which
     # saturates with full-range 8-bit weights: a Brevitas W8A8 stage came out 0.16 off its
