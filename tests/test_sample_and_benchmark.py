@@ -55,7 +55,8 @@ def test_benchmark_prints_the_json_summary_last(sample_run):
 
 
 def test_profiler_benchmark_prints_the_json_summary_last(sample_run):
-    summary, _ = benchmark_summary("profiler.py", sample_run[0], "--repeats", "5")
+    summary, _ = benchmark_summary("profiler.py", sample_run[0], "--repeats", "5", "--runs", "1",
+                                   "--models", "mnist,digits", "--min-seconds", "0.2")
     for key in ("cost_model_error", "budget_met", "accuracy_at_budget", "profiler_overhead"):
         assert isinstance(summary[key], (int, float)), key
     assert summary["samples"] == 64 and summary["sensor"].startswith("none")
