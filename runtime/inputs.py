@@ -40,8 +40,9 @@ def check_batch(x, spec):
     if x.dtype != np.float32 or not x.flags.c_contiguous:
         x = np.ascontiguousarray(x, dtype=np.float32)
     # One cheap reduction on the fast path; per-sample detail only when something is wrong.
-    # The sum of squares (one BLAS dot: 2.4x faster than x.sum() here) is NaN or inf when a
-    # value is; a square that overflows only sends finite inputs to the exact check.
+    # The sum of squares (one BLAS dot: 1.6x faster than x.sum() on 28x28, 2.5x on 3x224x224)
+    # is NaN or inf when a value is; a square that overflows only sends finite inputs to the
+    # exact check.
     flat = x.reshape(-1)
     if flat.size and not math.isfinite(np.dot(flat, flat)):
         finite = np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)

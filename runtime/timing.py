@@ -142,9 +142,9 @@ def time_runs(model, x, warmup=10, repeats=200, warmup_s=0.2, min_seconds=1.0, b
     them alike, and the run through every graph once more without timers. The timers' own
     cost per graph call, taken off the engine's share (a real run has none), is the
     difference of the p10s of that run with and without timers, at least the cost measured on
-    a graph doing nothing (:func:`_timer_cost`): on the digits model 0.7 us on an empty graph
-    left the prediction 5% high; a difference of medians was swamped by a busy machine's
-    stalls (ms). Warm-up rounds until at least ``warmup`` rounds and ``warmup_s`` seconds,
+    a graph doing nothing (:func:`_timer_cost`): with the empty graph's 0.7 us alone the
+    digits model's prediction was +1.7% to +6.2% off over 5 runs, in place +0.2% to +3.0%; a
+    difference of medians was swamped by a busy machine's stalls (ms). Warm-up rounds until at least ``warmup`` rounds and ``warmup_s`` seconds,
     then timed rounds until at least ``repeats`` and ``min_seconds``. ``between(seconds)``, if
     given, is called after every timed round with the round's duration (see
     :class:`~.profiler.InterleavedRuns`). Returns ``(graph_ms, engine, kinds)``:

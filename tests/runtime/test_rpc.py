@@ -9,7 +9,8 @@ import time
 import pytest
 
 from edgesdk.cli import main
-from edgesdk.profiles import ProfileStore, graphs_sha256
+from edgesdk.converters.cost_model import ENGINE_ROWS
+from edgesdk.profiles import PROFILE_METRICS, ProfileStore, graphs_sha256
 from edgesdk.runtime import load_bundle
 from edgesdk.runtime.rpc import RemoteError, profile_remote
 
@@ -106,14 +107,14 @@ def test_two_boards_profile_at_once_and_rows_merge(boards, bundle_master, tmp_pa
     for i in range(2):
         assert "connected from" in (logs / "board{}.log".format(i)).read_text()
     manifest = load_bundle(bundle_master).bundle.manifest
-    graphs = {e["id"] for e in manifest["stages"] + manifest["exits"]} | {"runtime"}
+    graphs = {e["id"] for e in manifest["stages"] + manifest["exits"]} | set(ENGINE_ROWS)
     for out in results:
-        assert out["merged_rows"] == 7 * len(graphs) * 2
+        assert out["merged_rows"] == len(PROFILE_METRICS) * len(graphs) * 2
         assert {(r["graph"], r["batch"]) for r in out["graphs"]} == {(g, b) for g in graphs for b in (1, 2)}
     with ProfileStore(db, create=False) as store:
         rows = store.rows(bundle_sha256=graphs_sha256(manifest), metric="mean_ms")
         assert {(r["graph"], r["batch"]) for r in rows} == {(g, b) for g in graphs for b in (1, 2)}
-        assert all(r["value"] > 0 for r in rows if r["graph"] != "runtime")
+        assert all(r["value"] > 0 for r in rows if r["graph"] not in ENGINE_ROWS)
         assert len(store.devices()) == 1
 
 
