@@ -23,6 +23,7 @@ def test_host_message_names_the_extra(monkeypatch):
 def test_device_message_names_the_package(monkeypatch):
     monkeypatch.setattr(deps, "host_sdk_present", lambda: False)
     monkeypatch.setitem(sys.modules, "PIL", None)
+    monkeypatch.delitem(sys.modules, "PIL.Image", raising=False)  # imported by earlier tests
     with pytest.raises(MissingDependencyError, match="Install it with: pip install Pillow$"):
         deps.require("PIL.Image", "images", "read image folders")
 
