@@ -26,7 +26,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from common import sample_parser
+from common import cpu, sample_parser
 
 MIN_TEST = 50
 GOAL_SLACK = 0.03        # violation rate goal: <= 1 - confidence + this
@@ -34,19 +34,6 @@ GOAL_COST_RATIO = 1.1    # cost no worse than this x the old rule's where the ol
 METHODS = ("exact", "split", "old")
 
 
-def cpu():
-    """CPU model and the instruction-set flags that change float results."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model in ("unknown", "x86_64", ""):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model, "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags}
 
 
 def load(name):

@@ -20,22 +20,9 @@ import time
 
 import numpy as np
 
-from common import sample_parser
+from common import cpu, sample_parser
 
 
-def cpu():
-    """CPU model and the instruction-set flags that matter for the kernels."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model, "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags}
 
 
 def monolithic(model):

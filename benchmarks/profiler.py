@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from common import sample_parser
+from common import cpu, sample_parser
 
 GOAL = 0.05        # |predicted - measured| / measured, every repeat
 MEASURE_S = 1.0    # at least this long of measured calls per figure
@@ -47,19 +47,6 @@ class FileRail(object):
             return int(f.read()) / 1000.0
 
 
-def cpu():
-    """CPU model and the instruction-set flags that matter for the kernels."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model, "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags}
 
 
 def mean_latency(model, x, seconds=MEASURE_S):
