@@ -43,7 +43,7 @@ def add_run_arguments(p):
 
 
 def add_builds_argument(p, verb):
-    """``--builds``, as run, validate and profile take it."""
+    """``--builds``, as run and validate take it."""
     p.add_argument("--builds", type=_build_request, metavar="BUILD[,fallback]",
                    help="{} other builds than the selected ones: a precision (int8), a format "
                         "(tvm) or FORMAT:PRECISION (onnx:fp32). A graph without that build is "

@@ -122,8 +122,9 @@ class EdgeModel(object):
     ``{graph id: any of these}``. A graph without the requested build is an error naming the
     builds it has, unless ``fallback`` (it then runs its selected build).
     ``self.builds`` maps each graph id to the build in use, ``self.ran`` to its summary
-    (format, precision, processor, device, file), which every :class:`RunResult` carries. ``memory_limit_mb`` replaces
-    the memory the bundle and batches are checked against (see :mod:`.memory`).
+    (format, precision, processor, device, file), which every :class:`RunResult` carries.
+    ``memory_limit_mb`` replaces the memory the bundle and batches are checked against (see
+    :mod:`.memory`).
     """
 
     def __init__(self, bundle, threads=None, builds=None, memory_limit_mb=None, fallback=False):
