@@ -32,7 +32,7 @@ observed drop ``(losses - gains) / n`` is within the target qualifies.
 """
 import math
 
-from edgesdk.errors import CalibrationError, InputError
+from edgesdk.errors import CalibrationError, InputError, Uncertifiable
 
 METHOD = "clopper-pearson bound on P(reference right, setting wrong), fixed-sequence test"
 POINT_ESTIMATE = "point estimate (no guarantee)"
@@ -110,11 +110,6 @@ def certified(losses, n, max_drop, confidence):
     if max_drop >= 1:
         return True
     return binomial_cdf(losses, n, max_drop) <= 1.0 - confidence
-
-
-class Uncertifiable(CalibrationError):
-    """Too few samples to certify the target whatever they show (the message says how many
-    would do)."""
 
 
 def require_certifiable(max_drop, n, confidence, what="calibration"):

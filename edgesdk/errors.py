@@ -65,3 +65,40 @@ class BuildError(EdgeSDKError):
 
 class UnsupportedOpError(ConversionError):
     """Graphs hold operators a toolchain cannot take; the message lists every one."""
+
+
+class Uncertifiable(CalibrationError):
+    """Too few samples to certify the target whatever they show (the message says how many
+    would do)."""
+
+
+class ProfileStoreError(EdgeSDKError):
+    """The profile database is corrupt, foreign, newer than this SDK, or cannot be written."""
+
+
+class SensorError(EdgeSDKError):
+    """A power sensor exists but cannot be read as expected."""
+
+
+class SensorLost(SensorError):
+    """A sensor that was readable stopped answering (unplugged, driver unloaded, permissions)."""
+
+
+class CudaError(EdgeSDKError):
+    """A CUDA call failed (out of memory, a bad pointer, no device)."""
+
+
+class RemoteError(EdgeSDKError):
+    """The TVM RPC tracker, a board or the remote profiler failed."""
+
+
+class InternalError(Exception):
+    """A defect in edgesdk itself, not caused by the user's input: deliberately not an
+    :class:`EdgeSDKError`. The CLI reports it (and any other unexpected exception) as an
+    internal error with exit code 70, the traceback only with ``--verbose``."""
+
+    exit_code = 70
+
+
+class InputRangeWarning(UserWarning):
+    """Inputs far outside the range the model was converted with (likely preprocessing)."""

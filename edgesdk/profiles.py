@@ -14,7 +14,7 @@ import platform
 import sqlite3
 
 import edgesdk
-from edgesdk.errors import EdgeSDKError, InputError
+from edgesdk.errors import InputError, ProfileStoreError
 
 STORE_FORMAT = "edgesdk-profiles"
 STORE_VERSION = 1
@@ -43,10 +43,6 @@ CREATE TABLE IF NOT EXISTS runs (
     sensor TEXT NOT NULL, measured_at TEXT NOT NULL
 );
 """
-
-
-class ProfileStoreError(EdgeSDKError):
-    """The database is corrupt, foreign, newer than this SDK, or cannot be written."""
 
 
 def graphs_sha256(manifest):

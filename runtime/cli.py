@@ -6,12 +6,14 @@ behaves exactly like the host. Python 3.6 compatible.
 """
 import argparse
 import json
+import os
 import sys
+import traceback
 import warnings
 
 import numpy as np
 
-from edgesdk.errors import EdgeSDKError, InputError
+from edgesdk.errors import EdgeSDKError, InputError, InternalError
 from edgesdk.table import format_table
 
 MAX_ROWS = 20
@@ -329,12 +331,34 @@ def run_command(func, args, prog):
         except EdgeSDKError as exc:
             sys.stderr.write("{}: error: {}\n".format(prog, exc))
             return exc.exit_code
+        except KeyboardInterrupt:
+            sys.stderr.write("{}: interrupted\n".format(prog))
+            return 130
+        except Exception as exc:  # a defect in edgesdk: say so, traceback only on request
+            return report_internal_error(prog, exc, getattr(args, "verbose", False))
+
+
+def report_internal_error(prog, exc, verbose):
+    """Print an unexpected exception as an internal error (one line, the traceback only when
+    ``verbose``); returns :attr:`InternalError.exit_code`."""
+    if verbose:
+        traceback.print_exc(file=sys.stderr)
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    sys.stderr.write("{}: internal error (a defect in edgesdk, not in your input; please report "
+                     "it with the command line): {}: {}{}{}\n".format(
+                         prog, type(exc).__name__, exc,
+                         " at {}:{}".format(os.path.basename(where.filename), where.lineno)
+                         if where else "",
+                         "" if verbose else " (--verbose prints the traceback)"))
+    return InternalError.exit_code
 
 
 def main(argv=None):
     """Entry point of the standalone runtime (`python3 edgesdk-runtime.pyz run|validate|profile`)."""
     parser = argparse.ArgumentParser(prog="edgesdk-runtime",
                                      description="Run and validate edgesdk bundles on a device.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print the traceback of an internal error")
     sub = parser.add_subparsers(dest="command")
     sub.required = True  # Python 3.6 has no add_subparsers(required=...)
     add_run_arguments(sub.add_parser("run", help="run a bundle over inputs"))

@@ -15,14 +15,10 @@ import os
 
 import numpy as np
 
-from edgesdk.errors import EdgeSDKError, MissingDependencyError
+from edgesdk.errors import CudaError, MissingDependencyError
 
 _state = {"backend": None}
 MIN_BLOCK = 256  # bytes; blocks are pooled by power-of-two size classes from here
-
-
-class CudaError(EdgeSDKError):
-    """A CUDA call failed (out of memory, a bad pointer, no device)."""
 
 
 class _CudaPython(object):

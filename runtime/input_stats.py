@@ -10,14 +10,12 @@ import warnings
 
 import numpy as np
 
+from edgesdk.errors import InputRangeWarning  # noqa: F401 (re-exported)
+
 # A batch is "far outside" when a value lies more than this many recorded ranges (max - min)
 # beyond the recorded extremes: raw 0..16 or 0..255 pixels against inputs normalized to about
 # -0.5..3 are several ranges out, while real inputs of another sample stay inside.
 MARGIN_RANGES = 1.0
-
-
-class InputRangeWarning(UserWarning):
-    """Inputs far outside the range the model was converted with (likely preprocessing)."""
 
 
 def summarize(x, source):

@@ -17,16 +17,12 @@ import os
 import tempfile
 
 from edgesdk.deps import require
-from edgesdk.errors import EdgeSDKError, InputError
+from edgesdk.errors import EdgeSDKError, InputError, RemoteError
 
 PROFILE_FUNCTION = "edgesdk.profile"
 REMOTE_BUNDLE = "bundle.tar"
 REMOTE_DATA = "data.npz"
 REMOTE_DB = "profile.sqlite"
-
-
-class RemoteError(EdgeSDKError):
-    """The tracker, a board or the remote profiler failed."""
 
 
 def parse_address(text, what="--rpc-tracker"):

@@ -47,6 +47,14 @@ def _runtime_files():
     return files
 
 
+def _sources(*packages):
+    for pkg in packages:
+        for d, _, names in os.walk(os.path.join(ROOT, pkg)):
+            for n in names:
+                if n.endswith(".py"):
+                    yield os.path.join(d, n)
+
+
 def test_runtime_sources_never_import_host_packages():
     for path in _runtime_files():
         bad = [m for m in _imports(path) if m.startswith(HOST)]
@@ -54,11 +62,21 @@ def test_runtime_sources_never_import_host_packages():
 
 
 def test_converters_and_targets_do_not_import_the_cli():
-    for pkg in ("converters", "targets"):
-        for d, _, names in os.walk(os.path.join(ROOT, pkg)):
-            for n in names:
-                if n.endswith(".py"):
-                    assert not [m for m in _imports(os.path.join(d, n)) if m.startswith("edgesdk.cli")]
+    for path in _sources("converters", "targets"):
+        assert not [m for m in _imports(path) if m.startswith("edgesdk.cli")], path
+
+
+def test_every_error_class_lives_in_errors_py():
+    found = []
+    for path in _sources("edgesdk", "converters", "targets", "runtime"):
+        if os.path.relpath(path, ROOT) == os.path.join("edgesdk", "errors.py"):
+            continue
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(b, "id", getattr(b, "attr", "")).endswith(("Error", "Exception", "Warning"))
+                    for b in node.bases):
+                found.append("{}: {}".format(os.path.relpath(path, ROOT), node.name))
+    assert not found
 
 
 def test_runtime_is_python36_compatible():

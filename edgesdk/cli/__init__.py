@@ -1,7 +1,8 @@
 """`edgesdk <verb>`: one module per verb, each a thin wrapper over a public function.
 
 Results go to stdout (``--json`` for machines), logs and progress to stderr. Exit codes:
-0 ok, 2 usage, 4 user error, 5 missing dependency.
+0 ok, 2 usage, 4 user error, 5 missing dependency, 70 internal error (a defect in edgesdk;
+``--verbose`` prints its traceback), 130 interrupted.
 """
 import argparse
 import importlib

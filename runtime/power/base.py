@@ -1,15 +1,7 @@
 """The sensor interface and sysfs helpers shared by the readers."""
 import os
 
-from edgesdk.errors import EdgeSDKError
-
-
-class SensorError(EdgeSDKError):
-    """A sensor exists but cannot be read as expected."""
-
-
-class SensorLost(SensorError):
-    """A sensor that was readable stopped answering (unplugged, driver unloaded, permissions)."""
+from edgesdk.errors import SensorError, SensorLost  # noqa: F401 (the readers import them from here)
 
 
 class PowerSensor(object):

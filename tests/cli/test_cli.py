@@ -129,6 +129,30 @@ def test_missing_dependency_exits_5(bundle, tmp_path, capsys, monkeypatch):
     assert code == 5 and "pip install 'edgesdk[images]'" in err
 
 
+def test_internal_errors_exit_70_without_a_traceback(capsys, monkeypatch):
+    import edgesdk.cli.targets as verb
+
+    def broken(args):
+        return {}["missing"]
+    monkeypatch.setattr(verb, "run", broken)
+    code, _, err = cli(capsys, "targets")
+    assert code == 70 and "edgesdk targets: internal error" in err
+    assert "KeyError: 'missing' at test_cli.py:" in err and "Traceback" not in err
+    code, _, err = cli(capsys, "--verbose", "targets")
+    assert code == 70 and "Traceback (most recent call last)" in err
+
+
+def test_device_runtime_reports_internal_errors(bundle, files, capsys, monkeypatch):
+    from edgesdk.runtime import cli as device_cli
+
+    def broken(args):
+        raise AssertionError("an invariant broke")
+    monkeypatch.setattr(device_cli, "cmd_validate", broken)
+    assert device_cli.main(["validate", str(bundle)]) == 70
+    err = capsys.readouterr().err
+    assert "edgesdk-runtime validate: internal error" in err and "an invariant broke" in err
+
+
 def test_help_lists_every_verb(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
