@@ -74,7 +74,7 @@ def serve(tracker, key, host="0.0.0.0", port=9091, port_end=9199, custom_addr=No
     if not key:
         raise InputError("give the board's key (--key), e.g. jetson-tx2")
     # The callback is pickled by reference into TVM's server process: take it from the
-    # imported module even when this file runs as __main__, and let that process import
+    # imported module (not a copy under __main__), and let that process import
     # edgesdk from where this one did (a site-packages dir or the standalone .pyz).
     import edgesdk
     from edgesdk.runtime import rpc
@@ -158,33 +158,3 @@ def profile_remote(bundle_path, tracker, key, batch_sizes=(1,), warmup=10, repea
                 if os.path.exists(tmp + suffix):
                     os.remove(tmp + suffix)
     return out
-
-
-def add_server_arguments(p):
-    p.add_argument("--tracker", required=True, help="the RPC tracker, HOST:PORT")
-    p.add_argument("--key", required=True, help="this board's kind, e.g. jetson-tx2")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=9091, help="first port to try (default 9091)")
-    p.add_argument("--port-end", type=int, default=9199, help="last port to try (default 9199)")
-    p.add_argument("--custom-addr", help="address to report to the tracker (behind NAT)")
-    p.add_argument("--silent", action="store_true", help="log errors only")
-
-
-def cmd_rpc_server(args):
-    """Serve this board until interrupted."""
-    serve(args.tracker, args.key, args.host, args.port, args.port_end, args.custom_addr, args.silent)
-    return 0
-
-
-def main(argv=None):
-    """``python3 -m edgesdk.runtime.rpc``: the same as ``edgesdk rpc-server``."""
-    import argparse
-    from edgesdk.runtime.cli import run_command
-    p = argparse.ArgumentParser(prog="edgesdk rpc-server", description=serve.__doc__.splitlines()[0])
-    add_server_arguments(p)
-    return run_command(cmd_rpc_server, p.parse_args(argv), "edgesdk rpc-server")
-
-
-if __name__ == "__main__":
-    import sys
-    sys.exit(main())

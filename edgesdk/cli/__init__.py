@@ -10,19 +10,23 @@ import logging
 import sys
 
 import edgesdk
-from edgesdk.runtime.cli import run_command
+from edgesdk.runtime.cli.command import run_command
 
-# verb -> module in edgesdk.cli; each module has add_arguments(parser) and run(args).
+# verb -> module (in edgesdk.cli unless a full name: the verbs the device runtime has too
+# are its modules); each module has add_arguments(parser) and run(args).
 VERBS = {
     "convert": ("convert", "convert a PyTorch multi-exit model into a bundle"),
     "cascade": ("cascade", "build a resolution cascade: one model at several input sizes"),
-    "build": ("build", "compile a bundle's graphs for a board processor with TVM"),
+    "build": ("build", "build a bundle's graphs for a board: TVM, TensorRT or hls4ml"),
     "calibrate": ("calibrate", "choose per-exit thresholds on labelled data"),
-    "run": ("run", "run a bundle over an .npz file or a folder of images"),
+    "run": ("edgesdk.runtime.cli.run", "run a bundle over an .npz file or a folder of images"),
     "inspect": ("inspect", "summarise a bundle: stages, exits, thresholds, sizes, hashes"),
-    "validate": ("validate", "check a bundle's hashes (and reference outputs with --check)"),
-    "profile": ("profile", "measure latency (and energy) of every stage and head on this machine"),
-    "rpc-server": ("rpc_server", "serve profiling to a TVM RPC tracker (run on each board)"),
+    "validate": ("edgesdk.runtime.cli.validate",
+                 "check a bundle's hashes (and reference outputs with --check)"),
+    "profile": ("edgesdk.runtime.cli.profile",
+                "measure latency (and energy) of every stage and head on this machine"),
+    "rpc-server": ("edgesdk.runtime.cli.rpc_server",
+                   "serve profiling to a TVM RPC tracker (run on each board)"),
     "profiles": ("profiles", "import, export or show a profile database"),
     "report": ("report", "write a Markdown/HTML report with plots from a profile database"),
     "pack-runtime": ("pack_runtime", "write the standalone device runtime (.pyz)"),
@@ -39,7 +43,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="VERB")
     sub.required = True
     for verb, (module, help_text) in VERBS.items():
-        mod = importlib.import_module("edgesdk.cli." + module)
+        mod = importlib.import_module(module if "." in module else "edgesdk.cli." + module)
         p = sub.add_parser(verb, help=help_text, description=(mod.__doc__ or help_text).strip())
         mod.add_arguments(p)
         p.set_defaults(func=mod.run)

@@ -10,7 +10,7 @@ the TensorRT plan (profiles, calibration cache, trtexec commands); with ``--on-d
 
 
 def add_arguments(p):
-    from edgesdk.runtime.cli import add_engine_arguments
+    from edgesdk.runtime.cli.build_engines import add_options
     p.add_argument("bundle", help="path to NAME.edgebundle (rewritten in place, atomically)")
     p.add_argument("--toolchain", default="tvm", choices=["tvm", "tensorrt", "hls4ml"],
                    help="compiler (default: tvm)")
@@ -33,7 +33,7 @@ def add_arguments(p):
     p.add_argument("--on-device", action="store_true",
                    help="tensorrt: also build the engines here with TensorRT's Python API "
                         "(needs the GPU and TensorRT that will run them)")
-    add_engine_arguments(p)
+    add_options(p)
     p.add_argument("--reuse-factor", type=int,
                    help="hls4ml: multiplications per multiplier (default 1: fully parallel); "
                         "raise it when a graph does not fit the board")
@@ -124,7 +124,7 @@ def run_tensorrt(args):
     import json
     from edgesdk.converters.tensorrt_prepare import (
         DEFAULT_BATCH, parse_batch_profile, parse_shape_profile, prepare_tensorrt)
-    from edgesdk.runtime.cli import print_engine_records
+    from edgesdk.runtime.cli.build_engines import print_engine_records
     from edgesdk.table import format_table
     shapes = dict(parse_shape_profile(s) for s in args.shape)
     plan = prepare_tensorrt(args.bundle, args.target or "jetson-tx2", args.precision,

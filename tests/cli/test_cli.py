@@ -144,10 +144,11 @@ def test_internal_errors_exit_70_without_a_traceback(capsys, monkeypatch):
 
 def test_device_runtime_reports_internal_errors(bundle, files, capsys, monkeypatch):
     from edgesdk.runtime import cli as device_cli
+    from edgesdk.runtime.cli import validate
 
     def broken(args):
         raise AssertionError("an invariant broke")
-    monkeypatch.setattr(device_cli, "cmd_validate", broken)
+    monkeypatch.setattr(validate, "run", broken)
     assert device_cli.main(["validate", str(bundle)]) == 70
     err = capsys.readouterr().err
     assert "edgesdk-runtime validate: internal error" in err and "an invariant broke" in err

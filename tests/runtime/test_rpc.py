@@ -69,7 +69,7 @@ def boards(tmp_path_factory):
         _wait_until(lambda: _listening(port), "the tracker listening")
         for i in range(2):
             p = _free_port()
-            start("board{}".format(i), ["edgesdk.runtime.rpc", "--tracker", tracker, "--key", KEY,
+            start("board{}".format(i), ["edgesdk.runtime.cli.rpc_server", "--tracker", tracker, "--key", KEY,
                                         "--host", "127.0.0.1", "--port", str(p), "--port-end", str(p + 1)])
         p = _free_port()
         start("plain", ["tvm.exec.rpc_server", "--tracker", tracker, "--key", "plain-tvm",

@@ -1,0 +1,112 @@
+"""Measure every stage and exit head of a bundle on this machine inside real runs: latency
+(mean, 10% trimmed mean, p10/p50/p90/p99, spread p90/p50 with a noisy flag), the engine's own
+work per call, stage step and head, peak memory and, where a power sensor exists, energy with
+the idle baseline; --list-sensors shows the sensors found."""
+import json
+import sys
+
+from edgesdk.errors import InputError
+from edgesdk.runtime.cli.options import parse_batch_sizes
+from edgesdk.table import format_table
+
+
+def add_arguments(p):
+    p.add_argument("bundle", nargs="?", help="path to NAME.edgebundle")
+    p.add_argument("--list-sensors", action="store_true", help="list this machine's power sensors")
+    p.add_argument("--batch-sizes", default="1", help="comma-separated batch sizes (default 1)")
+    p.add_argument("--warmup", type=int, default=10,
+                   help="untimed runs of each kind before timing (default 10; and --warmup-seconds)")
+    p.add_argument("--warmup-seconds", type=float, default=0.2,
+                   help="warm up for at least this long per batch size (default 0.2)")
+    p.add_argument("--repeats", type=int, default=200,
+                   help="timed runs of each kind, per batch size (default 200; and --min-seconds)")
+    p.add_argument("--min-seconds", type=float, default=1.0,
+                   help="time for at least this long per batch size (default 1.0)")
+    p.add_argument("--data", help=".npz with 'x' (and 'y') for an end-to-end early-exit run")
+    p.add_argument("--no-sensor", action="store_true", help="measure latency only")
+    p.add_argument("--db", help="profile database (SQLite) to record the rows in")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                   help="profile on a free board reserved through this TVM RPC tracker "
+                        "(boards run `edgesdk rpc-server`); rows merge into --db")
+    p.add_argument("--key", help="with --rpc-tracker: the kind of board, e.g. jetson-tx2")
+    p.add_argument("--session-timeout", type=float, default=0,
+                   help="with --rpc-tracker: seconds before the board ends the session (0: none)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _list_sensors(args):
+    from edgesdk.runtime.power import probe_sensors
+    sensors = [s.describe() for s in probe_sensors()]
+    if args.json:
+        print(json.dumps({"sensors": sensors}))
+    elif not sensors:
+        print("no sensor: no Jetson INA3221, power_supply, readable RAPL or NVML energy counter "
+              "found; profiles will have latency but no energy")
+    else:
+        print(format_table(["sensor", "rail", "kind", "total", "source"],
+                           [[d["sensor"], d["rail"], d["kind"], "yes" if d["total"] else "",
+                             d["source"]] for d in sensors]))
+    return 0
+
+
+def run(args):
+    """Profile every stage and head of a bundle (and optionally an end-to-end run)."""
+    if args.list_sensors:
+        return _list_sensors(args)
+    if not args.bundle:
+        raise InputError("give a bundle to profile (or --list-sensors)")
+    batches = parse_batch_sizes(args.batch_sizes)
+    if args.rpc_tracker or args.key:
+        if not (args.rpc_tracker and args.key):
+            raise InputError("remote profiling needs both --rpc-tracker HOST:PORT and --key BOARD")
+        from edgesdk.runtime.rpc import profile_remote
+        out = profile_remote(args.bundle, args.rpc_tracker, args.key, batches, args.warmup,
+                             args.repeats, db=args.db, data=args.data, no_sensor=args.no_sensor,
+                             threads=args.threads, session_timeout=args.session_timeout)
+        if not args.json:
+            sys.stderr.write("profiled on a '{}' board through {}; {} rows merged into {}\n".format(
+                args.key, args.rpc_tracker, out["merged_rows"], args.db or "no database (no --db)"))
+    else:
+        from edgesdk.runtime.profiler import profile_bundle
+        out = profile_bundle(args.bundle, batches, args.warmup, args.repeats, db=args.db,
+                             data=args.data, no_sensor=args.no_sensor, threads=args.threads,
+                             progress=not args.json, warmup_s=args.warmup_seconds,
+                             min_seconds=args.min_seconds)
+    print_profile(out, args.json)
+    return 0
+
+
+def print_profile(out, as_json):
+    """Print :func:`~edgesdk.runtime.profiler.profile_bundle`'s result as JSON or tables."""
+    if as_json:
+        print(json.dumps(out))
+        return
+    sensor = out["sensor"]
+    print("sensor: {}".format("{} {}".format(sensor["sensor"], sensor["rail"]) if sensor else
+                              "no sensor (latency only, energy not measured)"))
+    rows = out["graphs"]
+    ms = lambda v: "-" if v is None else "{:.4f}".format(v)  # noqa: E731
+    print(format_table(
+        ["graph", "batch", "mean ms", "trimmed", "p10", "p50", "p90", "p99", "spread", "",
+         "energy mJ", "peak RSS MiB"],
+        [[r["graph"], r["batch"], ms(r["mean_ms"]), ms(r.get("trimmed_mean_ms")),
+          ms(r.get("p10_ms")), ms(r["p50_ms"]), ms(r["p90_ms"]), ms(r["p99_ms"]),
+          "-" if r.get("spread") is None else "{:.2f}".format(r["spread"]),
+          "NOISY" if r.get("noisy") else "",
+          "{:.3f}".format(r["energy_mj"]) if r["energy_mj"] is not None else r["energy_status"],
+          "{:.0f}".format(r["peak_rss_mb"]) if r["peak_rss_mb"] else "?"] for r in rows]))
+    from edgesdk.profiles import COST_STATISTIC, NOISY_SPREAD
+    noisy = sorted({r["graph"] for r in rows if r.get("noisy")})
+    print("runtime, runtime-head, runtime-final, runtime-call: the engine's own work per stage "
+          "step, per early head, for the final head and per call. The cost model uses "
+          "{}.".format(COST_STATISTIC))
+    if noisy:
+        print("NOISY (p90/p50 > {}): {}: the timings spread widely (a loaded machine or "
+              "scheduler spikes); profile again when the machine is quiet, or with a longer "
+              "--min-seconds".format(NOISY_SPREAD, ", ".join(noisy)))
+    e2e = out.get("end_to_end")
+    if e2e:
+        print("\nend to end ({} samples, batch 1): {:.3f} ms/sample, exits {}{}".format(
+            e2e["samples"], e2e["mean_ms_per_sample"], e2e["exit_counts"],
+            ", accuracy {:.2%}".format(e2e["accuracy"]) if e2e["accuracy"] is not None else ""))

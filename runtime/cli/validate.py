@@ -1,0 +1,49 @@
+"""Verify a bundle: manifest, every file's sha256 and, with --check, the reference outputs."""
+import json
+
+from edgesdk.errors import InputError
+from edgesdk.runtime.cli.options import add_builds_argument, builds_option, print_builds
+
+
+def add_arguments(p):
+    p.add_argument("bundle", help="path to NAME.edgebundle")
+    p.add_argument("--check", action="store_true",
+                   help="also run the reference inputs and compare every exit's outputs")
+    add_builds_argument(p, "check")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args):
+    """Verify the manifest and every file hash; with --check, the reference outputs too."""
+    from edgesdk.bundle import read_bundle
+    from edgesdk.errors import IntegrityError
+    bundle = read_bundle(args.bundle)
+    out = {"bundle": bundle.root, "files": len(bundle.manifest["files"]), "hashes": "ok"}
+    if args.check:
+        from edgesdk.runtime.engine import EdgeModel
+        from edgesdk.runtime.reference import check_reference
+        request, fallback = builds_option(args)
+        out["reference"] = check_reference(EdgeModel(bundle, builds=request, fallback=fallback))
+    elif args.builds:
+        raise InputError("--builds chooses the builds --check runs: add --check")
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print("{}: manifest and {} file hashes ok".format(bundle.root, out["files"]))
+        if args.check:
+            ref = out["reference"]
+            if ref["mode"] == "logits":
+                how = "logits within atol={} rtol={}".format(ref["atol"], ref["rtol"])
+            else:
+                how = ("another precision than the reference: top-1 class kept on the samples "
+                       "that are no near tie ({} per exit)".format(ref["decisive_samples"]))
+            print("reference check ({} samples, {}): {}; max abs error per exit: {}; top-1 "
+                  "agreement per exit: {}".format(
+                      ref["samples"], how, "passed" if ref["passed"] else "FAILED",
+                      ", ".join("{:.3g}".format(e) for e in ref["max_abs_error"]),
+                      ", ".join("{:.0%}".format(a) for a in ref["top1_agreement"])))
+            print_builds(ref["builds"])
+    if args.check and not out["reference"]["passed"]:
+        raise IntegrityError("reference outputs do not match: the bundle's graphs or this "
+                             "machine's executor produce different results than at conversion")
+    return 0
