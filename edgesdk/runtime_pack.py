@@ -3,16 +3,48 @@
 A board needs only Python 3.6+, numpy and the bundle's executor backend (onnxruntime): no
 host SDK, no torch, no pip install of edgesdk. ``python3 edgesdk-runtime.pyz run B x.npz``.
 """
+import ast
 import os
+import shutil
 import tempfile
 import zipapp
-import shutil
 
 import edgesdk
 
-# The core contracts the runtime imports; everything under runtime/ is added too.
-CORE_MODULES = ("__init__.py", "errors.py", "deps.py", "registry.py", "progress.py",
-                "manifest.py", "atomic.py", "bundle.py", "bundle_archive.py", "table.py", "profiles.py")
+
+
+def _imports(path):
+    """Every module an ``import`` in ``path`` names, at any depth (function-level too)."""
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.module
+            for alias in node.names:   # ``from edgesdk import errors`` names a module
+                yield node.module + "." + alias.name
+
+
+def core_modules():
+    """The files of ``edgesdk/`` (the core) that the runtime needs: read from the imports of
+    every file under ``runtime/`` and, transitively, of the core files they reach, so the list
+    cannot drift from the code. Sorted names relative to ``edgesdk/``."""
+    import edgesdk.runtime as runtime
+    core_dir = os.path.dirname(edgesdk.__file__)
+    runtime_dir = os.path.dirname(runtime.__file__)
+    todo = [os.path.join(d, f) for d, _, fs in os.walk(runtime_dir) for f in fs if f.endswith(".py")]
+    found = {"__init__.py"}
+    todo.append(os.path.join(core_dir, "__init__.py"))
+    while todo:
+        for name in _imports(todo.pop()):
+            parts = name.split(".")
+            if parts[0] != "edgesdk" or len(parts) < 2 or parts[1] == "runtime":
+                continue
+            rel = parts[1] + ".py"
+            if rel not in found and os.path.isfile(os.path.join(core_dir, rel)):
+                found.add(rel)
+                todo.append(os.path.join(core_dir, rel))
+    return sorted(found)
 
 
 def pack_runtime(output):
@@ -24,7 +56,7 @@ def pack_runtime(output):
     try:
         pkg = os.path.join(stage, "edgesdk")
         os.makedirs(pkg)
-        for name in CORE_MODULES:
+        for name in core_modules():
             shutil.copy2(os.path.join(core_dir, name), pkg)
         shutil.copytree(runtime_dir, os.path.join(pkg, "runtime"),
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAVY = ("torch", "onnx", "onnxruntime", "tvm", "tensorrt", "hls4ml", "cv2", "PIL", "matplotlib")
 HOST = ("edgesdk.converters", "edgesdk.targets", "edgesdk.cli")
 # The core modules the runtime imports (also what the standalone runtime zipapp carries).
-from edgesdk.runtime_pack import CORE_MODULES  # noqa: E402
+from edgesdk.runtime_pack import core_modules  # noqa: E402
 
 
 def _modules_after(code):
@@ -41,7 +41,7 @@ def _imports(path):
 
 
 def _runtime_files():
-    files = [os.path.join(ROOT, "edgesdk", m) for m in CORE_MODULES]
+    files = [os.path.join(ROOT, "edgesdk", m) for m in core_modules()]
     for d, _, names in os.walk(os.path.join(ROOT, "runtime")):
         files += [os.path.join(d, n) for n in names if n.endswith(".py")]
     return files
@@ -77,6 +77,23 @@ def test_every_error_class_lives_in_errors_py():
                     for b in node.bases):
                 found.append("{}: {}".format(os.path.relpath(path, ROOT), node.name))
     assert not found
+
+
+def test_the_packed_core_is_every_core_module_the_runtime_imports():
+    # Import every runtime module and compare the core modules loaded with what the zipapp
+    # carries (derived from the sources' import statements).
+    names = []
+    for path in _sources("runtime"):
+        rel = os.path.relpath(path, os.path.join(ROOT, "runtime"))[:-3].split(os.sep)
+        if rel[-1] == "__init__":
+            rel = rel[:-1]
+        if rel != ["__main__"]:
+            names.append(".".join(["edgesdk", "runtime"] + rel))
+    mods = _modules_after("import importlib\nfor n in {!r}: importlib.import_module(n)".format(names))
+    core = {m.split(".")[1] + ".py" for m in mods
+            if m.startswith("edgesdk.") and m.split(".")[1] != "runtime"}
+    assert core and core <= set(core_modules())
+    assert "errors.py" in core_modules() and "bundle.py" in core_modules()
 
 
 def test_runtime_is_python36_compatible():
