@@ -392,8 +392,12 @@ def validate(manifest, sdk_schema=SCHEMA_VERSION):
         _fail("$.schema_version", "must be >= 1")
     for key in ("sdk_version", "name", "target"):
         _get(manifest, key, "$", (str,))
+    _get(manifest, "created", "$", (str,), optional=True)
     _get(manifest, "built_with", "$", (dict,))
     _get(manifest, "provenance", "$", (dict,))
+    _get(manifest, "quantization", "$", (dict, type(None)), optional=True)
+    _get(manifest, "tensorrt", "$", (dict,), optional=True)
+    _get(manifest, "pruning", "$", (list,), optional=True)
     files = _get(manifest, "files", "$", (dict,))
     _check_files_table(files)
 
@@ -414,6 +418,10 @@ def validate(manifest, sdk_schema=SCHEMA_VERSION):
     num_classes = _get(manifest, "num_classes", "$", (int,))
     if not 2 <= num_classes <= MAX_DIM:
         _fail("$.num_classes", "must be in 2..{}".format(MAX_DIM))
+    names = _get(manifest, "class_names", "$", (list, type(None)), optional=True)
+    if names is not None and (len(names) != num_classes or
+                              not all(isinstance(n, str) for n in names)):
+        _fail("$.class_names", "expected null or {} strings, one per class".format(num_classes))
     stages = _get(manifest, "stages", "$", (list,))
     exits = _get(manifest, "exits", "$", (list,))
     if not stages:

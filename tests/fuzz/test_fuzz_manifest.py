@@ -105,3 +105,64 @@ def test_deep_nesting_is_refused_without_recursion(good):
     doc["provenance"]["x"] = deep
     with pytest.raises(ManifestError, match="nested deeper than"):
         mf.validate(doc)
+
+
+# What manifest.schema.json cannot express and only the validator checks: references between
+# parts of the manifest, counts that must match other counts, numbers JSON Schema cannot tell
+# apart (2.0 is an integer to it; inf is a number) and limits on products or depth.
+VALIDATOR_ONLY = (
+    "is not listed in $.files", "expected one exit per stage", "one per input channel",
+    "expected one shape per output", "an exit gives logits of shape", "one per class",
+    "must follow stage", "expected a unique id", "must be a finite number", "must be finite",
+    "list of finite numbers",
+    "expected an integer, got float", "min must not exceed max", "must have the same length",
+    "elements per sample", "nested deeper than", "a second ", "the selected build",
+    "no previous exit for a router", "the last level answers", "dropped exit",
+    "final exit cannot be dropped", "cannot list itself", "lone surrogate")
+
+
+def _schema_validator():
+    import json
+    import os
+    import jsonschema
+    with open(os.path.join(os.path.dirname(mf.__file__), "manifest.schema.json")) as f:
+        return jsonschema.Draft202012Validator(json.load(f))
+
+
+SCHEMA = _schema_validator()
+
+
+def _verdicts(doc):
+    """(validator's error or None, schema's first error or None) for ``doc``."""
+    try:
+        mf.validate(doc)
+        ours = None
+    except (ManifestError, SchemaVersionError) as exc:
+        ours = str(exc)
+    theirs = next(iter(SCHEMA.iter_errors(doc)), None)
+    return ours, theirs
+
+
+@fuzz_settings(600)
+@given(data=st.data())
+def test_schema_and_validator_agree_on_mutated_manifests(good, data):
+    doc = data.draw(mutated(good))
+    ours, theirs = _verdicts(doc)
+    if ours is None:
+        assert theirs is None, "the schema refuses what the validator accepts: {} {}".format(
+            theirs.json_path, theirs.message)
+    elif theirs is None:
+        assert any(s in ours for s in VALIDATOR_ONLY), \
+            "the schema accepts what the validator refuses: " + ours
+
+
+def test_schema_refuses_newer_versions_missing_parts_and_unsafe_paths(good):
+    for mutate in (lambda m: m.update(schema_version=99),
+                   lambda m: m["exits"].clear(),
+                   lambda m: m["stages"][0].update(output_shapes=[[None, 2 ** 21]]),
+                   lambda m: m.update(class_names=[1] * m["num_classes"]),
+                   lambda m: m.update(created=5)):
+        bad = copy.deepcopy(good)
+        mutate(bad)
+        ours, theirs = _verdicts(bad)
+        assert ours is not None and theirs is not None, (ours, theirs)
