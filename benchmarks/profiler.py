@@ -133,7 +133,7 @@ def one_repeat(path, cal, test, args, tmp, statistics):
     from edgesdk.converters.cost_model import cost_table
     from edgesdk.profiles import COST_STATISTIC, ProfileRecorder
     from edgesdk.runtime import load_bundle
-    from edgesdk.runtime.profiler import InterleavedRuns, profile_graphs
+    from edgesdk.runtime.profiler import InterleavedRuns, exit_mix, profile_graphs
     model = load_bundle(path, threads=args.threads)
     xt, yt = test
     mean_latency(model, xt[:50], seconds=0.2)  # warm-up
@@ -143,7 +143,8 @@ def one_repeat(path, cal, test, args, tmp, statistics):
     live = InterleavedRuns(model, xt)
     floors = {k: v for k, v in (("repeats", args.repeats), ("min_seconds", args.min_seconds))
               if v is not None}
-    rows = profile_graphs(model, [1], progress=recorder, between=live, **floors)
+    rows = profile_graphs(model, [1], progress=recorder, between=live, mix=exit_mix(model, xt),
+                          **floors)
     recorder.close()
     measured = live.finish()
     after = mean_latency(model, xt)

@@ -83,10 +83,13 @@ def _energy(graph, tensors, sensor, mean_ms, min_window_s):
 
 def profile_graphs(model, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS, sensor=None,
                    min_window_s=1.0, progress=None, warmup_s=WARMUP_S, min_seconds=MIN_SECONDS,
-                   between=None):
+                   between=None, mix=None):
     """One row (a dict) per stage/head and batch size, then the engine's own rows; see the
     module docstring. ``progress`` is called after each row; ``between(seconds)`` after each
-    timed round (e.g. an :class:`InterleavedRuns`).
+    timed round (e.g. an :class:`InterleavedRuns`). ``mix``: the share of samples leaving at
+    each exit in the workload to profile for (:func:`exit_mix`); at batch 1 the graphs are
+    then timed in runs taking the exits in about that proportion (see
+    :func:`~.timing.round_schedule`), otherwise in one run of each kind per round.
 
     Profile a model no other thread is running: the timed runs share its graphs.
     """
@@ -99,7 +102,8 @@ def profile_graphs(model, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS, sens
     for batch in batch_sizes:
         inputs = graph_inputs(model, int(batch))
         graph_ms, engine, kinds = time_runs(model, inputs[0][3][0], warmup, repeats,
-                                            warmup_s, min_seconds, between)
+                                            warmup_s, min_seconds, between,
+                                            mix if int(batch) == 1 else None)
         for slot, (kind, k, graph, tensors) in enumerate(inputs):
             entry = (model.bundle.manifest["stages"] if kind == "stage" else
                      model.bundle.manifest["exits"])[k]
@@ -140,6 +144,17 @@ def engine_rows(engine, kinds, batch):
         row.update({s: fitted[s][term] for s in STATISTICS})
         rows.append(row)
     return rows
+
+
+def exit_mix(model, x, batch_size=256):
+    """The share of the samples of ``x`` that leave at each exit under the model's thresholds
+    (a list, one per exit): the workload :func:`profile_graphs` can time its graphs for."""
+    counts = np.zeros(model.num_exits)
+    for i in range(0, len(x), batch_size):
+        counts += np.bincount(model.run(x[i:i + batch_size]).exit_index, minlength=model.num_exits)
+    if not counts.sum():
+        raise InputError("an exit mix needs at least one sample")
+    return (counts / counts.sum()).tolist()
 
 
 class InterleavedRuns(object):
@@ -263,13 +278,16 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS
                     rows.append(row)
                     record(row)
                 bar.update(note=row["graph"])
+            x = y = mix = None
+            if data:  # the graphs are timed for the data's exit mix at the bundle's thresholds
+                x, y, _ = load_inputs(data, model.input_spec)
+                mix = exit_mix(model, x)
             for config in configs:
                 profile_graphs(config, batch_sizes, warmup, repeats, sensor, progress=done,
-                               warmup_s=warmup_s, min_seconds=min_seconds)
+                               warmup_s=warmup_s, min_seconds=min_seconds, mix=mix)
         out = {"bundle": model.bundle.root, "sensor": sensor.describe() if sensor else None,
-               "graphs": rows, "builds": [c.ran for c in configs]}
+               "graphs": rows, "builds": [c.ran for c in configs], "exit_mix": mix}
         if data:
-            x, y, _ = load_inputs(data, model.input_spec)
             out["end_to_end"] = profile_end_to_end(model, x, y, sensor=sensor)
             if db and y is not None:
                 record.end_to_end(model, x, y, out["end_to_end"])

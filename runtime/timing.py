@@ -135,7 +135,8 @@ def _timer_cost(calls=2000, rounds=5):
     return max(0.0, best[1] - best[0])
 
 
-def time_runs(model, x, warmup=10, repeats=200, warmup_s=0.2, min_seconds=1.0, between=None):
+def time_runs(model, x, warmup=10, repeats=200, warmup_s=0.2, min_seconds=1.0, between=None,
+              mix=None):
     """Time every graph and the engine inside real runs of the batch ``x``.
 
     Each round runs every kind of :func:`run_kinds` once, interleaved so load changes hit
@@ -147,7 +148,10 @@ def time_runs(model, x, warmup=10, repeats=200, warmup_s=0.2, min_seconds=1.0, b
     difference of medians was swamped by a busy machine's stalls (ms). Warm-up rounds until at least ``warmup`` rounds and ``warmup_s`` seconds,
     then timed rounds until at least ``repeats`` and ``min_seconds``. ``between(seconds)``, if
     given, is called after every timed round with the round's duration (see
-    :class:`~.profiler.InterleavedRuns`). Returns ``(graph_ms, engine, kinds)``:
+    :class:`~.profiler.InterleavedRuns`). ``mix``: the share of samples leaving at each exit
+    in the workload the profile is for (see :func:`round_schedule`); each round then runs
+    the kinds in about that proportion, so each graph meets the caches a run of that
+    workload leaves. Returns ``(graph_ms, engine, kinds)``:
     ``graph_ms[slot]`` the per-call ms of stage k (slot 2k) and head k (slot 2k+1); ``engine``
     ``{kind name: per-call ms outside the graphs}``; ``kinds`` from :func:`run_kinds`.
     """
@@ -162,8 +166,11 @@ def time_runs(model, x, warmup=10, repeats=200, warmup_s=0.2, min_seconds=1.0, b
     raw = {name: [] for name, _, _ in kinds}   # (wall - graphs, graph calls) per run
     walls = {"timed": [], "plain": []}
 
+    rng = np.random.RandomState(0)
+
     def one_round(keep):
-        for name, thr, _ in kinds:
+        for k in round_schedule(kinds, mix, rng):
+            name, thr, _ = kinds[k]
             probe.forced = thr
             inside[0] = 0.0
             before = sum(len(t) for t in graph_s)
@@ -195,6 +202,38 @@ def time_runs(model, x, warmup=10, repeats=200, warmup_s=0.2, min_seconds=1.0, b
                                 np.percentile(walls["plain"], 10)) / calls)
     engine = {name: [(e - timer * n) * 1000.0 for e, n in raw[name]] for name in raw}
     return [[v * 1000.0 for v in t] for t in graph_s], engine, kinds
+
+
+# Calls per round that follow a workload's exit mix (plus one of each kind it leaves out).
+MIX_ROUND = 40
+
+
+def round_schedule(kinds, mix=None, rng=None):
+    """The kinds of one round, as indices into ``kinds``: each once without a ``mix``. With
+    one (the share of samples leaving at each exit, one per exit): ``MIX_ROUND`` calls in
+    that proportion in a random order (``rng``, a numpy RandomState; none: in runs of one
+    kind), as a workload of independent samples takes them, then one call of each kind
+    those left out (every graph is timed every round; the final-head-only kind is never
+    part of a workload).
+
+    Why: a call costs more after a call that took another path. On the sample (Intel Xeon,
+    2 MB L2 per core) an exit-0 call took 0.21 ms after a run through every stage and 0.17 ms
+    after another exit-0 call (stage 3's weights evict stage 0's); on the 38 us calls of a
+    small digits model the Python work alone cost ~10% more when the path changed every
+    call. One call of each kind per round changed path every call: the cost model
+    over-predicted runs where most samples leave early by 5-8%.
+    """
+    if mix is None:
+        return list(range(len(kinds)))
+    shares = [float(s) for s in mix]
+    if len(shares) != len(kinds) - (len(kinds) > 1) or min(shares) < 0 or sum(shares) <= 0:
+        raise ValueError("mix: one non-negative share per exit, got {}".format(mix))
+    total = sum(shares)
+    counts = [int(round(MIX_ROUND * s / total)) for s in shares]
+    body = [k for k, c in enumerate(counts) for _ in range(c)]
+    if rng is not None:
+        body = [body[i] for i in rng.permutation(len(body))]
+    return body + [k for k in range(len(kinds)) if k >= len(counts) or not counts[k]]
 
 
 def fit_engine(values, kinds):

@@ -22,7 +22,7 @@ from data import PREPROCESSING, load_splits, to_model_input  # noqa: E402
 from edgesdk.converters import calibrate, convert, cost_table, simulator_for  # noqa: E402
 from edgesdk.profiles import ProfileRecorder  # noqa: E402
 from edgesdk.runtime import load_bundle, preprocess, profile_graphs  # noqa: E402
-from edgesdk.runtime.profiler import InterleavedRuns  # noqa: E402
+from edgesdk.runtime.profiler import InterleavedRuns, exit_mix  # noqa: E402
 
 # One max-softmax threshold for every exit, swept for the trade-off plot.
 SWEEP = [0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999]
@@ -142,7 +142,7 @@ def main(argv=None):
         os.remove(db)  # this run's profile only
     recorder = ProfileRecorder(db, model.bundle.manifest)
     live = InterleavedRuns(model, x_test)
-    profile_graphs(model, [1], progress=recorder, between=live)
+    profile_graphs(model, [1], progress=recorder, between=live, mix=exit_mix(model, x_test))
     recorder.close()
     measured = live.finish()
     table = cost_table(db, model.bundle.manifest)

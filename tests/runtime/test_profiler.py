@@ -110,6 +110,34 @@ def test_end_to_end_records_each_sample_exit(model, mnist_split):
     assert e2e["energy_mj_per_sample"] is None and e2e["energy_status"] == "no sensor"
 
 
+def test_the_rounds_follow_a_workload_mix(model, mnist_split):
+    import numpy as np
+    from edgesdk.runtime.profiler import exit_mix
+    from edgesdk.runtime.timing import MIX_ROUND, round_schedule, run_kinds
+    kinds = run_kinds(model)          # exit0..exit2, final-head-only
+    assert round_schedule(kinds) == [0, 1, 2, 3]
+    # MIX_ROUND calls in proportion, then one of each kind the mix left out (the last kind
+    # is never part of a workload); shuffled with an rng.
+    grouped = round_schedule(kinds, [0.85, 0.15, 0.0])
+    assert grouped == [0] * 34 + [1] * 6 + [2, 3] and MIX_ROUND == 40
+    shuffled = round_schedule(kinds, [0.85, 0.15, 0.0], np.random.RandomState(1))
+    assert sorted(shuffled[:40]) == grouped[:40] and shuffled[:40] != grouped[:40]
+    assert shuffled[40:] == [2, 3]
+    with pytest.raises(ValueError):
+        round_schedule(kinds, [0.5, 0.5])
+    _, (x, _) = mnist_split
+    counts = model.run(x[:60]).exit_counts()
+    assert exit_mix(model, x[:60]) == pytest.approx((counts / 60.0).tolist())
+    # Rounds of 20 exit-0 runs, 10 exit-1, 10 exit-2 and 1 final-head-only: stage 0 runs in
+    # all 41, head 0 in all but the last kind, stage 2 in the last two kinds.
+    rows = profile_graphs(model, [1], warmup=1, repeats=4, mix=[0.5, 0.25, 0.25], **QUICK)
+    calls = {r["graph"]: r["repeats"] for r in rows if r["kind"] != "runtime"}
+    names = [s["id"] for s in model.bundle.manifest["stages"]]
+    heads = [e["id"] for e in model.bundle.manifest["exits"]]
+    assert (calls[names[0]], calls[heads[0]], calls[names[2]], calls[heads[2]]) == (
+        4 * 41, 4 * 40, 4 * 11, 4 * 11)
+
+
 def test_stats_and_bad_arguments(model):
     s = latency_stats([1.0, 2.0, 3.0, 4.0])
     assert s["mean_ms"] == 2.5 and s["p50_ms"] == 2.5 and s["min_ms"] == 1.0
