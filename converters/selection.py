@@ -21,7 +21,8 @@ go into the manifest: ``build_chosen_from`` on each graph, ``chosen_from`` on dr
 from edgesdk import bundle as bundle_io
 from edgesdk.converters.builds import FEED_LIMIT, top1_labels
 from edgesdk.manifest import graph_entries
-from edgesdk.converters.cost_model import build_costs, device_rows, table_from_rows
+from edgesdk.converters.cost_model import build_costs, table_from_rows
+from edgesdk.costs import bundle_rows
 from edgesdk.runtime.build_select import graph_builds
 from edgesdk.runtime.engine import EdgeModel
 
@@ -105,7 +106,7 @@ def apply_profile(root, db, x, y=None, device=None, metric="mean_ms", batch=1,
     store ``db``; rewrites its manifest. Returns a summary dict of the choices."""
     bundle = bundle_io.read_bundle(root, verify=False)
     manifest = bundle.manifest
-    rows, device, sha = device_rows(db, manifest, device)
+    rows, device, sha = bundle_rows(db, manifest, device)
     costs, interpolated = build_costs(rows, metric, batch)
     times = sorted(r["measured_at"] for r in rows)
     source = {"db": db, "device": device, "bundle_sha256": sha, "metric": metric, "batch": batch,

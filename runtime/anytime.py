@@ -20,7 +20,6 @@ import time
 import numpy as np
 
 from edgesdk.errors import InputError
-from edgesdk.profiles import ProfileStore, ProfileStoreError, device_fingerprint, graphs_sha256
 from edgesdk.runtime.policies import softmax
 
 
@@ -51,39 +50,16 @@ class StageCosts(object):
 
     @classmethod
     def from_store(cls, db, model, metric="p99_ms", device=None):
-        """The costs of ``model``'s builds in use, measured at batch 1 on ``device`` (default:
-        this device, or the only one in the store) and stored in the profile store ``db``."""
-        manifest = model.bundle.manifest
-        with ProfileStore(db, create=False) as store:
-            rows = store.rows(bundle_sha256=graphs_sha256(manifest), metric=metric, batch=1)
-        devices = sorted({r["device"] for r in rows})
-        if device is None:
-            here = device_fingerprint()
-            device = here if here in devices else (devices[0] if len(devices) == 1 else None)
-        if device is None or device not in devices:
-            raise ProfileStoreError(
-                "{} has no {} measurements at batch 1 of this bundle's graphs{}; profile it on "
-                "this device: edgesdk profile BUNDLE --db {}".format(
-                    db, metric, " from device {}".format(device) if device else
-                    " from this device (it has {})".format(devices or "none"), db))
-        values = {}
-        for r in rows:
-            if r["device"] == device and r["value"] is not None:
-                values[(r["graph"], r["build"], r["precision"])] = r["value"]
-        engine = {g: v for (g, _, _), v in values.items() if g.startswith("runtime")}
-
-        def cost(entry):
-            build = model.builds[entry["id"]]
-            key = (entry["id"], build["format"], build["precision"])
-            if key not in values:
-                raise ProfileStoreError("{} has no {} of {} ({} {}) at batch 1 on {}: profile "
-                                        "the builds in use".format(db, metric, *(key + (device,))))
-            return values[key]
-        return cls([cost(e) for e in manifest["stages"]], [cost(e) for e in manifest["exits"]],
-                   engine.get("runtime", 0.0), source="{} {} on {}".format(db, metric, device),
-                   head_runtime_ms=engine.get("runtime-head", 0.0),
-                   call_ms=engine.get("runtime-call", 0.0),
-                   final_ms=engine.get("runtime-final", 0.0))
+        """The costs of ``model``'s builds in use, measured at batch 1 and stored in the
+        profile store ``db``, on ``device`` or the device :func:`edgesdk.costs.bundle_rows`
+        chooses (the only one the store has, else this one)."""
+        from edgesdk.costs import cost_table
+        builds = dict((gid, (b["format"], b["precision"])) for gid, b in model.builds.items())
+        table = cost_table(db, model.bundle.manifest, metric, device, batch=1, builds=builds)
+        e = table.engine
+        return cls(table.graph_stage, table.graph_head, e["stage"],
+                   source="{} {} on {}".format(db, metric, table.device), head_runtime_ms=e["head"],
+                   call_ms=e["call"], final_ms=e["final"])
 
 
 def run_bounded(model, x, thr, deadline_ms=None, budget_ms=None, max_exit=None):

@@ -56,6 +56,31 @@ def test_refusals_name_the_reason(bundle, tmp_path):
         cost_table(db, changed, device="tx2")
 
 
+def test_the_runtime_and_the_converters_read_costs_by_one_rule(bundle, tmp_path):
+    from edgesdk.profiles import device_fingerprint
+    from edgesdk.runtime import load_bundle
+    m = read_bundle(bundle).manifest
+    db = str(tmp_path / "p.sqlite")
+    fill(db, m, device="tx2")
+    model = load_bundle(bundle)
+    # One device in the store: both take it, wherever they run.
+    assert cost_table(db, m, metric="p99_ms").device == "tx2"
+    costs = model.use_profile(db)
+    assert "on tx2" in costs.source and costs.stage_ms == [2.0, 4.0, 6.0]
+    # Several: this device when it is among them (for both), else an error (for both).
+    here = device_fingerprint()
+    fill(db, m, device=here, per_call={("stage0", 1): 7.0})
+    assert cost_table(db, m).device == here and cost_table(db, m).graph_stage[0] == 7.0
+    assert model.use_profile(db).stage_ms[0] == 14.0   # p99 rows: twice the mean here
+    assert model.use_profile(db, device="tx2").stage_ms[0] == 2.0
+    other = str(tmp_path / "q.sqlite")
+    fill(other, m, device="tx2")
+    fill(other, m, device="rb5")
+    for read in (lambda: cost_table(other, m), lambda: model.use_profile(other)):
+        with pytest.raises(InputError, match="several devices"):
+            read()
+
+
 def test_calibrate_under_a_measured_latency_budget(bundle, mnist_split, tmp_path):
     _, (x, y) = mnist_split
     m = read_bundle(bundle).manifest
