@@ -96,6 +96,9 @@ class ExitSimulator:
     """Replays early exiting for given thresholds on precomputed per-exit probabilities."""
 
     def __init__(self, probs, labels, policy, stage_costs, head_costs):
+        # The policy's own scores and decision (Policy.leaves), in the dtype the runtime
+        # compares them in: a threshold between a float32 score and its float64 value must
+        # decide here as it does on the device.
         self._setup([policy.score(p) for p in probs], [p.argmax(axis=1) == labels for p in probs],
                     policy, stage_costs, head_costs)
 
@@ -147,8 +150,7 @@ class ExitSimulator:
             if last:
                 leave = remaining
             else:
-                s = self.scores[k]
-                leave = remaining & ((s >= t) if self.policy.higher_is_confident else (s <= t))
+                leave = remaining & self.policy.leaves(self.scores[k], t)
             cost_sum += int(leave.sum()) * paid
             leaving.append(leave)
             remaining = remaining & ~leave

@@ -41,8 +41,12 @@ class Policy(object):
 
     def exits(self, probs, threshold):
         """Boolean mask of the samples confident enough to stop at this exit."""
-        s = self.score(probs)
-        return s >= threshold if self.higher_is_confident else s <= threshold
+        return self.leaves(self.score(probs), threshold)
+
+    def leaves(self, scores, threshold):
+        """The exit decision on scores already computed: what :meth:`exits` does after
+        scoring, and what calibration replays (the same comparison, in the scores' dtype)."""
+        return scores >= threshold if self.higher_is_confident else scores <= threshold
 
     def check_threshold(self, threshold, num_classes, where):
         """Refuse a threshold outside the policy's meaningful range."""

@@ -262,3 +262,19 @@ def test_cli_prints_the_bound_n_confidence_method_and_what_the_cost_is_of(bundle
     # A target 600 samples cannot certify: exit code 4 and the smallest certifiable target.
     assert main(["calibrate", bundle, "--data", data, "--max-accuracy-drop", "0.2"]) == 4
     assert "can certify an accuracy drop of no less than 0.765 points" in capsys.readouterr().err
+
+
+def test_the_simulator_decides_as_the_runtime_at_a_float32_score(bundle, mnist_split):
+    """A threshold between a float32 score and the next float64 up rounds to that score in
+    float32, where the runtime compares: the simulator replays the policy's own decision."""
+    _, (x, y) = mnist_split
+    model = load_bundle(bundle)
+    probs = model.exit_probabilities(x[:200])
+    sim = simulator_for(model, probs, y[:200])
+    s = np.sort(MaxSoftmax().score(probs[0]))[100]
+    t = float(np.nextafter(np.float64(s), 2.0))   # above s in float64, s in float32
+    assert t > float(s) and np.float32(t) == s
+    runtime = model.run(x[:200], thresholds=[t, None, None]).exit_counts()
+    assert runtime[0] >= 100   # the median sample's own score exits, as in float32
+    assert [round(f * 200) for f in sim.evaluate([t, None, None]).exit_fractions] == \
+        runtime.tolist()
