@@ -9,11 +9,10 @@ import json
 import math
 import re
 
+from edgesdk.backends import FORMATS
 from edgesdk.errors import ManifestError, SchemaVersionError
 
 SCHEMA_VERSION = 1
-# Graph file formats the SDK knows; each maps to one runtime executor (runtime/executors).
-FORMATS = ("onnx", "tvm", "tensorrt", "fpga-csim", "pynq")
 # Numeric precision of a graph build (weights/compute; inputs and outputs stay float32).
 PRECISIONS = ("fp32", "fp16", "int8", "fixed")
 DTYPES = ("float32",)

@@ -7,38 +7,16 @@ the builds it has: running another build silently would report figures of a buil
 run. ``fallback=True`` (``--builds tvm,fallback``) keeps the selected build where a graph lacks
 the requested one. Python 3.6 / numpy 1.19 compatible.
 """
-import os
 import platform
 
 from edgesdk.errors import BundleError, InputError
 from edgesdk.manifest import FORMATS, PRECISIONS
 
-# Device nodes that show a GPU's or an FPGA's driver is present, per kernel language (Jetson,
-# desktop NVIDIA, Adreno, Zynq fabric): a file check, so deciding what runs here imports nothing.
-GPU_DEVICE_NODES = {"cuda": ("/dev/nvhost-ctrl", "/dev/nvidia0"), "opencl": ("/dev/kgsl-3d0",),
-                    "fpga": ("/sys/class/fpga_manager/fpga0", "/dev/xlnk")}
-
-
 def why_not_here(build):
-    """None when this machine can run ``build``, else the reason in a few words. ONNX builds
-    run everywhere; compiled builds (TVM, TensorRT, HLS C simulations, bitstreams) need this
-    machine's CPU architecture, and GPU and FPGA builds the device's driver."""
-    if build.get("arch") is None:
-        return None
-    if build["arch"] != platform.machine():
-        return "built for {}, this machine is {}".format(build["arch"], platform.machine())
-    if build.get("artifact", "shared-library") not in ("shared-library", "engine", "bitstream"):
-        return "a {} to link into an application, not a loadable library".format(
-            build["artifact"])
-    if build.get("processor", "cpu") == "cpu":
-        return None
-    language = {"tensorrt": "cuda", "pynq": "fpga"}.get(build["format"]) or \
-        (build.get("kernels") or {}).get("language")
-    if any(os.path.exists(p) for p in GPU_DEVICE_NODES.get(language, ())):
-        return None
-    return "needs a {} device ({} not found)".format(
-        language or build.get("processor"), " or ".join(GPU_DEVICE_NODES.get(language, ())) or
-        "no driver known")
+    """None when this machine can run ``build``, else the reason in a few words: its format's
+    executor decides (:meth:`~.executors.base.Executor.available`)."""
+    from edgesdk.runtime.executors import EXECUTORS
+    return EXECUTORS.get(build["format"]).available(build)
 
 
 def runs_here(build):

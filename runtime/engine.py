@@ -12,7 +12,6 @@ import numpy as np
 from edgesdk.bundle import read_bundle
 from edgesdk.errors import InputError
 from edgesdk.runtime.build_select import pick_build, ran
-from edgesdk.runtime.cuda_memory import to_host
 from edgesdk.runtime.executors import EXECUTORS
 from edgesdk.runtime.input_stats import InputGuard
 from edgesdk.runtime.inputs import check_batch
@@ -77,14 +76,15 @@ def stage_ms_table(timeline, n, num_exits):
 
 
 class _HostSide(object):
-    """A graph whose inputs and outputs the host sees as numpy arrays (GPU arrays copied)."""
+    """A graph whose inputs and outputs the host sees as numpy arrays: device arrays (of the
+    executor that made them, ``to_host``) copied back."""
 
-    def __init__(self, graph):
-        self.graph = graph
+    def __init__(self, graph, to_host):
+        self.graph, self.to_host = graph, to_host
 
     def run(self, tensors):
-        ins = tensors if getattr(self.graph, "device_arrays", False) else \
-            [to_host(t) for t in tensors]
+        to_host = self.to_host
+        ins = tensors if self.graph.device_arrays else [to_host(t) for t in tensors]
         return [to_host(t) for t in self.graph.run(ins)]
 
     def __getattr__(self, name):
@@ -165,7 +165,7 @@ class EdgeModel(object):
         executor = EXECUTORS.get(build["format"])
         graph = executor(self.bundle.path(build["file"]), entry["inputs"], entry["outputs"],
                          entry["output_shapes"], threads, build=build)
-        return graph if getattr(executor, "thread_safe", False) else _Serialized(graph)
+        return graph if executor.thread_safe else _Serialized(graph)
 
     def _adaptive(self, k, entry, threads):
         """Stage ``k`` with its gate and width variants (ONNX graphs, host CPU), if any."""
@@ -175,8 +175,8 @@ class EdgeModel(object):
         from edgesdk.runtime.adaptive_stages import AdaptiveStage, make_router
         onnx = EXECUTORS.get("onnx")
         where = "manifest.json: $.stages[{}]".format(k)
-        stage = self.stages[k] if not getattr(self.stages[k], "device_arrays", False) else \
-            _HostSide(self.stages[k])
+        stage = self.stages[k] if not self.stages[k].device_arrays else \
+            _HostSide(self.stages[k], self.stages[k].to_host)
         gate_graph = None if gate is None else onnx(
             self.bundle.path(gate["file"]), entry["inputs"], gate["outputs"],
             gate["output_shapes"], threads, build={"file": gate["file"], "format": "onnx"})
@@ -195,10 +195,12 @@ class EdgeModel(object):
         """Where executors keep outputs on a GPU (TensorRT): heads hand the host numpy logits,
         and executors that take host arrays get their GPU inputs copied back."""
         graphs = self.stages + self.heads
-        if not any(getattr(g, "device_arrays", False) for g in graphs):
+        device = [g for g in graphs if g.device_arrays]
+        if not device:
             return
-        wrap = lambda g, head: g if getattr(g, "device_arrays", False) and not head else \
-            _HostSide(g)  # noqa: E731
+        to_host = device[0].to_host   # one executor keeps arrays on the device (TensorRT)
+        wrap = lambda g, head: g if g.device_arrays and not head else \
+            _HostSide(g, to_host)  # noqa: E731
         self.stages = [wrap(g, False) for g in self.stages]
         self.heads = [wrap(g, True) for g in self.heads]
 

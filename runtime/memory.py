@@ -104,8 +104,8 @@ def steady_memory(mmap_threshold=128 * 1024):
     """For long-running services: call once before loading bundles so resident memory
     follows the live tensors instead of the largest batch ever run.
 
-    - ONNX Runtime sessions made afterwards keep no CPU memory arena (it never gives memory
-      back; see :func:`~.executors.ort.use_memory_arena`).
+    - Every executor is told (:meth:`~.executors.base.Executor.steady_memory`): ONNX Runtime
+      sessions made afterwards keep no CPU memory arena (it never gives memory back).
     - On glibc, allocations of ``mmap_threshold`` bytes or more (batched activations) get
       their own pages, returned when freed: glibc otherwise raises this threshold each time
       such a block is freed, and batch-sized arrays then come from per-thread heaps that
@@ -117,8 +117,9 @@ def steady_memory(mmap_threshold=128 * 1024):
     sample's batch-1 and batch-64 calls took 0.98x and 1.02x the time without the arena.
     Returns whether glibc took the threshold.
     """
-    from edgesdk.runtime.executors.ort import use_memory_arena
-    use_memory_arena(False)
+    from edgesdk.runtime.executors import EXECUTORS
+    for name in EXECUTORS.names():
+        EXECUTORS.get(name).steady_memory()
     import ctypes
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -10,10 +10,11 @@ the TensorRT plan (profiles, calibration cache, trtexec commands); with ``--on-d
 
 
 def add_arguments(p):
+    from edgesdk.backends import TOOLCHAIN_NAMES, toolchains_help
     from edgesdk.runtime.cli.build_engines import add_options
     p.add_argument("bundle", help="path to NAME.edgebundle (rewritten in place, atomically)")
-    p.add_argument("--toolchain", default="tvm", choices=["tvm", "tensorrt", "hls4ml"],
-                   help="compiler (default: tvm)")
+    p.add_argument("--toolchain", default="tvm", choices=TOOLCHAIN_NAMES,
+                   help="default: tvm. " + toolchains_help())
     p.add_argument("--target", help="board (see `edgesdk targets`; default: host for tvm, "
                                     "jetson-tx2 for tensorrt, ultra96-v2 for hls4ml)")
     p.add_argument("--processor", default="cpu", help="tvm: the board's processor, cpu or gpu")

@@ -14,6 +14,7 @@ import numpy as np
 from numpy import ctypeslib
 
 from edgesdk.errors import BundleError
+from edgesdk.runtime.executors.base import Executor
 
 
 def hls_layout(array, layout):
@@ -52,7 +53,7 @@ def from_hls_layout(flat, layout, hls_shape, shape):
     return flat.reshape((n,) + tuple(d for d in shape[1:]))
 
 
-class FpgaCsimGraph(object):
+class FpgaCsimGraph(Executor):
     """One HLS graph's C simulation; tensors by position, as the manifest lists them."""
 
     def __init__(self, path, input_names, output_names, output_shapes=None, threads=None,

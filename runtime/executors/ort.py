@@ -11,6 +11,7 @@ spinning disabled (the next best setting measured).
 """
 from edgesdk.deps import require
 from edgesdk.errors import BundleError
+from edgesdk.runtime.executors.base import Executor
 
 _pool = {"threads": None}
 _arena = {"enabled": True}
@@ -71,7 +72,7 @@ def make_session(model, threads=None, optimize=True):
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
-class OrtGraph(object):
+class OrtGraph(Executor):
     """One stage or head graph in an ONNX Runtime session; tensors are fed by position.
 
     Plain ``run()`` with named outputs: on the sample (4 stages, batch 1, medians of 12 rounds)
@@ -84,6 +85,11 @@ class OrtGraph(object):
     # InferenceSession.run may be called from several threads at once (ONNX Runtime's
     # documented guarantee); other executors are serialized by the engine.
     thread_safe = True
+
+    @classmethod
+    def steady_memory(cls):
+        """Sessions made from now on keep no CPU memory arena (:func:`use_memory_arena`)."""
+        use_memory_arena(False)
 
     def __init__(self, path, input_names, output_names, output_shapes=None, threads=None,
                  build=None):

@@ -11,11 +11,14 @@ PYNQ image. Python 3.6 compatible.
 import numpy as np
 
 from edgesdk.errors import BundleError, MissingDependencyError
+from edgesdk.runtime.executors.base import FPGA_NODES, Executor
 from edgesdk.runtime.executors.fpga_csim import from_hls_layout, hls_layout, hls_output_sizes
 
 
-class PynqGraph(object):
+class PynqGraph(Executor):
     """One graph's bitstream, loaded as a PYNQ overlay."""
+
+    device_kind, device_nodes = "fpga", FPGA_NODES
 
     def __init__(self, path, input_names, output_names, output_shapes=None, threads=None,
                  build=None):

@@ -20,7 +20,8 @@ import logging
 import numpy as np
 
 from edgesdk.errors import BundleError, InputError, MissingDependencyError
-from edgesdk.runtime.cuda_memory import DeviceArray, cuda
+from edgesdk.runtime.cuda_memory import DeviceArray, cuda, to_host
+from edgesdk.runtime.executors.base import CUDA_NODES, Executor
 
 log = logging.getLogger(__name__)
 _state = {"runtime": None, "logger": None}
@@ -129,10 +130,12 @@ class _BindingAPI(object):
         return tuple(self.context.get_binding_shape(self.index[name]))
 
 
-class TensorRTGraph(object):
+class TensorRTGraph(Executor):
     """One stage or head engine; tensors by position, as the manifest lists them."""
 
     device_arrays = True  # outputs are DeviceArrays (the engine copies head outputs back)
+    device_kind, device_nodes = "cuda", CUDA_NODES
+    to_host = staticmethod(to_host)
 
     def __init__(self, path, input_names, output_names, output_shapes=None, threads=None,
                  build=None):

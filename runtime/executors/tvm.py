@@ -23,6 +23,7 @@ import sys
 import numpy as np
 
 from edgesdk.errors import BundleError, MissingDependencyError
+from edgesdk.runtime.executors.base import KERNEL_NODES, Executor
 
 # DLPack device types of the processors a TVM build may be for.
 DEVICE_TYPES = {"cpu": 1, "cuda": 2, "opencl": 4}
@@ -119,8 +120,14 @@ def aligned(array, alignment=ALIGNMENT):
     return out
 
 
-class TvmGraph(object):
+class TvmGraph(Executor):
     """One stage or head as a Relax VM library; tensors are fed by position."""
+
+    @classmethod
+    def device_nodes_for(cls, build):
+        """A GPU build needs the driver of its kernels' language (CUDA or OpenCL)."""
+        language = (build.get("kernels") or {}).get("language")
+        return language, KERNEL_NODES.get(language, ())
 
     def __init__(self, path, input_names, output_names, output_shapes=None, threads=None,
                  build=None):

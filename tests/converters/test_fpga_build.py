@@ -261,7 +261,6 @@ def _fake_pynq(monkeypatch, simulations):
 def test_bitstreams_register_as_pynq_builds_and_run_through_the_dma(built, mnist_split,
                                                                     tmp_path, monkeypatch):
     from edgesdk.converters.fpga_build import register_bitstreams
-    from edgesdk.runtime import build_select
     root = str(tmp_path / "w4a8.edgebundle")
     shutil.copytree(built[0], root)
     bits = tmp_path / "bitstreams"
@@ -279,7 +278,8 @@ def test_bitstreams_register_as_pynq_builds_and_run_through_the_dma(built, mnist
     _fake_pynq(monkeypatch, sims)
     import platform
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # as on the Ultra96's A53s
-    monkeypatch.setitem(build_select.GPU_DEVICE_NODES, "fpga", (os.__file__,))
+    from edgesdk.runtime.executors.pynq import PynqGraph
+    monkeypatch.setattr(PynqGraph, "device_nodes", (os.__file__,))
     board = load_bundle(root, builds="pynq")
     assert {b["format"] for b in board.builds.values()} == {"pynq"}
     _, (xc, _) = mnist_split

@@ -115,3 +115,12 @@ def test_json_schema_mirror_accepts_real_manifests_and_rejects_bad_ones(good):
         assert list(validator.iter_errors(bad)), "schema accepted a manifest the validator refuses"
         with pytest.raises(ManifestError):
             mf.validate(bad)
+
+
+def test_the_schema_names_the_formats_of_the_backends_table():
+    from edgesdk.backends import EXECUTORS, FORMATS
+    schema = _schema()
+    graph = schema["$defs"]["graph"]["properties"]
+    assert graph["format"]["enum"] == list(FORMATS)
+    assert graph["builds"]["items"]["properties"]["format"]["enum"] == list(FORMATS)
+    assert sorted(FORMATS) == EXECUTORS.names()

@@ -16,7 +16,7 @@ from margins import exit_thresholds
 from edgesdk.bundle import read_bundle
 from edgesdk.converters.tensorrt_prepare import prepare_tensorrt
 from edgesdk.errors import BuildError, BundleError
-from edgesdk.runtime import build_select, cuda_memory
+from edgesdk.runtime import cuda_memory
 from edgesdk.runtime.cuda_memory import DeviceArray
 from edgesdk.runtime.engine import load_bundle
 from edgesdk.runtime.executors import tensorrt as trt_executor
@@ -34,7 +34,7 @@ def _gpu(monkeypatch, release, version=None, memory=None):
     if memory is not None or not REAL_CUDA:
         cuda_memory.use_backend(memory or HostMemory())
     # What tells the runtime a GPU driver is present (a file check).
-    monkeypatch.setitem(build_select.GPU_DEVICE_NODES, "cuda", (os.__file__,))
+    monkeypatch.setattr(trt_executor.TensorRTGraph, "device_nodes", (os.__file__,))
     return trt
 
 

@@ -1,0 +1,38 @@
+"""The one table of backends: graph formats with their executors, and the toolchains that make
+them. The manifest's formats (:data:`FORMATS`), the JSON schema's format enum (tested against
+it), the executors the runtime loads, ``edgesdk build --toolchain``'s choices and its help are
+all read from here; adding a backend is one line in each table (see docs/backends.md).
+
+Import strings only: reading this module imports no executor or toolchain. Python 3.6
+compatible (the device runtime reads it).
+"""
+from edgesdk.registry import Registry
+
+# graph format -> executor class (runtime/executors/, subclasses of executors.base.Executor)
+_EXECUTORS = (
+    ("onnx", "edgesdk.runtime.executors.ort:OrtGraph"),
+    ("tvm", "edgesdk.runtime.executors.tvm:TvmGraph"),
+    ("tensorrt", "edgesdk.runtime.executors.tensorrt:TensorRTGraph"),
+    ("fpga-csim", "edgesdk.runtime.executors.fpga_csim:FpgaCsimGraph"),
+    ("pynq", "edgesdk.runtime.executors.pynq:PynqGraph"),
+)
+EXECUTORS = Registry("graph format", dict(_EXECUTORS))
+# Every format a manifest may name, in the table's order (messages list them so).
+FORMATS = tuple(name for name, _ in _EXECUTORS)
+
+# `edgesdk build --toolchain NAME` -> (the formats its builds have, what it does). ONNX graphs
+# are written by `convert` itself (ONNX Runtime needs no build step).
+TOOLCHAINS = (
+    ("tvm", ("tvm",), "compile for a board processor with TVM (CPU libraries, CUDA or "
+                      "OpenCL kernels)"),
+    ("tensorrt", ("tensorrt",), "check every graph against the board's TensorRT and write "
+                                "the TensorRT plan (engines with --on-device)"),
+    ("hls4ml", ("fpga-csim", "pynq"), "write HLS projects and bit-accurate C simulations for "
+                                      "a Zynq board"),
+)
+TOOLCHAIN_NAMES = tuple(name for name, _, _ in TOOLCHAINS)
+
+
+def toolchains_help():
+    """One line per toolchain, for ``edgesdk build``'s help."""
+    return "; ".join("{}: {}".format(name, what) for name, _, what in TOOLCHAINS)
