@@ -20,19 +20,27 @@ EXECUTORS = Registry("graph format", dict(_EXECUTORS))
 # Every format a manifest may name, in the table's order (messages list them so).
 FORMATS = tuple(name for name, _ in _EXECUTORS)
 
-# `edgesdk build --toolchain NAME` -> (the formats its builds have, what it does). ONNX graphs
-# are written by `convert` itself (ONNX Runtime needs no build step).
+# toolchain -> the formats of the builds it makes (a board descriptor names its toolchains;
+# its formats follow). onnxruntime's ONNX graphs are written by `convert` itself.
+TOOLCHAIN_FORMATS = {"onnxruntime": ("onnx",), "tvm": ("tvm",), "tensorrt": ("tensorrt",),
+                     "hls4ml": ("fpga-csim", "pynq")}
+
+# `edgesdk build --toolchain NAME` -> what it does (the toolchains with a build step).
 TOOLCHAINS = (
-    ("tvm", ("tvm",), "compile for a board processor with TVM (CPU libraries, CUDA or "
-                      "OpenCL kernels)"),
-    ("tensorrt", ("tensorrt",), "check every graph against the board's TensorRT and write "
-                                "the TensorRT plan (engines with --on-device)"),
-    ("hls4ml", ("fpga-csim", "pynq"), "write HLS projects and bit-accurate C simulations for "
-                                      "a Zynq board"),
+    ("tvm", "compile for a board processor with TVM (CPU libraries, CUDA or OpenCL kernels)"),
+    ("tensorrt", "check every graph against the board's TensorRT and write the TensorRT plan "
+                 "(engines with --on-device)"),
+    ("hls4ml", "write HLS projects and bit-accurate C simulations for a Zynq board"),
 )
-TOOLCHAIN_NAMES = tuple(name for name, _, _ in TOOLCHAINS)
+TOOLCHAIN_NAMES = tuple(name for name, _ in TOOLCHAINS)
 
 
 def toolchains_help():
     """One line per toolchain, for ``edgesdk build``'s help."""
-    return "; ".join("{}: {}".format(name, what) for name, _, what in TOOLCHAINS)
+    return "; ".join("{}: {}".format(name, what) for name, what in TOOLCHAINS)
+
+
+def formats_of(toolchains):
+    """The graph formats the builds of ``toolchains`` have, in the formats table's order."""
+    made = {f for name in toolchains for f in TOOLCHAIN_FORMATS[name]}
+    return tuple(f for f in FORMATS if f in made)

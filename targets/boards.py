@@ -47,8 +47,6 @@ JETSON_TX2 = Target(
     description="NVIDIA Jetson TX2: 4x Cortex-A57 + 2x Denver2 CPU, 256-core Pascal GPU "
                 "(sm_62), JetPack 4.6 (Ubuntu 18.04, CUDA 10.2, TensorRT 8.2, Python 3.6)",
     arch="aarch64",
-    formats=("onnx", "tvm", "tensorrt"),
-    executors=("onnxruntime", "tvm", "tensorrt"),
     precisions=("fp32", "fp16", "int8"),
     build_on={"onnxruntime": "host", "tvm": "host (CUDA kernels: PTX made on the board)",
               "tensorrt": "device"},
@@ -75,8 +73,6 @@ SNAPDRAGON_865 = Target(
     description="Qualcomm Snapdragon 865 development board (e.g. RB5 on Ubuntu 18.04): Kryo 585 "
                 "CPU (Cortex-A77/A55, dot-product instructions), Adreno 650 GPU, Hexagon 698 DSP",
     arch="aarch64",
-    formats=("onnx", "tvm"),
-    executors=("onnxruntime", "tvm"),
     precisions=("fp32", "fp16", "int8"),
     build_on={"onnxruntime": "host", "tvm": "host"},
     power_sensor="Linux power_supply (voltage_now x current_now)",
@@ -115,8 +111,6 @@ X86_NVIDIA = Target(
     description="An x86-64 Linux host with a desktop or data-centre NVIDIA GPU (compute "
                 "capability 7.5 or newer) and TensorRT 10.x",
     arch="x86_64",
-    formats=("onnx", "tensorrt"),
-    executors=("onnxruntime", "tensorrt"),
     precisions=("fp32", "fp16", "int8"),
     build_on={"onnxruntime": "host", "tensorrt": "device"},
     power_sensor="NVML (nvidia-smi's power.draw)",
@@ -134,8 +128,6 @@ def _zynq(name, description, arch, fabric, memory_mb, notes):
     stages and heads built with hls4ml."""
     return Target(
         name=name, description=description, arch=arch,
-        formats=("onnx", "fpga-csim", "pynq"),
-        executors=("onnxruntime", "fpga-csim", "pynq"),
         precisions=("fp32", "int8"),
         build_on={"onnxruntime": "host", "hls4ml": "host (C simulation here; synthesis with "
                                                   "Vitis HLS where it is installed)"},

@@ -48,8 +48,9 @@ class Fabric:
 
 @dataclass(frozen=True)
 class Target:
-    """What a board runs. ``formats``: graph formats its executors take; ``max_opset``: the
-    highest ONNX opset its ONNX consumers read (None: no limit beyond the exporter's).
+    """What a board runs. ``formats`` (derived from ``toolchains``): the graph formats of the
+    builds made for it; ``max_opset``: the highest ONNX opset its ONNX consumers read (None: no
+    limit beyond the exporter's).
 
     Precision rules: ``precisions`` the board can run; ``default_precision`` what a
     conversion selects when none is asked for; ``slow_precisions`` those it runs but not fast
@@ -58,7 +59,7 @@ class Target:
     TensorRT requires); ``int8_no_bool``: INT8 graphs may hold no bool tensors (TensorRT).
 
     Toolchains: ``toolchains`` that produce builds for it (``onnxruntime``, ``tvm``,
-    ``tensorrt``); ``processors`` TVM compiles for; ``os`` (``linux``/``android``) and
+    ``tensorrt``, ``hls4ml``: :data:`edgesdk.backends.TOOLCHAIN_FORMATS`); ``processors`` TVM compiles for; ``os`` (``linux``/``android``) and
     ``glibc``: the oldest C library its system ships (a build may need no newer symbol
     version); ``build_on``: toolchain -> where its builds are made (``host``, ``device``).
 
@@ -70,8 +71,6 @@ class Target:
     name: str
     description: str
     arch: str
-    formats: tuple
-    executors: tuple
     precisions: tuple
     build_on: dict = field(default_factory=lambda: {"onnxruntime": "host"})
     power_sensor: str = "none"
@@ -88,6 +87,12 @@ class Target:
     fabric: Fabric = None
     memory_mb: int = None
     notes: list = field(default_factory=list)
+
+    @property
+    def formats(self):
+        """The graph formats of the builds its toolchains make."""
+        from edgesdk.backends import formats_of
+        return formats_of(self.toolchains)
 
     def precision_rules(self):
         """The rules as a JSON-able dict (what the manifest records)."""
