@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from edgesdk.errors import InputError
 from edgesdk.profiles import NOISY_SPREAD
 
 # Share of the samples dropped at each end for the trimmed mean.
@@ -139,13 +140,14 @@ def time_runs(model, x, warmup=10, repeats=200, warmup_s=0.2, min_seconds=1.0, b
               mix=None):
     """Time every graph and the engine inside real runs of the batch ``x``.
 
-    Each round runs every kind of :func:`run_kinds` once, interleaved so load changes hit
-    them alike, and the run through every graph once more without timers. The timers' own
-    cost per graph call, taken off the engine's share (a real run has none), is the
-    difference of the p10s of that run with and without timers, at least the cost measured on
-    a graph doing nothing (:func:`_timer_cost`): with the empty graph's 0.7 us alone the
-    digits model's prediction was +1.7% to +6.2% off over 5 runs, in place +0.2% to +3.0%; a
-    difference of medians was swamped by a busy machine's stalls (ms). Warm-up rounds until at least ``warmup`` rounds and ``warmup_s`` seconds,
+    Each round runs every kind of :func:`run_kinds` once (or a workload's mix of them, see
+    ``mix``), interleaved so load changes hit them alike, and the run through every graph
+    once more without timers. The timers' own cost per graph call, taken off the engine's
+    share (a real run has none), is the difference of the p10s of that run with and without
+    timers, at least the cost measured on a graph doing nothing (:func:`_timer_cost`): with
+    the empty graph's 0.7 us alone the digits model's prediction was +1.7% to +6.2% off over
+    5 runs, in place +0.2% to +3.0%; a difference of medians was swamped by a busy machine's
+    stalls (ms). Warm-up rounds until at least ``warmup`` rounds and ``warmup_s`` seconds,
     then timed rounds until at least ``repeats`` and ``min_seconds``. ``between(seconds)``, if
     given, is called after every timed round with the round's duration (see
     :class:`~.profiler.InterleavedRuns`). ``mix``: the share of samples leaving at each exit
@@ -227,7 +229,8 @@ def round_schedule(kinds, mix=None, rng=None):
         return list(range(len(kinds)))
     shares = [float(s) for s in mix]
     if len(shares) != len(kinds) - (len(kinds) > 1) or min(shares) < 0 or sum(shares) <= 0:
-        raise ValueError("mix: one non-negative share per exit, got {}".format(mix))
+        raise InputError("mix: one non-negative share per exit ({} here), not all 0; got {}"
+                         .format(len(kinds) - (len(kinds) > 1), mix))
     total = sum(shares)
     counts = [int(round(MIX_ROUND * s / total)) for s in shares]
     body = [k for k, c in enumerate(counts) for _ in range(c)]

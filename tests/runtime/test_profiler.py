@@ -123,8 +123,9 @@ def test_the_rounds_follow_a_workload_mix(model, mnist_split):
     shuffled = round_schedule(kinds, [0.85, 0.15, 0.0], np.random.RandomState(1))
     assert sorted(shuffled[:40]) == grouped[:40] and shuffled[:40] != grouped[:40]
     assert shuffled[40:] == [2, 3]
-    with pytest.raises(ValueError):
-        round_schedule(kinds, [0.5, 0.5])
+    for bad in ([0.5, 0.5], [0, 0, 0], [-1, 1, 1]):
+        with pytest.raises(InputError, match="one non-negative share per exit"):
+            round_schedule(kinds, bad)
     _, (x, _) = mnist_split
     counts = model.run(x[:60]).exit_counts()
     assert exit_mix(model, x[:60]) == pytest.approx((counts / 60.0).tolist())
