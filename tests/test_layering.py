@@ -103,3 +103,19 @@ def test_runtime_is_python36_compatible():
                           + _runtime_files(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Minimum required versions" in proc.stdout
+
+
+def test_every_package_directory_is_installed():
+    # A package missing from pyproject's list imports from a checkout but not from a wheel.
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    roots = {"edgesdk": "edgesdk", "converters": "edgesdk.converters",
+             "targets": "edgesdk.targets", "runtime": "edgesdk.runtime"}
+    found = set()
+    for top, package in roots.items():
+        for d, _, names in os.walk(os.path.join(ROOT, top)):
+            if "__init__.py" in names:
+                rel = os.path.relpath(d, os.path.join(ROOT, top))
+                found.add(package if rel == "." else package + "." + rel.replace(os.sep, "."))
+    assert found == listed
