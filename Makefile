@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 		echo "installing the aarch64 cross toolchain and qemu-user (Debian/Ubuntu)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			g++-aarch64-linux-gnu qemu-user >/dev/null; }
-	$(PY) -m edgesdk.converters.tvm_emulation
+	$(PY) -m edgesdk.converters.tvm.emulation
 	touch $(STAMP)
 
 demo: venv

@@ -66,9 +66,9 @@ def main(argv=None):
 
     from run import prepare
     from edgesdk.manifest import graph_entries
-    from edgesdk.converters.tvm_build import build_tvm, resolve_target
-    from edgesdk.converters.tvm_emulation import check_emulated
-    from edgesdk.converters.tvm_tune import PROGRESS_FILE, check_database_target, tune_bundle
+    from edgesdk.converters.tvm.build import build_tvm, resolve_target
+    from edgesdk.converters.tvm.emulation import check_emulated
+    from edgesdk.converters.tvm.tune import PROGRESS_FILE, check_database_target, tune_bundle
     from edgesdk.errors import BuildError
     from edgesdk.runtime import load_bundle, preprocess
     from edgesdk.targets import get_target

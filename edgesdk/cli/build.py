@@ -92,7 +92,7 @@ def run(args):
     if args.toolchain == "hls4ml":
         return run_hls4ml(args)
     import json
-    from edgesdk.converters.tvm_build import build_tvm
+    from edgesdk.converters.tvm.build import build_tvm
     from edgesdk.table import format_table
     records = build_tvm(args.bundle, args.target or "host", args.processor,
                         batch=parse_batch(args.batch or "1"), database=args.tuning_db)
@@ -108,8 +108,8 @@ def run(args):
         print("\nGPU kernels: {}; on the board: {}".format(records[0]["kernels"]["file"],
                                                         records[0]["kernels"]["device_build"]))
     if args.emulate:
-        from edgesdk.converters.tvm_build import build_name
-        from edgesdk.converters.tvm_emulation import check_emulated
+        from edgesdk.converters.tvm.build import build_name
+        from edgesdk.converters.tvm.emulation import check_emulated
         check = check_emulated(args.bundle, build_name(args.target or "host", args.processor))
         print("\nunder qemu-aarch64 vs ONNX Runtime on {} reference samples: max abs error per "
               "exit {} -> {}".format(check["samples"],

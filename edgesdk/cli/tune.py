@@ -20,10 +20,10 @@ def add_arguments(p):
 
 
 def run(args):
-    """Call :func:`edgesdk.converters.tvm_tune.tune_bundle` and print a summary."""
+    """Call :func:`edgesdk.converters.tvm.tune.tune_bundle` and print a summary."""
     import json
     from edgesdk.cli.build import parse_batch
-    from edgesdk.converters.tvm_tune import tune_bundle
+    from edgesdk.converters.tvm.tune import tune_bundle
     from edgesdk.errors import InputError
     rpc = None
     if args.rpc_tracker:

@@ -3,7 +3,7 @@
 Needs only TVM's runtime: the ``apache-tvm-ffi`` package and ``libtvm_runtime.so`` (found in
 an installed ``tvm`` package, or named by ``EDGESDK_TVM_RUNTIME``); the compiler is never
 imported. Python 3.9+ (``apache-tvm-ffi``'s floor): on a board with an older Python (JetPack
-4.6 ships 3.6) run TVM builds with the C++ runner instead (``runtime/tvm_runner.cc``, shipped
+4.6 ships 3.6) run TVM builds with the C++ runner instead (``runtime/executors/tvm_runner.cc``, shipped
 in the runtime .pyz: build it on the board against its TVM runtime).
 
 Tensors go in and out through DLPack, without copies on the CPU. Libraries compiled for a

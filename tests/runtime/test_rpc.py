@@ -169,8 +169,8 @@ def test_unreachable_tracker_and_bad_address(bundle_master):
 def test_tuning_measures_candidates_on_a_board_through_the_tracker(boards, bundle_master, tmp_path):
     import onnx
     from edgesdk.bundle import read_bundle
-    from edgesdk.converters.tvm_build import resolve_target
-    from edgesdk.converters.tvm_tune import PROGRESS_FILE, tune
+    from edgesdk.converters.tvm.build import resolve_target
+    from edgesdk.converters.tvm.tune import PROGRESS_FILE, tune
     from edgesdk.targets import get_target
     tracker, logs = boards
     host, port = tracker.rsplit(":", 1)

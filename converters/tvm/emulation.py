@@ -3,12 +3,12 @@ instruction set without a board.
 
 The pieces: the aarch64 TVM runtime libraries from PyPI's aarch64 wheels of the same TVM
 versions the compiler is (fetched with ``pip download``), the C++ runner
-(``runtime/tvm_runner.cc``) cross-compiled against them, Debian's aarch64 C library as the
+(``runtime/executors/tvm_runner.cc``) cross-compiled against them, Debian's aarch64 C library as the
 emulated system root, and ``qemu-aarch64``. Every stage and head runs in its own emulated
 process on .npy files, chained as the runtime chains them, and every exit's logits are
 compared with ONNX Runtime running the FP32 graphs natively.
 
-``make venv`` prepares all of it (``python -m edgesdk.converters.tvm_emulation``).
+``make venv`` prepares all of it (``python -m edgesdk.converters.tvm.emulation``).
 """
 import glob
 import os
@@ -21,13 +21,15 @@ import zipfile
 import numpy as np
 
 from edgesdk.errors import BuildError, MissingDependencyError
+from edgesdk.runtime.executors import tvm as tvm_executor
 
 QEMU = "qemu-aarch64"
 SYSROOT = "/usr/aarch64-linux-gnu"  # Debian's libc6-arm64-cross
 CROSS_CXX = "aarch64-linux-gnu-g++"
 APT_PACKAGES = "qemu-user g++-aarch64-linux-gnu"
-RUNNER_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "runtime", "tvm_runner.cc")
+# The C++ runner ships with the executor (the device half of this backend).
+RUNNER_SOURCE = os.path.join(os.path.dirname(os.path.abspath(tvm_executor.__file__)),
+                             "tvm_runner.cc")
 
 
 def runtime_dir():

@@ -19,7 +19,7 @@ import shutil
 
 from edgesdk import bundle as bundle_io
 from edgesdk.converters.builds import fp32_file
-from edgesdk.converters.elf_check import check_library
+from edgesdk.converters.tvm.elf_check import check_library
 from edgesdk.deps import require
 from edgesdk.errors import BuildError, InputError, UnsupportedOpError
 from edgesdk.manifest import graph_entries
@@ -181,11 +181,11 @@ def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=Non
 
     ``batch``: the batch size the libraries are compiled for (the TVM executor runs larger
     batches in slices); None compiles a symbolic batch (any size, but MetaSchedule cannot tune
-    it). ``database``: a tuning database folder (:mod:`.tvm_tune`); it must have been tuned
+    it). ``database``: a tuning database folder (:mod:`.tune`); it must have been tuned
     for the same TVM target.
     """
     import onnx
-    from edgesdk.converters.tvm_tune import open_database
+    from edgesdk.converters.tvm.tune import open_database
     from edgesdk.progress import Progress
     tvm = tvm_module()
     board = get_target(target)
@@ -261,7 +261,7 @@ def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=Non
 
 def _copy_database(src, dst):
     """Keep the tuning database the builds used inside the bundle (two JSON files)."""
-    from edgesdk.converters.tvm_tune import DATABASE_FILES
+    from edgesdk.converters.tvm.tune import DATABASE_FILES
     os.makedirs(dst, exist_ok=True)
     for f in DATABASE_FILES:
         shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))

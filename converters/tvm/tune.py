@@ -111,7 +111,7 @@ def extract_tasks(graphs, target, batch):
     (or models) are tuned once; their weights add up."""
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
-    from edgesdk.converters.tvm_build import import_onnx
+    from edgesdk.converters.tvm.build import import_onnx
     found = {}
     for gid, model in graphs.items():
         mod = relax.get_pipeline("zero")(import_onnx(model, batch))
@@ -161,7 +161,7 @@ def tune(graphs, target_dict, database, trials, batch=1, rpc=None, progress=True
     import logging
     import time
     from tvm.s_tir import meta_schedule as ms
-    from edgesdk.converters.tvm_build import make_target
+    from edgesdk.converters.tvm.build import make_target
     from edgesdk.progress import Progress
     if batch is None:
         raise InputError("tuning needs a fixed batch (MetaSchedule measures concrete shapes)")
@@ -241,14 +241,14 @@ def _has_xgboost():
 def tune_bundle(bundle_path, target="host", processor="cpu", trials=32, batch=1,
                 database=None, rpc=None, progress=True):
     """Tune a bundle's graphs for a board processor (see :func:`tune`), then build them with
-    the database (:func:`edgesdk.converters.tvm_build.build_tvm`), which stores a copy in the
+    the database (:func:`edgesdk.converters.tvm.build.build_tvm`), which stores a copy in the
     bundle. ``database``: the folder to tune into (default ``BUNDLE.tuning/TARGET-PROCESSOR``
     beside the bundle); give one folder to several bundles to share their workloads."""
     import onnx
     from edgesdk import bundle as bundle_io
     from edgesdk.converters.builds import fp32_file
     from edgesdk.manifest import graph_entries
-    from edgesdk.converters.tvm_build import build_name, build_tvm, resolve_target
+    from edgesdk.converters.tvm.build import build_name, build_tvm, resolve_target
     from edgesdk.targets import get_target
     proc = get_target(target).processor(processor)
     if proc.kernels:

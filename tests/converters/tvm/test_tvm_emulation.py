@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("tvm")
 
 from edgesdk.cli import main  # noqa: E402
-from edgesdk.converters.tvm_build import build_tvm  # noqa: E402
-from edgesdk.converters.tvm_emulation import check_emulated, prepare, run_library  # noqa: E402
+from edgesdk.converters.tvm.build import build_tvm  # noqa: E402
+from edgesdk.converters.tvm.emulation import check_emulated, prepare, run_library  # noqa: E402
 from edgesdk.errors import BuildError  # noqa: E402
 
 

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("tvm")
 
 from edgesdk.bundle import read_bundle  # noqa: E402
-from edgesdk.converters.elf_check import check_library, inspect_elf  # noqa: E402
-from edgesdk.converters.tvm_build import build_tvm  # noqa: E402
+from edgesdk.converters.tvm.elf_check import check_library, inspect_elf  # noqa: E402
+from edgesdk.converters.tvm.build import build_tvm  # noqa: E402
 from edgesdk.errors import BuildError, UnsupportedOpError  # noqa: E402
 from edgesdk.runtime.engine import load_bundle  # noqa: E402
 from margins import decisive, exit_thresholds  # noqa: E402
@@ -151,7 +151,7 @@ def test_missing_cross_compiler_says_how_to_install(bundle, monkeypatch):
 
 
 def test_a_target_dict_tvm_rejects_is_a_clear_error():
-    from edgesdk.converters.tvm_build import make_target
+    from edgesdk.converters.tvm.build import make_target
     with pytest.raises(BuildError, match="rejects the target .*Unknown config option 'cores'"):
         make_target({"kind": "llvm", "cores": 4})
     with pytest.raises(BuildError, match="rejects the target"):

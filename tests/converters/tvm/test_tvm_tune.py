@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("tvm")
 
 from edgesdk.bundle import read_bundle  # noqa: E402
-from edgesdk.converters.tvm_build import build_tvm, resolve_target  # noqa: E402
-from edgesdk.converters.tvm_tune import PROGRESS_FILE, database_sha256, tune  # noqa: E402
+from edgesdk.converters.tvm.build import build_tvm, resolve_target  # noqa: E402
+from edgesdk.converters.tvm.tune import PROGRESS_FILE, database_sha256, tune  # noqa: E402
 from edgesdk.runtime.engine import load_bundle  # noqa: E402
 from edgesdk.targets import get_target  # noqa: E402
 
