@@ -36,10 +36,10 @@ def main(argv=None):
     sys.modules["tensorrt"] = importlib.import_module(args.module)
 
     from run import prepare, to_model_input
-    from edgesdk.converters.tensorrt_prepare import prepare_tensorrt
+    from edgesdk.converters.tensorrt.prepare import prepare_tensorrt
     from edgesdk.runtime.cuda_memory import cuda
     from edgesdk.runtime.engine import load_bundle
-    from edgesdk.runtime.tensorrt_build import build_engines
+    from edgesdk.runtime.executors.tensorrt_build import build_engines
 
     splits, _, bundle, _ = prepare(args.workdir, epochs=args.epochs, threads=args.threads)
     x = to_model_input(splits["test"][0][:args.samples])

@@ -119,3 +119,11 @@ def test_every_package_directory_is_installed():
                 rel = os.path.relpath(d, os.path.join(ROOT, top))
                 found.add(package if rel == "." else package + "." + rel.replace(os.sep, "."))
     assert found == listed
+
+
+def test_no_test_folder_shadows_a_backend_library():
+    # tests/ folders are on sys.path while pytest runs: one named like a library (tensorrt,
+    # tvm, pynq) would import as an empty namespace package where the library is missing.
+    libraries = {"tensorrt", "tvm", "pynq", "onnxruntime", "hls4ml", "torch", "onnx", "cv2"}
+    for d, dirs, _ in os.walk(os.path.join(ROOT, "tests")):
+        assert not libraries & set(dirs), d

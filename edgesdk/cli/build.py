@@ -123,7 +123,7 @@ def run(args):
 def run_tensorrt(args):
     """``--toolchain tensorrt``: prepare the plan, then (``--on-device``) build the engines."""
     import json
-    from edgesdk.converters.tensorrt_prepare import (
+    from edgesdk.converters.tensorrt.prepare import (
         DEFAULT_BATCH, parse_batch_profile, parse_shape_profile, prepare_tensorrt)
     from edgesdk.runtime.cli.build_engines import print_engine_records
     from edgesdk.table import format_table
@@ -140,7 +140,7 @@ def run_tensorrt(args):
         for w in plan["warnings"]:
             print("warning: " + w)
     if args.on_device:
-        from edgesdk.runtime.tensorrt_build import build_engines
+        from edgesdk.runtime.executors.tensorrt_build import build_engines
         print_engine_records(build_engines(args.bundle, args.workspace_mb,
                                            progress=not args.json), args.json)
     elif args.json:

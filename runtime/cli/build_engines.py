@@ -21,7 +21,7 @@ def add_options(p):
 
 def run(args):
     """Build the bundle's TensorRT engines on this device and print what was built."""
-    from edgesdk.runtime.tensorrt_build import build_engines
+    from edgesdk.runtime.executors.tensorrt_build import build_engines
     if args.workspace_mb < 1:
         raise InputError("--workspace-mb must be >= 1")
     records = build_engines(args.bundle, args.workspace_mb, progress=not args.json)

@@ -14,13 +14,13 @@ from fake_tensorrt import HostMemory, fake_tensorrt
 from margins import exit_thresholds
 
 from edgesdk.bundle import read_bundle
-from edgesdk.converters.tensorrt_prepare import prepare_tensorrt
+from edgesdk.converters.tensorrt.prepare import prepare_tensorrt
 from edgesdk.errors import BuildError, BundleError
 from edgesdk.runtime import cuda_memory
 from edgesdk.runtime.cuda_memory import DeviceArray
 from edgesdk.runtime.engine import load_bundle
 from edgesdk.runtime.executors import tensorrt as trt_executor
-from edgesdk.runtime.tensorrt_build import build_engines
+from edgesdk.runtime.executors.tensorrt_build import build_engines
 
 REAL_CUDA = os.environ.get("EDGESDK_TEST_CUDA") == "1"
 

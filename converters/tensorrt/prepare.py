@@ -1,6 +1,6 @@
 """Make a bundle ready for TensorRT on its board: checked graphs, optimization profiles, the
 calibration cache and one ``trtexec`` command per graph. Engines themselves are built on the
-device (:mod:`edgesdk.runtime.tensorrt_build`), since TensorRT plans are specific to the GPU
+device (:mod:`edgesdk.runtime.executors.tensorrt_build`), since TensorRT plans are specific to the GPU
 and the TensorRT version that builds them.
 
 What the bundle gets (replacing an earlier plan and its engines):
@@ -21,12 +21,12 @@ import numpy as np
 
 from edgesdk import bundle as bundle_io
 from edgesdk.converters.builds import fp32_file
-from edgesdk.converters.tensorrt_check import Problem, decompose, graph_problems, raise_problems
+from edgesdk.converters.tensorrt.check import Problem, decompose, graph_problems, raise_problems
 from edgesdk.deps import require
 from edgesdk.errors import ConversionError, InputError
 from edgesdk.manifest import graph_entries
 from edgesdk.targets import TARGETS, get_target
-from edgesdk.targets.tensorrt_ops import tensorrt_ops
+from edgesdk.converters.tensorrt.ops import tensorrt_ops
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def _save(onnx, model, root, rel):
 
 def _write_cache(root, entry, onnx, bundle, ops):
     """The calibration cache of one graph from its symmetric INT8 build, or None."""
-    from edgesdk.converters.tensorrt_calib import activation_scales, cache_text
+    from edgesdk.converters.tensorrt.calib import activation_scales, cache_text
     build = _int8_build(entry)
     if build is None or "symmetric" not in build.get("activations", ""):
         return None

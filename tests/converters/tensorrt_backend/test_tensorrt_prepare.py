@@ -10,13 +10,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgesdk.bundle import read_bundle
-from edgesdk.converters.tensorrt_calib import activation_scales, cache_text, scale_hex
-from edgesdk.converters.tensorrt_check import check_graphs, decompose, graph_problems
-from edgesdk.converters.tensorrt_prepare import (
+from edgesdk.converters.tensorrt.calib import activation_scales, cache_text, scale_hex
+from edgesdk.converters.tensorrt.check import check_graphs, decompose, graph_problems
+from edgesdk.converters.tensorrt.prepare import (
     graph_profile, parse_batch_profile, parse_shape_profile, prepare_tensorrt, trtexec_line)
 from edgesdk.errors import ConversionError, InputError, UnsupportedOpError
 from edgesdk.runtime.executors.ort import make_session
-from edgesdk.targets.tensorrt_ops import TENSORRT_8_2, TENSORRT_10, tensorrt_ops
+from edgesdk.converters.tensorrt.ops import TENSORRT_8_2, TENSORRT_10, tensorrt_ops
 
 
 def _model(nodes, inputs, outputs, opset=13, inits=()):

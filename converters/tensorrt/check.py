@@ -3,7 +3,7 @@ operators it lacks where a decomposition into operators it has exists.
 
 Everything found in every graph is reported at once (:func:`check_graphs`); a problem that a
 decomposition fixes says so, and :func:`decompose` applies them. The tables live in
-:mod:`edgesdk.targets.tensorrt_ops`.
+:mod:`edgesdk.converters.tensorrt.ops`.
 """
 from dataclasses import dataclass
 
@@ -51,7 +51,7 @@ def _opset(model):
 
 def graph_problems(gid, model, ops, no_bool=False):
     """Every :class:`Problem` of the ONNX ``model`` (graph id ``gid``) for ``ops`` (a
-    :class:`~edgesdk.targets.tensorrt_ops.TensorRTOps`); ``no_bool``: bool tensors are
+    :class:`~edgesdk.converters.tensorrt.ops.TensorRTOps`); ``no_bool``: bool tensors are
     problems too (TensorRT refuses them in INT8 graphs)."""
     found = []
     opset = _opset(model)
