@@ -115,7 +115,7 @@ def main(argv=None):
     from data import to_model_input
     from edgesdk.converters import convert
     from edgesdk.converters.calibrate import calibrate
-    from edgesdk.converters.fpga_build import build_fpga
+    from edgesdk.converters.hls4ml.build import build_fpga
     from edgesdk.runtime.engine import load_bundle
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

@@ -111,7 +111,8 @@ def test_tvm_benchmark_prints_the_json_summary_last(sample_run):
 @pytest.mark.slow
 def test_fpga_benchmark_builds_w8a8_and_prints_the_json_summary_last(sample_run):
     pytest.importorskip("hls4ml")
-    # W8A8 here (W4A8 is built by tests/converters/test_fpga_build.py); every graph is compiled.
+    # W8A8 here (W4A8 is built by tests/converters/hls4ml_backend/test_fpga_build.py); every
+    # graph is compiled.
     summary, _ = benchmark_summary("fpga.py", sample_run[0], "--weight-bits", "8",
                                    "--qat-epochs", "1")
     assert summary["quantization"] == "W8A8" and summary["samples"] == 64

@@ -165,7 +165,7 @@ def run_hls4ml(args):
     """``--toolchain hls4ml``: HLS projects and C simulations for an FPGA board."""
     import json
     from edgesdk.bundle import read_bundle
-    from edgesdk.converters.fpga_build import build_fpga
+    from edgesdk.converters.hls4ml.build import build_fpga
     from edgesdk.table import format_table
     data = None
     if args.calibration_data:

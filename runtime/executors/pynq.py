@@ -1,7 +1,7 @@
 """PYNQ executor: runs a stage or head on the FPGA of a Zynq board through a bitstream built
 with Vitis from the HLS project edgesdk wrote (hls4ml's accelerator wrapper: one AXI-stream
 in, one out, float32 on the wire, fed by an AXI DMA), registered with
-:func:`edgesdk.converters.fpga_build.register_bitstreams`.
+:func:`edgesdk.converters.hls4ml.build.register_bitstreams`.
 
 Same contract and layouts as the C-simulation executor: NCHW states are turned into the HLS
 layout on the ARM cores, the whole batch is streamed through the DMA in one transfer, and the

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from edgesdk.converters.fpga_build import fixed_type, grid_type, pooling_as_conv, type_range
-from edgesdk.converters.fpga_estimate import over_budget
+from edgesdk.converters.hls4ml.estimate import over_budget
+from edgesdk.converters.hls4ml.fixed_point import fixed_type, grid_type, type_range
+from edgesdk.converters.hls4ml.graph import pooling_as_conv
 from edgesdk.runtime.executors.fpga_csim import from_hls_layout, hls_layout
 from edgesdk.runtime.executors.ort import make_session
 from edgesdk.targets import get_target
@@ -87,7 +88,8 @@ def test_per_channel_weight_scales_get_exact_types_not_hls4mls_default(tmp_path)
     import torch
     from brevitas.quant import Int8ActPerTensorFixedPoint
     from brevitas.quant.fixed_point import Int8WeightPerChannelFixedPoint
-    from edgesdk.converters.fpga_build import channels_last, choose_precision
+    from edgesdk.converters.hls4ml.graph import channels_last
+    from edgesdk.converters.hls4ml.precision import choose_precision
     from edgesdk.converters.qat import export_brevitas
     torch.manual_seed(0)
     net = torch.nn.Sequential(

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slow  # g++ builds of hls4ml's C simulations: about 4 m
 from conftest import PREPROCESSING, snapshot  # noqa: E402
 
 from edgesdk.bundle import read_bundle  # noqa: E402
-from edgesdk.converters.fpga_build import build_fpga, channels_last, unsupported_layers  # noqa: E402
+from edgesdk.converters.hls4ml.build import build_fpga  # noqa: E402
+from edgesdk.converters.hls4ml.driver import unsupported_layers  # noqa: E402
+from edgesdk.converters.hls4ml.graph import channels_last  # noqa: E402
 from edgesdk.errors import BuildError, CalibrationError, InputError  # noqa: E402
 from edgesdk.runtime.engine import load_bundle  # noqa: E402
 
@@ -260,7 +262,7 @@ def _fake_pynq(monkeypatch, simulations):
 
 def test_bitstreams_register_as_pynq_builds_and_run_through_the_dma(built, mnist_split,
                                                                     tmp_path, monkeypatch):
-    from edgesdk.converters.fpga_build import register_bitstreams
+    from edgesdk.converters.hls4ml.build import register_bitstreams
     root = str(tmp_path / "w4a8.edgebundle")
     shutil.copytree(built[0], root)
     bits = tmp_path / "bitstreams"
