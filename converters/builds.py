@@ -10,7 +10,7 @@ selected builds at every exit it influences, on the user's calibration data.
 import numpy as np
 
 from edgesdk import bundle as bundle_io
-from edgesdk.converters.quantize import quantize_graphs, to_fp16
+from edgesdk.converters.onnxruntime.quantize import quantize_graphs, to_fp16
 from edgesdk.errors import BuildError, InputError
 from edgesdk.manifest import graph_entries
 

@@ -91,7 +91,7 @@ def check_calibration(data, plan, profile):
 
 def check_int8_rules(root, target):
     """Refuse INT8 builds that break the target's rules (all violations at once)."""
-    from edgesdk.converters.quantize import int8_rule_violations
+    from edgesdk.converters.onnxruntime.quantize import int8_rule_violations
     bundle = bundle_io.read_bundle(root, verify=False)
     bad = []
     for entry in graph_entries(bundle.manifest):

@@ -9,7 +9,7 @@ from edgesdk.bundle import read_bundle
 from edgesdk.cli import main
 from edgesdk.converters import convert
 from edgesdk.converters.precision import plan_precisions
-from edgesdk.converters.quantize import int8_rule_violations
+from edgesdk.converters.onnxruntime.quantize import int8_rule_violations
 from edgesdk.errors import InputError
 from edgesdk.runtime import load_bundle
 from edgesdk.targets import get_target

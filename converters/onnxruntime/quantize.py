@@ -56,7 +56,7 @@ def quantize_graphs(jobs, feed_batch=32):
                          "symmetric": symmetric, "feed_batch": feed_batch})
         with open(os.path.join(scratch, "jobs.json"), "w") as f:
             json.dump(spec, f)
-        proc = subprocess.run([sys.executable, "-m", "edgesdk.converters.quantize",
+        proc = subprocess.run([sys.executable, "-m", "edgesdk.converters.onnxruntime.quantize",
                                os.path.join(scratch, "jobs.json")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
         error = os.path.join(scratch, "error.json")
