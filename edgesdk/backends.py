@@ -25,19 +25,24 @@ FORMATS = tuple(name for name, _ in _EXECUTORS)
 TOOLCHAIN_FORMATS = {"onnxruntime": ("onnx",), "tvm": ("tvm",), "tensorrt": ("tensorrt",),
                      "hls4ml": ("fpga-csim", "pynq")}
 
-# `edgesdk build --toolchain NAME` -> what it does (the toolchains with a build step).
+# `edgesdk build --toolchain NAME` -> (its class, a subclass of converters.toolchain.Toolchain;
+# what it does, for the help without importing it): the toolchains with a build step.
 TOOLCHAINS = (
-    ("tvm", "compile for a board processor with TVM (CPU libraries, CUDA or OpenCL kernels)"),
-    ("tensorrt", "check every graph against the board's TensorRT and write the TensorRT plan "
-                 "(engines with --on-device)"),
-    ("hls4ml", "write HLS projects and bit-accurate C simulations for a Zynq board"),
+    ("tvm", "edgesdk.converters.tvm.toolchain:TvmToolchain",
+     "compile for a board processor with TVM (CPU libraries, CUDA or OpenCL kernels)"),
+    ("tensorrt", "edgesdk.converters.tensorrt.toolchain:TensorRTToolchain",
+     "check every graph against the board's TensorRT and write the TensorRT plan (engines "
+     "with --on-device)"),
+    ("hls4ml", "edgesdk.converters.hls4ml.toolchain:Hls4mlToolchain",
+     "write HLS projects and bit-accurate C simulations for a Zynq board"),
 )
-TOOLCHAIN_NAMES = tuple(name for name, _ in TOOLCHAINS)
+BUILD_TOOLCHAINS = Registry("toolchain", dict((name, cls) for name, cls, _ in TOOLCHAINS))
+TOOLCHAIN_NAMES = tuple(name for name, _, _ in TOOLCHAINS)
 
 
 def toolchains_help():
     """One line per toolchain, for ``edgesdk build``'s help."""
-    return "; ".join("{}: {}".format(name, what) for name, what in TOOLCHAINS)
+    return "; ".join("{}: {}".format(name, what) for name, _, what in TOOLCHAINS)
 
 
 def formats_of(toolchains):

@@ -22,7 +22,7 @@ def add_arguments(p):
 def run(args):
     """Call :func:`edgesdk.converters.tvm.tune.tune_bundle` and print a summary."""
     import json
-    from edgesdk.cli.build import parse_batch
+    from edgesdk.converters.toolchain import parse_batch
     from edgesdk.converters.tvm.tune import tune_bundle
     from edgesdk.errors import InputError
     rpc = None

@@ -23,3 +23,15 @@ def test_board_formats_follow_from_their_toolchains():
         assert target.formats == formats_of(target.toolchains) and "onnx" in target.formats
     assert get_target("jetson-tx2").formats == ("onnx", "tvm", "tensorrt")
     assert get_target("ultra96-v2").formats == ("onnx", "fpga-csim", "pynq")
+
+
+def test_every_build_toolchain_is_on_the_contract():
+    from edgesdk.backends import BUILD_TOOLCHAINS
+    from edgesdk.converters.toolchain import Toolchain
+    for name in TOOLCHAIN_NAMES:
+        cls = BUILD_TOOLCHAINS.get(name)
+        assert issubclass(cls, Toolchain) and cls.name == name
+        assert cls.default_target in TARGETS and name in get_target(cls.default_target).toolchains
+        for flag, kwargs in cls.options:
+            # A falsy default tells "not given" from given, for the other toolchains' check.
+            assert flag.startswith("--") and not kwargs.get("default"), (name, flag)

@@ -287,3 +287,22 @@ def test_bitstreams_register_as_pynq_builds_and_run_through_the_dma(built, mnist
     _, (xc, _) = mnist_split
     for a, b in zip(board.exit_logits(xc[:20]), csim.exit_logits(xc[:20])):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_cli_drives_the_hls4ml_toolchain(w4a8_master, mnist_split, tmp_path, capsys):
+    from conftest import cli
+    _, (xc, _) = mnist_split
+    root = str(tmp_path / "w4a8.edgebundle")
+    shutil.copytree(w4a8_master, root)
+    data = str(tmp_path / "cal.npz")
+    np.savez(data, x=xc[:32])
+    before = snapshot(root)
+    code, _, err = cli(capsys, "build", root, "--toolchain", "hls4ml", "--layer-precision", "x")
+    assert code == 4 and "--layer-precision takes GRAPH:LAYER=TYPE" in err
+    code, _, err = cli(capsys, "build", root, "--toolchain", "hls4ml", "--reuse-factor", "4",
+                       "--calibration-data", data, "--layer-precision",
+                       "stage0:global_in=fixed<8,1>")
+    assert code == 4 and "layer 'global_in' of stage0" in err
+    code, _, err = cli(capsys, "build", root, "--toolchain", "hls4ml", "--tuning-db", "db")
+    assert code == 4 and "--tuning-db: these options do not apply to --toolchain hls4ml" in err
+    assert snapshot(root) == before

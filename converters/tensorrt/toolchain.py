@@ -1,0 +1,59 @@
+"""``edgesdk build --toolchain tensorrt``: check every graph against the board's TensorRT
+release and write the TensorRT plan (profiles, calibration cache, trtexec commands); with
+``--on-device`` (on the machine with the GPU and TensorRT) also build and register the
+engines."""
+from edgesdk.converters.toolchain import Toolchain
+
+
+class TensorRTToolchain(Toolchain):
+    """TensorRT plans and engines (see the module docstring)."""
+
+    name = "tensorrt"
+    default_target = "jetson-tx2"
+    options = (
+        ("--batch", {"help": "N or MIN:OPT:MAX of the optimization profile (default 1:1:32)"}),
+        ("--precision", {"choices": ["fp32", "fp16", "int8"],
+                         "help": "engine precision (default: the board's, fp16 on the TX2); "
+                                 "int8 parses the bundle's symmetric INT8 (Q/DQ) builds"}),
+        ("--shape", {"action": "append", "default": [], "metavar": "NAME=MIN:OPT:MAX",
+                     "help": "profile of an input with dynamic dimensions besides the batch, "
+                             "shapes like 1x3x64x64 (repeatable)"}),
+        ("--decompose", {"action": "store_true",
+                         "help": "rewrite operators the TensorRT release lacks where a "
+                                 "decomposition exists (checked against ONNX Runtime)"}),
+        ("--on-device", {"action": "store_true",
+                         "help": "also build the engines here with TensorRT's Python API "
+                                 "(needs the GPU and TensorRT that will run them)"}),
+        ("--workspace-mb", {"type": int,
+                            "help": "with --on-device: builder workspace per engine in MiB "
+                                    "(default 1024; a TX2 shares 8 GB between CPU and GPU)"}),
+    )
+
+    def build(self, bundle, target, args):
+        import json
+        from edgesdk.converters.tensorrt.prepare import (
+            DEFAULT_BATCH, parse_batch_profile, parse_shape_profile, prepare_tensorrt)
+        from edgesdk.errors import InputError
+        from edgesdk.runtime.cli.build_engines import print_engine_records
+        from edgesdk.table import format_table
+        if args.workspace_mb is not None and (args.workspace_mb < 1 or not args.on_device):
+            raise InputError("--workspace-mb takes a number >= 1 and applies with --on-device")
+        shapes = dict(parse_shape_profile(s) for s in args.shape)
+        plan = prepare_tensorrt(bundle, target, args.precision,
+                                parse_batch_profile(args.batch) if args.batch else DEFAULT_BATCH,
+                                shapes, args.decompose)
+        if not args.json:
+            rows = [(gid, g["onnx"], g["precision"], g["calibration_cache"] or "-",
+                     "; ".join(g["decomposed"]) or "-") for gid, g in plan["graphs"].items()]
+            print(format_table(["graph", "parsed by TensorRT " + plan["release"], "precision",
+                                "calibration cache", "decomposed"], rows))
+            print("\ntrtexec commands: {}".format(plan["script"]))
+            for w in plan["warnings"]:
+                print("warning: " + w)
+        if args.on_device:
+            from edgesdk.runtime.executors.tensorrt_build import build_engines
+            print_engine_records(build_engines(bundle, args.workspace_mb or 1024,
+                                               progress=not args.json), args.json)
+        elif args.json:
+            print(json.dumps(plan, indent=2, sort_keys=True))
+        return 0
