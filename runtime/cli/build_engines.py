@@ -8,11 +8,6 @@ from edgesdk.table import format_table
 def add_arguments(p):
     p.add_argument("bundle", help="path to NAME.edgebundle (prepared on the host with "
                                   "`edgesdk build --toolchain tensorrt`)")
-    add_options(p)
-
-
-def add_options(p):
-    """The builder's options (also taken by ``edgesdk build --toolchain tensorrt --on-device``)."""
     p.add_argument("--workspace-mb", type=int, default=1024,
                    help="TensorRT builder workspace per engine in MiB (default 1024; a TX2 "
                         "shares 8 GB between CPU and GPU)")
