@@ -7,7 +7,7 @@ Cost fractions shown here come from the manifest: counted MACs (head costs inclu
 import json
 
 from edgesdk.bundle import read_bundle
-from edgesdk.table import format_table
+from edgesdk.table import format_table, printable, printable_copy
 
 
 def add_arguments(p):
@@ -69,11 +69,12 @@ def run(args):
     bundle = read_bundle(args.bundle)
     m = bundle.manifest
     if args.json:
-        print(json.dumps(m, indent=2, sort_keys=True))
+        print(json.dumps(m, indent=2, sort_keys=True))   # JSON escapes control characters
         return 0
+    m = printable_copy(m)   # every string printed below comes from the bundle
     files = m["files"]
     inp = m["inputs"][0]
-    print("bundle   {}  ({})".format(m["name"], bundle.root))
+    print("bundle   {}  ({})".format(m["name"], printable(bundle.root)))
     print("target   {}   schema {}   edgesdk {}   created {}".format(
         m["target"], m["schema_version"], m["sdk_version"], m.get("created", "?")))
     print("input    {} {} {}   preprocessing {}".format(

@@ -193,3 +193,23 @@ def test_feedback_loop_convert_profile_convert(files, tmp_path, capsys):
     code, _, err = cli(capsys, "convert", *common, "--profile", tmp_path / "none.sqlite",
                        "-o", tmp_path / "c.edgebundle")
     assert code == 4 and "does not exist" in err and not (tmp_path / "c.edgebundle").exists()
+
+
+def test_printers_escape_control_characters_from_the_bundle(bundle, files, tmp_path, capsys):
+    import shutil
+    from edgesdk.bundle import seal_manifest
+    evil = str(tmp_path / "evil.edgebundle")
+    shutil.copytree(bundle, evil)
+    path = os.path.join(evil, "manifest.json")
+    with open(path) as f:
+        m = json.load(f)
+    spoof = "\x1b[2K\rmanifest sha256 " + "0" * 64 + "\n"
+    m["name"] = "demo" + spoof
+    m["class_names"] = ["c{}\x1b[8m\u202e".format(i) for i in range(m["num_classes"])]
+    with open(path, "w") as f:
+        json.dump(seal_manifest(m), f)
+    code, out, _ = cli(capsys, "inspect", evil)
+    assert code == 0 and "\x1b" not in out and "\u202e" not in out and "\r" not in out
+    assert "demo\\x1b[2K\\x0dmanifest sha256 " in out
+    code, out, _ = cli(capsys, "run", evil, files / "few.npz")
+    assert code == 0 and "\x1b" not in out and "\\x1b[8m\\u202e" in out
