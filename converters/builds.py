@@ -9,7 +9,6 @@ selected builds at every exit it influences, on the user's calibration data.
 
 import numpy as np
 
-from edgesdk import bundle as bundle_io
 from edgesdk.converters.onnxruntime.quantize import quantize_graphs, to_fp16
 from edgesdk.errors import BuildError, InputError
 from edgesdk.manifest import graph_entries
@@ -64,23 +63,21 @@ def graph_inputs(model, x, batch=256, exit_aware=False):
             for g, ins in out.items()}
 
 
-def add_builds(root, precisions, x=None, method="minmax", symmetric=False, exit_aware=False):
-    """Add reduced-precision builds of every stage and head to the (staging) bundle at
-    ``root``: ``int8`` (quantized with calibration inputs ``x``: real, preprocessed model
+def add_builds(draft, precisions, x=None, method="minmax", symmetric=False, exit_aware=False):
+    """Add reduced-precision builds of every stage and head to the
+    :class:`~.draft.BundleDraft` ``draft``: ``int8`` (quantized with calibration inputs ``x``: real, preprocessed model
     inputs) and/or ``fp16`` (weights and compute in half precision, float32 inputs and outputs
     kept so stages still chain with the runtime's float32 states). ``symmetric``: INT8
     activations as int8 with zero points 0 (TensorRT) rather than uint8. ``exit_aware``:
     calibrate each stage and head only on the samples that reach it under the bundle's
     thresholds (they must be set)."""
-    from edgesdk.runtime.engine import EdgeModel
-    bundle = bundle_io.read_bundle(root, verify=False)
-    manifest = bundle.manifest
+    manifest = draft.manifest
     new = {}
     if "int8" in precisions:
         if x is None or len(x) == 0:
             raise InputError("INT8 builds need real calibration inputs (calibration_data / "
                              "--calibration-data)")
-        model = EdgeModel(bundle)
+        model = draft.model()
         if exit_aware and all(t is None for t in model.thresholds[:-1]):
             raise InputError("exit-aware calibration needs exit thresholds (threshold= / "
                              "--threshold): with every exit off each stage sees every sample")
@@ -98,7 +95,7 @@ def add_builds(root, precisions, x=None, method="minmax", symmetric=False, exit_
                                  "it; give more data or use plain calibration".format(
                                      entry["id"], 0 if seen is None else len(seen), len(x),
                                      MIN_CALIBRATION_SAMPLES))
-            jobs.append((bundle.path(entry["file"]), bundle.path(rel), inputs[entry["id"]], method,
+            jobs.append((draft.path(entry["file"]), draft.path(rel), inputs[entry["id"]], method,
                          symmetric))
             new.setdefault(entry["id"], []).append(
                 {"file": rel, "format": "onnx", "precision": "int8",
@@ -113,7 +110,7 @@ def add_builds(root, precisions, x=None, method="minmax", symmetric=False, exit_
     if "fp16" in precisions:
         for entry in graph_entries(manifest):
             rel = entry["file"][:-len(".onnx")] + ".fp16.onnx"
-            to_fp16(bundle.path(entry["file"]), bundle.path(rel))
+            to_fp16(draft.path(entry["file"]), draft.path(rel))
             new.setdefault(entry["id"], []).append({"file": rel, "format": "onnx", "precision": "fp16"})
         manifest["provenance"]["passes"].append(
             {"name": "onnxconverter-common-float16", "keep_io_types": True})
@@ -121,8 +118,7 @@ def add_builds(root, precisions, x=None, method="minmax", symmetric=False, exit_
         if entry["id"] in new:
             entry["builds"] = [{"file": entry["file"], "format": entry["format"],
                                 "precision": entry.get("precision", "fp32")}] + new[entry["id"]]
-    manifest["files"].update(bundle_io.hash_files(root, sorted(b["file"] for v in new.values() for b in v)))
-    bundle_io.write_manifest(root, manifest)
+    draft.add_files(b["file"] for v in new.values() for b in v)
 
 
 def top1_labels(model, x):
@@ -130,24 +126,25 @@ def top1_labels(model, x):
     return [l.argmax(axis=1) for l in model.exit_logits(x)]
 
 
-def record_agreement(root, x):
-    """For every build that is not selected and runs here: its top-1 agreement with the
-    selected builds on ``x``, the worst over the exits it influences (``top1_agreement``,
-    ``agreement_samples``)."""
+def record_agreement(draft, x):
+    """For every build of the draft that is not selected and runs here: its top-1 agreement
+    with the selected builds on ``x``, the worst over the exits it influences
+    (``top1_agreement``, ``agreement_samples``). Returns the selected builds' labels."""
     from edgesdk.runtime.build_select import graph_builds
-    from edgesdk.runtime.engine import EdgeModel
     x = np.ascontiguousarray(x[:FEED_LIMIT], dtype=np.float32)
-    bundle = bundle_io.read_bundle(root, verify=False)
-    manifest = bundle.manifest
-    base = top1_labels(EdgeModel(bundle), x)
+    manifest = draft.manifest
+    base = top1_labels(draft.model(), x)
+    agreement = {}
     for entry in graph_entries(manifest):
         # Only builds this machine runs can be compared (an aarch64 library cannot run here).
         for other in graph_builds(entry)[1:]:
-            build = next(b for b in entry["builds"] if b["file"] == other["file"])
-            labels = top1_labels(EdgeModel(bundle, builds={
-                entry["id"]: (build["format"], build.get("precision", "fp32"))}), x)
-            build["top1_agreement"] = min(float((labels[k] == base[k]).mean())
-                                          for k in exits_reached(manifest, entry["id"]))
-            build["agreement_samples"] = int(len(x))
-    bundle_io.write_manifest(root, manifest)
+            labels = top1_labels(draft.model(builds={
+                entry["id"]: (other["format"], other.get("precision", "fp32"))}), x)
+            agreement[other["file"]] = min(float((labels[k] == base[k]).mean())
+                                           for k in exits_reached(manifest, entry["id"]))
+    # Recorded after every comparison: each one runs the draft as it was selected.
+    for entry in graph_entries(manifest):
+        for build in entry.get("builds") or []:
+            if build["file"] in agreement:
+                build.update(top1_agreement=agreement[build["file"]], agreement_samples=int(len(x)))
     return base

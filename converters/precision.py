@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgesdk import bundle as bundle_io
 from edgesdk.manifest import graph_entries
 from edgesdk.errors import ConversionError, InputError
 
@@ -89,26 +88,25 @@ def check_calibration(data, plan, profile):
     return x, y
 
 
-def check_int8_rules(root, target):
-    """Refuse INT8 builds that break the target's rules (all violations at once)."""
+def check_int8_rules(draft, target):
+    """Refuse INT8 builds of the draft that break the target's rules (all violations at once)."""
     from edgesdk.converters.onnxruntime.quantize import int8_rule_violations
-    bundle = bundle_io.read_bundle(root, verify=False)
     bad = []
-    for entry in graph_entries(bundle.manifest):
+    for entry in graph_entries(draft.manifest):
         for b in entry.get("builds") or []:
             if b["precision"] == "int8":
                 bad += ["{}: {}".format(entry["id"], v) for v in int8_rule_violations(
-                    bundle.path(b["file"]), target.int8_activations == "int8-symmetric",
+                    draft.path(b["file"]), target.int8_activations == "int8-symmetric",
                     target.int8_no_bool)]
     if bad:
         raise ConversionError("INT8 builds break the rules of target '{}':\n  {}".format(
             target.name, "\n  ".join(bad)))
 
 
-def select_precision(root, plan, per_graph=False):
-    """Select ``plan.select`` for every graph (unless ``per_graph``: a profile chose already)
-    and record the plan in the manifest's ``quantization``."""
-    manifest = bundle_io.read_bundle(root, verify=False).manifest
+def select_precision(draft, plan, per_graph=False):
+    """Select ``plan.select`` for every graph of the draft (unless ``per_graph``: a profile
+    chose already) and record the plan in the manifest's ``quantization``."""
+    manifest = draft.manifest
     if not per_graph:
         for entry in graph_entries(manifest):
             for b in entry.get("builds") or []:
@@ -118,19 +116,16 @@ def select_precision(root, plan, per_graph=False):
     manifest["quantization"] = {"builds": plan.precisions, "selected": selected,
                                 "source": plan.source, "rules": plan.rules,
                                 "warnings": plan.warnings}
-    bundle_io.write_manifest(root, manifest)
 
 
-def exit_agreement_table(root, x, y=None, max_accuracy_drop=0.5):
+def exit_agreement_table(draft, x, y=None, max_accuracy_drop=0.5):
     """Per exit: accuracy of the FP32 builds and of the selected builds on ``(x, y)``, and
     their top-1 agreement; with labels, a last row for early exit with thresholds calibrated
     afresh for each (``max_accuracy_drop`` points at 99%, or the smallest drop the labelled
     samples can certify if that is larger): accuracy and mean cost as a fraction of the full
     model's MACs. A list of dicts (the table convert prints)."""
     from edgesdk.converters.calibrate import choose_thresholds, simulator_for
-    from edgesdk.runtime.engine import EdgeModel
-    bundle = bundle_io.read_bundle(root, verify=False)
-    models = {"fp32": EdgeModel(bundle, builds="fp32"), "selected": EdgeModel(bundle)}
+    models = {"fp32": draft.model(builds="fp32"), "selected": draft.model()}
     probs = {k: m.exit_probabilities(x) for k, m in models.items()}
     rows = []
     for k, (a, b) in enumerate(zip(*(

@@ -18,13 +18,11 @@ anything else is refused with the reason. Every choice, its costs and the table 
 go into the manifest: ``build_chosen_from`` on each graph, ``chosen_from`` on dropped exits.
 """
 
-from edgesdk import bundle as bundle_io
 from edgesdk.converters.builds import FEED_LIMIT, top1_labels
 from edgesdk.manifest import graph_entries
 from edgesdk.converters.cost_model import build_costs, table_from_rows
 from edgesdk.costs import bundle_rows
 from edgesdk.runtime.build_select import graph_builds
-from edgesdk.runtime.engine import EdgeModel
 
 DEFAULT_MIN_AGREEMENT = 0.99
 MIN_SAVING = 0.05  # a build must save 5% of its graph's measured cost to be chosen
@@ -35,10 +33,10 @@ def _label(build):
     return "{} {}".format(build["format"], build["precision"])
 
 
-def choose_builds(bundle, costs, x, baseline, min_agreement):
+def choose_builds(draft, costs, x, baseline, min_agreement):
     """``({graph id: (format, precision)}, worst top-1 agreement per exit)`` chosen greedily."""
     candidates = []
-    for entry in graph_entries(bundle.manifest):
+    for entry in graph_entries(draft.manifest):
         builds = graph_builds(entry)
         current = costs.get((entry["id"], builds[0]["format"], builds[0]["precision"]))
         for b in (builds[1:] if current is not None else []):
@@ -51,10 +49,10 @@ def choose_builds(bundle, costs, x, baseline, min_agreement):
                 candidates.append((current - cost, entry["id"], (b["format"], b["precision"])))
     x = x[:len(baseline[0])]  # the samples the baseline labels are of
     chosen = {}
-    agreement = [1.0] * len(bundle.manifest["exits"])
+    agreement = [1.0] * len(draft.manifest["exits"])
     for _, gid, build in sorted(candidates, reverse=True):
         trial = dict(chosen, **{gid: build})
-        labels = top1_labels(EdgeModel(bundle, builds=trial), x)
+        labels = top1_labels(draft.model(builds=trial), x)
         trial_agreement = [float((a == b).mean()) for a, b in zip(labels, baseline)]
         if min(trial_agreement) >= min_agreement:
             chosen, agreement = trial, trial_agreement
@@ -99,21 +97,20 @@ def exits_to_drop(table, probs=None, y=None, policy=None, exit_accuracy_drop=DEF
     return drop, {"criterion": "head cost >= cost of the rest ({})".format(unlabelled)}
 
 
-def apply_profile(root, db, x, y=None, device=None, metric="mean_ms", batch=1,
+def apply_profile(draft, db, x, y=None, device=None, metric="mean_ms", batch=1,
                   min_agreement=DEFAULT_MIN_AGREEMENT, exit_accuracy_drop=DEFAULT_EXIT_ACCURACY_DROP,
                   baseline=None):
-    """Choose builds and drop exits in the (staging) bundle at ``root`` from the profile
-    store ``db``; rewrites its manifest. Returns a summary dict of the choices."""
-    bundle = bundle_io.read_bundle(root, verify=False)
-    manifest = bundle.manifest
+    """Choose builds and drop exits in the :class:`~.draft.BundleDraft` ``draft`` from the
+    profile store ``db``. Returns a summary dict of the choices."""
+    manifest = draft.manifest
     rows, device, sha = bundle_rows(db, manifest, device)
     costs, interpolated = build_costs(rows, metric, batch)
     times = sorted(r["measured_at"] for r in rows)
     source = {"db": db, "device": device, "bundle_sha256": sha, "metric": metric, "batch": batch,
               "interpolated": interpolated, "measured_at": [times[0], times[-1]]}
     if baseline is None:
-        baseline = top1_labels(EdgeModel(bundle), x[:FEED_LIMIT])
-    chosen, agreement = choose_builds(bundle, costs, x, baseline, min_agreement)
+        baseline = top1_labels(draft.model(), x[:FEED_LIMIT])
+    chosen, agreement = choose_builds(draft, costs, x, baseline, min_agreement)
     for entry in graph_entries(manifest):
         builds = graph_builds(entry)
         options = {_label(b): costs.get((entry["id"], b["format"], b["precision"]))
@@ -126,7 +123,7 @@ def apply_profile(root, db, x, y=None, device=None, metric="mean_ms", batch=1,
             "min_agreement": min_agreement,
             "reason": ("cheapest measured build agreeing with fp32" if entry["id"] in chosen else
                        "no other build is cheaper and agrees with fp32 well enough")}
-    model = EdgeModel(bundle_io.Bundle(bundle.root, manifest))
+    model = draft.model()
     table = table_from_rows(rows, metric, [e["id"] for e in manifest["stages"]],
                             [e["id"] for e in manifest["exits"]], device, sha, batch, db,
                             builds={e["id"]: (e["format"], e["precision"])
@@ -138,7 +135,6 @@ def apply_profile(root, db, x, y=None, device=None, metric="mean_ms", batch=1,
         ex.update(dropped=True, threshold=None)
         ex["chosen_from"] = dict(how, method="dropped by profile", reason=reason, profile=source,
                                  head_cost=table.head[k])
-    bundle_io.write_manifest(root, manifest)
     return {"builds": {e["id"]: _label(e) for e in graph_entries(manifest)},
             "dropped_exits": sorted(drop), "top1_agreement": agreement,
             "device": device, "metric": metric, "expected": how}

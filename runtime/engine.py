@@ -124,10 +124,13 @@ class EdgeModel(object):
     ``self.builds`` maps each graph id to the build in use, ``self.ran`` to its summary
     (format, precision, processor, device, file), which every :class:`RunResult` carries.
     ``memory_limit_mb`` replaces the memory the bundle and batches are checked against (see
-    :mod:`.memory`).
+    :mod:`.memory`). ``graph_cache``: a dict shared by several models of one bundle directory,
+    so that each graph file is loaded once (executors that are thread-safe only); conversion
+    passes compare many build mixes this way.
     """
 
-    def __init__(self, bundle, threads=None, builds=None, memory_limit_mb=None, fallback=False):
+    def __init__(self, bundle, threads=None, builds=None, memory_limit_mb=None, fallback=False,
+                 graph_cache=None):
         self.bundle = bundle
         m = bundle.manifest
         self.input_spec = m["inputs"][0]
@@ -147,6 +150,7 @@ class EdgeModel(object):
         # Before any graph is loaded; a build compiled for a fixed batch pads to it.
         self.memory = MemoryPlan.for_bundle(bundle, files_to_load(m, self.builds), memory_limit_mb)
         self.memory.check_load(max([b.get("batch") or 1 for b in self.builds.values()]))
+        self._graph_cache = graph_cache
         self.stages = [self._graph(s, threads) for s in m["stages"]]
         self.heads = [self._graph(e, threads) for e in m["exits"]]
         self._keep_host_side()
@@ -163,8 +167,15 @@ class EdgeModel(object):
     def _graph(self, entry, threads):
         build = self.builds[entry["id"]]
         executor = EXECUTORS.get(build["format"])
+        cache = self._graph_cache if executor.thread_safe else None
+        key = (build["file"], self.bundle.manifest["files"][build["file"]]["sha256"],
+               tuple(entry["inputs"]), tuple(entry["outputs"]), threads)
+        if cache is not None and key in cache:
+            return cache[key]
         graph = executor(self.bundle.path(build["file"]), entry["inputs"], entry["outputs"],
                          entry["output_shapes"], threads, build=build)
+        if cache is not None:
+            cache[key] = graph
         return graph if executor.thread_safe else _Serialized(graph)
 
     def _adaptive(self, k, entry, threads):
