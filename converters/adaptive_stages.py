@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from edgesdk import bundle as bundle_io
+from edgesdk.converters.draft import edit_bundle
 from edgesdk.errors import CalibrationError, ConversionError, InputError
 
 ATOL, RTOL = 1e-4, 1e-3
@@ -24,12 +25,11 @@ ATOL, RTOL = 1e-4, 1e-3
 GATE_PATH = (0.999, 0.995, 0.99, 0.98, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 
-def _stage_state(bundle, k, x):
-    """The state tensors stage ``k`` receives for model inputs ``x``."""
+def _stage_state(draft, k, x):
+    """The state tensors stage ``k`` of the draft receives for model inputs ``x``."""
     from edgesdk.converters.builds import graph_inputs
-    from edgesdk.runtime.engine import EdgeModel
-    model = EdgeModel(bundle, builds=("onnx", "fp32"))
-    entry = bundle.manifest["stages"][k]
+    model = draft.model(builds=("onnx", "fp32"))
+    entry = draft.manifest["stages"][k]
     feeds = graph_inputs(model, np.asarray(x, dtype=np.float32))[entry["id"]]
     return [feeds[n] for n in entry["inputs"]]
 
@@ -72,26 +72,25 @@ def add_gate(bundle_path, stage, gate, x, threshold=0.5):
     ``x``: model inputs to export and check on. Returns the gate record."""
     if not 0 <= threshold <= 1:
         raise InputError("a gate threshold is a skip probability in [0, 1], got {}".format(threshold))
-    bundle = bundle_io.read_bundle(bundle_path)
-    k = _stage_index(bundle.manifest, stage)
-    entry = bundle.manifest["stages"][k]
-    state = _stage_state(bundle, k, x)
-    in_shapes = [[None] + list(s.shape[1:]) for s in state]
-    if in_shapes != entry["output_shapes"]:
-        raise InputError("stage '{}' maps {} to {}: only a stage whose output has its input's "
-                         "shapes (a residual block) can be skipped".format(
-                             entry["id"], in_shapes, entry["output_shapes"]))
-    rel = "gates/{}.onnx".format(entry["id"])
-    with bundle_io.rewrite_bundle(bundle.root) as tmp:
-        os.makedirs(os.path.join(tmp, "gates"), exist_ok=True)
-        shapes = _export_checked(gate, state, entry["inputs"], ["skip_logit"],
-                                 os.path.join(tmp, *rel.split("/")), "the gate of " + entry["id"])
+    with edit_bundle(bundle_path) as draft:
+        k = _stage_index(draft.manifest, stage)
+        entry = draft.manifest["stages"][k]
+        state = _stage_state(draft, k, x)
+        in_shapes = [[None] + list(s.shape[1:]) for s in state]
+        if in_shapes != entry["output_shapes"]:
+            raise InputError("stage '{}' maps {} to {}: only a stage whose output has its input's "
+                             "shapes (a residual block) can be skipped".format(
+                                 entry["id"], in_shapes, entry["output_shapes"]))
+        rel = "gates/{}.onnx".format(entry["id"])
+        os.makedirs(draft.path("gates"), exist_ok=True)
+        shapes = _export_checked(gate, state, entry["inputs"], ["skip_logit"], draft.path(rel),
+                                 "the gate of " + entry["id"])
         if shapes != [[None, 1]]:
             raise InputError("a gate returns (N, 1) skip logits, got {}".format(shapes[0]))
         record = {"file": rel, "outputs": ["skip_logit"], "output_shapes": shapes,
                   "threshold": float(threshold),
                   "chosen_from": {"method": "given to add_gate (uncalibrated)"}}
-        _record(tmp, k, "gate", record, [rel])
+        _record(draft, k, "gate", record, [rel])
     return record
 
 
@@ -191,11 +190,6 @@ def add_width_variants(bundle_path, stage, variants, x, bounds, router="confiden
     (a sample whose previous exit's top probability reaches ``bounds[i]`` runs variant i+1 or
     narrower). ``x``: model inputs to export and check on. Returns the widths record."""
     from edgesdk.runtime.adaptive_stages import ROUTERS
-    bundle = bundle_io.read_bundle(bundle_path)
-    k = _stage_index(bundle.manifest, stage)
-    entry = bundle.manifest["stages"][k]
-    if k == 0:
-        raise InputError("the first stage has no previous exit for a router to read")
     widths = [w for w, _ in variants]
     if not variants or any(not 0 < w < 1 for w in widths) or widths != sorted(widths, reverse=True):
         raise InputError("variants are (width fraction in (0, 1), module) pairs, widest first; "
@@ -204,34 +198,38 @@ def add_width_variants(bundle_path, stage, variants, x, bounds, router="confiden
         raise InputError("{} router bounds for {} variants: one bound per narrower variant"
                          .format(len(list(bounds)), len(variants)))
     ROUTERS.get(router)(bounds)  # checks the name and the bounds
-    state = _stage_state(bundle, k, x)
     records, files = [], []
-    with bundle_io.rewrite_bundle(bundle.root) as tmp:
+    with edit_bundle(bundle_path) as draft:
+        k = _stage_index(draft.manifest, stage)
+        entry = draft.manifest["stages"][k]
+        if k == 0:
+            raise InputError("the first stage has no previous exit for a router to read")
+        state = _stage_state(draft, k, x)
         for width, module in variants:
             vid = "{}.w{}".format(entry["id"], int(round(width * 100)))
             rel = "stages/{}.onnx".format(vid)
             shapes = _export_checked(module, state, entry["inputs"], entry["outputs"],
-                                     os.path.join(tmp, *rel.split("/")), "variant " + vid)
+                                     draft.path(rel), "variant " + vid)
             if shapes != entry["output_shapes"]:
                 raise InputError("variant {} returns {}, the stage returns {}: a variant keeps "
                                  "the stage's outputs".format(vid, shapes, entry["output_shapes"]))
             records.append({"id": vid, "file": rel, "width": float(width)})
             files.append(rel)
         record = {"variants": records, "router": {"name": router, "bounds": [float(b) for b in bounds]}}
-        _record(tmp, k, "widths", record, files)
+        _record(draft, k, "widths", record, files)
     return record
 
 
-def _record(tmp, k, key, record, files):
-    manifest = bundle_io.read_bundle(tmp, verify=False).manifest
+def _record(draft, k, key, record, files):
+    """Put ``record`` on stage ``k`` as ``key``, replacing (and deleting) an older one's files."""
+    manifest = draft.manifest
     entry = manifest["stages"][k]
     old = entry.get(key) or {}
     stale = [old["file"]] if "file" in old else [v["file"] for v in old.get("variants", [])]
     for rel in stale:
         if rel not in files:
             manifest["files"].pop(rel, None)
-            os.remove(os.path.join(tmp, *rel.split("/")))
+            os.remove(draft.path(rel))
     entry[key] = record
-    manifest["files"].update(bundle_io.hash_files(tmp, files))
+    draft.add_files(files)
     manifest["provenance"]["passes"].append({"name": "add-" + key, "stage": entry["id"]})
-    bundle_io.write_manifest(tmp, manifest)

@@ -15,6 +15,7 @@ import tempfile
 import numpy as np
 
 from edgesdk import bundle as bundle_io
+from edgesdk.converters.draft import BundleDraft
 from edgesdk.errors import InputError
 from edgesdk.manifest import RESIZE_MODES
 
@@ -171,12 +172,14 @@ def convert_cascade(models, resolutions, images, output, labels=None, calibratio
                 for name in os.listdir(dest):
                     os.replace(os.path.join(dest, name), os.path.join(tmp, name))
         shutil.rmtree(scratch)
-        _finish(tmp, spec, ids, sizes, policy, pol, labels, calibration_images,
+        draft = BundleDraft(tmp, bundle_io.read_bundle(tmp, verify=False).manifest)
+        _finish(draft, spec, ids, sizes, policy, pol, labels, calibration_images,
                 max_accuracy_drop, confidence)
-    return bundle_io.read_bundle(output).manifest["cascade"]
+        draft.finish()
+    return spec
 
 
-def _finish(tmp, spec, ids, sizes, policy, pol, labels, calibration_images, max_accuracy_drop,
+def _finish(draft, spec, ids, sizes, policy, pol, labels, calibration_images, max_accuracy_drop,
             confidence):
     """Write the cascade section, then choose and write the thresholds if labels are given."""
     from edgesdk.runtime.cascade import Cascade
@@ -185,26 +188,23 @@ def _finish(tmp, spec, ids, sizes, policy, pol, labels, calibration_images, max_
                        "bundle": "." if k == last else "{}/{}{}".format(VARIANTS, i,
                                                                        bundle_io.SUFFIX)}
                       for k, (i, size) in enumerate(zip(ids, sizes))]
-    _write_cascade(tmp, spec)
+    _write_cascade(draft, spec)
     if labels is None:
         return
-    cascade = Cascade(bundle_io.read_bundle(tmp))
+    cascade = Cascade(draft.bundle())
     thresholds, record = choose_thresholds(cascade.level_probabilities(calibration_images),
                                            labels, max_accuracy_drop, pol, confidence)
     for level, t in zip(spec["levels"], thresholds):
         level["threshold"] = t
     spec["chosen_from"] = record
-    _write_cascade(tmp, spec)
 
 
-def _write_cascade(root, spec):
+def _write_cascade(draft, spec):
     """Put ``spec`` in the outer manifest and hash every inner bundle's files there."""
-    manifest = bundle_io.read_bundle(root, verify=False).manifest
     inner = []
-    for d, _, files in os.walk(os.path.join(root, VARIANTS)):
-        inner += [os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/") for f in files]
-    manifest["files"] = {k: v for k, v in manifest["files"].items()
-                         if not k.startswith(VARIANTS + "/")}
-    manifest["files"].update(bundle_io.hash_files(root, sorted(inner)))
-    manifest["cascade"] = spec
-    bundle_io.write_manifest(root, manifest)
+    for d, _, files in os.walk(draft.path(VARIANTS)):
+        inner += [os.path.relpath(os.path.join(d, f), draft.root).replace(os.sep, "/")
+                  for f in files]
+    draft.remove_files(VARIANTS + "/")
+    draft.add_files(inner)
+    draft.manifest["cascade"] = spec

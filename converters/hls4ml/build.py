@@ -25,8 +25,8 @@ import tempfile
 
 import numpy as np
 
-from edgesdk import bundle as bundle_io
 from edgesdk.converters.builds import fp32_file
+from edgesdk.converters.draft import edit_bundle
 from edgesdk.converters.hls4ml.driver import (
     choose_io_type, convert_graph, hls4ml_module, predict, silently, unsupported_layers)
 from edgesdk.converters.hls4ml.estimate import estimate, over_budget
@@ -54,7 +54,6 @@ def build_fpga(bundle_path, target="ultra96-v2", calibration_data=None, width=16
     is rewritten in a staging copy. Returns the build records."""
     from edgesdk.converters.builds import graph_inputs
     from edgesdk.progress import Progress
-    from edgesdk.runtime.engine import EdgeModel
     import onnx
     hls4ml = hls4ml_module()
     board = get_target(target)
@@ -65,65 +64,59 @@ def build_fpga(bundle_path, target="ultra96-v2", calibration_data=None, width=16
         raise InputError("width must be an integer in 4..32, got {!r}".format(width))
     if not isinstance(reuse_factor, int) or reuse_factor < 1:
         raise InputError("reuse_factor must be a positive integer, got {!r}".format(reuse_factor))
-    bundle = bundle_io.read_bundle(bundle_path)
-    entries = graph_entries(bundle.manifest)
-    precision = precision or {}
-    x = _calibration_inputs(bundle, calibration_data)
-    sources, graphs = {}, {}
-    for e in entries:
-        quantized = bool(e.get("qonnx"))
-        sources[e["id"]] = e["qonnx"]["file"] if quantized else fp32_file(e)
-        graphs[e["id"]] = channels_last(onnx.load(bundle.path(sources[e["id"]])))
-    model = EdgeModel(bundle, builds=("onnx", "fp32")) if not any(
-        e.get("qonnx") for e in entries) else EdgeModel(bundle)
-    feeds = graph_inputs(model, x)
-    m = bundle.manifest
-    onnxruntime = dict(zip([e["id"] for e in m["stages"] + m["exits"]], model.stages + model.heads))
-    bad = unsupported_layers(graphs)
-    if bad:
-        raise UnsupportedOpError("hls4ml {} cannot map {} graph(s):\n{}\nRewrite these layers "
-                                 "(e.g. adaptive pooling as a fixed AvgPool2d for the static "
-                                 "input size) or keep the model on another target.".format(
-                                     hls4ml.__version__, len(bad),
-                                     "\n".join("  {}: {}".format(g, m) for g, m in bad)))
-    records = {}
-    work = tempfile.mkdtemp(prefix="edgesdk-hls-")
-    try:
-        with bundle_io.rewrite_bundle(bundle.root) as tmp, \
-                Progress(len(entries), "hls4ml " + target, enabled=progress) as bar:
-            out_dir = os.path.join(tmp, HLS_DIR, target)
-            shutil.rmtree(out_dir, ignore_errors=True)
-            os.makedirs(out_dir)
-            for e in entries:
-                records[e["id"]] = _build_graph(
-                    hls4ml, e, graphs[e["id"]], board, feeds[e["id"]], width, reuse_factor,
-                    precision.get(e["id"], {}), work, tmp, sources[e["id"]],
-                    onnxruntime[e["id"]])
-                bar.update(note=e["id"])
-            manifest = bundle_io.read_bundle(tmp, verify=False).manifest
-            for entry in graph_entries(manifest):
-                builds = entry.get("builds") or [{"file": entry["file"], "format": entry["format"],
-                                                  "precision": entry.get("precision", "fp32")}]
-                entry["builds"] = [b for b in builds if b.get("device") != target] + \
-                    [records[entry["id"]]]
-            stale = [f for f in manifest["files"] if f.startswith("{}/{}/".format(HLS_DIR, target))]
-            for f in stale:
-                del manifest["files"][f]
-            manifest["files"].update(bundle_io.hash_files(tmp, sorted(
-                f for r in records.values() for f in (r["file"], r["hls"]["project"]))))
-            manifest["provenance"]["passes"].append(
-                {"name": "hls4ml-build", "device": target, "hls4ml": hls4ml.__version__,
-                 "width": width, "reuse_factor": reuse_factor})
-            total = {k: sum(r["estimate"][k] for r in records.values())
-                     for k in ("dsp", "lut", "ff", "bram_18k")}
-            manifest.setdefault("fpga", {})[target] = {
-                "estimate": dict(total, label=records[entries[0]["id"]]["estimate"]["label"]),
-                "budget": board.fabric.budget(), "part": board.fabric.part,
-                "fits": not over_budget(total, board.fabric, reuse_factor, "all graphs"),
-                "over": over_budget(total, board.fabric, reuse_factor, "all graphs together")}
-            bundle_io.write_manifest(tmp, manifest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with edit_bundle(bundle_path) as draft:
+        entries = graph_entries(draft.manifest)
+        precision = precision or {}
+        x = _calibration_inputs(draft, calibration_data)
+        sources, graphs = {}, {}
+        for e in entries:
+            quantized = bool(e.get("qonnx"))
+            sources[e["id"]] = e["qonnx"]["file"] if quantized else fp32_file(e)
+            graphs[e["id"]] = channels_last(onnx.load(draft.path(sources[e["id"]])))
+        model = draft.model(builds=None if any(e.get("qonnx") for e in entries)
+                            else ("onnx", "fp32"))
+        feeds = graph_inputs(model, x)
+        m = draft.manifest
+        onnxruntime = dict(zip([e["id"] for e in m["stages"] + m["exits"]], model.stages + model.heads))
+        bad = unsupported_layers(graphs)
+        if bad:
+            raise UnsupportedOpError("hls4ml {} cannot map {} graph(s):\n{}\nRewrite these layers "
+                                     "(e.g. adaptive pooling as a fixed AvgPool2d for the static "
+                                     "input size) or keep the model on another target.".format(
+                                         hls4ml.__version__, len(bad),
+                                         "\n".join("  {}: {}".format(g, m) for g, m in bad)))
+        records = {}
+        work = tempfile.mkdtemp(prefix="edgesdk-hls-")
+        try:
+            with Progress(len(entries), "hls4ml " + target, enabled=progress) as bar:
+                out_dir = draft.path(HLS_DIR + "/" + target)
+                shutil.rmtree(out_dir, ignore_errors=True)
+                os.makedirs(out_dir)
+                for e in entries:
+                    records[e["id"]] = _build_graph(
+                        hls4ml, e, graphs[e["id"]], board, feeds[e["id"]], width, reuse_factor,
+                        precision.get(e["id"], {}), work, draft.root, sources[e["id"]],
+                        onnxruntime[e["id"]])
+                    bar.update(note=e["id"])
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        for entry in entries:
+            builds = entry.get("builds") or [{"file": entry["file"], "format": entry["format"],
+                                              "precision": entry.get("precision", "fp32")}]
+            entry["builds"] = [b for b in builds if b.get("device") != target] + \
+                [records[entry["id"]]]
+        draft.remove_files("{}/{}/".format(HLS_DIR, target))
+        draft.add_files(f for r in records.values() for f in (r["file"], r["hls"]["project"]))
+        m["provenance"]["passes"].append(
+            {"name": "hls4ml-build", "device": target, "hls4ml": hls4ml.__version__,
+             "width": width, "reuse_factor": reuse_factor})
+        total = {k: sum(r["estimate"][k] for r in records.values())
+                 for k in ("dsp", "lut", "ff", "bram_18k")}
+        m.setdefault("fpga", {})[target] = {
+            "estimate": dict(total, label=records[entries[0]["id"]]["estimate"]["label"]),
+            "budget": board.fabric.budget(), "part": board.fabric.part,
+            "fits": not over_budget(total, board.fabric, reuse_factor, "all graphs"),
+            "over": over_budget(total, board.fabric, reuse_factor, "all graphs together")}
     return [records[e["id"]] for e in entries]
 
 
@@ -220,15 +213,13 @@ def register_bitstreams(bundle_path, target, folder):
     with an AXI DMA) as ``pynq`` builds for ``target``'s ARM cores. Every graph needs one;
     the C-simulation build of each graph must exist (its layouts and shapes are reused)."""
     board = get_target(target)
-    bundle = bundle_io.read_bundle(bundle_path)
-    entries = graph_entries(bundle.manifest)
-    missing = [e["id"] for e in entries for ext in (".bit", ".hwh")
-               if not os.path.isfile(os.path.join(folder, e["id"] + ext))]
-    if missing:
-        raise InputError("{} lacks {}: every graph needs GRAPH.bit and GRAPH.hwh".format(
-            folder, ", ".join(sorted(set(missing)))))
-    with bundle_io.rewrite_bundle(bundle.root) as tmp:
-        manifest = bundle_io.read_bundle(tmp, verify=False).manifest
+    with edit_bundle(bundle_path) as draft:
+        manifest = draft.manifest
+        missing = [e["id"] for e in graph_entries(manifest) for ext in (".bit", ".hwh")
+                   if not os.path.isfile(os.path.join(folder, e["id"] + ext))]
+        if missing:
+            raise InputError("{} lacks {}: every graph needs GRAPH.bit and GRAPH.hwh".format(
+                folder, ", ".join(sorted(set(missing)))))
         files = []
         for entry in graph_entries(manifest):
             csim = [b for b in entry.get("builds") or [] if b["format"] == "fpga-csim"
@@ -238,13 +229,11 @@ def register_bitstreams(bundle_path, target, folder):
                                  "edgesdk build --toolchain hls4ml first".format(entry["id"], target))
             rel = "{}/{}/{}.bit".format(HLS_DIR, target, entry["id"])
             for ext in (".bit", ".hwh"):
-                shutil.copyfile(os.path.join(folder, entry["id"] + ext),
-                                os.path.join(tmp, *(rel[:-4] + ext).split("/")))
+                shutil.copyfile(os.path.join(folder, entry["id"] + ext), draft.path(rel[:-4] + ext))
                 files.append(rel[:-4] + ext)
             entry["builds"] = [b for b in entry["builds"] if not (
                 b["format"] == "pynq" and b.get("device") == target)] + [{
                     "file": rel, "format": "pynq", "precision": "fixed", "device": target,
                     "arch": board.arch, "processor": "fpga", "artifact": "bitstream",
                     "hls": csim[0]["hls"], "pynq": {"dma": "axi_dma_0"}}]
-        manifest["files"].update(bundle_io.hash_files(tmp, files))
-        bundle_io.write_manifest(tmp, manifest)
+        draft.add_files(files)

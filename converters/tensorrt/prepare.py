@@ -19,8 +19,8 @@ import shlex
 
 import numpy as np
 
-from edgesdk import bundle as bundle_io
 from edgesdk.converters.builds import fp32_file
+from edgesdk.converters.draft import edit_bundle
 from edgesdk.converters.tensorrt.check import Problem, decompose, graph_problems, raise_problems
 from edgesdk.deps import require
 from edgesdk.errors import ConversionError, InputError
@@ -165,47 +165,46 @@ def prepare_tensorrt(bundle_path, target="jetson-tx2", precision=None, batch=DEF
             precision, target, board.slow_precisions[precision]))
         log.warning(warnings[-1])
     shapes = dict(shapes or {})
-    bundle = bundle_io.read_bundle(bundle_path)
-    entries = graph_entries(bundle.manifest)
-    device = "{}-gpu".format(target)
-    sources, graphs, problems = {}, {}, []
-    for entry in entries:
-        gid = entry["id"]
-        if precision == "int8":
-            build = _int8_build(entry)
-            if build is None:
-                raise InputError("graph '{}' has no INT8 build: convert with --precisions int8 "
-                                 "and calibration data for target {}".format(gid, target))
-            sources[gid] = build["file"]
-        else:
-            sources[gid] = fp32_file(entry)
-        graphs[gid] = onnx.load(bundle.path(sources[gid]))
-    profiles, rewrites = {}, {}
-    for gid, model in graphs.items():
-        profiles[gid], found = graph_profile(gid, model, batch, shapes)
-        problems += found
-        if decompose_ops:
-            graphs[gid], rewrites[gid] = decompose(model, ops)
-            if rewrites[gid] and not found:
-                _verify_rewrite(gid, model, graphs[gid], profiles[gid])
-    for gid, model in graphs.items():
-        problems += graph_problems(gid, model, ops,
-                                   no_bool=precision == "int8" and board.int8_no_bool)
-    raise_problems(problems, ops)
-    plan = {"release": ops.name, "target": target, "device": device, "precision": precision,
-            "source": ops.source, "warnings": warnings, "script": SCRIPT, "graphs": {}}
-    with bundle_io.rewrite_bundle(bundle.root) as tmp:
-        manifest = bundle_io.read_bundle(tmp, verify=False).manifest
-        _drop_old_plan(tmp, manifest)
+    with edit_bundle(bundle_path) as draft:
+        entries = graph_entries(draft.manifest)
+        device = "{}-gpu".format(target)
+        sources, graphs, problems = {}, {}, []
+        for entry in entries:
+            gid = entry["id"]
+            if precision == "int8":
+                build = _int8_build(entry)
+                if build is None:
+                    raise InputError("graph '{}' has no INT8 build: convert with --precisions int8 "
+                                     "and calibration data for target {}".format(gid, target))
+                sources[gid] = build["file"]
+            else:
+                sources[gid] = fp32_file(entry)
+            graphs[gid] = onnx.load(draft.path(sources[gid]))
+        profiles, rewrites = {}, {}
+        for gid, model in graphs.items():
+            profiles[gid], found = graph_profile(gid, model, batch, shapes)
+            problems += found
+            if decompose_ops:
+                graphs[gid], rewrites[gid] = decompose(model, ops)
+                if rewrites[gid] and not found:
+                    _verify_rewrite(gid, model, graphs[gid], profiles[gid])
+        for gid, model in graphs.items():
+            problems += graph_problems(gid, model, ops,
+                                       no_bool=precision == "int8" and board.int8_no_bool)
+        raise_problems(problems, ops)
+        plan = {"release": ops.name, "target": target, "device": device, "precision": precision,
+                "source": ops.source, "warnings": warnings, "script": SCRIPT, "graphs": {}}
+        manifest = draft.manifest
+        _drop_old_plan(draft)
         lines, written = [], []
         for entry in entries:
             gid = entry["id"]
             onnx_rel = sources[gid]
             if rewrites.get(gid):
                 onnx_rel = "{}/onnx/{}.{}.onnx".format(TRT_DIR, gid, precision)
-                _save(onnx, graphs[gid], tmp, onnx_rel)
+                _save(onnx, graphs[gid], draft, onnx_rel)
                 written.append(onnx_rel)
-            cache = _write_cache(tmp, entry, onnx, bundle, ops)
+            cache = _write_cache(draft, entry, onnx, ops)
             if cache:
                 written.append(cache)
             engine = engine_file(device, gid, precision)
@@ -221,41 +220,40 @@ def prepare_tensorrt(bundle_path, target="jetson-tx2", precision=None, batch=DEF
                                    "trtexec": line, "engine": engine,
                                    "decomposed": ["{} ({}) -> {}".format(*r)
                                                   for r in rewrites.get(gid, [])]}
-        _write_script(tmp, lines, device, ops)
+        _write_script(draft, lines, device, ops)
         written.append(SCRIPT)
-        manifest["files"].update(bundle_io.hash_files(tmp, written))
+        draft.add_files(written)
         manifest["tensorrt"] = plan
         manifest["provenance"]["passes"].append(
             {"name": "tensorrt-prepare", "release": ops.name, "precision": precision,
              "decomposed": sum(len(r) for r in rewrites.values())})
-        bundle_io.write_manifest(tmp, manifest)
     return plan
 
 
-def _save(onnx, model, root, rel):
-    path = os.path.join(root, *rel.split("/"))
+def _save(onnx, model, draft, rel):
+    path = draft.path(rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     onnx.save_model(model, path)
 
 
-def _write_cache(root, entry, onnx, bundle, ops):
+def _write_cache(draft, entry, onnx, ops):
     """The calibration cache of one graph from its symmetric INT8 build, or None."""
     from edgesdk.converters.tensorrt.calib import activation_scales, cache_text
     build = _int8_build(entry)
     if build is None or "symmetric" not in build.get("activations", ""):
         return None
-    scales = activation_scales(onnx.load(bundle.path(build["file"])),
-                               onnx.load(bundle.path(fp32_file(entry))))
+    scales = activation_scales(onnx.load(draft.path(build["file"])),
+                               onnx.load(draft.path(fp32_file(entry))))
     rel = "{}/{}.cache".format(CACHE_DIR, entry["id"])
-    path = os.path.join(root, *rel.split("/"))
+    path = draft.path(rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", newline="\n") as f:
         f.write(cache_text(scales, ops.cache_version))
     return rel
 
 
-def _write_script(root, lines, device, ops):
-    path = os.path.join(root, *SCRIPT.split("/"))
+def _write_script(draft, lines, device, ops):
+    path = draft.path(SCRIPT)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", newline="\n") as f:
         f.write("#!/bin/sh\n# TensorRT {} engines for {}, as `edgesdk build --toolchain tensorrt "
@@ -266,12 +264,13 @@ def _write_script(root, lines, device, ops):
     os.chmod(path, 0o755)
 
 
-def _drop_old_plan(root, manifest):
+def _drop_old_plan(draft):
     """Forget an earlier plan: its files, its engines and their builds."""
+    manifest = draft.manifest
     old = [f for f in manifest["files"] if f.startswith(TRT_DIR + "/") or
            f.startswith(CACHE_DIR + "/")]
     for f in old:
-        os.unlink(os.path.join(root, *f.split("/")))
+        os.unlink(draft.path(f))
         del manifest["files"][f]
     for entry in graph_entries(manifest):
         if entry.get("builds"):

@@ -17,8 +17,8 @@ import logging
 import os
 import shutil
 
-from edgesdk import bundle as bundle_io
 from edgesdk.converters.builds import fp32_file
+from edgesdk.converters.draft import edit_bundle
 from edgesdk.converters.tvm.elf_check import check_library
 from edgesdk.deps import require
 from edgesdk.errors import BuildError, InputError, UnsupportedOpError
@@ -196,20 +196,19 @@ def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=Non
         raise InputError("batch must be a positive integer or None, got {!r}".format(batch))
     target_dict = resolve_target(proc)
     tvm_target = make_target(target_dict)
-    bundle = bundle_io.read_bundle(bundle_path)
-    manifest = bundle.manifest
-    entries = graph_entries(manifest)
-    sources = {e["id"]: fp32_file(e) for e in entries}
-    graphs = {gid: onnx.load(bundle.path(rel)) for gid, rel in sources.items()}
-    check_supported(graphs)
-    db, db_sha = (None, None)
-    if database is not None:
-        db, db_sha = open_database(database, target_dict)
-    name = build_name(target, processor)
-    suffix = ".tar" if proc.artifact == "object-archive" else ".so"
-    records = {}
-    with bundle_io.rewrite_bundle(bundle.root) as tmp:
-        out_dir = os.path.join(tmp, TVM_DIR, name)
+    with edit_bundle(bundle_path) as draft:
+        manifest = draft.manifest
+        entries = graph_entries(manifest)
+        sources = {e["id"]: fp32_file(e) for e in entries}
+        graphs = {gid: onnx.load(draft.path(rel)) for gid, rel in sources.items()}
+        check_supported(graphs)
+        db, db_sha = (None, None)
+        if database is not None:
+            db, db_sha = open_database(database, target_dict)
+        name = build_name(target, processor)
+        suffix = ".tar" if proc.artifact == "object-archive" else ".so"
+        records = {}
+        out_dir = draft.path(TVM_DIR + "/" + name)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.makedirs(out_dir)
         with Progress(len(entries), "tvm build " + name, enabled=progress) as bar:
@@ -219,7 +218,7 @@ def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=Non
                 mod = import_onnx(graphs[gid], batch)
                 with _source_only_cuda() if proc.kernels == "cuda" else contextlib.nullcontext():
                     executable = compile_module(mod, tvm_target, db)
-                export(executable, os.path.join(tmp, rel), proc)
+                export(executable, draft.path(rel), proc)
                 record = {"file": rel, "format": "tvm", "precision": "fp32",
                           "device": name, "arch": proc.arch, "processor": proc.name,
                           "artifact": proc.artifact, "batch": batch,
@@ -229,33 +228,28 @@ def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=Non
                     # The kernels are inside the library too; this copy is for reading,
                     # checking with the board's compiler, or building by hand.
                     src = rel[:-len(suffix)] + KERNEL_SUFFIX[proc.kernels]
-                    with open(os.path.join(tmp, src), "w") as f:
+                    with open(draft.path(src), "w") as f:
                         f.write(kernel_source(executable, proc.kernels))
                     record["kernels"] = {"language": proc.kernels, "file": src,
                                          "arch": tvm_target.attrs.get("arch"),
                                          "device_build": proc.device_build}
                 if proc.artifact == "shared-library":
-                    record["elf"] = check_library(os.path.join(tmp, rel), proc.arch, board.glibc)
+                    record["elf"] = check_library(draft.path(rel), proc.arch, board.glibc)
                 records[gid] = record
                 bar.update(note=gid)
         if database is not None:
             _copy_database(database, os.path.join(out_dir, "tuning"))
-        m = json.loads(json.dumps(manifest))
-        for entry in graph_entries(m):
+        for entry in entries:
             builds = entry.get("builds") or [{"file": entry["file"], "format": entry["format"],
                                                "precision": entry.get("precision", "fp32")}]
             entry["builds"] = [b for b in builds if b.get("device") != name] + \
                 [records[entry["id"]]]
-        stale = [f for f in m["files"] if f.startswith("/".join((TVM_DIR, name)) + "/")]
-        for f in stale:
-            del m["files"][f]
-        kept = sorted(os.path.relpath(os.path.join(d, f), tmp).replace(os.sep, "/")
-                      for d, _, fs in os.walk(out_dir) for f in fs)
-        m["files"].update(bundle_io.hash_files(tmp, kept))
-        m["provenance"]["passes"].append(
+        draft.remove_files("/".join((TVM_DIR, name)) + "/")
+        draft.add_files(os.path.relpath(os.path.join(d, f), draft.root).replace(os.sep, "/")
+                        for d, _, fs in os.walk(out_dir) for f in fs)
+        manifest["provenance"]["passes"].append(
             {"name": "tvm-build", "device": name, "tvm": tvm.__version__, "target": target_dict,
              "batch": batch, "tuning_database_sha256": db_sha})
-        bundle_io.write_manifest(tmp, m)
     return [records[e["id"]] for e in entries]
 
 
