@@ -11,7 +11,7 @@ import numpy as np
 
 from edgesdk.converters.onnxruntime.quantize import quantize_graphs, to_fp16
 from edgesdk.errors import BuildError, InputError
-from edgesdk.manifest import graph_entries
+from edgesdk.manifest import graph_entries, precision_of, selected_build
 
 FEED_LIMIT = 512  # calibration samples used for activation ranges and agreement
 MIN_CALIBRATION_SAMPLES = 16
@@ -20,7 +20,7 @@ MIN_CALIBRATION_SAMPLES = 16
 def fp32_file(entry):
     """The FP32 ONNX file of a graph entry (compilers start from it)."""
     for b in [entry] + list(entry.get("builds") or []):
-        if b["format"] == "onnx" and b.get("precision", "fp32") == "fp32":
+        if b["format"] == "onnx" and precision_of(b) == "fp32":
             return b["file"]
     raise BuildError("graph '{}' has no FP32 ONNX build to compile".format(entry["id"]))
 
@@ -116,8 +116,7 @@ def add_builds(draft, precisions, x=None, method="minmax", symmetric=False, exit
             {"name": "onnxconverter-common-float16", "keep_io_types": True})
     for entry in graph_entries(manifest):
         if entry["id"] in new:
-            entry["builds"] = [{"file": entry["file"], "format": entry["format"],
-                                "precision": entry.get("precision", "fp32")}] + new[entry["id"]]
+            entry["builds"] = [selected_build(entry)] + new[entry["id"]]
     draft.add_files(b["file"] for v in new.values() for b in v)
 
 
@@ -139,7 +138,7 @@ def record_agreement(draft, x):
         # Only builds this machine runs can be compared (an aarch64 library cannot run here).
         for other in graph_builds(entry)[1:]:
             labels = top1_labels(draft.model(builds={
-                entry["id"]: (other["format"], other.get("precision", "fp32"))}), x)
+                entry["id"]: (other["format"], precision_of(other))}), x)
             agreement[other["file"]] = min(float((labels[k] == base[k]).mean())
                                            for k in exits_reached(manifest, entry["id"]))
     # Recorded after every comparison: each one runs the draft as it was selected.

@@ -23,6 +23,7 @@ from edgesdk.converters.qat import QAT_ATOL, QAT_RTOL, frozen_copy, quantization
 from edgesdk.converters.pruning import make_dense, sparsity_report
 from edgesdk.converters.selection import DEFAULT_EXIT_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT
 from edgesdk.converters.stage_export import Source, export_stages
+from edgesdk.manifest import graph_entries, precision_of
 from edgesdk.runtime.input_stats import summarize
 from edgesdk.runtime.reference import REDUCED_PRECISION_ATOL, REDUCED_PRECISION_RTOL
 from edgesdk.targets import get_target
@@ -202,7 +203,7 @@ def convert(model, example_input, output, options=None, **overrides):
             report = ConversionReport(
                 path=output, max_abs_error=[], stage_macs=[e["macs"] for e in m["stages"]],
                 exit_macs=[e["macs"] for e in m["exits"]], input_statistics=stats,
-                macs_uncounted={e["id"]: e["macs_uncounted"] for e in m["stages"] + m["exits"]
+                macs_uncounted={e["id"]: e["macs_uncounted"] for e in graph_entries(m)
                                 if e["macs_uncounted"]})
             report.max_abs_error = _verify(draft.model(), reference.numpy(), ref_logits,
                                            opts.atol, opts.rtol)
@@ -229,7 +230,7 @@ def _extra_builds(draft, report, plan, target, x, y, opts):
         baseline = record_agreement(draft, x)
         m = draft.manifest
         report.builds = {e["id"]: {b["precision"]: b.get("top1_agreement", 1.0) for b in e["builds"]}
-                         for e in m["stages"] + m["exits"]}
+                         for e in graph_entries(m)}
     if opts.profile is not None:
         from edgesdk.converters.selection import apply_profile
         report.choices = apply_profile(draft, opts.profile, x, y, opts.device, opts.profile_metric,
@@ -250,7 +251,7 @@ def _refresh_reference(draft):
     INT8 kernels may round differently on another instruction set; their tolerance is wider.
     """
     manifest = draft.manifest
-    if all(e.get("precision", "fp32") == "fp32" for e in manifest["stages"] + manifest["exits"]):
+    if all(precision_of(e) == "fp32" for e in graph_entries(manifest)):
         return
     ref = manifest["reference"]
     with np.load(draft.path(ref["file"]), allow_pickle=False) as data:

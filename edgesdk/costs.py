@@ -10,6 +10,7 @@ sizes that were not measured are interpolated linearly in the per-sample cost be
 nearest measured sizes, and flagged. Python 3.6 compatible (the runtime reads it on boards).
 """
 from edgesdk.errors import InputError, ProfileStoreError
+from edgesdk.manifest import graph_entries, precision_of
 from edgesdk.profiles import ProfileStore, device_fingerprint, graphs_sha256
 
 # The engine's own rows (runtime/profiler.py RUNTIME_ROWS): graph name -> where it is added.
@@ -114,8 +115,8 @@ def bundle_rows(db, manifest, device=None):
 
 def selected_builds(manifest):
     """``{graph id: (format, precision)}`` of the builds the manifest selects."""
-    return {e["id"]: (e["format"], e.get("precision", "fp32"))
-            for e in manifest["stages"] + manifest["exits"]}
+    return {e["id"]: (e["format"], precision_of(e))
+            for e in graph_entries(manifest)}
 
 
 def one_build(rows, builds):

@@ -46,6 +46,43 @@ def graph_entries(manifest):
             for e in (manifest["stages"][k], manifest["exits"][k])]
 
 
+# Accessors for what several layers read from graph entries (the validator below fixes the
+# types): a graph entry is a stage or exit dict; a build record has at least ``file`` and
+# ``format``, and ``precision`` unless it is FP32.
+
+def graph_entry(manifest, graph_id):
+    """The stage or head entry with id ``graph_id`` (KeyError if none)."""
+    for e in graph_entries(manifest):
+        if e["id"] == graph_id:
+            return e
+    raise KeyError(graph_id)
+
+
+def precision_of(build):
+    """The precision of a build record or graph entry (FP32 where it is left out)."""
+    return precision_of(build)
+
+
+def selected_build(entry):
+    """The build a graph entry selects, as a build record (its listed one, if listed)."""
+    listed = next((b for b in entry.get("builds") or [] if b["file"] == entry["file"]), None)
+    return listed if listed is not None else {
+        "file": entry["file"], "format": entry["format"], "precision": precision_of(entry)}
+
+
+def entry_builds(entry):
+    """Every build of a graph entry, the selected one first (an entry without a ``builds``
+    list has only that one). The records are the manifest's own dicts where listed."""
+    selected = selected_build(entry)
+    return [selected] + [b for b in entry.get("builds") or [] if b["file"] != entry["file"]]
+
+
+def put_build(entry, record, replaces):
+    """Add the build ``record`` to a graph entry, dropping the builds ``replaces(build)``
+    says it replaces (an earlier build for the same device); the selection stays."""
+    entry["builds"] = [b for b in entry_builds(entry) if not replaces(b)] + [record]
+
+
 def _fail(path, msg):
     raise ManifestError("manifest.json: {}: {}".format(path, msg))
 

@@ -53,6 +53,7 @@ def graphs_sha256(manifest):
     without invalidating profiles; a changed graph file changes this hash.
     """
     h = hashlib.sha256()
+    # Stages, then heads: stored profiles are keyed by this hash, so the order stays.
     for entry in manifest["stages"] + manifest["exits"]:
         h.update(entry["id"].encode("utf-8"))
         if entry.get("builds"):

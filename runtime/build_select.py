@@ -10,7 +10,7 @@ the requested one. Python 3.6 / numpy 1.19 compatible.
 import platform
 
 from edgesdk.errors import BundleError, InputError
-from edgesdk.manifest import FORMATS, PRECISIONS
+from edgesdk.manifest import FORMATS, PRECISIONS, entry_builds, precision_of
 
 def why_not_here(build):
     """None when this machine can run ``build``, else the reason in a few words: its format's
@@ -26,11 +26,7 @@ def runs_here(build):
 
 def _listed(entry):
     """Every build of ``entry`` as a record with a precision, the selected one first."""
-    listed = [dict(b, precision=b.get("precision", "fp32")) for b in entry.get("builds") or []]
-    selected = next((b for b in listed if b["file"] == entry["file"]),
-                    {"file": entry["file"], "format": entry["format"],
-                     "precision": entry.get("precision", "fp32")})
-    return [selected] + [b for b in listed if b["file"] != entry["file"]]
+    return [dict(b, precision=precision_of(b)) for b in entry_builds(entry)]
 
 
 def graph_builds(entry):
@@ -47,7 +43,7 @@ def graph_builds(entry):
 def build_name(build):
     """``"tvm fp32 (jetson-tx2 cpu)"``: a build in words."""
     where = " ".join(v for v in (build.get("device"), build.get("processor")) if v)
-    return "{} {}{}".format(build["format"], build.get("precision", "fp32"),
+    return "{} {}{}".format(build["format"], precision_of(build),
                             " ({})".format(where) if where else "")
 
 
@@ -62,7 +58,7 @@ def describe_builds(builds):
 
 def ran(build):
     """What :class:`~edgesdk.runtime.engine.RunResult` and the profiler record of a build."""
-    return {"format": build["format"], "precision": build.get("precision", "fp32"),
+    return {"format": build["format"], "precision": precision_of(build),
             "processor": build.get("processor", "cpu"), "device": build.get("device"),
             "file": build["file"]}
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from edgesdk.bundle import read_bundle
 from edgesdk.errors import InputError
+from edgesdk.manifest import graph_entries
 from edgesdk.runtime.build_select import pick_build, ran
 from edgesdk.runtime.executors import EXECUTORS
 from edgesdk.runtime.input_stats import InputGuard
@@ -138,11 +139,11 @@ class EdgeModel(object):
         self.num_classes = m["num_classes"]
         self.builds = {}
         if isinstance(builds, dict):
-            unknown = sorted(set(builds) - {e["id"] for e in m["stages"] + m["exits"]})
+            unknown = sorted(set(builds) - {e["id"] for e in graph_entries(m)})
             if unknown:
                 raise InputError("builds= names graphs the bundle does not have: {}".format(
                     ", ".join(unknown)))
-        for e in m["stages"] + m["exits"]:
+        for e in graph_entries(m):
             want = builds.get(e["id"]) if isinstance(builds, dict) else builds
             self.builds[e["id"]] = pick_build(e, want, fallback)
         # What ran, per graph: every RunResult carries it (one shared dict, built once).

@@ -9,6 +9,7 @@ converter's liveness estimate) per sample on top. Numbers read from a manifest a
 compared, never allocated. Python 3.6 compatible.
 """
 from edgesdk.errors import ResourceLimitError
+from edgesdk.manifest import graph_entries
 
 MIB = float(1 << 20)
 
@@ -89,7 +90,7 @@ class MemoryPlan(object):
 def files_to_load(manifest, builds):
     """Bundle-relative files the engine loads: each graph's chosen build (``builds``: graph id
     -> build record), and the gates and width variants of adaptive stages."""
-    files = [builds[e["id"]]["file"] for e in manifest["stages"] + manifest["exits"]]
+    files = [builds[e["id"]]["file"] for e in graph_entries(manifest)]
     for stage in manifest["stages"]:
         if stage.get("gate"):
             files.append(stage["gate"]["file"])

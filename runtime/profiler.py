@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from edgesdk.errors import InputError
+from edgesdk.manifest import graph_entries
 from edgesdk.runtime.datafiles import read_npz
 from edgesdk.runtime.power.meter import EnergyMeter, idle_power
 from edgesdk.runtime.timing import STATISTICS, fit_engine, latency_stats, time_runs
@@ -255,7 +256,7 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS
     # not measured again.
     m = model.bundle.manifest
     others = sorted({(b["format"], b["precision"])
-                     for e in m["stages"] + m["exits"] for b in graph_builds(e)[1:]})
+                     for e in graph_entries(m) for b in graph_builds(e)[1:]})
     # Graphs without one of those builds run their selected one in that pass (fallback).
     configs = [model] + [EdgeModel(model.bundle, threads=threads, builds=p, fallback=True)
                          for p in others]

@@ -2,6 +2,7 @@
 import numpy as np
 
 from edgesdk.errors import IntegrityError
+from edgesdk.manifest import graph_entries, precision_of
 from edgesdk.runtime.datafiles import NPZ_ERRORS, read_npz
 
 
@@ -77,8 +78,8 @@ def check_reference(model):
     errors, failing = compare_exits(got, expected, atol, rtol)
     out = {"max_abs_error": errors, "samples": int(x.shape[0]), "builds": model.ran,
            "mode": "logits"}
-    if any(model.ran[e["id"]]["precision"] != e.get("precision", "fp32")
-           for e in m["stages"] + m["exits"]):
+    if any(model.ran[e["id"]]["precision"] != precision_of(e)
+           for e in graph_entries(m)):
         atol, rtol = max(atol, REDUCED_PRECISION_ATOL), max(rtol, REDUCED_PRECISION_RTOL)
         ok, counted, agreement = decisive_agreement(got, expected, atol, rtol)
         failing = [k for k, v in enumerate(ok) if not v]

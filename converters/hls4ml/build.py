@@ -33,7 +33,7 @@ from edgesdk.converters.hls4ml.estimate import estimate, over_budget
 from edgesdk.converters.hls4ml.graph import channels_last, project_name
 from edgesdk.converters.hls4ml.precision import choose_precision
 from edgesdk.errors import BuildError, InputError, UnsupportedOpError
-from edgesdk.manifest import graph_entries
+from edgesdk.manifest import graph_entries, put_build
 from edgesdk.runtime.executors.fpga_csim import hls_layout
 from edgesdk.targets import get_target
 
@@ -77,7 +77,7 @@ def build_fpga(bundle_path, target="ultra96-v2", calibration_data=None, width=16
                             else ("onnx", "fp32"))
         feeds = graph_inputs(model, x)
         m = draft.manifest
-        onnxruntime = dict(zip([e["id"] for e in m["stages"] + m["exits"]], model.stages + model.heads))
+        onnxruntime = dict(zip([e["id"] for e in graph_entries(m)], model.stages + model.heads))
         bad = unsupported_layers(graphs)
         if bad:
             raise UnsupportedOpError("hls4ml {} cannot map {} graph(s):\n{}\nRewrite these layers "
@@ -101,10 +101,7 @@ def build_fpga(bundle_path, target="ultra96-v2", calibration_data=None, width=16
         finally:
             shutil.rmtree(work, ignore_errors=True)
         for entry in entries:
-            builds = entry.get("builds") or [{"file": entry["file"], "format": entry["format"],
-                                              "precision": entry.get("precision", "fp32")}]
-            entry["builds"] = [b for b in builds if b.get("device") != target] + \
-                [records[entry["id"]]]
+            put_build(entry, records[entry["id"]], lambda b: b.get("device") == target)
         draft.remove_files("{}/{}/".format(HLS_DIR, target))
         draft.add_files(f for r in records.values() for f in (r["file"], r["hls"]["project"]))
         m["provenance"]["passes"].append(

@@ -22,7 +22,7 @@ from edgesdk.converters.draft import edit_bundle
 from edgesdk.converters.tvm.elf_check import check_library
 from edgesdk.deps import require
 from edgesdk.errors import BuildError, InputError, UnsupportedOpError
-from edgesdk.manifest import graph_entries
+from edgesdk.manifest import graph_entries, put_build
 from edgesdk.targets import get_target
 
 log = logging.getLogger(__name__)
@@ -240,10 +240,7 @@ def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=Non
         if database is not None:
             _copy_database(database, os.path.join(out_dir, "tuning"))
         for entry in entries:
-            builds = entry.get("builds") or [{"file": entry["file"], "format": entry["format"],
-                                               "precision": entry.get("precision", "fp32")}]
-            entry["builds"] = [b for b in builds if b.get("device") != name] + \
-                [records[entry["id"]]]
+            put_build(entry, records[entry["id"]], lambda b: b.get("device") == name)
         draft.remove_files("/".join((TVM_DIR, name)) + "/")
         draft.add_files(os.path.relpath(os.path.join(d, f), draft.root).replace(os.sep, "/")
                         for d, _, fs in os.walk(out_dir) for f in fs)

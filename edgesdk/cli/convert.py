@@ -228,7 +228,7 @@ def preprocessing_from(args, raw_dtype=None):
 
 def run(args):
     """Load the model and example data, then call :func:`edgesdk.converters.convert`."""
-    from edgesdk.converters import convert
+    from edgesdk.converters import ConvertOptions, convert
     from edgesdk.runtime.datafiles import load_npz
     from edgesdk.runtime.input_stats import describe_input
     from edgesdk.runtime.inputs import preprocess
@@ -278,17 +278,17 @@ def run(args):
     records = []
     if pruning:
         records.append(_prune(model, x, calibration, args))
-    report = convert(model, x, args.output, stages_attr=args.stages_attr, heads_attr=args.heads_attr,
-                     target=args.target, opset=args.opset, policy=args.policy,
-                     threshold=args.threshold, preprocessing=pre, atol=args.atol, rtol=args.rtol,
-                     force=args.force, progress=not args.json,
-                     precisions=[p.strip() for p in args.precisions.split(",") if p.strip()],
-                     quantize=args.quantize, calibration_data=calibration,
-                     calibration_method=args.calibration_method, profile=args.profile,
-                     device=args.device,
-                     profile_metric=METRICS[args.profile_metric], profile_batch=args.profile_batch,
-                     min_agreement=args.min_agreement, exit_accuracy_drop=args.exit_accuracy_drop,
-                     pruning=records, exit_aware=args.exit_aware)
+    options = ConvertOptions(
+        stages_attr=args.stages_attr, heads_attr=args.heads_attr, target=args.target,
+        opset=args.opset, policy=args.policy, threshold=args.threshold, preprocessing=pre,
+        atol=args.atol, rtol=args.rtol, force=args.force, progress=not args.json,
+        precisions=[p.strip() for p in args.precisions.split(",") if p.strip()],
+        quantize=args.quantize, calibration_data=calibration,
+        calibration_method=args.calibration_method, profile=args.profile, device=args.device,
+        profile_metric=METRICS[args.profile_metric], profile_batch=args.profile_batch,
+        min_agreement=args.min_agreement, exit_accuracy_drop=args.exit_accuracy_drop,
+        pruning=records, exit_aware=args.exit_aware)
+    report = convert(model, x, args.output, options)
     if args.json:
         print(json.dumps({"bundle": report.path, "max_abs_error": report.max_abs_error,
                           "stage_macs": report.stage_macs, "exit_macs": report.exit_macs,

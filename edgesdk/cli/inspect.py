@@ -7,6 +7,7 @@ Cost fractions shown here come from the manifest: counted MACs (head costs inclu
 import json
 
 from edgesdk.bundle import read_bundle
+from edgesdk.manifest import graph_entries, precision_of
 from edgesdk.table import format_table, printable, printable_copy
 
 
@@ -27,7 +28,7 @@ MAC_FRACTION = ("fractions of the full model's counted MACs, head costs included
 
 def _uncounted_lines(m):
     """The nodes each graph's MAC count leaves out (recorded by convert), if any."""
-    graphs = [e for e in m["stages"] + m["exits"] if e.get("macs_uncounted")]
+    graphs = [e for e in graph_entries(m) if e.get("macs_uncounted")]
     if not graphs:
         return []
     lines = ["", "MACs not counted (the counts marked >= are too low, and so are cost "
@@ -58,7 +59,7 @@ def _calibration_lines(m):
                                   expected["accuracy"], expected["final_exit_accuracy"],
                                   expected["mean_cost_fraction"]),
              "  ({})".format(basis)]
-    if not profile and any(e.get("macs_uncounted") for e in m["stages"] + m["exits"]):
+    if not profile and any(e.get("macs_uncounted") for e in graph_entries(m)):
         lines.append("  warning: some MAC counts leave nodes out (above): this fraction is "
                      "not reliable")
     return lines
@@ -99,9 +100,9 @@ def run(args):
                     "dropped" if entry.get("dropped") else
                     "off" if entry["threshold"] is None else "{:.6g}".format(entry["threshold"]))
                 chosen = ", ".join(c for c in (entry["chosen_from"].get("method", ""), chosen) if c)
-            others = [b.get("device") or b.get("precision", "fp32")
+            others = [b.get("device") or precision_of(b)
                       for b in entry.get("builds") or [] if b["file"] != entry["file"]]
-            build = "{} {}".format(entry["format"], entry.get("precision", "fp32"))
+            build = "{} {}".format(entry["format"], precision_of(entry))
             pruned = "{:.0%}".format(ratios[k]) if ratios and kind == "stage" else ""
             # ">=": the count leaves nodes out (listed below the table), so it is too low.
             macs = ("" if not entry.get("macs_uncounted") else ">=") + "{:.2f}M".format(

@@ -21,7 +21,7 @@ import time
 
 from edgesdk import bundle as bundle_io
 from edgesdk.errors import BuildError, BundleError
-from edgesdk.manifest import graph_entries
+from edgesdk.manifest import graph_entries, precision_of, put_build
 from edgesdk.progress import Progress
 from edgesdk.runtime.cuda_memory import cuda
 from edgesdk.runtime.executors.tensorrt import tensorrt
@@ -145,11 +145,8 @@ def build_engines(bundle_path, workspace_mb=DEFAULT_WORKSPACE_MB, progress=True)
         manifest = bundle_io.read_bundle(tmp, verify=False).manifest
         for entry in graph_entries(manifest):
             new = records[entry["id"]]
-            builds = entry.get("builds") or [{"file": entry["file"], "format": entry["format"],
-                                              "precision": entry.get("precision", "fp32")}]
-            entry["builds"] = [b for b in builds if not (
-                b["format"] == "tensorrt" and b.get("device") == new["device"]
-                and b.get("precision", "fp32") == new["precision"])] + [new]
+            put_build(entry, new, lambda b: b["format"] == "tensorrt" and b.get("device") ==
+                      new["device"] and precision_of(b) == new["precision"])
         manifest["files"].update(bundle_io.hash_files(tmp, [r["file"] for r in records.values()]))
         manifest["provenance"]["passes"].append(dict(info, name="tensorrt-build",
                                                      device=plan["device"]))
