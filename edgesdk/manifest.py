@@ -50,17 +50,9 @@ def graph_entries(manifest):
 # types): a graph entry is a stage or exit dict; a build record has at least ``file`` and
 # ``format``, and ``precision`` unless it is FP32.
 
-def graph_entry(manifest, graph_id):
-    """The stage or head entry with id ``graph_id`` (KeyError if none)."""
-    for e in graph_entries(manifest):
-        if e["id"] == graph_id:
-            return e
-    raise KeyError(graph_id)
-
-
 def precision_of(build):
     """The precision of a build record or graph entry (FP32 where it is left out)."""
-    return precision_of(build)
+    return build.get("precision", "fp32")
 
 
 def selected_build(entry):

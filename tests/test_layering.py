@@ -127,3 +127,69 @@ def test_no_test_folder_shadows_a_backend_library():
     libraries = {"tensorrt", "tvm", "pynq", "onnxruntime", "hls4ml", "torch", "onnx", "cv2"}
     for d, dirs, _ in os.walk(os.path.join(ROOT, "tests")):
         assert not libraries & set(dirs), d
+
+
+def _backends():
+    """``{backend: module prefixes}``: each backend's executors (from the formats table) and
+    its converter folder (from the toolchains table), plus the modules listed here that
+    belong to one although they live elsewhere."""
+    from edgesdk.backends import _EXECUTORS, TOOLCHAIN_FORMATS, TOOLCHAINS
+    executor = dict((fmt, target.split(":")[0]) for fmt, target in _EXECUTORS)
+    out = {}
+    for name, formats in TOOLCHAIN_FORMATS.items():
+        out[name] = [executor[f] for f in formats] + ["edgesdk.converters." + name]
+    folders = {name: cls.split(":")[0].rsplit(".", 1)[0] for name, cls, _ in TOOLCHAINS}
+    assert all(folders[n] == "edgesdk.converters." + n for n in folders)
+    # Verbs that exist for one backend, and TensorRT's engine builder on the board.
+    out["tvm"] += ["edgesdk.cli.tune"]
+    out["tensorrt"] += ["edgesdk.runtime.executors.tensorrt_build",
+                        "edgesdk.runtime.cli.build_engines"]
+    return out
+
+
+def _imported_names(path):
+    """Every module ``path`` imports, and ``module.name`` for each ``from module import name``
+    (which may be a submodule)."""
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+            for a in node.names:
+                yield node.module + "." + a.name
+
+
+def _module_of(path):
+    rel = os.path.relpath(path, ROOT)[:-3].split(os.sep)
+    top = {"edgesdk": [], "converters": ["converters"], "targets": ["targets"],
+           "runtime": ["runtime"]}[rel[0]]
+    parts = ["edgesdk"] + top + rel[1:] if rel[0] != "edgesdk" else rel
+    return ".".join(p for p in parts if p != "__init__")
+
+
+def test_backends_are_imported_only_through_the_registry():
+    # A backend's modules import each other; everything else reaches a backend through
+    # edgesdk.backends. The one exception is ONNX Runtime as the reference: every bundle
+    # keeps FP32 ONNX graphs, and converters check their rewrites against ONNX Runtime
+    # sessions (make_session) and write INT8/FP16 ONNX builds with its quantizer.
+    backends = _backends()
+    reference = ("edgesdk.runtime.executors.ort", "edgesdk.converters.onnxruntime")
+
+    def owner(module):
+        return next((b for b, prefixes in backends.items()
+                     if any(module == p or module.startswith(p + ".") for p in prefixes)), None)
+    bad = []
+    for path in _sources("edgesdk", "converters", "targets", "runtime"):
+        mine = owner(_module_of(path))
+        for imported in _imported_names(path):
+            theirs = owner(imported)
+            if theirs is None or theirs == mine:
+                continue
+            if theirs == "onnxruntime" and _module_of(path).startswith("edgesdk.converters") \
+                    and imported.startswith(reference):
+                continue
+            bad.append("{} imports {}".format(os.path.relpath(path, ROOT), imported))
+    assert not bad, "\n".join(bad)
+    assert owner("edgesdk.converters.tvm.build") == "tvm"   # the table is not empty
+    assert owner("edgesdk.runtime.executors.pynq") == "hls4ml"
