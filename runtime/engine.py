@@ -143,7 +143,7 @@ class EdgeModel(object):
             if unknown:
                 raise InputError("builds= names graphs the bundle does not have: {}".format(
                     ", ".join(unknown)))
-        for e in graph_entries(m):
+        for e in m["stages"] + m["exits"]:   # stages first: the order `run` prints builds in
             want = builds.get(e["id"]) if isinstance(builds, dict) else builds
             self.builds[e["id"]] = pick_build(e, want, fallback)
         # What ran, per graph: every RunResult carries it (one shared dict, built once).
