@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 
+from edgesdk import atomic
 from edgesdk import bundle as bundle_io
 
 
@@ -83,9 +84,10 @@ def open_draft(output, force=False, threads=None):
 def edit_bundle(path, threads=None):
     """A draft of the existing bundle at ``path`` (read and verified once; a private copy of
     its manifest, its files in a staging copy); on success it replaces the bundle whole."""
-    bundle = bundle_io.read_bundle(path)
-    with bundle_io.rewrite_bundle(bundle.root) as tmp:
-        draft = BundleDraft(tmp, json.loads(json.dumps(bundle.manifest)), threads=threads)
-        yield draft
-        draft.finish()
+    with atomic.writer_lock(path):   # from the read on: no other writer starts from it too
+        bundle = bundle_io.read_bundle(path)
+        with bundle_io.rewrite_bundle(bundle) as tmp:
+            draft = BundleDraft(tmp, json.loads(json.dumps(bundle.manifest)), threads=threads)
+            yield draft
+            draft.finish()
 

@@ -10,12 +10,23 @@ import binascii
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import platform
 import re
 import shutil
 import sys
 import tempfile
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: writers are not serialized there
+    fcntl = None
+
+log = logging.getLogger(__name__)
+# Whether a writer that finds a bundle locked waits for it (the CLI's --wait) or fails.
+WAIT_FOR_WRITERS = False
+_held = {}  # bundle path -> how many times this process holds its writer lock
 
 
 def fsync_dir(path):
@@ -230,3 +241,68 @@ def replace_directory(tmp, final):
                            binascii.hexlify(os.urandom(4)).decode("ascii"))
     os.rename(old, garbage)
     remove(garbage)
+
+
+def lock_path(final):
+    """The lock file of the bundle path ``final``: ``.NAME.lock`` beside it (the bundle
+    directory itself is swapped whole, so it cannot hold its own lock)."""
+    final = os.path.abspath(final)
+    return os.path.join(os.path.dirname(final), "." + os.path.basename(final) + ".lock")
+
+
+@contextlib.contextmanager
+def writer_lock(final, wait=None):
+    """Hold the exclusive writer lock of the bundle path ``final`` (``fcntl.flock`` on
+    :func:`lock_path`). Every edgesdk step that writes a bundle takes it before reading what it
+    changes, so two writers never both start from the same old bundle. Another process holding
+    it: :class:`~edgesdk.errors.BundleBusyError`, or with ``wait`` (default
+    :data:`WAIT_FOR_WRITERS`) a message and a wait. Re-entrant within a process. The lock file
+    is removed on release (and re-checked after locking, so a file removed meanwhile is not
+    trusted)."""
+    from edgesdk.errors import BundleBusyError
+    final = os.path.abspath(final)
+    if fcntl is None or final in _held:
+        _held[final] = _held.get(final, 0) + 1
+        try:
+            yield
+        finally:
+            _held[final] -= 1
+            if not _held[final]:
+                del _held[final]
+        return
+    wait = WAIT_FOR_WRITERS if wait is None else wait
+    path = lock_path(final)
+    told = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                os.close(fd)
+                raise
+            if not wait:
+                os.close(fd)
+                raise BundleBusyError(
+                    "another edgesdk process is writing '{}' (it holds {}); run this again when "
+                    "it is done, or pass --wait to wait for it".format(final, path))
+            if not told:
+                log.warning("waiting for another edgesdk process writing %s", final)
+                told = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed the file as we waited: lock the new one
+    _held[final] = 1
+    try:
+        yield
+    finally:
+        del _held[final]
+        try:
+            os.unlink(path)
+        finally:
+            os.close(fd)

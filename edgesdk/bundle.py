@@ -9,6 +9,7 @@ the complete old or the complete new bundle, even after a crash. Runs on the dev
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -18,6 +19,7 @@ from edgesdk import atomic
 from edgesdk import manifest as mf
 from edgesdk.errors import BundleError, IntegrityError, ManifestError
 
+log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 SUFFIX = ".edgebundle"
 
@@ -161,12 +163,19 @@ def staging_directory(final, force=False):
     """
     final = os.path.abspath(final)
     parent = os.path.dirname(final)
+    if not os.path.isdir(parent):
+        raise BundleError("output directory '{}' does not exist".format(parent))
+    with atomic.writer_lock(final):
+        with _staging(final, parent, force) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _staging(final, parent, force):
     atomic.recover(final)
     if os.path.exists(final) and not force:
         raise BundleError("'{}' already exists; choose another output path or pass force=True "
                           "(--force) to replace it".format(final))
-    if not os.path.isdir(parent):
-        raise BundleError("output directory '{}' does not exist".format(parent))
     tmp = tempfile.mkdtemp(prefix=atomic.temporary_prefix(final, "tmp"), dir=parent)
     try:
         yield tmp
@@ -185,18 +194,46 @@ def staging_directory(final, force=False):
         raise
 
 
+def unlisted_entries(bundle):
+    """Bundle-relative paths in the directory that its manifest does not list (nor the
+    folders holding listed files): files, links, FIFOs... that no edgesdk step reads."""
+    listed = set(bundle.manifest["files"]) | {MANIFEST}
+    folders = {"/".join(rel.split("/")[:k]) for rel in listed for k in range(1, rel.count("/") + 1)}
+    out = []
+    for d, dirs, files in os.walk(bundle.root):
+        for name in dirs + files:
+            rel = os.path.relpath(os.path.join(d, name), bundle.root).replace(os.sep, "/")
+            if rel not in listed and rel not in folders:
+                out.append(rel)
+        dirs[:] = [n for n in dirs if not os.path.islink(os.path.join(d, n))]
+    return sorted(out)
+
+
 @contextlib.contextmanager
-def rewrite_bundle(root):
-    """Yield a staging copy of the bundle directory ``root`` to change; on success it replaces
-    the bundle, on failure the bundle is untouched."""
-    root = os.path.abspath(root)
+def rewrite_bundle(bundle):
+    """Yield a staging copy of the verified :class:`Bundle` to change; on success it replaces
+    the bundle, on failure the bundle is untouched.
+
+    Only the manifest and the files it lists are copied, each checked to be a regular file
+    inside the bundle and copied without following links: whatever else sits in the directory
+    (a symbolic link to ``/etc``, a FIFO, ``/dev/zero``) is left out of the new bundle, with a
+    warning naming it."""
+    root = bundle.root
+    stray = unlisted_entries(bundle)
+    if stray:
+        log.warning("%s: leaving out %d unlisted entr%s (no edgesdk step reads them): %s", root,
+                    len(stray), "y" if len(stray) == 1 else "ies", ", ".join(stray[:10]) +
+                    (", ..." if len(stray) > 10 else ""))
     with staging_directory(root, force=True) as tmp:
-        for d, dirs, files in os.walk(root):
-            here = os.path.join(tmp, os.path.relpath(d, root))
-            for sub in dirs:
-                os.makedirs(os.path.join(here, sub), exist_ok=True)
-            for f in files:
-                shutil.copy2(os.path.join(d, f), os.path.join(here, f))
+        for rel in sorted(bundle.manifest["files"]) + [MANIFEST]:
+            src = _resolve_inside(root, rel)
+            if not stat.S_ISREG(os.lstat(src).st_mode):
+                raise IntegrityError("{}: '{}' is not a regular file; bundles hold regular files "
+                                     "only".format(root, rel))
+            dst = os.path.join(tmp, *rel.split("/"))
+            if not os.path.isdir(os.path.dirname(dst)):
+                os.makedirs(os.path.dirname(dst))
+            shutil.copy2(src, dst, follow_symlinks=False)
         yield tmp
 
 
@@ -208,10 +245,12 @@ def write_manifest(root, manifest):
 def update_manifest(root, change):
     """Re-read and verify a bundle, apply ``change(manifest)`` and replace the manifest atomically.
 
-    The old manifest stays in place until the new one is completely on disk.
+    The old manifest stays in place until the new one is completely on disk; the bundle's
+    writer lock is held from the read to the write (:func:`edgesdk.atomic.writer_lock`).
     """
-    bundle = read_bundle(root)
-    manifest = json.loads(json.dumps(bundle.manifest))
-    change(manifest)
-    write_manifest(bundle.root, manifest)
-    return read_bundle(bundle.root)
+    with atomic.writer_lock(root):
+        bundle = read_bundle(root)
+        manifest = json.loads(json.dumps(bundle.manifest))
+        change(manifest)
+        write_manifest(bundle.root, manifest)
+        return read_bundle(bundle.root)

@@ -26,6 +26,10 @@ class BundleError(EdgeSDKError):
     """A bundle cannot be read, written or trusted."""
 
 
+class BundleBusyError(BundleError):
+    """Another process holds the bundle's writer lock."""
+
+
 class ManifestError(BundleError):
     """manifest.json is malformed; the message names the JSON path."""
 

@@ -2,6 +2,8 @@
 hls4ml): each adds its builds to the bundle, rewritten in place atomically. Options that name
 a toolchain in their help apply to that toolchain only."""
 
+from edgesdk.runtime.cli.options import add_wait_argument
+
 
 def _toolchains():
     from edgesdk.backends import BUILD_TOOLCHAINS, TOOLCHAIN_NAMES
@@ -19,6 +21,7 @@ def _options():
 
 
 def add_arguments(p):
+    add_wait_argument(p)
     from edgesdk.backends import TOOLCHAIN_NAMES, toolchains_help
     p.add_argument("bundle", help="path to NAME.edgebundle (rewritten in place, atomically)")
     p.add_argument("--toolchain", default="tvm", choices=TOOLCHAIN_NAMES,

@@ -14,9 +14,11 @@ import json
 from edgesdk.errors import InputError
 from edgesdk.manifest import graph_entries
 from edgesdk.table import format_table
+from edgesdk.runtime.cli.options import add_wait_argument
 
 
 def add_arguments(p):
+    add_wait_argument(p)
     p.add_argument("bundle", help="path to NAME.edgebundle (its manifest is updated)")
     p.add_argument("--data", required=True, help=".npz with 'x' inputs and 'y' integer labels")
     goal = p.add_mutually_exclusive_group(required=True)

@@ -10,9 +10,11 @@ import json
 
 from edgesdk.cli.convert import _fraction
 from edgesdk.errors import InputError
+from edgesdk.runtime.cli.options import add_wait_argument
 
 
 def add_arguments(p):
+    add_wait_argument(p)
     p.add_argument("--model", required=True, help="FILE.py:NAME or package.module:NAME")
     p.add_argument("--weights", action="append", default=[],
                    help="state_dict (.pt); once for shared weights or once per resolution")

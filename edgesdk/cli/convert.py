@@ -15,9 +15,11 @@ import numpy as np
 from edgesdk.converters.cost_model import METRICS
 from edgesdk.converters.selection import DEFAULT_EXIT_ACCURACY_DROP, DEFAULT_MIN_AGREEMENT
 from edgesdk.errors import InputError
+from edgesdk.runtime.cli.options import add_wait_argument
 
 
 def add_arguments(p):
+    add_wait_argument(p)
     p.add_argument("--model", required=True, help="FILE.py:NAME or package.module:NAME")
     weights = p.add_mutually_exclusive_group(required=True)
     weights.add_argument("--weights", help="state_dict saved with torch.save (.pt)")

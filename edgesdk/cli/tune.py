@@ -2,8 +2,11 @@
 them with the tuning database (kept in the bundle). Resumable: run the same command again to
 continue after an interruption; finished workloads are skipped."""
 
+from edgesdk.runtime.cli.options import add_wait_argument
+
 
 def add_arguments(p):
+    add_wait_argument(p)
     p.add_argument("bundle", help="path to NAME.edgebundle (rewritten in place, atomically)")
     p.add_argument("--target", default="host", help="board (see `edgesdk targets`; default: host)")
     p.add_argument("--processor", default="cpu", help="the board's processor (default: cpu)")

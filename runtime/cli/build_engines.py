@@ -3,9 +3,11 @@ import json
 
 from edgesdk.errors import InputError
 from edgesdk.table import format_table
+from edgesdk.runtime.cli.options import add_wait_argument
 
 
 def add_arguments(p):
+    add_wait_argument(p)
     p.add_argument("bundle", help="path to NAME.edgebundle (prepared on the host with "
                                   "`edgesdk build --toolchain tensorrt`)")
     p.add_argument("--workspace-mb", type=int, default=1024,

@@ -18,6 +18,9 @@ def run_command(func, args, prog):
         warnings.simplefilter("default", InputRangeWarning)
         warnings.showwarning = show
         try:
+            if getattr(args, "wait", False):
+                from edgesdk import atomic
+                atomic.WAIT_FOR_WRITERS = True
             return func(args)
         except EdgeSDKError as exc:
             sys.stderr.write("{}: error: {}\n".format(prog, exc))

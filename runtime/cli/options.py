@@ -53,3 +53,10 @@ def parse_batch_sizes(text):
         return [int(b) for b in text.split(",")]
     except ValueError:
         raise InputError("--batch-sizes must be comma-separated integers, e.g. 1,8,64")
+
+
+def add_wait_argument(p):
+    """``--wait``, for the verbs that write a bundle (see :func:`edgesdk.atomic.writer_lock`)."""
+    p.add_argument("--wait", action="store_true",
+                   help="if another edgesdk process is writing the bundle, wait for it "
+                        "(default: fail at once, changing nothing)")

@@ -19,6 +19,7 @@ import platform
 import subprocess
 import time
 
+from edgesdk import atomic
 from edgesdk import bundle as bundle_io
 from edgesdk.errors import BuildError, BundleError
 from edgesdk.manifest import graph_entries, precision_of, put_build
@@ -118,37 +119,38 @@ def build_engines(bundle_path, workspace_mb=DEFAULT_WORKSPACE_MB, progress=True)
     staging copy: a failure leaves it as it was. Returns the new build records."""
     trt = tensorrt("build TensorRT engines")
     logger = trt.Logger(trt.Logger.WARNING)
-    bundle = bundle_io.read_bundle(bundle_path)
-    plan = tensorrt_plan(bundle.manifest)
-    info = built_with(trt)
-    entries = graph_entries(bundle.manifest)
-    records = {}
-    with bundle_io.rewrite_bundle(bundle.root) as tmp:
-        with Progress(len(entries), "tensorrt " + plan["device"], enabled=progress) as bar:
-            for entry in entries:
-                g = plan["graphs"][entry["id"]]
-                t0 = time.time()
-                data = build_engine(trt, logger, os.path.join(tmp, *g["onnx"].split("/")),
-                                    g["precision"], g["profile"], workspace_mb)
-                path = os.path.join(tmp, *g["engine"].split("/"))
-                if not os.path.isdir(os.path.dirname(path)):
-                    os.makedirs(os.path.dirname(path))
-                with open(path, "wb") as f:
-                    f.write(data)
-                records[entry["id"]] = {
-                    "file": g["engine"], "format": "tensorrt", "precision": g["precision"],
-                    "device": plan["device"], "arch": platform.machine(), "processor": "gpu",
-                    "artifact": "engine", "batch": None, "profile": g["profile"],
-                    "source": g["onnx"], "built_with": info,
-                    "build_seconds": round(time.time() - t0, 2)}
-                bar.update(note=entry["id"])
-        manifest = bundle_io.read_bundle(tmp, verify=False).manifest
-        for entry in graph_entries(manifest):
-            new = records[entry["id"]]
-            put_build(entry, new, lambda b: b["format"] == "tensorrt" and b.get("device") ==
-                      new["device"] and precision_of(b) == new["precision"])
-        manifest["files"].update(bundle_io.hash_files(tmp, [r["file"] for r in records.values()]))
-        manifest["provenance"]["passes"].append(dict(info, name="tensorrt-build",
-                                                     device=plan["device"]))
-        bundle_io.write_manifest(tmp, manifest)
-    return [records[e["id"]] for e in entries]
+    with atomic.writer_lock(bundle_path):  # from the read on: no other writer starts from it
+        bundle = bundle_io.read_bundle(bundle_path)
+        plan = tensorrt_plan(bundle.manifest)
+        info = built_with(trt)
+        entries = graph_entries(bundle.manifest)
+        records = {}
+        with bundle_io.rewrite_bundle(bundle) as tmp:
+            with Progress(len(entries), "tensorrt " + plan["device"], enabled=progress) as bar:
+                for entry in entries:
+                    g = plan["graphs"][entry["id"]]
+                    t0 = time.time()
+                    data = build_engine(trt, logger, os.path.join(tmp, *g["onnx"].split("/")),
+                                        g["precision"], g["profile"], workspace_mb)
+                    path = os.path.join(tmp, *g["engine"].split("/"))
+                    if not os.path.isdir(os.path.dirname(path)):
+                        os.makedirs(os.path.dirname(path))
+                    with open(path, "wb") as f:
+                        f.write(data)
+                    records[entry["id"]] = {
+                        "file": g["engine"], "format": "tensorrt", "precision": g["precision"],
+                        "device": plan["device"], "arch": platform.machine(), "processor": "gpu",
+                        "artifact": "engine", "batch": None, "profile": g["profile"],
+                        "source": g["onnx"], "built_with": info,
+                        "build_seconds": round(time.time() - t0, 2)}
+                    bar.update(note=entry["id"])
+            manifest = bundle_io.read_bundle(tmp, verify=False).manifest
+            for entry in graph_entries(manifest):
+                new = records[entry["id"]]
+                put_build(entry, new, lambda b: b["format"] == "tensorrt" and b.get("device") ==
+                          new["device"] and precision_of(b) == new["precision"])
+            manifest["files"].update(bundle_io.hash_files(tmp, [r["file"] for r in records.values()]))
+            manifest["provenance"]["passes"].append(dict(info, name="tensorrt-build",
+                                                         device=plan["device"]))
+            bundle_io.write_manifest(tmp, manifest)
+        return [records[e["id"]] for e in entries]
