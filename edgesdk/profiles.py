@@ -15,6 +15,7 @@ import sqlite3
 
 import edgesdk
 from edgesdk.errors import InputError, ProfileStoreError
+from edgesdk.profile_import import check_json_version, read_database
 
 STORE_FORMAT = "edgesdk-profiles"
 STORE_VERSION = 1
@@ -149,18 +150,46 @@ class ProfileStore(object):
         (merging stores); otherwise the new row replaces it (re-profiling).
         """
         clean = [validate_row(r, i) for i, r in enumerate(rows)]
+        with self.db:
+            self._insert_rows(clean, keep_newer)
+        return len(clean)
+
+    def _insert_rows(self, clean, keep_newer):
+        """Insert checked rows inside the caller's transaction."""
         sql = "INSERT OR REPLACE INTO measurements ({}) VALUES ({})".format(
             ", ".join(COLUMNS), ", ".join("?" * len(COLUMNS)))
+        for row in clean:
+            if keep_newer:
+                old = self.db.execute(
+                    "SELECT measured_at FROM measurements WHERE {}".format(
+                        " AND ".join("{} = ?".format(k) for k in KEY)),
+                    [row[k] for k in KEY]).fetchone()
+                if old is not None and old[0] >= row["measured_at"]:
+                    continue
+            self.db.execute(sql, [row[c] for c in COLUMNS])
+
+    def merge(self, data):
+        """Import what :func:`read_rows`/:func:`~edgesdk.profile_import.read_database` read
+        (``rows``, ``devices``, and from a database ``runs``, ``names``, ``scores``) in one
+        transaction: all of it or, on any error, nothing. Duplicate rows keep the newer; runs
+        already present are not repeated. Returns the number of measurement rows read."""
+        clean = [validate_row(r, i) for i, r in enumerate(data["rows"])]
         with self.db:
-            for row in clean:
-                if keep_newer:
-                    old = self.db.execute(
-                        "SELECT measured_at FROM measurements WHERE {}".format(
-                            " AND ".join("{} = ?".format(k) for k in KEY)),
-                        [row[k] for k in KEY]).fetchone()
-                    if old is not None and old[0] >= row["measured_at"]:
-                        continue
-                self.db.execute(sql, [row[c] for c in COLUMNS])
+            for fingerprint, desc in data["devices"].items():
+                self.db.execute("INSERT OR REPLACE INTO devices VALUES (?, ?)",
+                                (fingerprint, json.dumps(desc, sort_keys=True)))
+            self._insert_rows(clean, keep_newer=True)
+            known = {(r["device"], r["bundle_sha256"], r["measured_at"]) for r in self.runs()}
+            for run in data.get("runs", ()):
+                if (run["device"], run["bundle_sha256"], run["measured_at"]) not in known:
+                    self._insert_run(run)
+            for bundle, rec in data.get("names", {}).items():
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (
+                    "bundle:" + bundle, json.dumps(rec, sort_keys=True)))
+            self.db.executemany(
+                "INSERT OR REPLACE INTO exit_scores VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r["bundle_sha256"], r["dataset_sha256"], r["policy"], r["sample"], r["exit"],
+                  r["score"], r["correct"]) for r in data.get("scores", ())])
         return len(clean)
 
     def rows(self, **where):
@@ -199,11 +228,14 @@ class ProfileStore(object):
 
     def write_run(self, run):
         """One measured end-to-end run (dict with the ``runs`` columns; lists as JSON)."""
+        with self.db:
+            self._insert_run(run)
+
+    def _insert_run(self, run):
         cols = ("device", "bundle_sha256", "dataset_sha256", "batch", "thresholds", "samples",
                 "exit_counts", "mean_ms", "energy_mj", "accuracy", "sensor", "measured_at")
         values = [json.dumps(run[c]) if c in ("thresholds", "exit_counts") else run[c] for c in cols]
-        with self.db:
-            self.db.execute("INSERT INTO runs VALUES ({})".format(", ".join("?" * len(cols))), values)
+        self.db.execute("INSERT INTO runs VALUES ({})".format(", ".join("?" * len(cols))), values)
 
     def runs(self, bundle=None):
         cur = self.db.execute("SELECT * FROM runs" + (" WHERE bundle_sha256 = ?" if bundle else "")
@@ -317,6 +349,13 @@ def export_rows(store, path):
 
 def read_rows(path):
     """``(rows, devices)`` from a .csv, .json or another profile database (.sqlite/.db)."""
+    data = read_import(path)
+    return data["rows"], data["devices"]
+
+
+def read_import(path):
+    """What an import takes from ``path`` (see :meth:`ProfileStore.merge`): a .csv or .json
+    export, or another profile database read as untrusted (:mod:`edgesdk.profile_import`)."""
     if not os.path.isfile(path):
         raise InputError("'{}' does not exist".format(path))
     if path.endswith(".json"):
@@ -330,10 +369,11 @@ def read_rows(path):
         if not isinstance(data, dict) or data.get("format") != STORE_FORMAT or not isinstance(
                 data.get("rows"), list):
             raise InputError("{} is not an edgesdk profile export (format/rows missing)".format(path))
+        check_json_version(data, path, STORE_VERSION)
         devices = data.get("devices") or {}
         if not isinstance(devices, dict) or not all(_is_text(d) for d in devices):
             raise InputError("{}: devices must be an object keyed by device fingerprint".format(path))
-        return data["rows"], devices
+        return {"rows": data["rows"], "devices": devices}
     if path.endswith(".csv"):
         try:
             with open(path, newline="", encoding="utf-8") as f:
@@ -341,35 +381,17 @@ def read_rows(path):
                 if reader.fieldnames is None or set(COLUMNS) - set(reader.fieldnames):
                     raise InputError("{}: CSV header must have the columns {}".format(
                         path, ", ".join(COLUMNS)))
-                return list(reader), {}
+                return {"rows": list(reader), "devices": {}}
         except (csv.Error, UnicodeDecodeError) as exc:
             raise InputError("{} is not a readable CSV export: {}".format(path, exc))
-    with ProfileStore(path, create=False) as other:
-        return other.rows(), other.devices()
+    return read_database(path, _SCHEMA, STORE_FORMAT, STORE_VERSION)
 
 
 def merge_into(store, path):
-    """Import rows from a file or another database, keeping the newer of duplicates.
-
-    From another database, its end-to-end runs and per-exit scores come along too (runs
-    already present are not repeated). Returns the number of measurement rows read.
-    """
-    rows, devices = read_rows(path)
-    for fingerprint, desc in devices.items():
-        store.add_device(fingerprint, desc)
-    n = store.write(rows, keep_newer=True)
-    if not path.endswith((".json", ".csv")):
-        with ProfileStore(path, create=False) as other:
-            known = {(r["device"], r["bundle_sha256"], r["measured_at"]) for r in store.runs()}
-            for run in other.runs():
-                if (run["device"], run["bundle_sha256"], run["measured_at"]) not in known:
-                    store.write_run(run)
-            for bundle, rec in other.bundle_names().items():
-                store.name_bundle(bundle, rec["name"], rec["target"])
-            for bundle in other.bundles_with_scores():
-                for (dataset, policy), (scores, correct) in other.exit_scores(bundle).items():
-                    store.write_exit_scores(bundle, dataset, policy, scores, correct)
-    return n
+    """Import rows from a file or another database in one transaction, keeping the newer of
+    duplicates; from another database its end-to-end runs, bundle names and per-exit scores
+    come along too. Returns the number of measurement rows read."""
+    return store.merge(read_import(path))
 
 
 # The metrics stored per profiled graph: latency statistics (ms), ``spread`` (p90 / p50) and
