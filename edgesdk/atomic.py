@@ -168,6 +168,27 @@ def recover(final):
     for path, kind, owner in siblings:
         if not (keep and path in aside):
             remove(path)
+    _remove_unheld_lock(final)
+
+
+def _remove_unheld_lock(final):
+    """Remove the lock file a killed writer left (the kernel released its lock; only the
+    file remains), never one that a live writer holds."""
+    path = lock_path(final)
+    if fcntl is None or final in _held or not os.path.exists(path):
+        return
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino == os.stat(path).st_ino:
+            os.unlink(path)   # a writer that opened it meanwhile re-checks the inode
+    except OSError:
+        pass                  # held by a live writer, or already gone
+    finally:
+        os.close(fd)
 
 
 def _exchange_function():

@@ -47,8 +47,9 @@ def _connect(path, immutable=True):
         raise ProfileStoreError("'{}' cannot be opened as a profile database: {}".format(path, exc))
     try:
         db.execute("PRAGMA trusted_schema=OFF")   # SQLite >= 3.31; older ones ignore it
-        if hasattr(sqlite3, "SQLITE_DBCONFIG_DEFENSIVE") and hasattr(db, "setconfig"):
-            db.setconfig(sqlite3.SQLITE_DBCONFIG_DEFENSIVE, True)   # Python >= 3.12
+        defensive = getattr(sqlite3, "SQLITE_DBCONFIG_DEFENSIVE", None)   # Python >= 3.12
+        if defensive is not None and hasattr(db, "setconfig"):
+            db.setconfig(defensive, True)
     except sqlite3.Error:
         pass
     deadline = time.monotonic() + MAX_SECONDS

@@ -240,8 +240,11 @@ def zygote():
     z.close()
 
 
-def _siblings(path):
-    return sorted(n for n in os.listdir(os.path.dirname(path)) if n != os.path.basename(path))
+def _siblings(path, lock=True):
+    """What sits beside the bundle; ``lock=False`` leaves out its lock file (a killed writer
+    leaves it behind; the kernel released the lock, recovery removes the file)."""
+    skip = {os.path.basename(path)} | (set() if lock else {os.path.basename(atomic.lock_path(path))})
+    return sorted(n for n in os.listdir(os.path.dirname(path)) if n not in skip)
 
 
 def _files_match_manifest(path, manifest):
@@ -343,7 +346,7 @@ def test_killed_just_before_the_swap_keeps_the_old_bundle(zygote, tmp_path):
                until="hook")
     assert tree_digest(path) == old
     assert bio.read_bundle(path).manifest["name"] == "gen-0"
-    assert len(_siblings(path)) == 1  # the new bundle, complete but never swapped in
+    assert len(_siblings(path, lock=False)) == 1  # the new bundle, never swapped in
     atomic.recover(path)
     assert _siblings(path) == [] and tree_digest(path) == old
 
@@ -358,7 +361,7 @@ def test_killed_just_after_the_swap_has_the_new_bundle(zygote, tmp_path):
         pytest.skip("this file system cannot exchange directories (renameat2)")
     assert b.manifest["name"] == "gen-1" and tree_digest(path) != old
     assert _files_match_manifest(path, b.manifest)
-    [leftover] = _siblings(path)  # the old bundle, swapped out, not yet removed
+    [leftover] = _siblings(path, lock=False)  # the old bundle, swapped out, not yet removed
     assert tree_digest(os.path.join(os.path.dirname(path), leftover)) == old
     # The next write removes it (its writer is dead) and replaces the bundle again.
     zygote.run({"op": "convert", "path": path, "gen": 2, "count": 1})
