@@ -83,7 +83,14 @@ def open_draft(output, force=False, threads=None):
 @contextlib.contextmanager
 def edit_bundle(path, threads=None):
     """A draft of the existing bundle at ``path`` (read and verified once; a private copy of
-    its manifest, its files in a staging copy); on success it replaces the bundle whole."""
+    its manifest, its files in a staging copy); on success it replaces the bundle whole.
+
+    ``path`` may be a :class:`BundleDraft` already: it is then used as it is and finished by
+    whoever opened it, so a step written as ``with edit_bundle(bundle) as draft:`` runs alone
+    on a path or as one pass of a larger edit (``edgesdk build`` hands toolchains a draft)."""
+    if isinstance(path, BundleDraft):
+        yield path
+        return
     with atomic.writer_lock(path):   # from the read on: no other writer starts from it too
         bundle = bundle_io.read_bundle(path)
         with bundle_io.rewrite_bundle(bundle) as tmp:

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from edgesdk.deps import require
-from edgesdk.manifest import graph_entries, precision_of
+from edgesdk.manifest import precision_of
 from edgesdk.profiles import NOISY_SPREAD, ProfileStore, ProfileStoreError
 from edgesdk.converters.calibrate import ExitSimulator
 from edgesdk.converters.cost_model import LATENCY_STATISTIC, table_from_rows
@@ -134,7 +134,7 @@ def compression_section(bundle_path):
               m["target"], q.get("selected", "fp32"),
               "; " + q["source"] if q.get("source") else ""), ""]
     md += ["| graph | build | other builds |", "|---|---|---|"]
-    for e in graph_entries(m):
+    for e in m["stages"] + m["exits"]:
         others = ["{} (agreement {:.2%})".format(b["precision"], b["top1_agreement"])
                   for b in e.get("builds") or [] if b["file"] != e["file"] and "top1_agreement" in b]
         md.append("| {} | {} {} | {} |".format(e["id"], e["format"], precision_of(e),

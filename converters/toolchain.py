@@ -1,9 +1,10 @@
 """The toolchain contract: what ``edgesdk build --toolchain NAME`` asks of a backend's host half.
 
 A toolchain class names itself and its default board, declares its own command-line options
-(the CLI adds each flag once, and refuses a flag the chosen toolchain does not take), and
-builds a bundle's graphs for a board in place, printing what it built. Toolchains are listed
-in :data:`edgesdk.backends.TOOLCHAINS`; see docs/backends.md.
+(the CLI adds each flag once, and refuses a flag the chosen toolchain does not take), adds its
+builds of a bundle's graphs to a :class:`~edgesdk.converters.draft.BundleDraft` (written and
+verified once, after it returns) and then reports what it built. Toolchains are listed in
+:data:`edgesdk.backends.TOOLCHAINS`; see docs/backends.md.
 """
 
 
@@ -18,10 +19,16 @@ class Toolchain(object):
     default_target = "host"
     options = ()
 
-    def build(self, bundle, target, args):
-        """Build ``bundle`` (a path, rewritten in place) for the board ``target`` with the
-        parsed ``args`` (``args.json``: machine-readable output); print what was built and
-        return the exit code."""
+    def build(self, draft, target, args):
+        """Add this toolchain's builds of the draft's graphs for the board ``target``, with the
+        parsed ``args``; return what :meth:`report` prints. Nothing is written to the bundle
+        until this returns (the caller finishes the draft)."""
+        raise NotImplementedError
+
+    def report(self, result, bundle, target, args):
+        """Print what :meth:`build` returned (``args.json``: machine-readable) once the bundle
+        at path ``bundle`` holds it, run any step that needs the written bundle (a check under
+        emulation, engines built on this device), and return the exit code."""
         raise NotImplementedError
 
 

@@ -44,10 +44,11 @@ HLS_DIR = "fpga"
 MAX_SAMPLES = 256
 
 
-def build_fpga(bundle_path, target="ultra96-v2", calibration_data=None, width=16,
+def build_fpga(bundle, target="ultra96-v2", calibration_data=None, width=16,
                reuse_factor=1, precision=None, progress=True):
-    """Build every stage and head of the bundle with hls4ml for an FPGA ``target`` and record
-    the builds (format ``fpga-csim``; see the module doc). ``calibration_data``: model inputs
+    """Build every stage and head of ``bundle`` (a bundle path, or a draft of one) with
+    hls4ml for an FPGA ``target`` and record the builds (format ``fpga-csim``; see the
+    module doc). ``calibration_data``: model inputs
     (default: the bundle's reference inputs), run through the bundle to get every graph's
     inputs. ``width``: total bits of the types chosen from data. ``reuse_factor``: hls4ml's
     (1: fully parallel). ``precision``: ``{graph id: {layer: type}}`` set by hand. The bundle
@@ -64,7 +65,7 @@ def build_fpga(bundle_path, target="ultra96-v2", calibration_data=None, width=16
         raise InputError("width must be an integer in 4..32, got {!r}".format(width))
     if not isinstance(reuse_factor, int) or reuse_factor < 1:
         raise InputError("reuse_factor must be a positive integer, got {!r}".format(reuse_factor))
-    with edit_bundle(bundle_path) as draft:
+    with edit_bundle(bundle) as draft:
         entries = graph_entries(draft.manifest)
         precision = precision or {}
         x = _calibration_inputs(draft, calibration_data)
@@ -77,7 +78,7 @@ def build_fpga(bundle_path, target="ultra96-v2", calibration_data=None, width=16
                             else ("onnx", "fp32"))
         feeds = graph_inputs(model, x)
         m = draft.manifest
-        onnxruntime = dict(zip([e["id"] for e in graph_entries(m)], model.stages + model.heads))
+        onnxruntime = dict(zip([e["id"] for e in m["stages"] + m["exits"]], model.stages + model.heads))
         bad = unsupported_layers(graphs)
         if bad:
             raise UnsupportedOpError("hls4ml {} cannot map {} graph(s):\n{}\nRewrite these layers "

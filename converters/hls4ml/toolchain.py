@@ -36,20 +36,22 @@ class Hls4mlToolchain(Toolchain):
                                        "repeatable)"}),
     )
 
-    def build(self, bundle, target, args):
-        import json
-        from edgesdk.bundle import read_bundle
+    def build(self, draft, target, args):
         from edgesdk.converters.hls4ml.build import build_fpga
-        from edgesdk.table import format_table
         data = None
         if args.calibration_data:
             from edgesdk.runtime.datafiles import load_inputs
-            spec = read_bundle(bundle).manifest["inputs"][0]
-            data = load_inputs(args.calibration_data, spec)[0]
-        records = build_fpga(bundle, target, calibration_data=data, width=args.width or 16,
+            data = load_inputs(args.calibration_data, draft.manifest["inputs"][0])[0]
+        records = build_fpga(draft, target, calibration_data=data, width=args.width or 16,
                              reuse_factor=args.reuse_factor or 1,
                              precision=parse_layer_precision(args.layer_precision),
                              progress=not args.json)
+        return records, draft.manifest["fpga"][target]
+
+    def report(self, result, bundle, target, args):
+        import json
+        from edgesdk.table import format_table
+        records, fpga = result
         if args.json:
             print(json.dumps(records, indent=2, sort_keys=True))
             return 0
@@ -59,7 +61,6 @@ class Hls4mlToolchain(Toolchain):
                  "{:.4f}".format(r["estimate"]["latency_ms"])) for r in records]
         print(format_table(["C simulation", "io", "max err vs ORT", "DSP*", "LUT*", "BRAM18*",
                             "latency ms*"], rows))
-        fpga = read_bundle(bundle).manifest["fpga"][target]
         print("\n* {}. All graphs: {} DSP, {} LUT, {} BRAM18 of {}: {}".format(
             records[0]["estimate"]["label"], fpga["estimate"]["dsp"], fpga["estimate"]["lut"],
             fpga["estimate"]["bram_18k"], fpga["budget"], "fits" if fpga["fits"] else

@@ -139,10 +139,11 @@ def _verify_rewrite(gid, before, after, profile):
                                   "{})".format(gid, float(np.nanmax(np.abs(x - y)))))
 
 
-def prepare_tensorrt(bundle_path, target="jetson-tx2", precision=None, batch=DEFAULT_BATCH,
+def prepare_tensorrt(bundle, target="jetson-tx2", precision=None, batch=DEFAULT_BATCH,
                      shapes=None, decompose_ops=False):
-    """Check every stage and head of the bundle at ``bundle_path`` against the TensorRT release
-    of ``target``, and write the TensorRT plan (see the module doc). ``precision``: ``fp32``,
+    """Check every stage and head of ``bundle`` (a bundle path, or a draft of one) against
+    the TensorRT release of ``target``, and write the TensorRT plan (see the module doc).
+    ``precision``: ``fp32``,
     ``fp16`` or ``int8`` (default: the target's); ``int8`` parses the bundle's symmetric INT8
     (Q/DQ) builds. ``batch``: the ``(min, opt, max)`` batch of every optimization profile;
     ``shapes``: ``{input: {"min", "opt", "max"}}`` for inputs with other dynamic dimensions.
@@ -165,7 +166,7 @@ def prepare_tensorrt(bundle_path, target="jetson-tx2", precision=None, batch=DEF
             precision, target, board.slow_precisions[precision]))
         log.warning(warnings[-1])
     shapes = dict(shapes or {})
-    with edit_bundle(bundle_path) as draft:
+    with edit_bundle(bundle) as draft:
         entries = graph_entries(draft.manifest)
         device = "{}-gpu".format(target)
         sources, graphs, problems = {}, {}, []

@@ -29,19 +29,21 @@ class TensorRTToolchain(Toolchain):
                                     "(default 1024; a TX2 shares 8 GB between CPU and GPU)"}),
     )
 
-    def build(self, bundle, target, args):
-        import json
+    def build(self, draft, target, args):
         from edgesdk.converters.tensorrt.prepare import (
             DEFAULT_BATCH, parse_batch_profile, parse_shape_profile, prepare_tensorrt)
         from edgesdk.errors import InputError
-        from edgesdk.runtime.cli.build_engines import print_engine_records
-        from edgesdk.table import format_table
         if args.workspace_mb is not None and (args.workspace_mb < 1 or not args.on_device):
             raise InputError("--workspace-mb takes a number >= 1 and applies with --on-device")
         shapes = dict(parse_shape_profile(s) for s in args.shape)
-        plan = prepare_tensorrt(bundle, target, args.precision,
+        return prepare_tensorrt(draft, target, args.precision,
                                 parse_batch_profile(args.batch) if args.batch else DEFAULT_BATCH,
                                 shapes, args.decompose)
+
+    def report(self, plan, bundle, target, args):
+        import json
+        from edgesdk.runtime.cli.build_engines import print_engine_records
+        from edgesdk.table import format_table
         if not args.json:
             rows = [(gid, g["onnx"], g["precision"], g["calibration_cache"] or "-",
                      "; ".join(g["decomposed"]) or "-") for gid, g in plan["graphs"].items()]

@@ -173,11 +173,11 @@ def build_name(target, processor):
     return "{}-{}".format(target, processor)
 
 
-def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=None,
+def build_tvm(bundle, target="host", processor="cpu", batch=1, database=None,
               progress=True):
-    """Build every stage and head of the bundle at ``bundle_path`` with TVM for one processor
-    of a board and record the builds in its manifest (replacing earlier TVM builds for the
-    same board processor). Returns the list of new build records.
+    """Build every stage and head of ``bundle`` (a bundle path, or a draft of one) with TVM
+    for one processor of a board and record the builds in its manifest (replacing earlier TVM
+    builds for the same board processor). Returns the list of new build records.
 
     ``batch``: the batch size the libraries are compiled for (the TVM executor runs larger
     batches in slices); None compiles a symbolic batch (any size, but MetaSchedule cannot tune
@@ -196,7 +196,7 @@ def build_tvm(bundle_path, target="host", processor="cpu", batch=1, database=Non
         raise InputError("batch must be a positive integer or None, got {!r}".format(batch))
     target_dict = resolve_target(proc)
     tvm_target = make_target(target_dict)
-    with edit_bundle(bundle_path) as draft:
+    with edit_bundle(bundle) as draft:
         manifest = draft.manifest
         entries = graph_entries(manifest)
         sources = {e["id"]: fp32_file(e) for e in entries}

@@ -21,13 +21,16 @@ class TvmToolchain(Toolchain):
                                "(fails above 1e-4)"}),
     )
 
-    def build(self, bundle, target, args):
+    def build(self, draft, target, args):
+        from edgesdk.converters.tvm.build import build_tvm
+        return build_tvm(draft, target, args.processor or "cpu",
+                         batch=parse_batch(args.batch or "1"), database=args.tuning_db)
+
+    def report(self, records, bundle, target, args):
         import json
-        from edgesdk.converters.tvm.build import build_name, build_tvm
+        from edgesdk.converters.tvm.build import build_name
         from edgesdk.table import format_table
         processor = args.processor or "cpu"
-        records = build_tvm(bundle, target, processor, batch=parse_batch(args.batch or "1"),
-                            database=args.tuning_db)
         if args.json:
             print(json.dumps(records, indent=2))
             return 0

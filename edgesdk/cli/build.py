@@ -37,6 +37,7 @@ def add_arguments(p):
 def run(args):
     """Build with the chosen toolchain and print what was built."""
     from edgesdk.backends import BUILD_TOOLCHAINS
+    from edgesdk.converters.draft import edit_bundle
     from edgesdk.converters.toolchain import option_dest
     from edgesdk.errors import InputError
     toolchain = BUILD_TOOLCHAINS.get(args.toolchain)()
@@ -45,4 +46,7 @@ def run(args):
     if wrong:
         raise InputError("{}: these options do not apply to --toolchain {}".format(
             ", ".join(wrong), args.toolchain))
-    return toolchain.build(args.bundle, args.target or toolchain.default_target, args)
+    target = args.target or toolchain.default_target
+    with edit_bundle(args.bundle) as draft:
+        result = toolchain.build(draft, target, args)
+    return toolchain.report(result, args.bundle, target, args)

@@ -12,7 +12,6 @@ counted MACs without --profile, the device's measured table with it.
 import json
 
 from edgesdk.errors import InputError
-from edgesdk.manifest import graph_entries
 from edgesdk.table import format_table
 from edgesdk.runtime.cli.options import add_wait_argument
 
@@ -78,7 +77,7 @@ def run(args):
               res.cost_fraction, cost_of))
     print(bound_line(risk))
     m = read_bundle(args.bundle, verify=False).manifest
-    partial = [e["id"] for e in graph_entries(m) if e.get("macs_uncounted")]
+    partial = [e["id"] for e in m["stages"] + m["exits"] if e.get("macs_uncounted")]
     if res.unit == "MACs" and partial:
         print("warning: the MAC counts of {} leave nodes out (see `edgesdk inspect`): the costs "
               "and this fraction are too low there; calibrate with --profile for measured "

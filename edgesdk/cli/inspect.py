@@ -7,7 +7,7 @@ Cost fractions shown here come from the manifest: counted MACs (head costs inclu
 import json
 
 from edgesdk.bundle import read_bundle
-from edgesdk.manifest import graph_entries, precision_of
+from edgesdk.manifest import precision_of
 from edgesdk.table import format_table, printable, printable_copy
 
 
@@ -28,7 +28,7 @@ MAC_FRACTION = ("fractions of the full model's counted MACs, head costs included
 
 def _uncounted_lines(m):
     """The nodes each graph's MAC count leaves out (recorded by convert), if any."""
-    graphs = [e for e in graph_entries(m) if e.get("macs_uncounted")]
+    graphs = [e for e in m["stages"] + m["exits"] if e.get("macs_uncounted")]
     if not graphs:
         return []
     lines = ["", "MACs not counted (the counts marked >= are too low, and so are cost "
@@ -59,7 +59,7 @@ def _calibration_lines(m):
                                   expected["accuracy"], expected["final_exit_accuracy"],
                                   expected["mean_cost_fraction"]),
              "  ({})".format(basis)]
-    if not profile and any(e.get("macs_uncounted") for e in graph_entries(m)):
+    if not profile and any(e.get("macs_uncounted") for e in m["stages"] + m["exits"]):
         lines.append("  warning: some MAC counts leave nodes out (above): this fraction is "
                      "not reliable")
     return lines

@@ -97,3 +97,12 @@ def test_models_of_a_draft_share_graphs_until_a_file_changes(bundle):
         c = draft.model()
         assert c.heads[0] is not a.heads[0] and c.heads[1] is a.heads[1]
     assert bundle_io.read_bundle(bundle).manifest["exits"][0]["threshold"] == 0.7
+
+
+def test_a_toolchain_build_is_one_pass_over_one_draft(bundle, traffic, capsys):
+    from edgesdk.cli import main
+    assert main(["build", bundle, "--toolchain", "tvm", "--json"]) == 0
+    assert traffic["writes"] == 1
+    assert traffic["reads"] == 2     # the bundle opened for the draft, then the final check
+    m = bundle_io.read_bundle(bundle).manifest
+    assert all(b["format"] == "tvm" for e in m["stages"] + m["exits"] for b in e["builds"][1:])
