@@ -18,6 +18,7 @@ from edgesdk.runtime.input_stats import InputGuard
 from edgesdk.runtime.inputs import check_batch
 from edgesdk.runtime.memory import MemoryPlan, files_to_load
 from edgesdk.runtime.policies import get_policy, softmax
+from edgesdk.verified import VerifiedFile
 
 count_nonzero = np.count_nonzero
 
@@ -173,11 +174,20 @@ class EdgeModel(object):
                tuple(entry["inputs"]), tuple(entry["outputs"]), threads)
         if cache is not None and key in cache:
             return cache[key]
-        graph = executor(self.bundle.path(build["file"]), entry["inputs"], entry["outputs"],
-                         entry["output_shapes"], threads, build=build)
+        graph = executor(self._verified(build["file"], executor.companions(build)),
+                         entry["inputs"], entry["outputs"], entry["output_shapes"], threads,
+                         build=build)
         if cache is not None:
             cache[key] = graph
         return graph if executor.thread_safe else _Serialized(graph)
+
+    def _verified(self, rel, companions=()):
+        """The bundle file ``rel`` for an executor: its bytes are checked against the manifest
+        when the executor reads them (:mod:`edgesdk.verified`), not only when the bundle was
+        opened."""
+        files = self.bundle.manifest["files"]
+        return VerifiedFile(self.bundle.path(rel), files[rel],
+                            [(self.bundle.path(c), files[c]) for c in companions])
 
     def _adaptive(self, k, entry, threads):
         """Stage ``k`` with its gate and width variants (ONNX graphs, host CPU), if any."""
@@ -190,9 +200,9 @@ class EdgeModel(object):
         stage = self.stages[k] if not self.stages[k].device_arrays else \
             _HostSide(self.stages[k], self.stages[k].to_host)
         gate_graph = None if gate is None else onnx(
-            self.bundle.path(gate["file"]), entry["inputs"], gate["outputs"],
+            self._verified(gate["file"]), entry["inputs"], gate["outputs"],
             gate["output_shapes"], threads, build={"file": gate["file"], "format": "onnx"})
-        variants = [onnx(self.bundle.path(v["file"]), entry["inputs"], entry["outputs"],
+        variants = [onnx(self._verified(v["file"]), entry["inputs"], entry["outputs"],
                          entry["output_shapes"], threads, build={"file": v["file"], "format": "onnx"})
                     for v in (widths or {}).get("variants", [])]
         router = make_router(widths["router"], len(variants) + 1, where) if widths else None

@@ -59,6 +59,12 @@ class Executor(object):
             kind or build.get("processor"), " or ".join(nodes) or "no driver known")
 
     @classmethod
+    def companions(cls, build):
+        """Bundle files the loader of ``build`` reads beside its own file, by name (checked
+        and copied with it; none by default)."""
+        return ()
+
+    @classmethod
     def device_nodes_for(cls, build):
         """``(device kind, files)`` that show the driver ``build`` needs is present."""
         return cls.device_kind, cls.device_nodes

@@ -15,6 +15,7 @@ from numpy import ctypeslib
 
 from edgesdk.errors import BundleError
 from edgesdk.runtime.executors.base import Executor
+from edgesdk.verified import loadable_path
 
 
 def hls_layout(array, layout):
@@ -63,7 +64,8 @@ class FpgaCsimGraph(Executor):
             raise BundleError("'{}' has no HLS record (function, layouts, shapes) in the "
                               "manifest".format(path))
         try:
-            self.lib = ctypes.CDLL(path)
+            with loadable_path(path) as local:
+                self.lib = ctypes.CDLL(local)
             fn = getattr(self.lib, hls["function"])
         except (OSError, AttributeError) as exc:
             raise BundleError("cannot load the C simulation '{}': {}. It is built for the "

@@ -12,6 +12,7 @@ spinning disabled (the next best setting measured).
 from edgesdk.deps import require
 from edgesdk.errors import BundleError
 from edgesdk.runtime.executors.base import Executor
+from edgesdk.verified import read_bytes
 
 _pool = {"threads": None}
 _arena = {"enabled": True}
@@ -118,8 +119,9 @@ class OrtGraph(Executor):
 
     def __init__(self, path, input_names, output_names, output_shapes=None, threads=None,
                  build=None):
+        model = read_bytes(path)   # checked against the manifest (IntegrityError) first
         try:
-            self.session = make_session(path, threads)
+            self.session = make_session(model, threads)
         except Exception as exc:  # onnxruntime raises its own types for bad or too-new graphs
             raise BundleError("onnxruntime {} cannot load '{}': {}. If the opset is newer than "
                               "this onnxruntime reads, upgrade onnxruntime or convert again with "

@@ -13,12 +13,22 @@ import numpy as np
 from edgesdk.errors import BundleError, MissingDependencyError
 from edgesdk.runtime.executors.base import FPGA_NODES, Executor
 from edgesdk.runtime.executors.fpga_csim import from_hls_layout, hls_layout, hls_output_sizes
+from edgesdk.verified import VerifiedFile
 
 
 class PynqGraph(Executor):
     """One graph's bitstream, loaded as a PYNQ overlay."""
 
     device_kind, device_nodes = "fpga", FPGA_NODES
+
+    @classmethod
+    def companions(cls, build):
+        """The hardware handoff file PYNQ reads beside the bitstream."""
+        return (build["file"][:-len(".bit")] + ".hwh",)
+
+    def close(self):
+        if self._source is not None:
+            self._source.close()
 
     def __init__(self, path, input_names, output_names, output_shapes=None, threads=None,
                  build=None):
@@ -34,7 +44,10 @@ class PynqGraph(Executor):
                                   path, len(hls.get("input_shapes", [])),
                                   len(hls.get("output_shapes", []))))
         self.pynq = pynq
-        self.overlay = pynq.Overlay(path)
+        # PYNQ reads the .hwh beside the bitstream and may download it again: a private
+        # copy of both, checked, kept while this executor lives.
+        self._source = path if isinstance(path, VerifiedFile) else None
+        self.overlay = pynq.Overlay(path.private_path(named=True) if self._source else path)
         dma = ((build or {}).get("pynq") or {}).get("dma", "axi_dma_0")
         if not hasattr(self.overlay, dma):
             raise BundleError("the overlay '{}' has no DMA '{}'".format(path, dma))

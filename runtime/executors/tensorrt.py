@@ -22,6 +22,7 @@ import numpy as np
 from edgesdk.errors import BundleError, InputError, MissingDependencyError
 from edgesdk.runtime.cuda_memory import DeviceArray, cuda, to_host
 from edgesdk.runtime.executors.base import CUDA_NODES, Executor
+from edgesdk.verified import read_bytes
 
 log = logging.getLogger(__name__)
 _state = {"runtime": None, "logger": None}
@@ -143,8 +144,7 @@ class TensorRTGraph(Executor):
         self.pool = cuda()
         check_built_with(path, (build or {}).get("built_with"), trt.__version__,
                          self.pool.device())
-        with open(path, "rb") as f:
-            plan = f.read()
+        plan = read_bytes(path)
         engine = _runtime(trt).deserialize_cuda_engine(plan)
         if engine is None:
             raise BundleError("TensorRT {} could not deserialize '{}'; {}".format(

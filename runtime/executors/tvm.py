@@ -22,8 +22,9 @@ import sys
 
 import numpy as np
 
-from edgesdk.errors import BundleError, MissingDependencyError
+from edgesdk.errors import BundleError, IntegrityError, MissingDependencyError
 from edgesdk.runtime.executors.base import KERNEL_NODES, Executor
+from edgesdk.verified import loadable_path
 
 # DLPack device types of the processors a TVM build may be for.
 DEVICE_TYPES = {"cpu": 1, "cuda": 2, "opencl": 4}
@@ -142,8 +143,11 @@ class TvmGraph(Executor):
         if kind != "cpu":
             _load_gpu_runtime(ffi, build)
         try:
-            lib = ffi.load_module(os.path.abspath(path))
+            with loadable_path(path, named=True) as local:   # TVM goes by the file's suffix
+                lib = ffi.load_module(local)
             self.vm = lib["vm_load_executable"]()
+        except IntegrityError:     # the file changed after the bundle was opened
+            raise
         except Exception as exc:  # TVM raises RuntimeError/TVMError for foreign or broken files
             raise BundleError("TVM's runtime cannot load '{}': {}. Is it built for this machine "
                               "({})?".format(path, str(exc).strip().splitlines()[-1],
