@@ -34,12 +34,32 @@ class VerifiedFile(object):
     ``str()`` is its path in the bundle (for messages); :meth:`data` its checked bytes;
     :meth:`private_path` a path to a checked private copy, valid until :meth:`close`."""
 
-    def __init__(self, path, record, companions=()):
+    def __init__(self, path, record, companions=(), lookup=None):
         self.path = path
         self.record = record
         # Files a loader reads beside this one by name (a bitstream's .hwh): (path, record).
         self.companions = list(companions)
+        # name -> (path, record) of a listed file beside this one, or None if not listed.
+        self.lookup = lookup
         self._dir = None
+
+    def with_companions(self, names):
+        """This file with the listed files ``names`` beside it as companions (a graph's
+        external data); :class:`IntegrityError` for a name that is not a plain file name or
+        not listed in the manifest."""
+        found = []
+        for name in names:
+            hit = None
+            if name and "/" not in name and "\\" not in name and not name.startswith(".") \
+                    and self.lookup is not None:
+                hit = self.lookup(name)
+            if hit is None:
+                raise IntegrityError(
+                    "'{}' reads external data from {!r}, which is not a file of the bundle "
+                    "listed in its manifest (a plain file name beside the graph, hashed like "
+                    "every other): refused".format(self.path, name))
+            found.append(hit)
+        return VerifiedFile(self.path, self.record, self.companions + found, self.lookup)
 
     def __str__(self):
         return self.path

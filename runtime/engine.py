@@ -186,8 +186,13 @@ class EdgeModel(object):
         when the executor reads them (:mod:`edgesdk.verified`), not only when the bundle was
         opened."""
         files = self.bundle.manifest["files"]
+        folder = rel.rsplit("/", 1)[0] + "/" if "/" in rel else ""
+
+        def beside(name):   # a listed file in the same folder, for external data
+            sibling = folder + name
+            return (self.bundle.path(sibling), files[sibling]) if sibling in files else None
         return VerifiedFile(self.bundle.path(rel), files[rel],
-                            [(self.bundle.path(c), files[c]) for c in companions])
+                            [(self.bundle.path(c), files[c]) for c in companions], beside)
 
     def _adaptive(self, k, entry, threads):
         """Stage ``k`` with its gate and width variants (ONNX graphs, host CPU), if any."""

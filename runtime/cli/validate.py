@@ -3,6 +3,7 @@ import json
 
 from edgesdk.errors import InputError
 from edgesdk.runtime.cli.options import add_builds_argument, builds_option, print_builds
+from edgesdk.table import printable
 
 
 def add_arguments(p):
@@ -17,8 +18,10 @@ def run(args):
     """Verify the manifest and every file hash; with --check, the reference outputs too."""
     from edgesdk.bundle import read_bundle
     from edgesdk.errors import IntegrityError
+    from edgesdk.bundle import unlisted_entries
     bundle = read_bundle(args.bundle)
-    out = {"bundle": bundle.root, "files": len(bundle.manifest["files"]), "hashes": "ok"}
+    out = {"bundle": bundle.root, "files": len(bundle.manifest["files"]), "hashes": "ok",
+           "unlisted": unlisted_entries(bundle)}
     if args.check:
         from edgesdk.runtime.engine import EdgeModel
         from edgesdk.runtime.reference import check_reference
@@ -29,7 +32,12 @@ def run(args):
     if args.json:
         print(json.dumps(out))
     else:
-        print("{}: manifest and {} file hashes ok".format(bundle.root, out["files"]))
+        print("{}: manifest and {} file hashes ok".format(printable(bundle.root), out["files"]))
+        if out["unlisted"]:
+            print("warning: {} entr{} in the directory the manifest does not list (never read "
+                  "by edgesdk, left out when the bundle is rewritten): {}".format(
+                      len(out["unlisted"]), "y" if len(out["unlisted"]) == 1 else "ies",
+                      ", ".join(printable(u) for u in out["unlisted"])))
         if args.check:
             ref = out["reference"]
             if ref["mode"] == "logits":

@@ -10,9 +10,10 @@ the first pool. Only an onnxruntime without the call gives each session its own 
 spinning disabled (the next best setting measured).
 """
 from edgesdk.deps import require
-from edgesdk.errors import BundleError
+from edgesdk.errors import BundleError, IntegrityError
 from edgesdk.runtime.executors.base import Executor
-from edgesdk.verified import read_bytes
+from edgesdk.onnx_scan import external_data_locations
+from edgesdk.verified import VerifiedFile, loadable_path, read_bytes
 
 _pool = {"threads": None}
 _arena = {"enabled": True}
@@ -120,8 +121,14 @@ class OrtGraph(Executor):
     def __init__(self, path, input_names, output_names, output_shapes=None, threads=None,
                  build=None):
         model = read_bytes(path)   # checked against the manifest (IntegrityError) first
+        external = sorted(set(external_data_locations(model, "'{}'".format(path))))
         try:
-            self.session = make_session(model, threads)
+            if external:
+                self.session = self._with_external_data(path, external, threads)
+            else:
+                self.session = make_session(model, threads)
+        except IntegrityError:
+            raise
         except Exception as exc:  # onnxruntime raises its own types for bad or too-new graphs
             raise BundleError("onnxruntime {} cannot load '{}': {}. If the opset is newer than "
                               "this onnxruntime reads, upgrade onnxruntime or convert again with "
@@ -141,6 +148,18 @@ class OrtGraph(Executor):
         # batch-1 heads (57 -> 22 us for the last one; onnxruntime 1.31, loaded 2-core x86).
         self._run = getattr(self.session, "_sess", self.session).run
         self._direct = hasattr(self.session, "_sess")
+
+    @staticmethod
+    def _with_external_data(path, names, threads):
+        """A session of a graph that keeps tensors in other files: only files the manifest
+        lists beside it, checked, loaded from a private copy (never the paths the graph
+        names, which ONNX Runtime releases resolve differently)."""
+        if not isinstance(path, VerifiedFile):
+            raise IntegrityError("'{}' reads external data ({}); edgesdk loads such graphs only "
+                                 "from a bundle whose manifest lists those files".format(
+                                     path, ", ".join(repr(n) for n in names)))
+        with loadable_path(path.with_companions(names), named=True) as local:
+            return make_session(local, threads)
 
     def run(self, tensors):
         """Run on a sequence of float32 arrays; returns a list of new arrays."""
