@@ -45,8 +45,7 @@ def _remote_profile(bundle_tar, options_json):
     workpath = tvm.get_global_func("tvm.rpc.server.workpath")
     try:
         opts = json.loads(options_json)
-        with open(workpath(bundle_tar), "rb") as f:
-            bundle = unpack_bundle(f.read(), workpath("bundle.edgebundle"), force=True)
+        bundle = unpack_bundle(workpath(bundle_tar), workpath("bundle.edgebundle"), force=True)
         out = profile_bundle(bundle.root, opts["batch_sizes"], opts["warmup"], opts["repeats"],
                              db=workpath(REMOTE_DB),
                              data=workpath(opts["data"]) if opts.get("data") else None,
@@ -56,6 +55,9 @@ def _remote_profile(bundle_tar, options_json):
         return json.dumps(out)
     except EdgeSDKError as exc:
         return json.dumps({"error": "{}: {}".format(type(exc).__name__, exc)})
+    except Exception as exc:  # MemoryError, a defect: answer, and keep serving
+        return json.dumps({"error": "internal error on the board: {}: {}".format(
+            type(exc).__name__, exc)})
 
 
 def register_functions():

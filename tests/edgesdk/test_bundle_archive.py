@@ -68,3 +68,52 @@ def test_not_a_tar_and_not_a_bundle(tmp_path):
         unpack_bundle(b"garbage" * 100, str(tmp_path / "b.edgebundle"))
     with pytest.raises(BundleError, match="no manifest.json"):
         unpack_bundle(_tar([_file("stages/x.onnx")]), str(tmp_path / "b.edgebundle"))
+
+
+def test_an_archive_file_is_streamed_and_unpacks_the_same(bundle, tmp_path):
+    path = tmp_path / "b.tar"
+    path.write_bytes(pack_bundle(bundle))
+    out = unpack_bundle(str(path), str(tmp_path / "copy.edgebundle"))
+    assert snapshot(out.root) == snapshot(bundle)
+
+
+def test_compressed_archives_are_refused(bundle, tmp_path):
+    import gzip
+    with pytest.raises(BundleError, match="uncompressed"):
+        unpack_bundle(gzip.compress(pack_bundle(bundle)), str(tmp_path / "b.edgebundle"))
+    assert not os.path.exists(tmp_path / "b.edgebundle")
+
+
+def test_the_member_count_is_capped_while_reading_headers(tmp_path, monkeypatch):
+    import edgesdk.bundle_archive as archive
+    monkeypatch.setattr(archive, "MAX_MEMBERS", 50)
+    with pytest.raises(BundleError, match="more than 50 members"):
+        unpack_bundle(_tar([_file("manifest.json")] + [_file("f{}".format(k)) for k in range(60)]),
+                      str(tmp_path / "b.edgebundle"))
+
+
+def test_member_and_total_sizes_are_capped_before_writing(bundle, tmp_path, monkeypatch):
+    import edgesdk.bundle_archive as archive
+    data = pack_bundle(bundle)
+    biggest = max(m.size for m in tarfile.open(fileobj=io.BytesIO(data)).getmembers())
+    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", biggest - 1)
+    with pytest.raises(BundleError, match="claims {} bytes".format(biggest)):
+        unpack_bundle(data, str(tmp_path / "a.edgebundle"))
+    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", biggest)
+    monkeypatch.setattr(archive, "MAX_TOTAL_BYTES", biggest + 10)
+    with pytest.raises(BundleError, match="unpacks to more than"):
+        unpack_bundle(data, str(tmp_path / "b.edgebundle"))
+    assert not os.path.exists(tmp_path / "a.edgebundle") and \
+        not os.path.exists(tmp_path / "b.edgebundle")
+
+
+def test_sparse_members_are_refused(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("manifest.json")
+        tar.addfile(info, io.BytesIO(b""))
+        sparse = tarfile.TarInfo("stages/stage0.onnx")
+        sparse.type = tarfile.GNUTYPE_SPARSE   # a small header that could unpack to gigabytes
+        tar.addfile(sparse, io.BytesIO(b""))
+    with pytest.raises(BundleError, match="sparse"):
+        unpack_bundle(buf.getvalue(), str(tmp_path / "b.edgebundle"))

@@ -183,3 +183,18 @@ def test_tuning_measures_candidates_on_a_board_through_the_tracker(boards, bundl
     # The candidates ran on the board: it logged the sessions, and they measured fine.
     assert result["tuned"] >= 1 and all(t["ok"] >= 1 for t in state["tasks"].values())
     assert "connected from" in (logs / "plain.log").read_text()
+
+
+def test_the_board_side_answers_any_failure_and_keeps_serving(monkeypatch, tmp_path):
+    # A MemoryError (or any defect) while unpacking an upload becomes an error answer; the
+    # server process that called the function does not die.
+    import tvm
+    from edgesdk import bundle_archive
+    from edgesdk.runtime import rpc
+    monkeypatch.setattr(tvm, "get_global_func", lambda name: lambda p: str(tmp_path / p))
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+    monkeypatch.setattr(bundle_archive, "unpack_bundle", exhausted)
+    answer = json.loads(rpc._remote_profile("bundle.tar", json.dumps({})))
+    assert answer["error"].startswith("internal error on the board: MemoryError")
