@@ -260,9 +260,8 @@ class EdgeModel(object):
         ``max_exit``, the deepest exit any sample reaches.
         """
         start = time.perf_counter()
-        x = check_batch(x, self.input_spec)
+        x = check_batch(x, self.input_spec, before_copy=self.memory.check_batch)
         self.input_guard.check(x)
-        self.memory.check_batch(x.shape[0])
         thr = self.resolve_thresholds(thresholds) if early_exit else self._no_exit
         n, last = x.shape[0], self.num_exits - 1
         probs = np.empty((n, self.num_classes), dtype=np.float32)
@@ -352,14 +351,19 @@ class EdgeModel(object):
         stage's full graph, ignoring gates and width variants (what the reference outputs
         recorded at conversion are of).
         """
-        x = check_batch(x, self.input_spec)
-        self.input_guard.check(x)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError("batch_size must be a positive integer, got {!r}".format(batch_size))
+        # Checked whole, converted one slice at a time: a huge (or broadcast) input is never
+        # copied at once.
+        x = check_batch(x, self.input_spec, convert=False)
         self.memory.check_batch(min(batch_size, x.shape[0]))
         out = [[] for _ in self.heads]
         stages = self.stages if adaptive else [getattr(s, "stage", s) if hasattr(s, "routed")
                                                else s for s in self.stages]
         for i in range(0, x.shape[0], batch_size):
-            state = (x[i:i + batch_size],)
+            part = check_batch(x[i:i + batch_size], self.input_spec, first=i)
+            self.input_guard.check(part)
+            state = (part,)
             for k in range(self.num_exits):
                 state = stages[k].run(state)
                 out[k].append(self.heads[k].run(state)[0])

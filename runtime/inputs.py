@@ -15,8 +15,14 @@ def describe_shape(shape):
     return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
 
 
-def check_batch(x, spec):
-    """Return ``x`` as a C-contiguous float32 batch matching ``spec``; raise InputError if not."""
+def check_batch(x, spec, before_copy=None, convert=True, first=0):
+    """Return ``x`` as a C-contiguous float32 batch matching ``spec``; raise InputError if not.
+
+    ``before_copy(n)`` is called with the batch size once the shape is known and before any
+    copy (a memory check: a broadcast view of millions of samples costs nothing until it is
+    copied). ``convert=False`` checks dtype and shape only and returns ``x`` as it is (the
+    caller converts it slice by slice; ``first``: the index of this slice's first sample in
+    the caller's batch, for messages)."""
     if not isinstance(x, np.ndarray):
         try:
             x = np.asarray(x)
@@ -37,6 +43,10 @@ def check_batch(x, spec):
             raise InputError("input '{}' has shape {}; the bundle expects {} (dimension {} is {}, "
                              "expected {})".format(spec["name"], list(x.shape),
                                                    describe_shape(want), axis, got, exp))
+    if before_copy is not None:
+        before_copy(x.shape[0])
+    if not convert:
+        return x
     if x.dtype != np.float32 or not x.flags.c_contiguous:
         x = np.ascontiguousarray(x, dtype=np.float32)
     # One cheap reduction on the fast path; per-sample detail only when something is wrong.
@@ -47,7 +57,7 @@ def check_batch(x, spec):
     if flat.size and not math.isfinite(np.dot(flat, flat)):
         finite = np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
         if not finite.all():
-            bad = np.flatnonzero(~finite)
+            bad = np.flatnonzero(~finite) + first
             raise InputError("input '{}' has NaN or infinite values in {} sample(s) (indices {}{}); "
                              "clean or drop them before running".format(
                                  spec["name"], len(bad), bad[:10].tolist(),

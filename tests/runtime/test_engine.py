@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgesdk.errors import InputError
+from edgesdk.errors import InputError, ResourceLimitError
 from edgesdk.runtime import load_bundle
 from margins import decisive, exit_thresholds
 
@@ -151,3 +151,26 @@ def test_reference_check_passes_and_detects_a_different_executor(model):
     finally:
         model.heads = heads
     assert not res["passed"] and res["max_abs_error"][1] >= 0.01 - 1e-6
+
+
+def test_a_huge_broadcast_input_is_refused_before_it_is_copied(bundle):
+    import tracemalloc
+    model = load_bundle(bundle, memory_limit_mb=200)
+    sample = np.zeros((1, 1, 28, 28), np.float32)
+    huge = np.broadcast_to(sample, (3000000, 1, 28, 28))   # 9.4 GB if copied
+    tracemalloc.start()
+    with pytest.raises(ResourceLimitError):
+        model.run(huge)
+    assert tracemalloc.get_traced_memory()[1] < 100 << 20
+    tracemalloc.stop()
+    out = model.exit_logits(np.broadcast_to(sample, (600, 1, 28, 28)), batch_size=256)
+    assert out[0].shape == (600, 10)
+    with pytest.raises(InputError, match="batch_size must be a positive integer"):
+        model.exit_logits(sample, batch_size=-3)
+
+
+def test_non_finite_samples_are_named_by_their_index_in_the_whole_batch(bundle):
+    x = np.zeros((300, 1, 28, 28), np.float32)
+    x[290, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match=r"indices \[290\]"):
+        load_bundle(bundle).exit_logits(x, batch_size=256)
