@@ -137,7 +137,12 @@ def write_json_atomic(path, obj):
 
 
 def seal_manifest(manifest):
-    """Set ``manifest_sha256`` and validate; returns the manifest."""
+    """Set ``manifest_sha256`` and validate; returns the manifest. A signature the changed
+    manifest no longer matches is removed (with a warning): sign the bundle again."""
+    from edgesdk.signing import drop_stale_signature
+    if drop_stale_signature(manifest):
+        log.warning("the manifest changed after it was signed; its signature was removed: "
+                    "sign the bundle again (edgesdk sign)")
     manifest["manifest_sha256"] = mf.content_digest(manifest)
     return mf.validate(manifest)
 

@@ -17,6 +17,7 @@ SCHEMA_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8", "fixed")
 DTYPES = ("float32",)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HEX128 = re.compile(r"^[0-9a-f]{128}$")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 # A manifest is small; refusing huge ones keeps a hostile file from exhausting memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -401,6 +402,17 @@ def _check_memory(memory):
         _fail("$.memory.activation_bytes_per_sample", "must be >= 0")
 
 
+def _check_signature(sig):
+    """The shape of a signature record (whether it holds: :mod:`edgesdk.signing`)."""
+    if sig is None:
+        return
+    for key, pattern in (("public_key", _SHA256), ("digest", _SHA256), ("value", _HEX128)):
+        value = _get(sig, key, "$.signature", (str,))
+        if not pattern.match(value):
+            _fail("$.signature." + key, "expected lowercase hex digits of the right length")
+    _get(sig, "algorithm", "$.signature", (str,))
+
+
 def validate(manifest, sdk_schema=SCHEMA_VERSION):
     """Check the structure of a parsed manifest; raise ManifestError / SchemaVersionError.
 
@@ -492,6 +504,7 @@ def validate(manifest, sdk_schema=SCHEMA_VERSION):
                 _fail("$.reference." + key, "must be >= 0")
     _check_cascade(_get(manifest, "cascade", "$", (dict, type(None)), optional=True), files)
     _check_memory(_get(manifest, "memory", "$", (dict, type(None)), optional=True))
+    _check_signature(_get(manifest, "signature", "$", (dict,), optional=True))
     _check_json_values(manifest)
     digest = _get(manifest, "manifest_sha256", "$", (str,))
     if not _SHA256.match(digest):

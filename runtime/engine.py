@@ -378,7 +378,7 @@ class EdgeModel(object):
 
 
 def load_bundle(path, threads=None, verify=True, builds=None, memory_limit_mb=None,
-                fallback=False):
+                fallback=False, trusted_keys=None):
     """Open and verify a bundle and prepare its graphs for running.
 
     ``threads``: CPU threads for the executors (default: all cores). ``verify=False`` skips
@@ -386,6 +386,13 @@ def load_bundle(path, threads=None, verify=True, builds=None, memory_limit_mb=No
     builds than the selected ones; a graph without the requested build is an error unless
     ``fallback`` (see :class:`EdgeModel`). ``memory_limit_mb``: refuse what needs more
     (default: the smaller of the target's declared memory and this machine's).
+    ``trusted_keys``: Ed25519 public keys (32 bytes, hex, or files holding hex); the bundle
+    must then carry a valid signature by one of them (:mod:`edgesdk.signing`), or it is
+    refused before any graph is loaded.
     """
-    return EdgeModel(read_bundle(path, verify=verify), threads=threads, builds=builds,
-                     memory_limit_mb=memory_limit_mb, fallback=fallback)
+    bundle = read_bundle(path, verify=verify)
+    if trusted_keys is not None:
+        from edgesdk.signing import check_signature
+        check_signature(bundle.manifest, trusted_keys, bundle.root)
+    return EdgeModel(bundle, threads=threads, builds=builds, memory_limit_mb=memory_limit_mb,
+                     fallback=fallback)

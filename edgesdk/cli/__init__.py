@@ -29,6 +29,7 @@ VERBS = {
                    "serve profiling to a TVM RPC tracker (run on each board)"),
     "profiles": ("profiles", "import, export or show a profile database"),
     "report": ("report", "write a Markdown/HTML report with plots from a profile database"),
+    "sign": ("sign", "sign a bundle (Ed25519) so boards can require your signature"),
     "pack-runtime": ("pack_runtime", "write the standalone device runtime (.pyz)"),
     "tune": ("tune", "tune a bundle's graphs for a board with TVM MetaSchedule, then build"),
     "targets": ("targets", "list the target boards: toolchains, processors, precisions"),

@@ -55,6 +55,13 @@ def parse_batch_sizes(text):
         raise InputError("--batch-sizes must be comma-separated integers, e.g. 1,8,64")
 
 
+def add_trusted_key_argument(p):
+    """``--trusted-key``: load only bundles signed by one of these keys."""
+    p.add_argument("--trusted-key", action="append", metavar="KEY.pub",
+                   help="public key file (or hex) of a signer you trust; the bundle must carry "
+                        "a valid signature by one of them (repeatable)")
+
+
 def add_wait_argument(p):
     """``--wait``, for the verbs that write a bundle (see :func:`edgesdk.atomic.writer_lock`)."""
     p.add_argument("--wait", action="store_true",

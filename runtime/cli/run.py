@@ -4,7 +4,8 @@ import json
 import numpy as np
 
 from edgesdk.errors import InputError
-from edgesdk.runtime.cli.options import add_builds_argument, builds_option, parse_thresholds, print_builds
+from edgesdk.runtime.cli.options import (add_builds_argument, add_trusted_key_argument, builds_option,
+                                         parse_thresholds, print_builds)
 from edgesdk.table import format_table
 
 MAX_ROWS = 20
@@ -19,6 +20,7 @@ def add_arguments(p):
     p.add_argument("--no-early-exit", action="store_true", help="run every stage for every sample")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     add_builds_argument(p, "run")
+    add_trusted_key_argument(p)
     p.add_argument("--memory-limit-mb", type=float,
                    help="refuse a bundle, input file or batch needing more (default: the smaller "
                         "of the target's declared memory and this machine's)")
@@ -34,7 +36,7 @@ def run(args):
         raise InputError("--batch-size must be >= 1")
     request, fallback = builds_option(args)
     model = load_bundle(args.bundle, threads=args.threads, builds=request, fallback=fallback,
-                        memory_limit_mb=args.memory_limit_mb)
+                        memory_limit_mb=args.memory_limit_mb, trusted_keys=args.trusted_key)
     x, y, names = load_inputs(args.input, model.input_spec, max_bytes=model.memory.limit)
     thr = model.resolve_thresholds(parse_thresholds(args.thresholds))
     parts = []

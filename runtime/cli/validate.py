@@ -2,7 +2,8 @@
 import json
 
 from edgesdk.errors import InputError
-from edgesdk.runtime.cli.options import add_builds_argument, builds_option, print_builds
+from edgesdk.runtime.cli.options import (add_builds_argument, add_trusted_key_argument, builds_option,
+                                         print_builds)
 from edgesdk.table import printable
 
 
@@ -11,6 +12,7 @@ def add_arguments(p):
     p.add_argument("--check", action="store_true",
                    help="also run the reference inputs and compare every exit's outputs")
     add_builds_argument(p, "check")
+    add_trusted_key_argument(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -20,8 +22,12 @@ def run(args):
     from edgesdk.errors import IntegrityError
     from edgesdk.bundle import unlisted_entries
     bundle = read_bundle(args.bundle)
+    if args.trusted_key:
+        from edgesdk.signing import check_signature
+        check_signature(bundle.manifest, args.trusted_key, bundle.root)
     out = {"bundle": bundle.root, "files": len(bundle.manifest["files"]), "hashes": "ok",
-           "unlisted": unlisted_entries(bundle)}
+           "unlisted": unlisted_entries(bundle),
+           "signed_by": (bundle.manifest.get("signature") or {}).get("public_key")}
     if args.check:
         from edgesdk.runtime.engine import EdgeModel
         from edgesdk.runtime.reference import check_reference
