@@ -98,6 +98,9 @@ def load_inputs(path, spec, max_bytes=None):
     if not path.endswith(".npz"):
         raise InputError("input '{}' must be an .npz file or a folder of images".format(path))
     x, y = load_npz(path, max_bytes)
+    if x.ndim == 0:
+        raise InputError("{}: 'x' is a single number; it must be a batch of samples (its first "
+                         "dimension the batch)".format(path))
     if x.dtype.kind in "ui":
         x = preprocess(x, spec)
     if y is not None and (y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(x)):

@@ -46,9 +46,9 @@ class MemoryPlan(object):
         sizes = [bundle.manifest["files"][rel]["bytes"] for rel in files]
         if limit_mb is not None:
             if isinstance(limit_mb, bool) or not isinstance(limit_mb, (int, float)) or \
-                    not limit_mb > 0:
-                raise ResourceLimitError("memory_limit_mb must be a positive number, got "
-                                         "{!r}".format(limit_mb))
+                    not 0 < limit_mb < float("inf"):
+                raise ResourceLimitError("memory_limit_mb must be a positive, finite number, "
+                                         "got {!r}".format(limit_mb))
             limit, source = int(limit_mb * MIB), "the limit given"
         else:
             known = [(memory.get("device_bytes"), "the memory of target '{}' (its descriptor)"

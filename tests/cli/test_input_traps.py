@@ -112,3 +112,14 @@ def test_guard_statistics_are_per_channel():
     assert guard.check(np.full((1, 2, 5, 5), -0.9, np.float32)) is None
     with pytest.warns(InputRangeWarning):
         assert "far outside" in guard.check(np.full((1, 2, 5, 5), 7.0, np.float32))
+
+
+def test_an_infinite_memory_limit_and_a_0d_input_are_user_errors(bundle, tmp_path, capsys):
+    data = str(tmp_path / "zero_d.npz")
+    np.savez(data, x=np.float32(3.0))
+    code, _, err = cli(capsys, "run", bundle, data)
+    assert code == 4 and "'x' is a single number" in err
+    good = str(tmp_path / "x.npz")
+    np.savez(good, x=np.zeros((2, 1, 28, 28), np.float32))
+    code, _, err = cli(capsys, "run", bundle, good, "--memory-limit-mb", "inf")
+    assert code == 4 and "positive, finite number" in err
