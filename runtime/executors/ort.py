@@ -138,6 +138,13 @@ class OrtGraph(Executor):
         if got_in != list(input_names) or got_out != list(output_names):
             raise BundleError("'{}' has inputs {} / outputs {}, the manifest says {} / {}".format(
                 path, got_in, got_out, input_names, output_names))
+        for o, want in zip(self.session.get_outputs(), output_shapes or []):
+            got = [d if isinstance(d, int) else None for d in (o.shape or [])]
+            if want is not None and (len(got) != len(want) or any(
+                    g is not None and w is not None and g != w for g, w in zip(got, want))):
+                raise BundleError("'{}' output '{}' has shape {}, the manifest says {} (its "
+                                  "num_classes or output_shapes do not describe this "
+                                  "graph)".format(path, o.name, got, want))
         self.input_names = got_in
         self.output_names = got_out
         # InferenceSession.run checks in Python, on every call, that every input is fed, that

@@ -174,3 +174,16 @@ def test_non_finite_samples_are_named_by_their_index_in_the_whole_batch(bundle):
     x[290, 0, 0, 0] = np.nan
     with pytest.raises(InputError, match=r"indices \[290\]"):
         load_bundle(bundle).exit_logits(x, batch_size=256)
+
+
+def test_a_manifest_whose_shapes_do_not_describe_the_graphs_is_refused_at_load(bundle):
+    from edgesdk.bundle import update_manifest
+    from edgesdk.errors import BundleError
+
+    def seven_classes(m):   # consistent in itself, wrong for the graphs
+        m.update(num_classes=7, class_names=None)
+        for e in m["exits"]:
+            e["output_shapes"] = [[None, 7]]
+    update_manifest(bundle, seven_classes)
+    with pytest.raises(BundleError, match=r"has shape \[None, 10\], the manifest says \[None, 7\]"):
+        load_bundle(bundle)
