@@ -104,10 +104,12 @@ def _pid_alive(pid):
     return True
 
 
-def _siblings(parent, base):
+def _siblings(parent, base, any_owner=False):
     """``(path, kind, owner)`` for the temporary siblings of ``parent/base`` left by processes
     of this host that have ended; those of live processes, of other hosts and with names
-    not written by this module are left out."""
+    not written by this module are left out. ``any_owner``: every one this module named,
+    whatever host or process (the caller holds the bundle's writer lock, so no writer is
+    at work)."""
     try:
         names = os.listdir(parent)
     except OSError:
@@ -118,7 +120,8 @@ def _siblings(parent, base):
         for kind in ("tmp", "old"):
             prefix = ".{}.{}-".format(base, kind)
             owner = _OWNER.match(name[len(prefix):]) if name.startswith(prefix) else None
-            if owner and owner.group(1) == host and not _pid_alive(int(owner.group(2))):
+            if owner and (any_owner or owner.group(1) == host and
+                          not _pid_alive(int(owner.group(2)))):
                 out.append((os.path.join(parent, name), kind, owner.group(0)))
     return out
 
@@ -148,13 +151,33 @@ def recover(final):
     into place. Killed between the two, it leaves ``final`` missing and both directories:
     the old bundle is put back. Every other directory of a dead writer is removed: a
     ``.tmp-`` one never holds the only copy of what was at ``final``, an ``.old-`` one
-    without its writer's ``.tmp-`` one was already replaced. Directories of live writers
-    (the process id is in the name) and of other hosts are never touched. Errors (a
-    read-only file system) are ignored: reading then reports what is missing.
+    without its writer's ``.tmp-`` one was already replaced. When no writer holds the
+    bundle's lock (:func:`writer_lock`), everything left beside it is stale, whatever host
+    or process wrote it (hostnames change with every container start); while one holds it,
+    only the directories of dead processes of this host are touched (the process id and a
+    hash of the host name are in each name). Errors (a read-only file system) are ignored:
+    reading then reports what is missing.
     """
     final = os.path.abspath(final)
+    if final in _held:
+        return _recover(final, any_owner=True)
+    try:
+        # No writer holds the lock: whatever is left beside the bundle is stale, whichever
+        # host or process wrote it (a container's hostname changes on every start).
+        with writer_lock(final, wait=False):
+            return _recover(final, any_owner=True)
+    except (OSError, _busy()):   # a live writer, or no lock here (a read-only directory)
+        return _recover(final, any_owner=False)
+
+
+def _busy():
+    from edgesdk.errors import BundleBusyError
+    return BundleBusyError
+
+
+def _recover(final, any_owner):
     parent, base = os.path.split(final)
-    siblings = _siblings(parent, base)
+    siblings = _siblings(parent, base, any_owner)
     writing = set(owner for _, kind, owner in siblings if kind == "tmp")
     aside = [p for p, kind, owner in siblings if kind == "old" and owner in writing
              and os.path.isdir(os.path.join(p, "bundle"))]

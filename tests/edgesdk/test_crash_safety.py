@@ -379,23 +379,54 @@ def test_killed_between_the_two_renames_the_reader_restores_the_old_bundle(zygot
     assert _siblings(path) == []  # and removed the dead writer's new copy and the aside dir
 
 
-def test_recovery_touches_only_dead_writers_directories(tmp_path):
+def _hold_lock(path):
+    """A process holding ``path``'s writer lock (a live writer) until its stdin closes."""
+    code = ("import sys\nfrom edgesdk import atomic\nwith atomic.writer_lock(sys.argv[1]):\n"
+            "    print('locked', flush=True)\n    sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, path], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                                os.path.abspath(__file__)))))
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_while_a_writer_holds_the_lock_recovery_touches_only_dead_writers_directories(tmp_path):
     path = str(tmp_path / "x.edgebundle")
-    mine = tmp_path / (atomic.temporary_prefix(path, "tmp") + "abc")  # a live writer's
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    owner = "{}-{}".format(atomic._host_tag(), dead.pid)
-    stale = tmp_path / ".x.edgebundle.tmp-{}-abc".format(owner)
+    holder = _hold_lock(path)
+    try:
+        mine = tmp_path / ".x.edgebundle.tmp-{}-{}-abc".format(atomic._host_tag(), holder.pid)
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        owner = "{}-{}".format(atomic._host_tag(), dead.pid)
+        stale = tmp_path / ".x.edgebundle.tmp-{}-abc".format(owner)
+        aside = tmp_path / ".x.edgebundle.old-{}-abc".format(owner)
+        other = tmp_path / ".x.edgebundle.tmp-00000000-{}-abc".format(dead.pid)  # another host's
+        for d in (mine, stale, aside / "bundle", other):
+            d.mkdir(parents=True)
+        (aside / "bundle" / "marker").write_text("old")
+        atomic.recover(path)
+        assert (tmp_path / "x.edgebundle" / "marker").read_text() == "old"  # put back
+        assert mine.exists() and other.exists()
+        assert not stale.exists() and not aside.exists()
+    finally:
+        holder.communicate("")
+
+
+def test_with_no_writer_at_work_leftovers_of_any_host_are_recovered(tmp_path):
+    """A container's hostname changes on every start: a writer killed between its two
+    renames, then a restart under another name, still gets its old bundle back."""
+    path = str(tmp_path / "x.edgebundle")
+    owner = "0badc0de-12345"                      # another host (or this one, renamed)
     aside = tmp_path / ".x.edgebundle.old-{}-abc".format(owner)
-    other = tmp_path / ".x.edgebundle.tmp-00000000-{}-abc".format(dead.pid)  # another host's
-    for d in (mine, stale, aside / "bundle", other):
+    new = tmp_path / ".x.edgebundle.tmp-{}-def".format(owner)
+    stray = tmp_path / ".x.edgebundle.tmp-feedface-999-ghi"
+    for d in (aside / "bundle", new, stray):
         d.mkdir(parents=True)
     (aside / "bundle" / "marker").write_text("old")
     atomic.recover(path)
-    assert (tmp_path / "x.edgebundle" / "marker").read_text() == "old"  # put back
-    assert mine.exists() and other.exists()
-    assert not stale.exists() and not aside.exists()
-
+    assert (tmp_path / "x.edgebundle" / "marker").read_text() == "old"
+    assert sorted(os.listdir(str(tmp_path))) == ["x.edgebundle"]
 
 
 def test_a_deleted_bundle_is_not_brought_back(tmp_path):
