@@ -75,7 +75,25 @@ def profile_seeds():
     js = json.dumps({"format": "edgesdk-profiles", "version": 1,
                      "devices": {"dev-a": {"cpu": "x"}}, "rows": [row, dict(row, value=None)]})
     csv = ",".join(cols) + "\n" + ",".join(str(row[c]) for c in cols) + "\n"
-    return [b"J" + js.encode(), b"C" + csv.encode()]
+    return [b"J" + js.encode(), b"C" + csv.encode(), b"S" + _store_bytes(row)]
+
+
+def _store_bytes(row):
+    """A small profile database (rows, a device, a run, exit scores) as bytes."""
+    from edgesdk.profiles import ProfileStore
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "seed.sqlite")
+        with ProfileStore(path) as s:
+            s.add_device("dev-a", {"cpu": "x"})
+            s.write([row])
+            s.write_exit_scores("b" * 64, "d" * 64, "max-softmax", [[0.5, 0.9]], [[1, 0]])
+            s.write_run({"device": "dev-a", "bundle_sha256": "b" * 64, "dataset_sha256": "d" * 64,
+                         "batch": 1, "thresholds": [0.9, None], "samples": 2,
+                         "exit_counts": [1, 1], "mean_ms": 0.5, "energy_mj": None,
+                         "accuracy": 0.5, "sensor": "none",
+                         "measured_at": "2026-11-22T10:00:00Z"})
+        with open(path, "rb") as f:
+            return f.read()
 
 
 def run(test_one_input, seeds):

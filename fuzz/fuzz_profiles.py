@@ -1,5 +1,6 @@
-"""atheris: profile-store import. First byte 'J' (or even): the rest is a .json export,
-otherwise a .csv export, merged into a fresh store with edgesdk.profiles.merge_into.
+"""atheris: profile-store import. First byte 'S': the rest is another SQLite database (read
+as untrusted); 'J' (or any other even byte): a .json export; otherwise a .csv export; merged
+into a fresh store with edgesdk.profiles.merge_into.
 
 Every input must end in a row count or an EdgeSDKError, and the store must still open and
 read afterwards; anything else is a bug.
@@ -12,9 +13,13 @@ import atheris
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 with atheris.instrument_imports():
+    from edgesdk import profile_import
     from edgesdk.errors import EdgeSDKError
     from edgesdk.profiles import ProfileStore, merge_into
     import common
+
+# Below the harness's -timeout=20, so a query the import stops counts as refused, not hung.
+profile_import.MAX_SECONDS = 5.0
 
 WORK = common.tempdir()
 DB = os.path.join(WORK, "store.sqlite")
@@ -23,7 +28,8 @@ DB = os.path.join(WORK, "store.sqlite")
 def test_one_input(data):
     if not data:
         return
-    path = os.path.join(WORK, "import.json" if data[0] % 2 == 0 else "import.csv")
+    path = os.path.join(WORK, "import.sqlite" if data[0] == ord("S") else
+                        "import.json" if data[0] % 2 == 0 else "import.csv")
     with open(path, "wb") as f:
         f.write(data[1:])
     with ProfileStore(DB) as store:

@@ -1,4 +1,4 @@
-"""Fuzzing profile-store import (CSV / JSON exports through merge_into): a row count or an
+"""Fuzzing profile-store import (CSV / JSON exports and SQLite databases through merge_into): a row count or an
 EdgeSDKError, and the store still opens and reads afterwards."""
 import csv
 import io
@@ -114,3 +114,28 @@ def test_valid_exports_still_import(tmp_path):
     assert _import(tmp_path, ".csv", CSV_OK) == 1
     rows, devices = read_rows(str(tmp_path / "import.csv"))
     assert rows[0]["graph"] == "stage0" and devices == {}
+
+
+@pytest.fixture(scope="module")
+def store_bytes(tmp_path_factory):
+    """A small valid profile database (rows, a device, exit scores) as bytes."""
+    path = str(tmp_path_factory.mktemp("seed") / "seed.sqlite")
+    with ProfileStore(path) as s:
+        s.add_device("dev-a", {"cpu": "x"})
+        s.write([ROW, dict(ROW, graph="exit0")])
+        s.write_exit_scores("b" * 64, "d" * 64, "max-softmax", [[0.5, 0.9]], [[1, 0]])
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@fuzz_settings(120)
+@given(data=st.data())
+def test_mutated_sqlite_stores(tmp_path, store_bytes, data):
+    # Another database, damaged anywhere (header, schema page, rows): rows merged, or an
+    # edgesdk error with nothing merged; never a hang, a crash or a damaged store.
+    body = bytearray(store_bytes)
+    for _ in range(data.draw(st.integers(1, 8))):
+        i = data.draw(st.integers(0, len(body) - 1))
+        body[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.one_of(st.none(), st.integers(0, len(body))))
+    _import(tmp_path, ".sqlite", bytes(body if cut is None else body[:cut]))
