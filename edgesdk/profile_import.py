@@ -89,6 +89,9 @@ def _read_connected(db, path, schema, store_format, store_version):
         raise ProfileStoreError("'{}' cannot be read as a profile database: {}".format(path, exc))
     except sqlite3.DatabaseError as exc:
         raise ProfileStoreError("'{}' cannot be read as a profile database: {}".format(path, exc))
+    except UnicodeDecodeError as exc:   # TEXT that is not UTF-8 (found by fuzzing)
+        raise ProfileStoreError("'{}' holds text that is not UTF-8 ({}): not a profile store "
+                                "edgesdk wrote".format(path, exc.reason))
     finally:
         db.close()
 
