@@ -65,6 +65,9 @@ def load_npz(path, max_bytes=None):
     return data["x"], data.get("y")
 
 
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024   # 8192 x 8192: far above any board camera's frames
+
+
 def load_image_folder(path, spec):
     """``(raw uint8 images (N, H, W[, C]), file names)`` from a folder, sorted by name."""
     image = require("PIL.Image", "images", "read image folders")
@@ -78,9 +81,15 @@ def load_image_folder(path, spec):
     for name in names:
         try:
             with image.open(os.path.join(path, name)) as img:
+                # The header's size, before any pixel is decoded: a small file can claim
+                # billions of pixels (a decompression bomb).
+                if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
+                    raise InputError("image {} is {}x{} pixels, more than the {} an input image "
+                                     "may have".format(name, img.size[0], img.size[1],
+                                                       MAX_IMAGE_PIXELS))
                 img = img.convert("L" if channels == 1 else "RGB").resize((width, height))
                 arrays.append(np.asarray(img, dtype=np.uint8))
-        except OSError as exc:
+        except (OSError, getattr(image, "DecompressionBombError", OSError)) as exc:
             raise InputError("cannot read image {}: {}".format(name, exc))
     return np.stack(arrays), names
 

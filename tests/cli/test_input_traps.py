@@ -123,3 +123,18 @@ def test_an_infinite_memory_limit_and_a_0d_input_are_user_errors(bundle, tmp_pat
     np.savez(good, x=np.zeros((2, 1, 28, 28), np.float32))
     code, _, err = cli(capsys, "run", bundle, good, "--memory-limit-mb", "inf")
     assert code == 4 and "positive, finite number" in err
+
+
+def test_image_bombs_are_user_errors(bundle, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+    from edgesdk.runtime import datafiles
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("L", (64, 64)).save(str(folder / "a.png"))
+    monkeypatch.setattr(datafiles, "MAX_IMAGE_PIXELS", 1000)      # our check, on the header
+    code, _, err = cli(capsys, "run", bundle, str(folder))
+    assert code == 4 and "64x64 pixels, more than the 1000" in err
+    monkeypatch.setattr(datafiles, "MAX_IMAGE_PIXELS", 1 << 30)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)          # Pillow's own refusal
+    code, _, err = cli(capsys, "run", bundle, str(folder))
+    assert code == 4 and "cannot read image a.png" in err
