@@ -13,7 +13,7 @@ from edgesdk.deps import require
 from edgesdk.manifest import SCHEMA_VERSION
 from edgesdk.progress import Progress
 from edgesdk.converters.macs import count_macs
-from edgesdk.converters.memory import activation_bytes
+from edgesdk.runtime.activation_memory import graph_activation_bytes
 from edgesdk.converters.model import as_state
 from edgesdk.converters.onnx_export import export_graph
 from edgesdk.converters.qat import quant_bit_widths, validate_qat_graphs
@@ -97,7 +97,7 @@ def _graph_entries(draft, src, opts, policy, threshold):
                 macs = count_macs(graph, {n: t.numpy() for n, t in zip(ins, args)})
                 entry = {"id": gid, "file": rel, "format": "onnx", "inputs": ins, "outputs": outs,
                          "macs": macs.total, "macs_uncounted": macs.uncounted}
-                peak_bytes = max(peak_bytes, activation_bytes(graph))
+                peak_bytes = max(peak_bytes, graph_activation_bytes(graph.SerializeToString()))
                 if src.qat:
                     entry["precision"] = "int8"
                     exported[gid] = graph

@@ -153,10 +153,15 @@ class EdgeModel(object):
         self.memory = MemoryPlan.for_bundle(bundle, files_to_load(m, self.builds), memory_limit_mb)
         self.memory.check_load(max([b.get("batch") or 1 for b in self.builds.values()]))
         self._graph_cache = graph_cache
+        self._loaded = []   # every executor made, for the memory they need
         self.stages = [self._graph(s, threads) for s in m["stages"]]
         self.heads = [self._graph(e, threads) for e in m["exits"]]
         self._keep_host_side()
         self.stages = [self._adaptive(k, e, threads) for k, e in enumerate(m["stages"])]
+        # The manifest's activation figure is a claim: the graphs' own counts bound it below.
+        self.memory.use_graph_counts([g.activation_bytes for g in self._loaded])
+        self.memory.check_load(max([b.get("batch") or 1 for b in self.builds.values()]))
+        del self._loaded
         self._routed = [getattr(s, "router", None) is not None for s in self.stages]
         self.policies = [get_policy(e["policy"]) for e in m["exits"]]
         self.num_exits = len(self.heads)
@@ -173,10 +178,12 @@ class EdgeModel(object):
         key = (build["file"], self.bundle.manifest["files"][build["file"]]["sha256"],
                tuple(entry["inputs"]), tuple(entry["outputs"]), threads)
         if cache is not None and key in cache:
+            self._loaded.append(cache[key])
             return cache[key]
         graph = executor(self._verified(build["file"], executor.companions(build)),
                          entry["inputs"], entry["outputs"], entry["output_shapes"], threads,
                          build=build)
+        self._loaded.append(graph)
         if cache is not None:
             cache[key] = graph
         return graph if executor.thread_safe else _Serialized(graph)
@@ -210,6 +217,7 @@ class EdgeModel(object):
         variants = [onnx(self._verified(v["file"]), entry["inputs"], entry["outputs"],
                          entry["output_shapes"], threads, build={"file": v["file"], "format": "onnx"})
                     for v in (widths or {}).get("variants", [])]
+        self._loaded += [g for g in variants + [gate_graph] if g is not None]
         router = make_router(widths["router"], len(variants) + 1, where) if widths else None
         return AdaptiveStage(entry["id"], stage, gate_graph, gate["threshold"] if gate else None,
                              variants, router, self.heads[k - 1] if k else None)

@@ -37,6 +37,13 @@ class MemoryPlan(object):
     def __init__(self, limit, source, resident, largest, per_sample):
         self.limit, self.source = limit, source
         self.resident, self.largest, self.per_sample = resident, largest, per_sample
+        self.declared = per_sample   # the manifest's figure
+
+    def use_graph_counts(self, counts):
+        """Take the largest of the manifest's figure and ``counts`` (per-sample activation
+        bytes recomputed from each loaded graph; None where a format cannot be read) as the
+        bytes each sample needs."""
+        self.per_sample = max([self.declared] + [c for c in counts if c is not None])
 
     @classmethod
     def for_bundle(cls, bundle, files, limit_mb=None):
@@ -65,10 +72,11 @@ class MemoryPlan(object):
         if self.limit is not None and need > self.limit:
             raise ResourceLimitError(
                 "this bundle needs about {} to load and run ({} of graph files, {} while the "
-                "largest loads, {} of activations for a batch of {}), more than the {} of {}. "
+                "largest loads, {} of activations for a batch of {}{}), more than the {} of {}. "
                 "Use a smaller model or precision, or a board with more memory.".format(
                     _mb(need), _mb(self.resident), _mb(self.largest),
-                    _mb(rows * self.per_sample), rows, _mb(self.limit), self.source))
+                    _mb(rows * self.per_sample), rows, self._why(), _mb(self.limit),
+                    self.source))
 
     def max_batch(self):
         """The largest batch that fits beside the loaded graphs (None: no limit known)."""
@@ -81,10 +89,15 @@ class MemoryPlan(object):
         most = self.max_batch()
         if most is not None and n > most:
             raise ResourceLimitError(
-                "a batch of {} needs about {} of activations ({} per sample) beside {} of "
+                "a batch of {} needs about {} of activations ({} per sample{}) beside {} of "
                 "graphs, more than the {} of {}: split it into batches of at most {}".format(
-                    n, _mb(n * self.per_sample), _mb(self.per_sample), _mb(self.resident),
-                    _mb(self.limit), self.source, most))
+                    n, _mb(n * self.per_sample), _mb(self.per_sample), self._why(),
+                    _mb(self.resident), _mb(self.limit), self.source, most))
+
+    def _why(self):
+        if self.per_sample == self.declared:
+            return ""
+        return ", counted from its graphs; the manifest claims {}".format(_mb(self.declared))
 
 
 def files_to_load(manifest, builds):

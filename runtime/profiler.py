@@ -24,7 +24,7 @@ import numpy as np
 
 from edgesdk.errors import InputError
 from edgesdk.manifest import graph_entries
-from edgesdk.runtime.datafiles import read_npz
+from edgesdk.runtime.reference import read_reference
 from edgesdk.runtime.power.meter import EnergyMeter, idle_power
 from edgesdk.runtime.timing import STATISTICS, fit_engine, latency_stats, time_runs
 
@@ -53,9 +53,8 @@ def peak_rss_mb():
 
 def example_batch(model, batch):
     """A model input of ``batch`` samples: the bundle's reference inputs, repeated as needed."""
-    ref = model.bundle.manifest.get("reference")
-    if ref is not None:
-        x = read_npz(model.bundle.path(ref["file"]), model.memory.limit)["input"]
+    if model.bundle.manifest.get("reference") is not None:
+        x = read_reference(model.bundle, model.memory.limit)[0]
     else:
         shape = [d for d in model.input_spec["shape"][1:]]
         x = np.random.RandomState(0).standard_normal([1] + shape).astype(np.float32)

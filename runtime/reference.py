@@ -1,9 +1,35 @@
 """Check a loaded bundle against the reference inputs/outputs stored in it at conversion."""
 import numpy as np
 
-from edgesdk.errors import IntegrityError
+from edgesdk.errors import InputError, IntegrityError
 from edgesdk.manifest import graph_entries, precision_of
 from edgesdk.runtime.datafiles import NPZ_ERRORS, read_npz
+from edgesdk.runtime.inputs import check_batch
+
+
+def read_reference(bundle, max_bytes=None):
+    """``(inputs, [expected logits of each exit])`` from the bundle's reference file, checked
+    like any input (float samples of the input spec, finite) and against the exits (one
+    float array per exit, one row per sample). :class:`IntegrityError` where the bundle has
+    none or it does not hold that (the file is hashed, so the bundle was made wrong)."""
+    ref = bundle.manifest.get("reference")
+    if ref is None:
+        raise IntegrityError("bundle '{}' has no reference data".format(bundle.root))
+    where = "reference file '{}'".format(ref["file"])
+    try:
+        data = read_npz(bundle.path(ref["file"]), max_bytes)
+        x = check_batch(data["input"], bundle.manifest["inputs"][0])
+        expected = [data["exit_{}".format(k)] for k in range(len(bundle.manifest["exits"]))]
+    except NPZ_ERRORS + (KeyError,) as exc:
+        raise IntegrityError("{} cannot be read: {}".format(where, exc))
+    except InputError as exc:
+        raise IntegrityError("{}: {}".format(where, exc))
+    for k, e in enumerate(expected):
+        if e.dtype.kind != "f" or e.ndim < 1 or len(e) != len(x):
+            raise IntegrityError("{}: exit_{} has dtype {} and shape {}; expected float logits, "
+                                 "one row for each of its {} inputs".format(
+                                     where, k, e.dtype, list(e.shape), len(x)))
+    return x, expected
 
 
 def compare_exits(got, expected, atol, rtol):
@@ -61,15 +87,7 @@ def check_reference(model):
     sample that is no near tie at the reduced-precision tolerance.
     """
     ref = model.bundle.manifest.get("reference")
-    if ref is None:
-        raise IntegrityError("bundle '{}' has no reference data to check against".format(
-            model.bundle.root))
-    try:
-        data = read_npz(model.bundle.path(ref["file"]), model.memory.limit)
-        x = data["input"]
-        expected = [data["exit_{}".format(k)] for k in range(model.num_exits)]
-    except NPZ_ERRORS + (KeyError,) as exc:
-        raise IntegrityError("reference file '{}' cannot be read: {}".format(ref["file"], exc))
+    x, expected = read_reference(model.bundle, model.memory.limit)
     atol, rtol = float(ref["atol"]), float(ref["rtol"])
     m = model.bundle.manifest
     # The stages' own graphs: gates and width variants added later change which samples run

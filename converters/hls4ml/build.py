@@ -35,6 +35,7 @@ from edgesdk.converters.hls4ml.precision import choose_precision
 from edgesdk.errors import BuildError, InputError, UnsupportedOpError
 from edgesdk.manifest import graph_entries, put_build
 from edgesdk.runtime.executors.fpga_csim import hls_layout
+from edgesdk.runtime.reference import read_reference
 from edgesdk.targets import get_target
 
 
@@ -120,12 +121,10 @@ def build_fpga(bundle, target="ultra96-v2", calibration_data=None, width=16,
 
 def _calibration_inputs(bundle, data):
     if data is None:
-        ref = bundle.manifest.get("reference")
-        if not ref:
+        if not bundle.manifest.get("reference"):
             raise InputError("FPGA builds need calibration inputs (calibration_data / "
                              "--calibration-data): the bundle has no reference inputs")
-        with np.load(bundle.path(ref["file"]), allow_pickle=False) as z:
-            data = z["input"]
+        data = read_reference(bundle)[0]
     x = np.asarray(data[0] if isinstance(data, tuple) else data)
     if x.dtype.kind != "f" or len(x) == 0 or not np.isfinite(x).all():
         raise InputError("calibration data must be finite float model inputs with a batch "

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgesdk.errors import BuildError, MissingDependencyError
 from edgesdk.runtime.executors import tvm as tvm_executor
+from edgesdk.runtime.reference import read_reference
 
 QEMU = "qemu-aarch64"
 SYSROOT = "/usr/aarch64-linux-gnu"  # Debian's libc6-arm64-cross
@@ -156,11 +157,9 @@ def check_emulated(bundle_path, device, x=None, atol=1e-4):
     from edgesdk.runtime.engine import load_bundle
     model = load_bundle(bundle_path, builds=("onnx", "fp32"))
     if x is None:
-        ref = model.bundle.manifest.get("reference")
-        if ref is None:
+        if model.bundle.manifest.get("reference") is None:
             raise BuildError("the bundle has no reference inputs; pass inputs to check with")
-        with np.load(model.bundle.path(ref["file"]), allow_pickle=False) as data:
-            x = data["input"]
+        x = read_reference(model.bundle)[0]
     expected = model.exit_logits(x)
     got = emulated_exit_logits(model.bundle, device, x)
     errors = [float(np.abs(g - e).max()) for g, e in zip(got, expected)]

@@ -6,6 +6,8 @@ import warnings
 
 from edgesdk.errors import EdgeSDKError, InternalError
 
+EXIT_BROKEN_PIPE = 128 + 13   # what a shell reports for a process ended by SIGPIPE
+
 
 def run_command(func, args, prog):
     """Run a command function; map EdgeSDKError to its exit code with a message on stderr,
@@ -28,6 +30,11 @@ def run_command(func, args, prog):
         except KeyboardInterrupt:
             sys.stderr.write("{}: interrupted\n".format(prog))
             return 130
+        except BrokenPipeError:
+            # The reader went away (`edgesdk inspect B | head -1`): stop quietly, as a program
+            # killed by SIGPIPE does, and keep the exit flush of stdout from failing again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         except Exception as exc:  # a defect in edgesdk: say so, traceback only on request
             return report_internal_error(prog, exc, getattr(args, "verbose", False))
 

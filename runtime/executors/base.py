@@ -36,6 +36,10 @@ class Executor(object):
     # Files whose presence shows the driver of the device a non-CPU build needs.
     device_nodes = ()
     device_kind = None   # what the device is, in a word, for the reason a build cannot run
+    # Peak activation bytes per sample recomputed from the loaded graph (ONNX graphs, see
+    # :mod:`..activation_memory`); None where the format cannot be read (compiled code, whose
+    # integrity the hashes and signature cover).
+    activation_bytes = None
 
     @classmethod
     def available(cls, build):

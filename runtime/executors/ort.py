@@ -10,9 +10,10 @@ the first pool. Only an onnxruntime without the call gives each session its own 
 spinning disabled (the next best setting measured).
 """
 from edgesdk.deps import require
-from edgesdk.errors import BundleError, IntegrityError
+from edgesdk.errors import BundleError, IntegrityError, ResourceLimitError
 from edgesdk.runtime.executors.base import Executor
 from edgesdk.onnx_scan import external_data_locations
+from edgesdk.runtime.activation_memory import graph_activation_bytes
 from edgesdk.verified import VerifiedFile, loadable_path, read_bytes
 
 _pool = {"threads": None}
@@ -98,6 +99,9 @@ def make_session(model, threads=None, optimize=True):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
+# How onnxruntime reports a failed allocation (its arena, or the system allocator).
+_ALLOCATION_FAILED = ("bad_alloc", "Failed to allocate memory", "Available memory of")
+
 
 class OrtGraph(Executor):
     """One stage or head graph in an ONNX Runtime session; tensors are fed by position.
@@ -122,6 +126,8 @@ class OrtGraph(Executor):
                  build=None):
         model = read_bytes(path)   # checked against the manifest (IntegrityError) first
         external = sorted(set(external_data_locations(model, "'{}'".format(path))))
+        # Batches are checked against this as well as the manifest's claim (EdgeModel).
+        self.activation_bytes = graph_activation_bytes(model, "'{}'".format(path))
         try:
             if external:
                 self.session = self._with_external_data(path, external, threads)
@@ -171,6 +177,13 @@ class OrtGraph(Executor):
     def run(self, tensors):
         """Run on a sequence of float32 arrays; returns a list of new arrays."""
         feed = dict(zip(self.input_names, tensors))
-        if self._direct:
-            return self._run(self.output_names, feed, None)
-        return self._run(self.output_names, feed)
+        try:
+            if self._direct:
+                return self._run(self.output_names, feed, None)
+            return self._run(self.output_names, feed)
+        except Exception as exc:
+            if not any(s in str(exc) for s in _ALLOCATION_FAILED):
+                raise
+            raise ResourceLimitError("onnxruntime ran out of memory running a batch of {}: {}. "
+                                     "Run smaller batches or give memory_limit_mb.".format(
+                                         len(tensors[0]) if tensors else 0, exc))

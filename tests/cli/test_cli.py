@@ -142,6 +142,20 @@ def test_internal_errors_exit_70_without_a_traceback(capsys, monkeypatch):
     assert code == 70 and "Traceback (most recent call last)" in err
 
 
+def test_a_closed_pipe_ends_a_verb_quietly(bundle):
+    import subprocess
+    edgesdk = os.path.join(os.path.dirname(sys.executable), "edgesdk")
+    # `edgesdk inspect B | head -1` once head has exited: stdout is a pipe nobody reads.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([edgesdk, "inspect", str(bundle)], stdout=write_end,
+                              stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr.decode() == ""
+
+
 def test_device_runtime_reports_internal_errors(bundle, files, capsys, monkeypatch):
     from edgesdk.runtime import cli as device_cli
     from edgesdk.runtime.cli import validate

@@ -153,6 +153,37 @@ def test_reference_check_passes_and_detects_a_different_executor(model):
     assert not res["passed"] and res["max_abs_error"][1] >= 0.01 - 1e-6
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(input=np.array(["a"] * len(d["input"]))), "input 'x' has dtype <U1"),
+    (lambda d: d.update(input=np.float32(1)), r"shape \[\] \(rank 0\)"),
+    (lambda d: d.update(exit_1=d["exit_1"][:2]), "exit_1 has dtype float32 and shape \\[2, 10\\]"),
+    (lambda d: d.update(exit_2=np.array(["x"])), "exit_2 has dtype <U1"),
+    (lambda d: d.pop("exit_0"), "cannot be read: 'exit_0'"),
+])
+def test_a_reference_file_that_does_not_fit_the_bundle_is_an_integrity_error(
+        bundle, change, message):
+    """Every reader of the reference file (validate, profile, TVM emulation, FPGA
+    calibration) goes through one check: a bad file is the bundle's error, never a crash."""
+    from edgesdk import bundle as bundle_io
+    from edgesdk.errors import IntegrityError
+    from edgesdk.runtime.profiler import example_batch
+    from edgesdk.runtime.reference import check_reference
+    path = bundle_io.read_bundle(bundle).path("reference/reference.npz")
+    with np.load(path) as z:
+        arrays = dict(z)
+    change(arrays)
+    np.savez(path, **arrays)
+    m = bundle_io.read_bundle(bundle, verify=False).manifest
+    m["files"].update(bundle_io.hash_files(bundle, ["reference/reference.npz"]))
+    bundle_io.write_manifest(bundle, m)
+    model = load_bundle(bundle)
+    with pytest.raises(IntegrityError, match="reference file 'reference/reference.npz'.*" + message):
+        check_reference(model)
+    if "exit" not in message:
+        with pytest.raises(IntegrityError, match=message):
+            example_batch(model, 4)
+
+
 def test_a_huge_broadcast_input_is_refused_before_it_is_copied(bundle):
     import tracemalloc
     model = load_bundle(bundle, memory_limit_mb=200)

@@ -10,25 +10,84 @@ from edgesdk.bundle import read_bundle, update_manifest
 from edgesdk.errors import BundleError, InputError, ResourceLimitError
 from edgesdk.runtime.datafiles import load_npz, read_npz
 from edgesdk.runtime.engine import load_bundle
+from edgesdk.onnx_scan import skeleton
+from edgesdk.runtime.activation_memory import graph_activation_bytes
 from edgesdk.runtime.memory import MIB, machine_memory_bytes
 
 
-def _graph(nodes, outputs):
+def _graph(nodes, outputs, initializers=(), value_info=(), output_dims=("N", 4)):
     from onnx import TensorProto, helper
     g = helper.make_graph(
         [helper.make_node(op, ins, [out]) for op, ins, out in nodes], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["N", 4]) for o in outputs])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, output_dims) for o in outputs],
+        list(initializers), value_info=list(value_info))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m.SerializeToString()
 
 
-def test_activation_estimate_follows_tensor_lifetimes():
-    from edgesdk.converters.memory import activation_bytes
+def _expanding(dims):
+    """A graph whose x (N, 4) is expanded to ``dims`` and reduced: small in, small out."""
+    from onnx import numpy_helper
+    shape = numpy_helper.from_array(np.array(dims, np.int64), "shape")
+    return _graph([("Expand", ["x", "shape"], "big"), ("Sub", ["big", "big"], "z"),
+                   ("ReduceMax", ["z"], "y")], ["y"], [shape], output_dims=None)
+
+
+def _without_onnx(monkeypatch):
+    """As on a board: the onnx package cannot be imported."""
+    import sys
+    monkeypatch.setitem(sys.modules, "onnx", None)
+
+
+def test_activation_count_follows_tensor_lifetimes():
     # A chain frees each input after its reader: two 16-byte tensors alive at most.
-    assert activation_bytes(_graph([("Relu", ["x"], "a"), ("Relu", ["a"], "b")], ["b"])) == 32
+    assert graph_activation_bytes(_graph([("Relu", ["x"], "a"), ("Relu", ["a"], "b")], ["b"])) == 32
     # A branch keeps x alive until its second reader: x, a, b together.
     branch = [("Relu", ["x"], "a"), ("Neg", ["x"], "b"), ("Add", ["a", "b"], "c")]
-    assert activation_bytes(_graph(branch, ["c"])) == 48
+    assert graph_activation_bytes(_graph(branch, ["c"])) == 48
+
+
+def test_activation_count_sees_what_a_graph_expands_to(monkeypatch):
+    from onnx import TensorProto, helper
+    bomb = _expanding([1024, 1024, 64, 4])   # 1 GiB of float32 from a 16-byte input
+    assert graph_activation_bytes(bomb) >= 2 * (1 << 30)   # big and z alive together
+    # Shape inference runs on a skeleton: large weights' values are never parsed.
+    from onnx import numpy_helper
+    weight = numpy_helper.from_array(np.ones((256, 1024), np.float32), "w")
+    big = _graph([("Relu", ["x"], "a")], ["a"], [weight])
+    assert len(skeleton(big)) < 1024 < len(big) and graph_activation_bytes(big) == 32
+    # Without the onnx package (boards) the graph's declared shapes are what is known:
+    # an intermediate it declares counts, one it hides counts as the largest known tensor.
+    declared = [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 1 << 20])]
+    chain = _graph([("Relu", ["x"], "a"), ("Relu", ["a"], "b")], ["b"], value_info=declared)
+    _without_onnx(monkeypatch)
+    assert graph_activation_bytes(chain) == 16 + (4 << 20)
+    assert graph_activation_bytes(bomb) == 2 * 16   # big and z, each counted as x
+
+
+def test_a_manifest_understating_activations_is_checked_against_its_graphs(bundle):
+    counted = load_bundle(bundle).memory.per_sample
+    assert counted > 1000
+    update_manifest(bundle, lambda m: m["memory"].update(activation_bytes_per_sample=1))
+    model = load_bundle(bundle)
+    assert model.memory.declared == 1 and model.memory.per_sample == counted
+    # Room for the graphs and the claimed byte, not for one sample as the graphs count it.
+    plan = model.memory
+    tight = (plan.resident + plan.largest + counted // 2) / MIB
+    with pytest.raises(ResourceLimitError, match="counted from its graphs; the manifest claims"):
+        load_bundle(bundle, memory_limit_mb=tight)
+
+
+def test_an_allocation_onnxruntime_cannot_make_is_a_resource_error(tmp_path):
+    from edgesdk.runtime.executors.ort import OrtGraph
+    path = tmp_path / "bomb.onnx"
+    path.write_bytes(_expanding([1 << 20, 1 << 20, 1 << 10, 4]))  # 4 PiB: no machine maps it
+    graph = OrtGraph(str(path), ["x"], ["y"])
+    assert graph.activation_bytes > 1 << 52
+    with pytest.raises(ResourceLimitError, match="onnxruntime ran out of memory"):
+        graph.run([np.ones((1, 4), np.float32)])
 
 
 def test_bundles_record_the_target_memory_and_activations(bundle_master, tx2_master):
