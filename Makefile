@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench venv runtime-zip clean fuzz
+.PHONY: demo test test-all bench venv runtime-zip clean fuzz attacks
 
 venv: $(STAMP)
 
@@ -65,6 +65,10 @@ fuzz: venv
 			|| exit 1; \
 		test -z "$$(ls $(FUZZ_DIR)/crash-$$h-* 2>/dev/null)" || { echo "crash inputs in $(FUZZ_DIR)"; exit 1; }; \
 	done
+
+# Every attack of the hardening round, replayed by its regression tests: one line per attack.
+attacks: venv
+	$(PY) fuzz/replay_attacks.py
 
 runtime-zip: venv
 	$(VENV)/bin/edgesdk pack-runtime dist/edgesdk-runtime.pyz

@@ -1,6 +1,7 @@
 """No silent input traps: weights, scale and raw pixels taken as model input."""
 import json
 import os
+import re
 import warnings
 
 import numpy as np
@@ -138,3 +139,44 @@ def test_image_bombs_are_user_errors(bundle, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)          # Pillow's own refusal
     code, _, err = cli(capsys, "run", bundle, str(folder))
     assert code == 4 and "cannot read image a.png" in err
+
+
+def _manifest_number(text, key, value):
+    """``text`` (manifest.json) with the first integer ``key`` set to the literal ``value``."""
+    return re.sub(r'("{}": )-?\d+'.format(key), r"\g<1>" + value, text, count=1)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: _manifest_number(t, "activation_bytes_per_sample", "1e400"),
+     r"\$\.memory\.activation_bytes_per_sample: expected an integer"),
+    (lambda t: _manifest_number(t, "macs", "1e400"), r"\.macs: expected an integer"),
+    (lambda t: t.replace('"class_names": null', '"class_names": ["a"]'),
+     r"\$\.class_names: expected null or 10 strings"),
+    (lambda t: t.replace('"class_names": null', '"class_names": "abc"'),
+     r"\$\.class_names: expected a list or null, got str"),
+])
+def test_numbers_and_names_no_reader_expects_are_one_line_errors(bundle, tmp_path, capsys,
+                                                                 change, message):
+    path = os.path.join(str(bundle), "manifest.json")
+    with open(path) as f:
+        text = f.read()
+    changed = change(text)
+    assert changed != text
+    with open(path, "w") as f:
+        f.write(changed)
+    good = str(tmp_path / "x.npz")
+    np.savez(good, x=np.zeros((2, 1, 28, 28), np.float32))
+    for argv in (("inspect", bundle), ("run", bundle, good), ("validate", bundle)):
+        code, _, err = cli(capsys, *argv)
+        assert code == 4 and "Traceback" not in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1 and re.search(message, err)
+
+
+def test_bounds_that_are_not_finite_numbers_are_input_errors(bundle):
+    from edgesdk.errors import InputError
+    model = load_bundle(bundle)
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    for bound in ({"deadline_ms": 1e400}, {"budget_ms": float("nan")}, {"max_exit": 1e400},
+                  {"deadline_ms": "5"}, {"thresholds": [1e400, None, None]}):
+        with pytest.raises(InputError):
+            model.run(x, **bound)
