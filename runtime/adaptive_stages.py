@@ -117,8 +117,9 @@ class AdaptiveStage(object):
                 return part
             if out is None:
                 out = [np.empty((n,) + np.shape(p)[1:], dtype=np.asarray(p).dtype) for p in part]
-                for o, s in zip(out, state):
-                    o[~run] = s[~run]  # skipped rows keep their state (same shape: a gate)
+                if not run.all():   # skipped rows keep their state (a gated stage keeps shapes)
+                    for o, s in zip(out, state):
+                        o[~run] = s[~run]
             for o, p in zip(out, part):
                 o[rows] = p
         self._count(ran=int(run.sum()))

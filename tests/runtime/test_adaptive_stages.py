@@ -237,3 +237,38 @@ def test_a_bundle_with_gates_and_variants_passes_its_reference_check(adaptive, c
     code, out, err = cli(capsys, "validate", path, "--check")
     assert code == 0, err
     assert "passed" in out
+
+
+def test_width_variants_of_a_stage_that_changes_shape_route_per_sample(tmp_path, mnist_split):
+    """A downsampling stage (8 -> 16 channels, stride 2) with a narrower variant: a batch
+    whose samples choose both gets each sample's own variant, as in PyTorch."""
+    import torch
+    from torch import nn
+    from models import Head, conv
+    from edgesdk.converters import MultiExitModel, convert
+    from edgesdk.converters.adaptive_stages import add_width_variants
+    (_, _), (xc, _) = mnist_split
+    torch.manual_seed(3)
+
+    def down(hidden):
+        return nn.Sequential(nn.Conv2d(8, hidden, 3, 2, 1), nn.ReLU(), nn.Conv2d(hidden, 16, 1))
+    net = MultiExitModel([conv(1, 8, 2), conv(8, 8), down(16)], [Head(8), Head(8), Head(16)]).eval()
+    narrow = down(4).eval()
+    x = xc[:64]
+    with torch.no_grad():
+        net.heads[1].fc.weight.mul_(40)   # spread exit 1's confidence (random weights)
+        s1 = net.stages[1](net.stages[0](torch.from_numpy(x)))
+        top = torch.softmax(net.heads[1](s1), 1).max(1).values.numpy()
+        bound = threshold_with_margin(top, 0.5)[0]
+        narrow_rows = top >= bound
+        expected = torch.where(torch.from_numpy(narrow_rows)[:, None], net.heads[2](narrow(s1)),
+                               net.heads[2](net.stages[2](s1))).numpy()
+    assert 0 < narrow_rows.sum() < len(x)     # both variants in one batch
+    path = str(tmp_path / "down.edgebundle")
+    convert(net, xc[:8], path, preprocessing=PREPROCESSING, progress=False)
+    add_width_variants(path, 2, [(0.25, narrow)], xc[:16], bounds=[bound])
+    add_width_variants(path, 2, [(0.25, narrow)], xc[:16], bounds=[bound])   # again: replaced
+    model = load_bundle(path)
+    assert len(model.bundle.manifest["stages"][2]["widths"]["variants"]) == 1
+    got = model.exit_logits(x)[2]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
