@@ -3,6 +3,7 @@ import io
 import warnings
 
 from edgesdk.deps import require
+from edgesdk.converters.export_errors import captured_output, export_failure
 from edgesdk.errors import ConversionError, ModelStructureError
 
 DEFAULT_OPSET = 13  # TensorRT 8.2 on the TX2 parses opset <= 13
@@ -24,7 +25,7 @@ def export_graph(module, args, input_names, output_names, opset, what, qonnx=Fal
     kwargs = dict(opset_version=opset, input_names=list(input_names),
                   output_names=list(output_names), dynamic_axes=axes)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), captured_output() as printed:
             warnings.simplefilter("ignore")
             if qonnx:
                 from edgesdk.converters.qat import export_brevitas
@@ -35,8 +36,7 @@ def export_graph(module, args, input_names, output_names, opset, what, qonnx=Fal
     except (ConversionError, ModelStructureError):
         raise
     except Exception as exc:
-        raise ConversionError("exporting {} to ONNX opset {} failed: {}: {}".format(
-            what, opset, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""))
+        raise export_failure(exc, module, args, printed.text, what, opset)
     if not qonnx:
         model = onnx.load_from_string(buf.getvalue())
     # onnx 1.23 stamps IR version 14, which onnxruntime 1.31 (and older runtimes on boards)

@@ -7,9 +7,11 @@ device too, so it stays Python 3.6 compatible.
 
 
 class EdgeSDKError(Exception):
-    """Root of all errors caused by user input, files or environment."""
+    """Root of all errors caused by user input, files or environment. ``detail``: longer
+    output behind the one-line message (what a tool printed), shown with ``--verbose``."""
 
     exit_code = 4
+    detail = None
 
 
 class MissingDependencyError(EdgeSDKError):

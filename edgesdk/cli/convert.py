@@ -112,11 +112,50 @@ def load_model(spec, weights=None):
         except Exception as exc:
             raise InputError("cannot load weights '{}' (a state_dict saved with torch.save is "
                              "expected): {}".format(weights, exc))
+        mismatch = weights_mismatch(model.state_dict(), state) if isinstance(state, dict) else None
+        if mismatch:
+            raise InputError("weights '{}' do not fit {}: {}".format(weights, spec, mismatch))
         try:
             model.load_state_dict(state)
         except Exception as exc:
-            raise InputError("weights '{}' do not fit {}: {}".format(weights, spec, exc))
+            raise InputError("weights '{}' do not fit {}: {}".format(
+                weights, spec, str(exc).splitlines()[0][:500]))
     return model
+
+
+def _shown(keys, most=3):
+    keys = sorted(keys)
+    return ", ".join(keys[:most]) + (" ..." if len(keys) > most else "")
+
+
+def weights_mismatch(expected, given):
+    """A short account of how the state dict ``given`` differs from the model's
+    ``expected`` one (None if the keys and shapes agree): counts, the first few keys, and a
+    hint when one prefix (``module.`` from DataParallel, a wrapper's attribute) explains it."""
+    missing = set(expected) - set(given)
+    unexpected = set(given) - set(expected)
+    shapes = sorted(k for k in set(expected) & set(given)
+                    if tuple(getattr(expected[k], "shape", ())) != tuple(getattr(given[k], "shape", ())))
+    if not (missing or unexpected or shapes):
+        return None
+    parts = []
+    if missing:
+        parts.append("{} of the model's {} tensors missing ({})".format(
+            len(missing), len(expected), _shown(missing)))
+    if unexpected:
+        parts.append("{} unexpected ({})".format(len(unexpected), _shown(unexpected)))
+    if shapes:
+        parts.append("{} of another shape ({}: {} in the file, {} in the model)".format(
+            len(shapes), shapes[0], list(given[shapes[0]].shape), list(expected[shapes[0]].shape)))
+    for a, b, verb in ((given, expected, "strip"), (expected, given, "add")):
+        # One prefix on every key of a that b lacks: b's keys are a's without it.
+        prefixes = {k.split(".", 1)[0] + "." for k in a if "." in k}
+        for p in sorted(prefixes):
+            if all(k.startswith(p) for k in a) and {k[len(p):] for k in a} == set(b):
+                parts.append("every key of the {} starts with '{}': {} it".format(
+                    "file" if a is given else "model", p, verb) + (
+                        " (saved from a DataParallel wrapper?)" if p == "module." else ""))
+    return "; ".join(parts)
 
 
 def _floats(text, what):

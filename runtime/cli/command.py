@@ -26,6 +26,8 @@ def run_command(func, args, prog):
             return func(args)
         except EdgeSDKError as exc:
             sys.stderr.write("{}: error: {}\n".format(prog, exc))
+            if exc.detail and getattr(args, "verbose", False):
+                sys.stderr.write(exc.detail.rstrip("\n") + "\n")
             return exc.exit_code
         except KeyboardInterrupt:
             sys.stderr.write("{}: interrupted\n".format(prog))
