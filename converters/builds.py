@@ -110,8 +110,11 @@ def add_builds(draft, precisions, x=None, method="minmax", symmetric=False, exit
     if "fp16" in precisions:
         for entry in graph_entries(manifest):
             rel = entry["file"][:-len(".onnx")] + ".fp16.onnx"
-            to_fp16(draft.path(entry["file"]), draft.path(rel))
-            new.setdefault(entry["id"], []).append({"file": rel, "format": "onnx", "precision": "fp16"})
+            kept = to_fp16(draft.path(entry["file"]), draft.path(rel))
+            build = {"file": rel, "format": "onnx", "precision": "fp16"}
+            if kept:   # nodes ONNX Runtime could not type in half precision
+                build["float32_nodes"] = kept
+            new.setdefault(entry["id"], []).append(build)
         manifest["provenance"]["passes"].append(
             {"name": "onnxconverter-common-float16", "keep_io_types": True})
     for entry in graph_entries(manifest):

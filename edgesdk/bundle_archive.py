@@ -24,6 +24,11 @@ MAX_TOTAL_BYTES = 16 << 30   # everything unpacked
 _CHUNK = 1 << 20
 
 
+# What tarfile raises on headers it cannot read: its own errors, and for crafted pax records
+# (a length of 10**23) exceptions CPython's parser lets through.
+HEADER_ERRORS = (tarfile.TarError, EOFError, OverflowError, ValueError, UnicodeError)
+
+
 def pack_bundle(root):
     """The verified bundle at ``root`` as uncompressed tar bytes (paths relative to it)."""
     bundle = read_bundle(root)
@@ -97,13 +102,13 @@ def unpack_bundle(source, dest, force=False):
         # "r:": uncompressed only; a gzip or xz archive (a bomb, or not edgesdk's) is refused.
         tar = tarfile.open(source, mode="r:") if isinstance(source, str) else \
             tarfile.open(fileobj=io.BytesIO(source), mode="r:")
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except HEADER_ERRORS + (OSError,) as exc:
         raise BundleError("not a readable bundle archive (edgesdk writes uncompressed tars): "
                           "{}".format(exc))
     with tar:
         try:
             members = _members(tar)
-        except (tarfile.TarError, EOFError) as exc:
+        except HEADER_ERRORS as exc:
             raise BundleError("not a readable bundle archive: {}".format(exc))
         if MANIFEST not in [m.name for m in members]:
             raise BundleError("archive has no {} at its top level: not a bundle".format(MANIFEST))

@@ -13,6 +13,7 @@ Runtime's process-wide thread pool, ORT refuses the per-session pools its calibr
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -174,17 +175,45 @@ def int8_rule_violations(path, symmetric_int8=False, no_bool=False):
     return bad
 
 
+MAX_FLOAT32_NODES = 32   # nodes kept in float32 before an FP16 conversion is given up
+
+
 def to_fp16(src, dst):
     """Write an FP16 copy of the ONNX graph ``src`` to ``dst``: weights and compute in half
-    precision, float32 inputs and outputs kept (Cast nodes at the edges)."""
+    precision, float32 inputs and outputs kept (Cast nodes at the edges). Returns the names
+    of the nodes kept in float32.
+
+    onnxconverter-common leaves some graphs untyped for ONNX Runtime: a Cast whose ``to`` stays
+    float beside a value_info it made float16, a Conv reading a float and a float16 tensor
+    (depthwise and attention blocks exported by torch). Each node ONNX Runtime names in such a
+    type error is kept in float32 (the converter puts Casts around it) and the graph converted
+    again, until it loads."""
     onnx = require("onnx", "onnx", "write FP16 stages")
     float16 = require("onnxconverter_common.float16", "onnx", "convert stages to FP16")
-    try:
-        model = float16.convert_float_to_float16(onnx.load(src), keep_io_types=True)
-    except Exception as exc:  # the converter raises plain errors on graphs it cannot handle
-        raise ConversionError("could not convert {} to FP16: {}: {}".format(
-            os.path.basename(src), type(exc).__name__, exc))
+    from edgesdk.runtime.executors.ort import make_session
+    name = os.path.basename(src)
+    kept = []
+    while True:
+        try:
+            model = float16.convert_float_to_float16(onnx.load(src), keep_io_types=True,
+                                                     node_block_list=list(kept))
+        except Exception as exc:  # the converter raises plain errors on graphs it cannot handle
+            raise ConversionError("could not convert {} to FP16: {}: {}".format(
+                name, type(exc).__name__, exc))
+        try:
+            make_session(model.SerializeToString(), threads=1, optimize=False)
+            break
+        except Exception as exc:  # onnxruntime's own error types
+            message = str(exc)
+            node = re.search(r"node \(([^)]*)\)", message)
+            if node is None or node.group(1) in kept or len(kept) >= MAX_FLOAT32_NODES:
+                raise ConversionError(
+                    "the FP16 graph of {} does not load in onnxruntime{}: {}".format(
+                        name, " (with {} kept in float32)".format(", ".join(kept)) if kept else "",
+                        message.strip().splitlines()[-1][:400]))
+            kept.append(node.group(1))
     onnx.save_model(model, dst)
+    return kept
 
 
 if __name__ == "__main__":

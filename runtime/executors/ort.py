@@ -9,6 +9,8 @@ then refuses sessions with their own pools, so a second thread count in one proc
 the first pool. Only an onnxruntime without the call gives each session its own pool, with
 spinning disabled (the next best setting measured).
 """
+import re
+
 from edgesdk.deps import require
 from edgesdk.errors import BundleError, IntegrityError, ResourceLimitError
 from edgesdk.runtime.executors.base import Executor
@@ -136,9 +138,12 @@ class OrtGraph(Executor):
         except IntegrityError:
             raise
         except Exception as exc:  # onnxruntime raises its own types for bad or too-new graphs
-            raise BundleError("onnxruntime {} cannot load '{}': {}. If the opset is newer than "
-                              "this onnxruntime reads, upgrade onnxruntime or convert again with "
-                              "a lower --opset.".format(_ort().__version__, path, exc))
+            too_new = re.search(r"opset|ir version|not (?:yet )?supported|under development",
+                                str(exc), re.IGNORECASE)
+            raise BundleError("onnxruntime {} cannot load '{}': {}{}".format(
+                _ort().__version__, path, exc, ". If the opset is newer than this onnxruntime "
+                "reads, upgrade onnxruntime or convert again with a lower --opset"
+                if too_new else ""))
         got_in = [i.name for i in self.session.get_inputs()]
         got_out = [o.name for o in self.session.get_outputs()]
         if got_in != list(input_names) or got_out != list(output_names):

@@ -178,3 +178,42 @@ def test_report_shows_the_compression_of_a_bundle(int8_selected, tmp_path, capsy
     assert "| 0 | {:.2%} | {:.2%} | {:.2%} |".format(
         row["accuracy_fp32"], row["accuracy_selected"], row["agreement"]) in md
     assert "compression of bundle" in (out / "report.html").read_text()
+
+
+def test_fp16_keeps_in_float32_the_nodes_onnxruntime_cannot_type(tmp_path):
+    """An attention block over a depthwise convolution (LayerNorm, softmax, a scale computed
+    from the shape) converts to an FP16 graph that loads and agrees with FP32."""
+    import onnx
+    import torch
+    from torch import nn
+    from edgesdk.converters.onnx_export import export_graph
+    from edgesdk.converters.onnxruntime.quantize import to_fp16
+    from edgesdk.runtime.executors.ort import make_session
+
+    class Attention(nn.Module):
+        def __init__(self, c=16):
+            super().__init__()
+            self.dwc = nn.Conv2d(c, c, 3, 1, 1, groups=c)
+            self.norm = nn.LayerNorm(c)
+            self.q, self.k = nn.Linear(c, c), nn.Linear(c, c)
+            self.pw = nn.Conv2d(c, c, 1)
+
+        def forward(self, x):
+            y = self.dwc(x)
+            n, c, h, w = y.shape
+            t = self.norm(y.flatten(2).transpose(1, 2))
+            a = torch.softmax(self.q(t) @ self.k(t).transpose(1, 2) / c ** 0.5, -1)
+            t = (a @ t).transpose(1, 2).reshape(n, c, h, w)
+            return self.pw(nn.functional.gelu(t)) + nn.functional.interpolate(x, size=(h, w))
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8, 8)
+    src, dst = str(tmp_path / "a.onnx"), str(tmp_path / "a.fp16.onnx")
+    onnx.save(export_graph(Attention().eval(), [x], ["x"], ["y"], 13, "stage 0"), src)
+    kept = to_fp16(src, dst)
+    names = {n.name for n in onnx.load(src).graph.node}
+    assert kept and set(kept) <= names     # onnxconverter-common alone makes a graph ORT refuses
+    got, want = (make_session(p).run(None, {"x": x.numpy()})[0] for p in (dst, src))
+    np.testing.assert_allclose(got, want, atol=2e-2, rtol=2e-2)
+    fp16 = onnx.load(dst).graph
+    assert fp16.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT   # edges kept
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.initializer)

@@ -117,3 +117,18 @@ def test_sparse_members_are_refused(tmp_path):
         tar.addfile(sparse, io.BytesIO(b""))
     with pytest.raises(BundleError, match="sparse"):
         unpack_bundle(buf.getvalue(), str(tmp_path / "b.edgebundle"))
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_pax_record_too_long_for_tarfile_is_a_bundle_error(tmp_path, first):
+    """Found by atheris: CPython's pax parser raises OverflowError on a record length of
+    10**23, at the first header or at a later one."""
+    body = b"99999999999999999999999 path=a\n"
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, len(body)
+    bomb = pax.tobuf(format=tarfile.USTAR_FORMAT) + body.ljust(512, b"\0")
+    manifest = tarfile.TarInfo("manifest.json").tobuf(format=tarfile.USTAR_FORMAT)
+    data = (bomb + manifest if first else manifest + bomb) + b"\0" * 1024
+    with pytest.raises(BundleError, match="not a readable bundle archive"):
+        unpack_bundle(data, str(tmp_path / "b.edgebundle"))
+    assert not os.path.exists(tmp_path / "b.edgebundle")
