@@ -131,7 +131,8 @@ def top1_labels(model, x):
 def record_agreement(draft, x):
     """For every build of the draft that is not selected and runs here: its top-1 agreement
     with the selected builds on ``x``, the worst over the exits it influences
-    (``top1_agreement``, ``agreement_samples``). Returns the selected builds' labels."""
+    (``top1_agreement``, ``agreement_samples``, ``worst_exit``). Returns the selected builds'
+    labels."""
     from edgesdk.runtime.build_select import graph_builds
     x = np.ascontiguousarray(x[:FEED_LIMIT], dtype=np.float32)
     manifest = draft.manifest
@@ -142,11 +143,12 @@ def record_agreement(draft, x):
         for other in graph_builds(entry)[1:]:
             labels = top1_labels(draft.model(builds={
                 entry["id"]: (other["format"], precision_of(other))}), x)
-            agreement[other["file"]] = min(float((labels[k] == base[k]).mean())
+            agreement[other["file"]] = min((float((labels[k] == base[k]).mean()), k)
                                            for k in exits_reached(manifest, entry["id"]))
     # Recorded after every comparison: each one runs the draft as it was selected.
     for entry in graph_entries(manifest):
         for build in entry.get("builds") or []:
             if build["file"] in agreement:
-                build.update(top1_agreement=agreement[build["file"]], agreement_samples=int(len(x)))
+                share, worst = agreement[build["file"]]
+                build.update(top1_agreement=share, agreement_samples=int(len(x)), worst_exit=worst)
     return base

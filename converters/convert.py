@@ -231,6 +231,7 @@ def _extra_builds(draft, report, plan, target, x, y, opts):
         m = draft.manifest
         report.builds = {e["id"]: {b["precision"]: b.get("top1_agreement", 1.0) for b in e["builds"]}
                          for e in graph_entries(m)}
+        plan.warnings += disagreeing_builds(m, opts.min_agreement)
     if opts.profile is not None:
         from edgesdk.converters.selection import apply_profile
         report.choices = apply_profile(draft, opts.profile, x, y, opts.device, opts.profile_metric,
@@ -243,6 +244,26 @@ def _extra_builds(draft, report, plan, target, x, y, opts):
         draft.manifest["quantization"].update(exit_table=report.exit_table,
                                               exit_table_samples=int(len(x)))
     _refresh_reference(draft)
+
+
+def disagreeing_builds(manifest, min_agreement):
+    """A warning for each reduced-precision build whose top-1 agreement with FP32 is below
+    ``min_agreement`` at some exit, naming the graph and that exit."""
+    out = []
+    for e in graph_entries(manifest):
+        for b in e.get("builds") or []:
+            share = b.get("top1_agreement")
+            if share is None or share >= min_agreement:
+                continue
+            # Agreement is measured against the selected build: with INT8 selected, the FP32
+            # build's figure is the INT8 one's.
+            reduced = precision_of(b) if precision_of(b) != "fp32" else precision_of(e)
+            out.append("the {} build of {} agrees with fp32 on the top-1 class of only {:.1%} "
+                       "of {} calibration samples at exit {} (--min-agreement {:.1%}): it "
+                       "changes answers; keep fp32 for {} or calibrate with more data".format(
+                           reduced, e["id"], share, b["agreement_samples"], b["worst_exit"],
+                           min_agreement, e["id"]))
+    return out
 
 
 def _refresh_reference(draft):

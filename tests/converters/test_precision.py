@@ -217,3 +217,13 @@ def test_fp16_keeps_in_float32_the_nodes_onnxruntime_cannot_type(tmp_path):
     fp16 = onnx.load(dst).graph
     assert fp16.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT   # edges kept
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.initializer)
+
+
+def test_builds_below_the_agreement_floor_are_named_with_their_exit(int8_selected):
+    from edgesdk.converters.convert import disagreeing_builds
+    m = read_bundle(int8_selected[0]).manifest
+    assert disagreeing_builds(m, 0.5) == []
+    lines = disagreeing_builds(m, 1.01)   # no build can reach it
+    assert len(lines) == len(m["stages"]) + len(m["exits"])
+    assert all(l.startswith("the int8 build of ") and "at exit " in l for l in lines)
+    assert any("of stage0 agrees" in l for l in lines) and any("of exit2 agrees" in l for l in lines)
