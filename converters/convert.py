@@ -16,7 +16,7 @@ from edgesdk import bundle as bundle_io
 from edgesdk.deps import require
 from edgesdk.errors import ConversionError, InputError
 from edgesdk.converters.draft import open_draft
-from edgesdk.converters.model import chain, split_model, trace_structure
+from edgesdk.converters.model import chain, fold_previous_logits, split_model, trace_structure
 from edgesdk.converters.onnx_export import DEFAULT_OPSET
 from edgesdk.converters.precision import PrecisionPlan, check_calibration, plan_precisions
 from edgesdk.converters.qat import QAT_ATOL, QAT_RTOL, frozen_copy, quantization_aware_kind
@@ -45,6 +45,7 @@ class ConversionReport:
     choices: dict = None                                # what --profile chose (None without it)
     exit_table: list = None                             # per exit: fp32 vs selected builds
     precision_warnings: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)        # about the model's structure
     macs_uncounted: dict = field(default_factory=dict)  # graph id -> nodes left out of its MACs
     input_statistics: dict = None                       # per channel, after preprocessing
 
@@ -163,7 +164,7 @@ def convert(model, example_input, output, options=None, **overrides):
     model, had_masks = make_dense(model)
     if had_masks:
         pruning.append(sparsity_report(model))
-    stages, heads = split_model(model, opts.stages_attr, opts.heads_attr)
+    stages, heads = fold_previous_logits(*split_model(model, opts.stages_attr, opts.heads_attr))
     pol = get_policy(opts.policy)
     example = _as_tensor(example_input, "example_input")
     reference = example if opts.reference_input is None else \
@@ -198,10 +199,11 @@ def convert(model, example_input, output, options=None, **overrides):
         stats = summarize(calib_x, "the calibration data") if calib_x is not None else \
             summarize(example.numpy(), "the example input")
         with open_draft(output, force=opts.force, threads=opts.threads) as draft:
-            export_stages(draft, src, opts, tgt, pol, thr, stats)
+            structure_warnings = export_stages(draft, src, opts, tgt, pol, thr, stats)
             m = draft.manifest
             report = ConversionReport(
-                path=output, max_abs_error=[], stage_macs=[e["macs"] for e in m["stages"]],
+                path=output, max_abs_error=[], warnings=structure_warnings,
+                stage_macs=[e["macs"] for e in m["stages"]],
                 exit_macs=[e["macs"] for e in m["exits"]], input_statistics=stats,
                 macs_uncounted={e["id"]: e["macs_uncounted"] for e in graph_entries(m)
                                 if e["macs_uncounted"]})

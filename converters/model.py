@@ -3,6 +3,8 @@
 Calling convention: the state carried between stages is one tensor or a tuple of tensors;
 stage k and head k are called with the state *unpacked* as positional arguments
 (``stage(*state)``), stage k returns the next state, head k returns logits ``(N, classes)``.
+A stage or head marked with :func:`takes_previous_logits` (boosted heads, two-branch models)
+also gets the previous exit's logits, as one more positional argument after the state.
 """
 from dataclasses import dataclass
 
@@ -52,13 +54,79 @@ def MultiExitModel(stages, heads):  # noqa: N802 - reads as a class to users
     return MultiExit()
 
 
+def takes_previous_logits(module):
+    """Mark a stage or exit head (not the first) to be called with the previous exit's logits
+    as one more positional argument after the state; returns ``module``.
+
+    The bundle then computes the previous head inside the previous stage's graph and carries
+    its logits as one more state tensor (:func:`fold_previous_logits`): nothing is computed
+    twice, and the runtime runs the graphs as any others."""
+    module.edgesdk_previous_logits = True
+    return module
+
+
+def _takes_logits(module):
+    return bool(getattr(module, "edgesdk_previous_logits", False))
+
+
+def _call(module, state, previous):
+    return module(*(tuple(state) + tuple(previous))) if _takes_logits(module) else module(*state)
+
+
 def chain(stages, heads, state):
     """Run stages and heads the way the runtime will; returns the list of exit logits."""
     logits = []
     for stage, head in zip(stages, heads):
-        state = as_state(stage(*state))
-        logits.append(head(*state))
+        state = as_state(_call(stage, state, logits[-1:]))
+        logits.append(_call(head, state, logits[-1:]))
     return logits
+
+
+def fold_previous_logits(stages, heads):
+    """The stages and heads as the bundle's graphs are cut when some take the previous exit's
+    logits (:func:`takes_previous_logits`); the modules themselves where none does.
+
+    Where stage or head k reads exit k-1's logits, stage k-1's graph computes head k-1 too and
+    returns its logits as its last state tensor, and head k-1's graph only passes them on. Where
+    only head k reads them, stage k's graph passes them through beside its own state."""
+    n = len(stages)
+    wants = [_takes_logits(stages[k]) or _takes_logits(heads[k]) for k in range(n)]
+    if not any(wants):
+        return list(stages), list(heads)
+    if wants[0]:
+        raise ModelStructureError("stage 0 and exit head 0 have no previous exit whose logits "
+                                  "they could take (takes_previous_logits)")
+    nn = _torch().nn
+    feeds = [k + 1 < n and wants[k + 1] for k in range(n)]   # head k's logits go on to k+1
+
+    class FoldedStage(nn.Module):
+        edgesdk_folded = True
+
+        def __init__(self, k):
+            super().__init__()
+            self.stage, self.head, self.k = stages[k], heads[k], k
+
+        def forward(self, *inputs):
+            k = self.k
+            state, previous = (inputs[:-1], inputs[-1:]) if wants[k] else (inputs, ())
+            out = as_state(_call(self.stage, state, previous))
+            if feeds[k]:
+                return out + (_call(self.head, out, previous),)
+            return out + (previous if _takes_logits(self.head) else ())
+
+    class FoldedHead(nn.Module):
+        edgesdk_folded = True
+
+        def __init__(self, k):
+            super().__init__()
+            self.head, self.k = heads[k], k
+            self.picks = feeds[k]    # only hands on logits the stage's graph computed
+
+        def forward(self, *state):
+            if self.picks:
+                return state[-1]     # computed in the stage's graph
+            return self.head(*state)
+    return [FoldedStage(k) for k in range(n)], [FoldedHead(k) for k in range(n)]
 
 
 def as_state(value):

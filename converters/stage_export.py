@@ -68,12 +68,13 @@ def tool_versions():
 
 def _graph_entries(draft, src, opts, policy, threshold):
     """Export every stage and head into the draft; ``(stage entries, exit entries, peak
-    activation bytes)``."""
+    activation bytes, warnings)``."""
     onnx = require("onnx", "onnx", "write ONNX stages")
     torch = require("torch", "torch", "export stages to ONNX")
     n_exits = len(src.stages)
     stage_entries, exit_entries, files, exported = [], [], [], {}
     peak_bytes = 0
+    warnings = []
     state = (src.example,)
     with Progress(2 * n_exits, "exporting", enabled=opts.progress) as bar:
         for k, (stage, head) in enumerate(zip(src.stages, src.heads)):
@@ -81,12 +82,20 @@ def _graph_entries(draft, src, opts, policy, threshold):
             with torch.no_grad():
                 nxt = as_state(stage(*state))
             out_names = state_names(k, len(nxt))
+            def skipped(names, k=k, head=head):
+                # A head may leave out state tensors that only the next stage reads (which
+                # must read all of its inputs); the last head has no next stage.
+                if not getattr(head, "picks", False):
+                    warnings.append("exit head {} does not read {} of stage {}'s outputs; "
+                                    "only stage {} does".format(k, ", ".join(names), k, k + 1))
             for gid, folder, module, args, ins, outs, entries in (
                     ("stage{}".format(k), "stages", stage, state, in_names, out_names, stage_entries),
                     ("exit{}".format(k), "heads", head, nxt, out_names, ["logits"], exit_entries)):
                 graph = export_graph(module, args, ins, outs, opts.opset,
                                      "{} {} ({})".format(folder[:-1], k, type(module).__name__),
-                                     qonnx=src.qat == "brevitas")
+                                     qonnx=src.qat == "brevitas",
+                                     on_unused=skipped if folder == "heads" and k + 1 < n_exits
+                                     else None)
                 if src.qat == "brevitas":
                     graph, source = graph
                 rel = "{}/{}.onnx".format(folder, gid)
@@ -125,15 +134,17 @@ def _graph_entries(draft, src, opts, policy, threshold):
     if src.qat:
         validate_qat_graphs(exported)
     draft.add_files(files)
-    return stage_entries, exit_entries, peak_bytes
+    return stage_entries, exit_entries, peak_bytes, warnings
 
 
 def export_stages(draft, src, opts, target, policy, threshold, input_stats):
-    """Fill the empty ``draft`` with the ONNX graphs of ``src`` and their manifest."""
+    """Fill the empty ``draft`` with the ONNX graphs of ``src`` and their manifest; returns
+    warnings about the model's structure."""
     for folder in ("stages", "heads", "reference"):
         os.makedirs(draft.path(folder))
     draft.manifest = {"files": {}}
-    stage_entries, exit_entries, peak_bytes = _graph_entries(draft, src, opts, policy, threshold)
+    stage_entries, exit_entries, peak_bytes, warnings = _graph_entries(draft, src, opts, policy,
+                                                                       threshold)
     arrays = {"input": src.reference.numpy()}
     arrays.update({"exit_{}".format(k): l for k, l in enumerate(src.ref_logits)})
     np.savez(draft.path(REFERENCE_FILE), **arrays)
@@ -168,3 +179,4 @@ def export_stages(draft, src, opts, target, policy, threshold, input_stats):
         "memory": {"device_bytes": target.memory_mb * MIB if target.memory_mb else None,
                    "activation_bytes_per_sample": peak_bytes},
     })
+    return warnings

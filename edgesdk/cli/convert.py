@@ -334,7 +334,7 @@ def run(args):
         print(json.dumps({"bundle": report.path, "max_abs_error": report.max_abs_error,
                           "stage_macs": report.stage_macs, "exit_macs": report.exit_macs,
                           "builds": report.builds, "choices": report.choices,
-                          "exit_table": report.exit_table, "warnings": report.precision_warnings,
+                          "exit_table": report.exit_table, "warnings": report.warnings + report.precision_warnings,
                           "macs_uncounted": report.macs_uncounted,
                           "input_statistics": report.input_statistics,
                           "pruning": [{k: v for k, v in r.items() if k != "history"} for r in records]}))
@@ -353,7 +353,7 @@ def run(args):
             for p, a in sorted(agreement.items()) if p != "fp32")))
     if report.exit_table:
         print(exit_table_text(report.exit_table))
-    for w in report.precision_warnings:
+    for w in report.warnings + report.precision_warnings:
         print("warning: " + w)
     if report.choices:
         c = report.choices
