@@ -183,26 +183,36 @@ def calibrate_gates(bundle_path, x, y, max_accuracy_drop, confidence=0.99, path=
     return {"thresholds": {s.id: threshold for s in gated}, "chosen_from": record}
 
 
-def add_width_variants(bundle_path, stage, variants, x, bounds, router="confidence"):
-    """Give ``stage`` (index or id, not the first) narrower variants chosen per sample by a
-    router: ``variants`` is ``[(width fraction, module)]`` widest first, each with the stage's
-    inputs and outputs; ``bounds``: the confidence router's ascending bounds, one per variant
+def add_width_variants(bundle_path, stage, variants, x, bounds=None, router="confidence",
+                       skip=False):
+    """Give ``stage`` (index or id) narrower variants chosen per sample by a router:
+    ``variants`` is ``[(width fraction, module)]`` widest first, each with the stage's inputs
+    and outputs. ``x``: model inputs to export and check on. Returns the widths record.
+
+    ``router``: a name, ``"confidence"``, with ``bounds`` ascending, one per narrower variant
     (a sample whose previous exit's top probability reaches ``bounds[i]`` runs variant i+1 or
-    narrower). ``x``: model inputs to export and check on. Returns the widths record."""
+    narrower; not on the first stage); or a learned router, an ``nn.Module`` taking the stage's
+    inputs and returning ``(N, len(variants) + 1)`` scores, widest first (each sample runs its
+    highest), with ``skip`` one more score for skipping the stage (stages that keep shapes)."""
     from edgesdk.runtime.adaptive_stages import ROUTERS
     widths = [w for w, _ in variants]
     if not variants or any(not 0 < w < 1 for w in widths) or widths != sorted(widths, reverse=True):
         raise InputError("variants are (width fraction in (0, 1), module) pairs, widest first; "
                          "got widths {}".format(widths))
-    if len(list(bounds)) != len(variants):
+    learned = not isinstance(router, str)
+    if learned:
+        if bounds is not None:
+            raise InputError("a learned router chooses by its scores: give no bounds")
+    elif bounds is None or len(list(bounds)) != len(variants):
         raise InputError("{} router bounds for {} variants: one bound per narrower variant"
-                         .format(len(list(bounds)), len(variants)))
-    ROUTERS.get(router)(bounds)  # checks the name and the bounds
+                         .format(len(list(bounds or [])), len(variants)))
+    else:
+        ROUTERS.get(router)(bounds)  # checks the name and the bounds
     records, files = [], []
     with edit_bundle(bundle_path) as draft:
         k = _stage_index(draft.manifest, stage)
         entry = draft.manifest["stages"][k]
-        if k == 0:
+        if k == 0 and not learned:
             raise InputError("the first stage has no previous exit for a router to read")
         state = _stage_state(draft, k, x)
         for width, module in variants:
@@ -215,9 +225,31 @@ def add_width_variants(bundle_path, stage, variants, x, bounds, router="confiden
                                  "the stage's outputs".format(vid, shapes, entry["output_shapes"]))
             records.append({"id": vid, "file": rel, "width": float(width)})
             files.append(rel)
-        record = {"variants": records, "router": {"name": router, "bounds": [float(b) for b in bounds]}}
+        if learned:
+            spec = _learned_router(draft, entry, router, state, len(variants) + 1, skip)
+            files.append(spec["file"])
+        else:
+            spec = {"name": router, "bounds": [float(b) for b in bounds]}
+        record = {"variants": records, "router": spec}
         _record(draft, k, "widths", record, files)
     return record
+
+
+def _learned_router(draft, entry, module, state, variants, skip):
+    """Export a learned router of stage ``entry`` and check its scores' shape; its record."""
+    from edgesdk.runtime.adaptive_stages import GRAPH_ROUTER
+    if skip and entry["output_shapes"] != [[None] + list(s.shape[1:]) for s in state]:
+        raise InputError("stage {} changes the shape of its state, so a sample cannot skip it: "
+                         "skip=True needs a stage whose outputs match its inputs".format(entry["id"]))
+    rel = "stages/{}.router.onnx".format(entry["id"])
+    shapes = _export_checked(module, state, entry["inputs"], ["route"], draft.path(rel),
+                             "the router of " + entry["id"])
+    want = variants + (1 if skip else 0)
+    if shapes != [[None, want]]:
+        raise InputError("the router of {} returns {}, expected one tensor of [N, {}]: a score "
+                         "per variant, widest first{}".format(
+                             entry["id"], shapes, want, ", then one for skipping" if skip else ""))
+    return {"name": GRAPH_ROUTER, "file": rel, "skip": bool(skip)}
 
 
 def _record(draft, k, key, record, files):
@@ -226,6 +258,7 @@ def _record(draft, k, key, record, files):
     entry = manifest["stages"][k]
     old = entry.get(key) or {}
     stale = [old["file"]] if "file" in old else [v["file"] for v in old.get("variants", [])]
+    stale += [old["router"]["file"]] if "file" in old.get("router", {}) else []
     for rel in stale:
         if rel not in files:
             manifest["files"].pop(rel, None)

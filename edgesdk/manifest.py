@@ -324,7 +324,10 @@ def _check_adaptive_stage(stage, path, files, index):
         if not 0 < width < 1:
             _fail(vp + ".width", "the fraction of the full width, in (0, 1)")
     router = _get(widths, "router", wp, (dict,))
-    _get(router, "name", wp + ".router", (str,))
+    if _get(router, "name", wp + ".router", (str,)) == "graph":   # learned: reads the state
+        _listed_file(router, wp + ".router", files)
+        _get(router, "skip", wp + ".router", (bool,), optional=True)
+        return
     _get(router, "bounds", wp + ".router", (list,))
     if index == 0:
         _fail(wp + ".router", "the first stage has no previous exit for a router to read")

@@ -5,9 +5,10 @@
   unchanged (the stage is a residual block, whose output has its input's shape). The stage
   graph runs on the other samples only, so skipping saves its time on every backend.
 - **Width variants** (channel skipping): narrower graphs of the same stage (slimmable or
-  pruned hidden widths, same input and output). A router, a pure-numpy policy named in the
-  manifest, picks one per sample from the previous exit's probabilities; variant 0 is the
-  stage itself (full width).
+  pruned hidden widths, same input and output). A router picks one per sample; variant 0 is
+  the stage itself (full width). A named router (a pure-numpy policy) reads the previous
+  exit's probabilities; a learned router is an ONNX graph (a trained masker) that reads the
+  stage's input state and scores each variant, and optionally skipping the stage.
 
 Gates and variants are ONNX graphs run with ONNX Runtime on the host CPU, whichever executor
 runs the stage. Python 3.6 / numpy 1.19 compatible.
@@ -42,10 +43,33 @@ class ConfidenceRouter(object):
 
 
 ROUTERS = Registry("router", {"confidence": "edgesdk.runtime.adaptive_stages:ConfidenceRouter"})
+GRAPH_ROUTER = "graph"   # the manifest's name for a learned router
 
 
-def make_router(spec, variants, where):
-    """The router a manifest entry names, checked against the number of variants."""
+class GraphRouter(object):
+    """A learned router: an ONNX graph on the stage's input state giving one score per
+    choice, the widest variant first; with ``skip``, a last score for skipping the stage.
+    Each sample takes its highest score."""
+
+    reads_state = True
+
+    def __init__(self, graph, variants, skip):
+        self.graph, self.skip = graph, bool(skip)
+        self.choices = variants + (1 if skip else 0)
+
+    def route(self, state):
+        scores = np.asarray(self.graph.run(state)[0])
+        if scores.ndim != 2 or scores.shape[1] != self.choices:
+            raise BundleError("the router graph gave scores of shape {}, expected [N, {}]".format(
+                list(scores.shape), self.choices))
+        return scores.argmax(axis=1)
+
+
+def make_router(spec, variants, where, graph=None):
+    """The router a manifest entry names, checked against the number of variants
+    (``graph``: the loaded graph of a learned router)."""
+    if spec["name"] == GRAPH_ROUTER:
+        return GraphRouter(graph, variants, spec.get("skip", False))
     router = ROUTERS.get(spec["name"])(spec["bounds"])
     if router.choices != variants:
         raise BundleError("{}: router '{}' chooses among {} variants but the stage has {}: it "
@@ -99,13 +123,22 @@ class AdaptiveStage(object):
             return self.stage.run(state)
         choice = np.zeros(n, dtype=np.int64)
         if self.router is not None:
-            probs = hint if hint is not None and len(hint) == n else \
-                softmax(self.prev_head.run(state)[0])
-            choice = np.asarray(self.router.route(probs))
-            if choice.min() < 0 or choice.max() > len(self.narrower):
+            if getattr(self.router, "reads_state", False):
+                choice = np.asarray(self.router.route(state))
+            else:
+                probs = hint if hint is not None and len(hint) == n else \
+                    softmax(self.prev_head.run(state)[0])
+                choice = np.asarray(self.router.route(probs))
+            if choice.min() < 0 or choice.max() >= self.router.choices:
                 raise BundleError("router of stage '{}' chose variant {} but the stage has "
                                   "variants 0..{}".format(self.id, int(choice.max()),
                                                           len(self.narrower)))
+            if getattr(self.router, "skip", False):   # the last choice skips the stage
+                skip = run & (choice == len(self.narrower) + 1)
+                run &= ~skip
+                self._count(skipped=int(skip.sum()))
+                if not run.any():
+                    return list(state)
         out = None
         for v in np.unique(choice[run]):
             rows = run & (choice == v)

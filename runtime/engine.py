@@ -206,7 +206,7 @@ class EdgeModel(object):
         gate, widths = entry.get("gate"), entry.get("widths")
         if gate is None and widths is None:
             return self.stages[k]
-        from edgesdk.runtime.adaptive_stages import AdaptiveStage, make_router
+        from edgesdk.runtime.adaptive_stages import GRAPH_ROUTER, AdaptiveStage, make_router
         onnx = EXECUTORS.get("onnx")
         where = "manifest.json: $.stages[{}]".format(k)
         stage = self.stages[k] if not self.stages[k].device_arrays else \
@@ -217,8 +217,12 @@ class EdgeModel(object):
         variants = [onnx(self._verified(v["file"]), entry["inputs"], entry["outputs"],
                          entry["output_shapes"], threads, build={"file": v["file"], "format": "onnx"})
                     for v in (widths or {}).get("variants", [])]
-        self._loaded += [g for g in variants + [gate_graph] if g is not None]
-        router = make_router(widths["router"], len(variants) + 1, where) if widths else None
+        spec = widths["router"] if widths else None
+        router_graph = None if spec is None or spec["name"] != GRAPH_ROUTER else onnx(
+            self._verified(spec["file"]), entry["inputs"], ["route"], [None], threads,
+            build={"file": spec["file"], "format": "onnx"})
+        self._loaded += [g for g in variants + [gate_graph, router_graph] if g is not None]
+        router = make_router(spec, len(variants) + 1, where, router_graph) if widths else None
         return AdaptiveStage(entry["id"], stage, gate_graph, gate["threshold"] if gate else None,
                              variants, router, self.heads[k - 1] if k else None)
 

@@ -102,12 +102,15 @@ class MemoryPlan(object):
 
 def files_to_load(manifest, builds):
     """Bundle-relative files the engine loads: each graph's chosen build (``builds``: graph id
-    -> build record), and the gates and width variants of adaptive stages."""
+    -> build record), and the gates, width variants and learned routers of adaptive stages."""
     files = [builds[e["id"]]["file"] for e in graph_entries(manifest)]
     for stage in manifest["stages"]:
         if stage.get("gate"):
             files.append(stage["gate"]["file"])
-        files += [v["file"] for v in (stage.get("widths") or {}).get("variants", [])]
+        widths = stage.get("widths") or {}
+        files += [v["file"] for v in widths.get("variants", [])]
+        if "file" in widths.get("router", {}):
+            files.append(widths["router"]["file"])
     return files
 
 

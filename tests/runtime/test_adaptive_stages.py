@@ -272,3 +272,53 @@ def test_width_variants_of_a_stage_that_changes_shape_route_per_sample(tmp_path,
     assert len(model.bundle.manifest["stages"][2]["widths"]["variants"]) == 1
     got = model.exit_logits(x)[2]
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_a_learned_router_reads_the_state_and_can_skip(tmp_path, mnist_split):
+    """A router graph (a trained masker's stand-in) scores full width, the narrow variant and
+    skipping per sample from the stage's input; the runtime takes each sample's best score."""
+    import torch
+    from torch import nn
+    from edgesdk.converters import convert
+    from edgesdk.converters.adaptive_stages import add_width_variants
+    (_, _), (xc, _) = mnist_split
+    net, _, narrow = _nets()
+
+    class Router(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+        def forward(self, x):
+            return self.fc(x)
+    torch.manual_seed(5)
+    router = Router().eval()
+    x = xc[:64]
+    with torch.no_grad():
+        s1 = net.stages[1](net.stages[0](torch.from_numpy(x)))
+        # Random directions over the standardized pooled features: scores spread around 0,
+        # so the three choices all occur and decisions sit far from ties.
+        pooled = s1.mean((2, 3))
+        w = torch.randn(3, 8) * 10 / (pooled.std(0) + 1e-6)
+        router.fc[2].weight.copy_(w)
+        router.fc[2].bias.copy_(-(pooled.mean(0) @ w.t()))
+        scores = router(s1)
+        top2 = torch.topk(scores, 2, dim=1).values
+        choice = scores.argmax(1)
+        s2 = torch.where((choice == 0)[:, None, None, None], net.stages[2](s1),
+                         torch.where((choice == 1)[:, None, None, None], narrow(s1), s1))
+        expected = net.heads[2](s2).numpy()
+    assert len(set(choice.tolist())) == 3           # full, narrow and skipped in one batch
+    decisive = (top2[:, 0] - top2[:, 1]).numpy() > 1e-3
+    assert decisive.mean() > 0.9
+    path = str(tmp_path / "routed.edgebundle")
+    convert(net, xc[:8], path, preprocessing=PREPROCESSING, progress=False)
+    add_width_variants(path, 2, [(0.5, narrow)], xc[:16], router=router, skip=True)
+    model = load_bundle(path)
+    stage = model.adaptive_stages()[0]
+    got = model.exit_logits(x)[2]
+    np.testing.assert_allclose(got[decisive], expected[decisive], atol=1e-4)
+    assert stage.skipped == int((choice == 2).sum()) and stage.routed.sum() == 64 - stage.skipped
+    # A router on a stage that changes shapes cannot skip; a wrong score count is refused.
+    with pytest.raises(InputError, match=r"expected one tensor of \[N, 2\]"):
+        add_width_variants(path, 2, [(0.5, narrow)], xc[:16], router=router)
