@@ -129,11 +129,12 @@ class AdaptiveStage(object):
                 probs = hint if hint is not None and len(hint) == n else \
                     softmax(self.prev_head.run(state)[0])
                 choice = np.asarray(self.router.route(probs))
-            if choice.min() < 0 or choice.max() >= self.router.choices:
+            skips = getattr(self.router, "skip", False)
+            if choice.min() < 0 or choice.max() > len(self.narrower) + skips:
                 raise BundleError("router of stage '{}' chose variant {} but the stage has "
                                   "variants 0..{}".format(self.id, int(choice.max()),
                                                           len(self.narrower)))
-            if getattr(self.router, "skip", False):   # the last choice skips the stage
+            if skips:   # the last choice skips the stage
                 skip = run & (choice == len(self.narrower) + 1)
                 run &= ~skip
                 self._count(skipped=int(skip.sum()))
