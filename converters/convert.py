@@ -239,6 +239,7 @@ def _extra_builds(draft, report, plan, target, x, y, opts):
         report.choices = apply_profile(draft, opts.profile, x, y, opts.device, opts.profile_metric,
                                        opts.profile_batch, opts.min_agreement,
                                        opts.exit_accuracy_drop, baseline)
+        plan.warnings += report.choices["slower_than_fp32"]
     select_precision(draft, plan, per_graph=opts.profile is not None)
     report.precision_warnings = plan.warnings
     if x is not None and len(plan.precisions) > 1:

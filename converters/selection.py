@@ -111,10 +111,18 @@ def apply_profile(draft, db, x, y=None, device=None, metric="mean_ms", batch=1,
     if baseline is None:
         baseline = top1_labels(draft.model(), x[:FEED_LIMIT])
     chosen, agreement = choose_builds(draft, costs, x, baseline, min_agreement)
+    slower = []
     for entry in graph_entries(manifest):
         builds = graph_builds(entry)
         options = {_label(b): costs.get((entry["id"], b["format"], b["precision"]))
                    for b in builds}
+        fp32 = costs.get((entry["id"], "onnx", "fp32"))
+        for b in builds:
+            cost = options[_label(b)]
+            if b["precision"] != "fp32" and fp32 and cost is not None and cost > fp32:
+                slower.append("the {} build of {} measured {:.2f}x the fp32 build's {} on {} "
+                              "(batch {}): it is not chosen for speed".format(
+                                  _label(b), entry["id"], cost / fp32, metric, device, batch))
         pick = next((b for b in builds if (b["format"], b["precision"]) == chosen.get(entry["id"])),
                     builds[0])
         entry.update(file=pick["file"], format=pick["format"], precision=pick["precision"])
@@ -137,4 +145,4 @@ def apply_profile(draft, db, x, y=None, device=None, metric="mean_ms", batch=1,
                                  head_cost=table.head[k])
     return {"builds": {e["id"]: _label(e) for e in graph_entries(manifest)},
             "dropped_exits": sorted(drop), "top1_agreement": agreement,
-            "device": device, "metric": metric, "expected": how}
+            "device": device, "metric": metric, "expected": how, "slower_than_fp32": slower}

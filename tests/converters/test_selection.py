@@ -96,6 +96,12 @@ def test_profile_picks_the_cheaper_build_per_graph(int8_bundle, trained_tiny, ca
     assert report.choices["builds"] == {"stage0": "onnx fp32", "exit0": "onnx fp32",
                                         "stage1": "onnx int8", "exit1": "onnx fp32",
                                         "stage2": "onnx int8", "exit2": "onnx fp32"}
+    # The INT8 builds measured slower than FP32 are named, with the ratio.
+    slower = report.choices["slower_than_fp32"]
+    assert sorted(w.split(" build of ")[1].split()[0] for w in slower) == \
+        ["exit0", "exit1", "exit2", "stage0"]
+    assert "the onnx int8 build of stage0 measured 2.00x the fp32 build's mean_ms" in \
+        " ".join(slower) and set(slower) <= set(report.precision_warnings)
     chosen = load_bundle(out)
     cm = chosen.bundle.manifest
     assert cm["stages"][1]["precision"] == "int8" and cm["stages"][1]["file"].endswith(".int8.onnx")
