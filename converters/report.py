@@ -221,13 +221,18 @@ def _cost_lines(tables, spread, ids):
 
 def _section(plt, out_dir, b, device, drows, scores, runs, desc, names):
     """Markdown lines, plot files and a JSON summary for one bundle on one device."""
+    conditions = drows[0]["conditions"]
     tag = "{}-{}".format(b[:10], device[:10])
+    if conditions:   # one section (and plot files) per set of run conditions
+        import hashlib
+        tag += "-" + hashlib.sha256(conditions.encode("utf-8")).hexdigest()[:6]
     stage_ids, head_ids = _graph_ids(drows)
     named = names.get(b)
     title = "{} (target {})".format(named["name"], named["target"]) if named else \
         "bundle {}".format(b[:12])
     md = ["## {} on {}".format(title, device_words(desc)), "",
-          "Bundle graphs sha256 {}, device fingerprint {}.".format(b[:16], device), ""]
+          "Bundle graphs sha256 {}, device fingerprint {}, run conditions: {}.".format(
+              b[:16], device, conditions.replace(";", ", ") or "not recorded"), ""]
     metric = LATENCY_STATISTIC
     tables = {"latency": table_from_rows(drows, metric, stage_ids, head_ids, device, b)}
     try:
@@ -251,7 +256,7 @@ def _section(plt, out_dir, b, device, drows, scores, runs, desc, names):
                    os.path.join(out_dir, png), "{} per stage and exit head, {}".format(name, title))
         plots.append(png)
         md += ["![{} per stage]({})".format(name, png), ""]
-    summary = {"bundle_sha256": b, "bundle": named, "device": device,
+    summary = {"bundle_sha256": b, "bundle": named, "device": device, "conditions": conditions,
                "device_words": device_words(desc), "latency_metric": metric,
                "stage_ms": tables["latency"].stage, "head_ms": tables["latency"].head,
                "noisy": noisy, "tradeoffs": [], "predicted_vs_measured": []}
@@ -330,8 +335,9 @@ def write_report(db, out_dir, bundle_paths=()):
     md = ["# edgesdk profile report", "", "Database: `{}`".format(db), ""]
     plots, summaries = [], []
     for b, rows, scores, runs in data:
-        for device in sorted({r["device"] for r in rows}):
-            drows = [r for r in rows if r["device"] == device and r["batch"] == 1]
+        for device, conditions in sorted({(r["device"], r["conditions"]) for r in rows}):
+            drows = [r for r in rows if r["device"] == device and r["conditions"] == conditions
+                     and r["batch"] == 1]
             if drows:
                 lines, files, summary = _section(plt, out_dir, b, device, drows, scores, runs,
                                                  devices.get(device, {}), names)

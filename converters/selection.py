@@ -106,7 +106,8 @@ def apply_profile(draft, db, x, y=None, device=None, metric="mean_ms", batch=1,
     rows, device, sha = bundle_rows(db, manifest, device)
     costs, interpolated = build_costs(rows, metric, batch)
     times = sorted(r["measured_at"] for r in rows)
-    source = {"db": db, "device": device, "bundle_sha256": sha, "metric": metric, "batch": batch,
+    source = {"db": db, "device": device, "conditions": rows[0]["conditions"],
+              "bundle_sha256": sha, "metric": metric, "batch": batch,
               "interpolated": interpolated, "measured_at": [times[0], times[-1]]}
     if baseline is None:
         baseline = top1_labels(draft.model(), x[:FEED_LIMIT])

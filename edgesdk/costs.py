@@ -76,11 +76,14 @@ def per_sample(points, batch, what):
     return a + (b - a) * (batch - lo) / float(hi - lo), True
 
 
-def bundle_rows(db, manifest, device=None):
+def bundle_rows(db, manifest, device=None, conditions=None):
     """``(rows, device, bundle sha256)``: the store's measurements of this bundle's graphs on
-    one device, chosen by the one rule every reader uses: ``device`` if given; else the only
-    device the store has for this bundle; else this device, if it is among them; else an
-    error naming them (choose one with ``--device``).
+    one device under one set of run conditions, chosen by the one rule every reader uses:
+    ``device`` if given; else the only device the store has for this bundle; else this
+    device, if it is among them; else an error naming them (choose one with ``--device``).
+    Then the conditions (threads, provider, power mode: :mod:`edgesdk.runtime.conditions`):
+    ``conditions`` if given; else the only set measured; else the most recently measured set
+    (each row says which).
 
     Refuses, with the reason, a store without rows for this bundle's graphs (another bundle, or
     the bundle changed since profiling) and a device it has no rows from.
@@ -110,7 +113,15 @@ def bundle_rows(db, manifest, device=None):
     elif device not in devices:
         raise ProfileStoreError("{} has no measurements of this bundle from device {}; it has {}"
                                 .format(db, device, devices))
-    return [r for r in rows if r["device"] == device], device, bundle
+    rows = [r for r in rows if r["device"] == device]
+    measured = sorted({r["conditions"] for r in rows})
+    if conditions is None:
+        conditions = max(rows, key=lambda r: r["measured_at"])["conditions"]
+    elif conditions not in measured:
+        raise ProfileStoreError("{} has no measurements of this bundle on device {} under "
+                                "conditions {!r}; it has {}".format(db, device, conditions,
+                                                                    measured))
+    return [r for r in rows if r["conditions"] == conditions], device, bundle
 
 
 def selected_builds(manifest):

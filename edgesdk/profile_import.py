@@ -57,10 +57,11 @@ def _connect(path, immutable=True):
     return db
 
 
-def read_database(path, schema, store_format, store_version):
+def read_database(path, schema, store_format, store_version, added=None):
     """Everything an import takes from the database at ``path``: ``{"rows", "devices",
     "runs", "names", "scores"}``; :class:`ProfileStoreError` for anything else than a store
-    of this or an older version with sane contents.
+    of this or an older version with sane contents. ``added``: ``{table: columns}`` that
+    later versions added, which an older store's table may lack.
 
     A store still open elsewhere (or copied while open) keeps recent rows in its ``-wal``
     file, which an immutable open does not read: then the database and its WAL are copied to
@@ -73,15 +74,15 @@ def read_database(path, schema, store_format, store_version):
             shutil.copyfile(path, copy)
             shutil.copyfile(wal, copy + "-wal")
             return _read_connected(_connect(copy, immutable=False), path, schema, store_format,
-                                   store_version)
+                                   store_version, added)
         finally:
             shutil.rmtree(private, ignore_errors=True)
-    return _read_connected(_connect(path), path, schema, store_format, store_version)
+    return _read_connected(_connect(path), path, schema, store_format, store_version, added)
 
 
-def _read_connected(db, path, schema, store_format, store_version):
+def _read_connected(db, path, schema, store_format, store_version, added=None):
     try:
-        return _read(db, path, schema, store_format, store_version)
+        return _read(db, path, schema, store_format, store_version, added or {})
     except sqlite3.OperationalError as exc:
         if "interrupted" in str(exc):
             raise ProfileStoreError("'{}': reading it took longer than {:g} s; it is not a "
@@ -96,7 +97,7 @@ def _read_connected(db, path, schema, store_format, store_version):
         db.close()
 
 
-def _read(db, path, schema, store_format, store_version):
+def _read(db, path, schema, store_format, store_version, added):
     expected = _expected_columns(schema)
     kinds = {}
     for kind, name in db.execute("SELECT type, name FROM sqlite_master"):
@@ -110,7 +111,9 @@ def _read(db, path, schema, store_format, store_version):
             raise ProfileStoreError("'{}': '{}' is a {}, not a table; refused".format(
                 path, table, kinds[table]))
         have = [r[1] for r in db.execute("PRAGMA table_info({})".format(table))]
-        if have != columns:
+        if have == [c for c in columns if c not in added.get(table, ())]:
+            expected[table] = have   # a store from before those columns were added
+        elif have != columns:
             raise ProfileStoreError("'{}': table {} has columns {}, an edgesdk store has {}"
                                     .format(path, table, have, columns))
         n = db.execute("SELECT count(*) FROM {}".format(table)).fetchone()[0]

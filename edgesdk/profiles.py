@@ -1,7 +1,7 @@
 """The profile store: measured costs in SQLite (stdlib), shared by the device and the host.
 
 One row per (device, target, bundle graphs sha256, graph, build, precision, batch,
-resolution, metric) with the value (NULL = not measured, e.g. energy without a sensor), the
+resolution, run conditions, metric) with the value (NULL = not measured, e.g. energy without a sensor), the
 sensor, the SDK version and the time. Re-measuring replaces a row; merging keeps the newer.
 WAL journaling and one transaction per write: a profiler killed mid-run loses nothing that
 was committed and leaves a readable database. CSV/JSON export and import. Python 3.6.
@@ -18,20 +18,29 @@ from edgesdk.errors import InputError, ProfileStoreError
 from edgesdk.profile_import import check_json_version, read_database
 
 STORE_FORMAT = "edgesdk-profiles"
-STORE_VERSION = 1
+# Version 2 added ``conditions`` to the key: rows measured with 1 and 2 threads, another
+# execution provider or power mode are kept apart. Version-1 stores are migrated on open
+# (their rows get conditions "": not recorded) and read as such on import.
+STORE_VERSION = 2
 KEY = ("device", "target", "bundle_sha256", "graph", "build", "precision", "batch",
-       "resolution", "metric")
+       "resolution", "conditions", "metric")
 COLUMNS = KEY + ("value", "sensor", "sdk_version", "measured_at")
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, description TEXT NOT NULL);
+UNRECORDED = ""   # the conditions of rows measured before they were recorded
+_MEASUREMENTS = """
 CREATE TABLE IF NOT EXISTS measurements (
     device TEXT NOT NULL, target TEXT NOT NULL, bundle_sha256 TEXT NOT NULL,
     graph TEXT NOT NULL, build TEXT NOT NULL, precision TEXT NOT NULL,
-    batch INTEGER NOT NULL, resolution TEXT NOT NULL, metric TEXT NOT NULL,
+    batch INTEGER NOT NULL, resolution TEXT NOT NULL, conditions TEXT NOT NULL,
+    metric TEXT NOT NULL,
     value REAL, sensor TEXT NOT NULL, sdk_version TEXT NOT NULL, measured_at TEXT NOT NULL,
-    PRIMARY KEY (device, target, bundle_sha256, graph, build, precision, batch, resolution, metric)
+    PRIMARY KEY (device, target, bundle_sha256, graph, build, precision, batch, resolution,
+                 conditions, metric)
 );
+"""
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, description TEXT NOT NULL);
+""" + _MEASUREMENTS + """
 CREATE TABLE IF NOT EXISTS exit_scores (
     bundle_sha256 TEXT NOT NULL, dataset_sha256 TEXT NOT NULL, policy TEXT NOT NULL,
     sample INTEGER NOT NULL, exit INTEGER NOT NULL, score REAL NOT NULL, correct INTEGER NOT NULL,
@@ -85,10 +94,45 @@ def _cpu_model():
     return platform.processor() or "unknown cpu"
 
 
+def _gpu_model():
+    """The NVIDIA GPU's name from its driver (/proc/driver/nvidia), or a Jetson's SoC."""
+    import glob
+    for info in sorted(glob.glob("/proc/driver/nvidia/gpus/*/information")):
+        try:
+            with open(info) as f:
+                for line in f:
+                    if line.startswith("Model:"):
+                        return line.split(":", 1)[1].strip()
+        except (IOError, OSError):
+            pass
+    try:
+        with open("/proc/device-tree/model") as f:   # Jetson and other device-tree boards
+            return f.read().strip("\0\n ")
+    except (IOError, OSError):
+        return None
+
+
+def _software():
+    """Versions of what executes the graphs (a new onnxruntime can change every figure):
+    Python, numpy and onnxruntime, imported so every process describes a device alike."""
+    out = {"python": platform.python_version()}
+    for name in ("numpy", "onnxruntime"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = None
+    return out
+
+
 def device_description():
-    """What identifies this device: host name, architecture, CPU model, cores, OS."""
-    return {"hostname": platform.node(), "machine": platform.machine(), "cpu": _cpu_model(),
-            "cores": os.cpu_count(), "system": platform.system(), "release": platform.release()}
+    """What identifies this device for its measurements: what changes speed (architecture,
+    CPU model and cores, GPU or SoC, memory, OS, the software that runs graphs). The host
+    name and kernel release are left out: a reflashed or renamed board is the same device."""
+    from edgesdk.runtime.memory import machine_memory_bytes
+    memory = machine_memory_bytes()
+    return {"machine": platform.machine(), "cpu": _cpu_model(), "cores": os.cpu_count(),
+            "gpu": _gpu_model(), "memory_gb": round(memory / 2.0 ** 30) if memory else None,
+            "system": platform.system(), "software": _software()}
 
 
 def device_fingerprint(description=None):
@@ -118,6 +162,9 @@ class ProfileStore(object):
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (STORE_FORMAT,))
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('version', ?)", (str(STORE_VERSION),))
             meta = dict(self.db.execute("SELECT key, value FROM meta"))
+            if meta.get("format") == STORE_FORMAT and meta.get("version") == "1":
+                self._migrate_from_1()
+                meta["version"] = str(STORE_VERSION)
         except sqlite3.DatabaseError as exc:
             raise ProfileStoreError("'{}' cannot be used as a profile database: {}".format(path, exc))
         if meta.get("format") != STORE_FORMAT:
@@ -127,6 +174,19 @@ class ProfileStore(object):
             raise ProfileStoreError("'{}' was written by a newer edgesdk (store version {}); this "
                                     "edgesdk reads up to {}: upgrade edgesdk".format(
                                         path, meta["version"], STORE_VERSION))
+
+    def _migrate_from_1(self):
+        """Add ``conditions`` to the measurements' key (rows kept, conditions unrecorded), in
+        one transaction: a store is either still version 1 or completely version 2."""
+        old = [c for c in COLUMNS if c != "conditions"]
+        with self.db:
+            self.db.execute("ALTER TABLE measurements RENAME TO measurements_v1")
+            self.db.execute(_MEASUREMENTS)
+            self.db.execute("INSERT INTO measurements ({}, conditions) SELECT {}, ? FROM "
+                            "measurements_v1".format(", ".join(old), ", ".join(old)),
+                            (UNRECORDED,))
+            self.db.execute("DROP TABLE measurements_v1")
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(STORE_VERSION),))
 
     def close(self):
         self.db.close()
@@ -299,13 +359,16 @@ def validate_row(row, index=0):
     """A measurement row with every column of the right type; InputError names the row."""
     if not isinstance(row, dict):
         raise InputError("profile row {}: expected an object, got {}".format(index, type(row).__name__))
-    missing = [c for c in COLUMNS if c not in row]
+    missing = [c for c in COLUMNS if c not in row and c != "conditions"]
     if missing:
         raise InputError("profile row {}: missing column(s) {}".format(index, ", ".join(missing)))
     out = {}
     for c in COLUMNS:
-        v = row[c]
-        if c == "batch":
+        v = row.get(c, UNRECORDED)   # exports written before conditions were recorded
+        if c == "conditions":
+            if v != UNRECORDED and not _is_text(v):
+                raise InputError("profile row {}: conditions must be a string".format(index))
+        elif c == "batch":
             try:
                 v = int(v)
             except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
@@ -378,13 +441,15 @@ def read_import(path):
         try:
             with open(path, newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f)
-                if reader.fieldnames is None or set(COLUMNS) - set(reader.fieldnames):
+                if reader.fieldnames is None or \
+                        set(COLUMNS) - set(reader.fieldnames) - {"conditions"}:
                     raise InputError("{}: CSV header must have the columns {}".format(
                         path, ", ".join(COLUMNS)))
                 return {"rows": list(reader), "devices": {}}
         except (csv.Error, UnicodeDecodeError) as exc:
             raise InputError("{} is not a readable CSV export: {}".format(path, exc))
-    return read_database(path, _SCHEMA, STORE_FORMAT, STORE_VERSION)
+    return read_database(path, _SCHEMA, STORE_FORMAT, STORE_VERSION,
+                         added={"measurements": ("conditions",)})
 
 
 def merge_into(store, path):
@@ -411,9 +476,11 @@ def noisy_graphs(rows):
             if r["metric"] == "noisy" and r["value"]}
 
 
-def rows_from_profile(graph_rows, manifest, device, sensor_name, measured_at, resolution=None):
+def rows_from_profile(graph_rows, manifest, device, sensor_name, measured_at, resolution=None,
+                      conditions=UNRECORDED):
     """Store rows for the profiler's per-graph results (one per metric of
-    :data:`PROFILE_METRICS`; ``noisy`` stored as 1.0 / 0.0)."""
+    :data:`PROFILE_METRICS`; ``noisy`` stored as 1.0 / 0.0) measured under ``conditions``
+    (:func:`edgesdk.runtime.conditions.describe`)."""
     res = resolution or "x".join(str(d) for d in manifest["inputs"][0]["shape"][2:]) or "-"
     out = []
     for g in graph_rows:
@@ -424,7 +491,8 @@ def rows_from_profile(graph_rows, manifest, device, sensor_name, measured_at, re
             out.append({"device": device, "target": manifest["target"],
                         "bundle_sha256": graphs_sha256(manifest), "graph": g["graph"],
                         "build": g["build"], "precision": g["precision"], "batch": g["batch"],
-                        "resolution": res, "metric": metric, "value": value,
+                        "resolution": res, "conditions": conditions, "metric": metric,
+                        "value": value,
                         "sensor": sensor_name, "sdk_version": edgesdk.__version__,
                         "measured_at": measured_at})
     return out
@@ -434,12 +502,13 @@ class ProfileRecorder(object):
     """Stores the profiler's per-graph rows for one bundle on this device as they arrive,
     each graph in its own transaction (a killed profiler keeps every finished graph)."""
 
-    def __init__(self, db, manifest, sensor_name="none"):
+    def __init__(self, db, manifest, sensor_name="none", conditions=UNRECORDED):
         import datetime
         self._now = lambda: datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         self.store = ProfileStore(db)
         self.manifest = manifest
         self.sensor_name = sensor_name
+        self.conditions = conditions
         desc = device_description()
         self.device = device_fingerprint(desc)
         self.store.add_device(self.device, desc)
@@ -447,7 +516,8 @@ class ProfileRecorder(object):
 
     def __call__(self, graph_row):
         self.store.write(rows_from_profile([graph_row], self.manifest, self.device,
-                                           self.sensor_name, self._now()))
+                                           self.sensor_name, self._now(),
+                                           conditions=self.conditions))
 
     def end_to_end(self, model, x, y, e2e):
         """Store a labelled end-to-end run: every sample's score and correctness at every exit

@@ -262,8 +262,12 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS
     sensor = pick_sensor(no_sensor)
     if db:
         from edgesdk.profiles import ProfileRecorder
+        from edgesdk.runtime import conditions
+        from edgesdk.runtime.executors.ort import threads_in_use
+        # The threads the sessions really run on (the process's pool), not those asked for.
         record = ProfileRecorder(db, model.bundle.manifest,
-                                 "{} {}".format(sensor.name, sensor.rail) if sensor else "none")
+                                 "{} {}".format(sensor.name, sensor.rail) if sensor else "none",
+                                 conditions.describe(conditions.current(threads_in_use(threads))))
     else:
         record = _NoRecorder()
     # graphs + the runtime's own rows, per configuration

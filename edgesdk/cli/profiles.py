@@ -30,9 +30,11 @@ def run(args):
             if args.json:
                 print(json.dumps({"devices": store.devices(), "rows": rows}))
                 return 0
-            print(format_table(["device", "bundle", "graph", "batch", "metric", "value", "sensor"],
+            print(format_table(["device", "bundle", "graph", "batch", "conditions", "metric",
+                                "value", "sensor"],
                                [[r["device"], r["bundle_sha256"][:12], r["graph"], r["batch"],
-                                 r["metric"], "-" if r["value"] is None else "{:.4g}".format(r["value"]),
+                                 r["conditions"] or "-", r["metric"],
+                                 "-" if r["value"] is None else "{:.4g}".format(r["value"]),
                                  r["sensor"]] for r in rows]))
             return 0
     print(json.dumps(result) if args.json else "{} rows {} {}".format(

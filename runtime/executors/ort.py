@@ -46,6 +46,16 @@ def _shared_pool(ort, threads):
     return _pool["threads"] == threads
 
 
+def threads_in_use(requested=None):
+    """The intra-op threads sessions made now for ``requested`` threads run on: the
+    process-wide pool's size once it exists (a second thread count in one process runs on
+    the first pool), else ``requested`` (None: all cores)."""
+    import os
+    if _pool["threads"] not in (None, -1):
+        return _pool["threads"]
+    return int(requested or os.cpu_count() or 1)
+
+
 _cpu = {}
 
 

@@ -125,7 +125,7 @@ def test_a_failed_merge_leaves_nothing_merged(tmp_path):
     src = _store(tmp_path / "src.sqlite", good)
     con = sqlite3.connect(src)
     con.execute("INSERT INTO measurements SELECT device, target, bundle_sha256, 'bad', build, "
-                "precision, 0, resolution, metric, value, sensor, sdk_version, measured_at "
+                "precision, 0, resolution, conditions, metric, value, sensor, sdk_version, measured_at "
                 "FROM measurements LIMIT 1")              # batch 0: refused by the row check
     con.commit()
     con.close()

@@ -14,7 +14,7 @@ from fuzz_strategies import JSON, ODD, check_error, fuzz_settings, mutated
 
 ROW = {"device": "dev-a", "target": "host", "bundle_sha256": "b" * 64, "graph": "stage0",
        "build": "onnx", "precision": "fp32", "batch": 1, "resolution": "28x28",
-       "metric": "mean_ms", "value": 1.5, "sensor": "none", "sdk_version": "0.1.0",
+       "conditions": "threads=2", "metric": "mean_ms", "value": 1.5, "sensor": "none", "sdk_version": "0.1.0",
        "measured_at": "2026-11-22T10:00:00.000000Z"}
 EXPORT = {"format": STORE_FORMAT, "version": 1, "devices": {"dev-a": {"cpu": "x"}},
           "rows": [ROW, dict(ROW, metric="energy_mj", value=None)]}
