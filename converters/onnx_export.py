@@ -66,13 +66,12 @@ def _check_inputs_used(model, input_names, args, what, keep):
     consumed = {name for node in model.graph.node for name in node.input}
     consumed |= {o.name for o in model.graph.output}
     unused = [name for name in input_names if name not in present or name not in consumed]
-    for name in unused:
-        if not keep:
-            i = list(input_names).index(name)
-            raise ModelStructureError(
-                "{} does not use its input {} ('{}'): the previous stage's output {} does not "
-                "feed it. Return only the tensors the next stage and head need.".format(
-                    what, i, name, i))
+    if unused and not keep:
+        i = list(input_names).index(unused[0])
+        raise ModelStructureError(
+            "{} does not use its input {} ('{}'): the previous stage's output {} does not "
+            "feed it. Return only the tensors the next stage and head need.".format(
+                what, i, unused[0], i))
     if unused:
         weights = [i for i in model.graph.input if i.name not in input_names]
         inputs = [present.get(name) or onnx.helper.make_tensor_value_info(

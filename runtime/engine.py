@@ -151,7 +151,8 @@ class EdgeModel(object):
         self.ran = dict((gid, ran(b)) for gid, b in self.builds.items())
         # Before any graph is loaded; a build compiled for a fixed batch pads to it.
         self.memory = MemoryPlan.for_bundle(bundle, files_to_load(m, self.builds), memory_limit_mb)
-        self.memory.check_load(max([b.get("batch") or 1 for b in self.builds.values()]))
+        padded = max([b.get("batch") or 1 for b in self.builds.values()])
+        self.memory.check_load(padded)
         self._graph_cache = graph_cache
         self._loaded = []   # every executor made, for the memory they need
         self.stages = [self._graph(s, threads) for s in m["stages"]]
@@ -160,7 +161,7 @@ class EdgeModel(object):
         self.stages = [self._adaptive(k, e, threads) for k, e in enumerate(m["stages"])]
         # The manifest's activation figure is a claim: the graphs' own counts bound it below.
         self.memory.use_graph_counts([g.activation_bytes for g in self._loaded])
-        self.memory.check_load(max([b.get("batch") or 1 for b in self.builds.values()]))
+        self.memory.check_load(padded)
         del self._loaded
         self._routed = [getattr(s, "router", None) is not None for s in self.stages]
         self.policies = [get_policy(e["policy"]) for e in m["exits"]]
