@@ -10,6 +10,7 @@ import numpy as np
 
 import edgesdk
 from edgesdk.deps import require
+from edgesdk.errors import ModelStructureError
 from edgesdk.manifest import SCHEMA_VERSION
 from edgesdk.progress import Progress
 from edgesdk.converters.macs import count_macs
@@ -120,6 +121,11 @@ def _graph_entries(draft, src, opts, policy, threshold):
                 if folder == "stages":
                     entry["output_shapes"] = [[None] + list(s[1:])
                                               for s in src.structure.state_shapes[k]]
+                    if getattr(module, "edgesdk_spatial", False):
+                        entry["spatial"] = export_spatial(draft, module, args, ins, gid,
+                                                          opts.opset)
+                        files += [entry["spatial"]["masker"]["file"],
+                                  entry["spatial"]["patch"]["file"]]
                 else:
                     last = k == n_exits - 1
                     entry.update({"output_shapes": [[None, src.structure.num_classes]],
@@ -135,6 +141,33 @@ def _graph_entries(draft, src, opts, policy, threshold):
         validate_qat_graphs(exported)
     draft.add_files(files)
     return stage_entries, exit_entries, peak_bytes, warnings
+
+
+def export_spatial(draft, block, args, inputs, gid, opset):
+    """The masker and patch graphs of the masked block ``block`` (stage ``gid``, example
+    input ``args``) written into the draft; returns the stage's ``spatial`` record."""
+    import torch
+    from edgesdk.converters.spatial import patch_branch
+    from edgesdk.runtime.spatial import gather
+    onnx = require("onnx", "onnx", "write ONNX stages")
+    if len(args) != 1:
+        raise ModelStructureError("a masked block takes one tensor, stage {} gets {}".format(
+            gid, len(args)))
+    x = args[0].numpy()
+    g = block.granularity
+    keep = np.ones((len(x), x.shape[2] // g, x.shape[3] // g), dtype=bool)
+    patches, valid, _ = gather(x, keep, g, block.halo)
+    record = {"granularity": g, "halo": block.halo, "threshold": block.threshold}
+    for key, module, example, ins, outs in (
+            ("masker", block.masker, list(args), inputs, ["mask_logits"]),
+            ("patch", patch_branch(block), [torch.from_numpy(patches), torch.from_numpy(valid)],
+             ["patches", "valid"], ["branch"])):
+        rel = "stages/{}.{}.onnx".format(gid, key)
+        graph = export_graph(module, example, ins, outs, opset,
+                             "the {} of stage {}".format(key, gid))
+        onnx.save_model(graph, draft.path(rel))
+        record[key] = {"file": rel, "inputs": ins, "outputs": outs}
+    return record
 
 
 def export_stages(draft, src, opts, target, policy, threshold, input_stats):

@@ -294,6 +294,26 @@ def _check_statistics(stats, path, shape):
 RESIZE_MODES = ("area", "linear", "nearest", "cubic")
 
 
+def _check_spatial(spatial, path, files):
+    """A masked block's sparse execution: its masker and patch graphs, the region size, the
+    halo and the threshold."""
+    for key in ("masker", "patch"):
+        graph = _get(spatial, key, path, (dict,))
+        _listed_file(graph, path + "." + key, files)
+        for names in ("inputs", "outputs"):
+            values = _get(graph, names, path + "." + key, (list,))
+            if not values or not all(isinstance(v, str) and v for v in values):
+                _fail("{}.{}.{}".format(path, key, names), "expected a list of tensor names")
+    for key in ("granularity", "halo"):
+        value = _get(spatial, key, path, (int,))
+        if not (1 if key == "granularity" else 0) <= value <= MAX_DIM:
+            _fail(path + "." + key, "expected an integer in {}..{}".format(
+                1 if key == "granularity" else 0, MAX_DIM))
+    threshold = _number(spatial, "threshold", path)
+    if not 0 < threshold < 1:
+        _fail(path + ".threshold", "a keep probability in (0, 1)")
+
+
 def _check_adaptive_stage(stage, path, files, index):
     """A stage's optional gate (layer skipping) and width variants (channel skipping)."""
     gate = _get(stage, "gate", path, (dict, type(None)), optional=True)
@@ -308,6 +328,9 @@ def _check_adaptive_stage(stage, path, files, index):
         threshold = _number(gate, "threshold", gp)
         if not 0 <= threshold <= 1:
             _fail(gp + ".threshold", "a skip probability in [0, 1]")
+    spatial = _get(stage, "spatial", path, (dict, type(None)), optional=True)
+    if spatial is not None:
+        _check_spatial(spatial, path + ".spatial", files)
     widths = _get(stage, "widths", path, (dict, type(None)), optional=True)
     if widths is None:
         return

@@ -205,6 +205,8 @@ class EdgeModel(object):
     def _adaptive(self, k, entry, threads):
         """Stage ``k`` with its gate and width variants (ONNX graphs, host CPU), if any."""
         gate, widths = entry.get("gate"), entry.get("widths")
+        if entry.get("spatial"):
+            return self._spatial(k, entry, threads)
         if gate is None and widths is None:
             return self.stages[k]
         from edgesdk.runtime.adaptive_stages import GRAPH_ROUTER, AdaptiveStage, make_router
@@ -226,6 +228,26 @@ class EdgeModel(object):
         router = make_router(spec, len(variants) + 1, where, router_graph) if widths else None
         return AdaptiveStage(entry["id"], stage, gate_graph, gate["threshold"] if gate else None,
                              variants, router, self.heads[k - 1] if k else None)
+
+    def _spatial(self, k, entry, threads):
+        """Stage ``k``, a masked block, run on its active regions (:mod:`.spatial`)."""
+        from edgesdk.runtime.spatial import SpatialStage
+        onnx = EXECUTORS.get("onnx")
+        spec = entry["spatial"]
+        graphs = [onnx(self._verified(spec[key]["file"]), spec[key]["inputs"],
+                       spec[key]["outputs"], [None], threads,
+                       build={"file": spec[key]["file"], "format": "onnx"})
+                  for key in ("masker", "patch")]
+        self._loaded += graphs
+        dense = self.stages[k] if not self.stages[k].device_arrays else \
+            _HostSide(self.stages[k], self.stages[k].to_host)
+        return SpatialStage(entry["id"], dense, graphs[0], graphs[1], spec["granularity"],
+                            spec["halo"], spec["threshold"])
+
+    def spatial_stages(self):
+        """The stages run on their active regions (:class:`~.spatial.SpatialStage`)."""
+        from edgesdk.runtime.spatial import SpatialStage
+        return [s for s in self.stages if isinstance(s, SpatialStage)]
 
     def adaptive_stages(self):
         """The stages with a gate or width variants (:class:`~.adaptive_stages.AdaptiveStage`)."""

@@ -111,6 +111,8 @@ def files_to_load(manifest, builds):
         files += [v["file"] for v in widths.get("variants", [])]
         if "file" in widths.get("router", {}):
             files.append(widths["router"]["file"])
+        if stage.get("spatial"):
+            files += [stage["spatial"][k]["file"] for k in ("masker", "patch")]
     return files
 
 

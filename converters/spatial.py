@@ -1,0 +1,116 @@
+"""Masked residual blocks (coarse spatial masks, LASNet-style) and their export for sparse
+execution.
+
+:class:`MaskedBlock` is a stage ``y = x + keep * branch(x)``: a small masker gives one logit
+per ``G x G`` output region, and a region is computed when ``sigmoid(logit) >= threshold``.
+In training the mask is the hard decision with a straight-through gradient of the sigmoid
+(``active_fraction`` holds the soft share of active regions for a budget loss). The converter
+writes three graphs for such a stage: the dense masked block (what other backends and the
+reference run), the masker, and the branch as a *patch graph*: the branch's convolutions
+without padding, run on a batch of active regions each with its halo, the image border's
+zero padding given by a validity mask (:mod:`edgesdk.runtime.spatial` gathers and scatters).
+The branch must be an ``nn.Sequential`` of stride-1 ``Conv2d`` layers with "same" zero
+padding and per-pixel layers (batch norm, activations).
+"""
+from edgesdk.deps import require
+from edgesdk.errors import ModelStructureError
+
+POINTWISE = ("BatchNorm2d", "ReLU", "ReLU6", "LeakyReLU", "SiLU", "GELU", "Hardswish",
+             "Sigmoid", "Tanh", "Identity", "Dropout", "Dropout2d")
+
+
+def _nn():
+    return require("torch", "torch", "build masked blocks").nn
+
+
+def branch_halo(branch):
+    """The receptive-field halo (pixels on each side) of ``branch``'s convolutions;
+    :class:`ModelStructureError` for a layer a patch graph cannot replay."""
+    nn = _nn()
+    if not isinstance(branch, nn.Sequential):
+        raise ModelStructureError("a masked block's branch must be an nn.Sequential, got {}"
+                                  .format(type(branch).__name__))
+    halo = 0
+    for name, layer in branch.named_children():
+        if isinstance(layer, nn.Conv2d):
+            k, d = layer.kernel_size, layer.dilation
+            same = tuple(di * (ki - 1) // 2 for ki, di in zip(k, d))
+            if layer.stride != (1, 1) or k[0] != k[1] or k[0] % 2 == 0 or \
+                    layer.padding != same or layer.padding_mode != "zeros":
+                raise ModelStructureError(
+                    "masked block layer '{}': only stride-1 convolutions with odd square "
+                    "kernels and 'same' zero padding can run on patches (got kernel {}, "
+                    "stride {}, padding {})".format(name, k, layer.stride, layer.padding))
+            halo += same[0]
+        elif type(layer).__name__ not in POINTWISE:
+            raise ModelStructureError(
+                "masked block layer '{}' ({}) is not a convolution or a per-pixel layer ({}): "
+                "a patch graph cannot replay it".format(name, type(layer).__name__,
+                                                         ", ".join(POINTWISE)))
+    return halo
+
+
+def MaskedBlock(branch, masker, granularity, threshold=0.5):  # noqa: N802 - reads as a class
+    """A residual block computed only where a coarse spatial mask says so (see the module
+    docstring): ``branch`` (C -> C channels, same size), ``masker`` (the block's input ->
+    ``(N, 1, H/G, W/G)`` logits), ``granularity`` G. Returns an ``nn.Module``."""
+    torch = require("torch", "torch", "build masked blocks")
+    nn = torch.nn
+    halo = branch_halo(branch)
+    if int(granularity) < 1 or not 0.0 < float(threshold) < 1.0:
+        raise ModelStructureError("granularity must be a positive integer and threshold in (0, 1)")
+
+    class Masked(nn.Module):
+        edgesdk_spatial = True
+
+        def __init__(self):
+            super().__init__()
+            self.branch, self.masker = branch, masker
+            self.granularity, self.threshold, self.halo = int(granularity), float(threshold), halo
+            self.active_fraction = None
+
+        def keep(self, x):
+            """The (N, 1, H/G, W/G) mask as floats: 1 where the region is computed."""
+            logits = self.masker(x)
+            t = self.threshold
+            hard = (logits >= float(torch.log(torch.tensor(t / (1 - t))))).to(x.dtype)
+            if self.training:   # straight-through: the hard mask, the sigmoid's gradient
+                soft = torch.sigmoid(logits)
+                self.active_fraction = soft.mean()
+                return hard + soft - soft.detach()
+            return hard
+
+        def forward(self, x):
+            g = self.granularity
+            if x.shape[2] % g or x.shape[3] % g:
+                raise ModelStructureError("a masked block with granularity {} needs sizes "
+                                          "divisible by it, got {}".format(g, list(x.shape[2:])))
+            mask = nn.functional.interpolate(self.keep(x), scale_factor=g, mode="nearest")
+            return x + mask * self.branch(x)
+    return Masked()
+
+
+def patch_branch(block):
+    """The branch of ``block`` as a module ``(patches, valid) -> (P, C, G, G)``: convolutions
+    without padding on patches of ``G + 2 * halo`` pixels, each one's input multiplied by the
+    validity mask cropped to its size (zeros where the dense branch pads)."""
+    torch = require("torch", "torch", "export masked blocks")
+    nn, F = torch.nn, torch.nn.functional
+
+    class PatchBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(block.branch.children())
+
+        def forward(self, patches, valid):
+            x, crop = patches, 0
+            size = valid.shape[2]
+            for layer in self.layers:
+                if isinstance(layer, nn.Conv2d):
+                    x = x * valid[:, :, crop:size - crop, crop:size - crop]
+                    x = F.conv2d(x, layer.weight, layer.bias, 1, 0, layer.dilation, layer.groups)
+                    crop += layer.dilation[0] * (layer.kernel_size[0] - 1) // 2
+                else:
+                    x = layer(x)
+            return x
+    return PatchBranch().eval()

@@ -1,0 +1,85 @@
+"""Spatially sparse execution: a masked residual block run on its active regions matches the
+dense masked block, on every region pattern, and computes only the active regions."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgesdk.converters import MultiExitModel, convert
+from edgesdk.converters.spatial import MaskedBlock, branch_halo
+from edgesdk.errors import ModelStructureError
+from edgesdk.runtime import load_bundle
+from edgesdk.runtime.spatial import gather, scatter_add
+from models import Head, conv
+
+
+class Masker(nn.Module):
+    """Region logits from average-pooled features, centred and spread so that no decision
+    sits near the threshold (they would flip between PyTorch and ONNX Runtime)."""
+
+    def __init__(self, c, g, bias=0.0):
+        super().__init__()
+        self.pool = nn.AvgPool2d(g)
+        self.score = nn.Conv2d(c, 1, 1)
+        self.bias = bias
+
+    def forward(self, x):
+        return self.score(self.pool(x)) * 100.0 + self.bias
+
+
+def _branch(c):
+    return nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+                         nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
+
+
+def test_gather_and_scatter_are_exact_views_of_the_regions():
+    rng = np.random.RandomState(0)
+    x = rng.randn(2, 3, 8, 12).astype(np.float32)
+    keep = np.zeros((2, 2, 3), bool)
+    keep[0, 1, 2] = keep[1, 0, 0] = True
+    patches, valid, index = gather(x, keep, 4, 1)
+    assert patches.shape == (2, 3, 6, 6) and valid.shape == (2, 1, 6, 6)
+    np.testing.assert_array_equal(patches[0, :, 1:5, 1:5], x[0, :, 4:8, 8:12])
+    assert valid[1, 0, 0].sum() == 0 and valid[1, 0, 1:, 1:].all()    # the image's top-left corner
+    out = scatter_add(x, np.ones((2, 3, 4, 4), np.float32), index, 4)
+    added = out - x
+    np.testing.assert_allclose(added[1, :, :4, :4], 1, atol=1e-6)
+    np.testing.assert_allclose(added[0, :, 4:, 8:], 1, atol=1e-6)
+    assert np.abs(added).sum() == pytest.approx(2 * 3 * 16, abs=1e-3)
+
+
+def test_only_patch_replayable_branches_are_accepted():
+    assert branch_halo(_branch(4)) == 2
+    assert branch_halo(nn.Sequential(nn.Conv2d(4, 4, 3, padding=2, dilation=2))) == 2
+    with pytest.raises(ModelStructureError, match="stride-1 convolutions"):
+        branch_halo(nn.Sequential(nn.Conv2d(4, 4, 3, stride=2, padding=1)))
+    with pytest.raises(ModelStructureError, match="MaxPool2d"):
+        branch_halo(nn.Sequential(nn.MaxPool2d(2)))
+
+
+@pytest.mark.parametrize("bias", [-1e4, 0.0, 1e4])     # no region, a mix, every region
+def test_a_masked_block_runs_on_its_active_regions_as_the_dense_block_computes(
+        tmp_path, mnist_split, bias):
+    torch.manual_seed(0)
+    block = MaskedBlock(_branch(8), Masker(8, 4, bias), granularity=4)
+    net = MultiExitModel([conv(1, 8), block, conv(8, 8, 2)], [Head(8), Head(8), Head(8)]).eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):   # not the identity: the patch graph must apply it
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = mnist_split[1][0][:32]
+    with torch.no_grad():
+        expected = [t.numpy() for t in net(torch.from_numpy(x))]
+        active = block.keep(net.stages[0](torch.from_numpy(x))).mean().item()
+    path = str(tmp_path / "masked.edgebundle")
+    convert(net, x[:8], path, progress=False)
+    model = load_bundle(path)
+    stage = model.spatial_stages()[0]
+    assert model.bundle.manifest["stages"][1]["spatial"]["halo"] == 2
+    got = model.exit_logits(x)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, atol=1e-5, rtol=1e-5)
+    if bias == 0.0:
+        assert 0.1 < active < 0.9 and stage.active == round(active * stage.regions)
+    else:
+        assert active in (0.0, 1.0)
