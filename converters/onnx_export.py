@@ -10,7 +10,7 @@ DEFAULT_OPSET = 13  # TensorRT 8.2 on the TX2 parses opset <= 13
 
 
 def export_graph(module, args, input_names, output_names, opset, what, qonnx=False,
-                 on_unused=None):
+                 on_unused=None, dynamic=None):
     """Export ``module(*args)`` with a dynamic batch dimension; returns a checked ModelProto.
 
     Uses the TorchScript exporter (``dynamo=False``): the dynamo exporter writes opset >= 18
@@ -20,11 +20,14 @@ def export_graph(module, args, input_names, output_names, opset, what, qonnx=Fal
     returned beside it: ``(qcdq, qonnx)``. An input the graph does not read is an error,
     unless ``on_unused`` is given: the input is then kept in the graph (the runtime feeds
     tensors by position) and ``on_unused`` called with the names of those inputs.
+    ``dynamic``: ``{tensor name: {axis: name}}`` of further dynamic dimensions.
     """
     torch = require("torch", "torch", "export stages to ONNX")
     onnx = require("onnx", "onnx", "export stages to ONNX")
     buf = io.BytesIO()
     axes = {name: {0: "N"} for name in list(input_names) + list(output_names)}
+    for name, more in (dynamic or {}).items():
+        axes[name].update(more)
     kwargs = dict(opset_version=opset, input_names=list(input_names),
                   output_names=list(output_names), dynamic_axes=axes)
     try:

@@ -91,9 +91,11 @@ def MaskedBlock(branch, masker, granularity, threshold=0.5):  # noqa: N802 - rea
 
 
 def patch_branch(block):
-    """The branch of ``block`` as a module ``(patches, valid) -> (P, C, G, G)``: convolutions
-    without padding on patches of ``G + 2 * halo`` pixels, each one's input multiplied by the
-    validity mask cropped to its size (zeros where the dense branch pads)."""
+    """The branch of ``block`` as a module ``(mosaic, valid) -> output``: convolutions
+    without padding, each one's input multiplied by the validity mask cropped to its size
+    (zeros where the dense branch pads). Run on a mosaic of patches side by side (see
+    :func:`edgesdk.runtime.spatial.gather`); outputs whose receptive field crosses two
+    patches are computed and thrown away."""
     torch = require("torch", "torch", "export masked blocks")
     nn, F = torch.nn, torch.nn.functional
 
@@ -104,10 +106,10 @@ def patch_branch(block):
 
         def forward(self, patches, valid):
             x, crop = patches, 0
-            size = valid.shape[2]
+            rows, cols = valid.shape[2], valid.shape[3]
             for layer in self.layers:
                 if isinstance(layer, nn.Conv2d):
-                    x = x * valid[:, :, crop:size - crop, crop:size - crop]
+                    x = x * valid[:, :, crop:rows - crop, crop:cols - crop]
                     x = F.conv2d(x, layer.weight, layer.bias, 1, 0, layer.dilation, layer.groups)
                     crop += layer.dilation[0] * (layer.kernel_size[0] - 1) // 2
                 else:

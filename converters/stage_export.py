@@ -156,15 +156,17 @@ def export_spatial(draft, block, args, inputs, gid, opset):
     x = args[0].numpy()
     g = block.granularity
     keep = np.ones((len(x), x.shape[2] // g, x.shape[3] // g), dtype=bool)
-    patches, valid, _ = gather(x, keep, g, block.halo)
+    tiles, valid, _ = gather(x, keep, g, block.halo)
     record = {"granularity": g, "halo": block.halo, "threshold": block.threshold}
     for key, module, example, ins, outs in (
             ("masker", block.masker, list(args), inputs, ["mask_logits"]),
-            ("patch", patch_branch(block), [torch.from_numpy(patches), torch.from_numpy(valid)],
+            ("patch", patch_branch(block),
+             [torch.from_numpy(tiles), torch.from_numpy(valid)],
              ["patches", "valid"], ["branch"])):
         rel = "stages/{}.{}.onnx".format(gid, key)
         graph = export_graph(module, example, ins, outs, opset,
-                             "the {} of stage {}".format(key, gid))
+                             "the {} of stage {}".format(key, gid),
+                             dynamic={n: {3: "W"} for n in ins} if key == "patch" else None)
         onnx.save_model(graph, draft.path(rel))
         record[key] = {"file": rel, "inputs": ins, "outputs": outs}
     return record

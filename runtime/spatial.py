@@ -3,52 +3,72 @@
 A masked block computes ``y = x + keep * branch(x)``, where a small masker graph decides per
 ``G x G`` output region whether the region is computed (``keep``: sigmoid of its logit at or
 above the threshold). Run densely, every region is computed and most are then thrown away.
-Here the runtime gathers each active region with its receptive-field halo into a batch of
-patches, runs the branch's convolutions on that batch only (one graph whose batch dimension
-is the patch count: padding-free convolutions, the zero padding at the image border given by
-a validity mask input), and adds the results back into a copy of ``x``. The gather and the
-scatter are numpy views and one fancy-indexed copy each, outside the graphs, so the patch
-graph holds nothing but dense convolutions (no NonZero: TensorRT 8.2 parses it).
+Here the runtime gathers the active regions with their receptive-field halo (neighbouring
+regions of a row as one tile), lays the tiles side by side in one mosaic image, runs the branch's convolutions on the mosaic (one graph
+with a dynamic width: padding-free convolutions, the zero padding at the image border given
+by a validity mask input), and adds each patch's ``G x G`` output back into a copy of
+``x``. A mosaic rather than a batch of patches: convolution kernels are efficient on one
+wide image and not on many small ones (a batch of 18x18 patches ran slower than the whole
+56x56 map). Outputs whose receptive field crosses two patches are computed and dropped, the
+same work as the halos. The gather and the scatter are numpy slice copies outside the graph,
+so the graph holds only dense convolutions (no NonZero: TensorRT 8.2 parses it).
 Python 3.6 / numpy 1.19 compatible.
 """
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from edgesdk.errors import BundleError
 
 
-def _windows(padded, size, step):
-    """``(N, rows, cols, C, size, size)`` view of the ``size x size`` windows of ``padded``
-    (N, C, H, W) every ``step`` pixels."""
-    n, c, h, w = padded.shape
-    rows, cols = (h - size) // step + 1, (w - size) // step + 1
-    sn, sc, sh, sw = padded.strides
-    return as_strided(padded, (n, rows, cols, c, size, size),
-                      (sn, sh * step, sw * step, sc, sh, sw), writeable=False)
+def runs(keep):
+    """The active regions as runs along rows: ``[(n, i, j0, j1)]``, regions ``j0 <= j < j1``
+    of row ``i`` of image ``n`` (neighbours share one tile: no halo between them)."""
+    out = []
+    for b, i in zip(*np.nonzero(keep.any(axis=2))):
+        row = np.concatenate([[False], keep[b, i], [False]])
+        edges = np.flatnonzero(row[1:] != row[:-1])
+        out += [(int(b), int(i), int(j0), int(j1)) for j0, j1 in zip(edges[::2], edges[1::2])]
+    return out
 
 
 def gather(x, keep, granularity, halo):
-    """The active regions of ``x`` (N, C, H, W) with their halo: ``(patches (P, C, S, S),
-    valid (P, 1, S, S), (n, i, j) indices)`` with ``S = G + 2 * halo``; ``keep`` (N, H/G, W/G)
-    bool. ``valid`` is 1 inside the image, 0 in the zero padding around it."""
-    n_idx, i_idx, j_idx = np.nonzero(keep)
-    size = granularity + 2 * halo
-    pad = ((0, 0), (0, 0), (halo, halo), (halo, halo))
-    padded = np.pad(x, pad, mode="constant")
-    patches = np.ascontiguousarray(_windows(padded, size, granularity)[n_idx, i_idx, j_idx])
-    inside = np.pad(np.ones((1, 1) + x.shape[2:], dtype=x.dtype), pad, mode="constant")
-    valid = np.ascontiguousarray(_windows(inside, size, granularity)[0, i_idx, j_idx])
-    return patches, valid, (n_idx, i_idx, j_idx)
+    """The active regions of ``x`` (N, C, H, W) with their halo, side by side:
+    ``(mosaic (1, C, S, width), valid (1, 1, S, width), [(n, i, j0, j1, column)])`` with
+    ``S = G + 2 * halo``, one tile per run of neighbouring regions (:func:`runs`), the run's
+    tile starting at ``column``; ``keep`` (N, H/G, W/G) bool. ``valid`` is 1 inside the
+    image and 0 in the zero padding around it.
+
+    Slice copies, one per run: measured faster than fancy indexing over a strided view of
+    all windows (0.03 vs 0.3 ms for 8 regions of 32 x 18 x 18)."""
+    n, c, h, w = x.shape
+    g, size = granularity, granularity + 2 * halo
+    tiles = runs(keep)
+    width = sum((j1 - j0) * g + 2 * halo for _, _, j0, j1 in tiles)
+    # Zeros where a tile's halo leaves the image: only the part inside is copied.
+    mosaic = np.zeros((1, c, size, width), dtype=np.float32)
+    valid = np.zeros((1, 1, size, width), dtype=np.float32)
+    placed, column = [], 0
+    for b, i, j0, j1 in tiles:
+        span = (j1 - j0) * g + 2 * halo
+        top, left = i * g - halo, j0 * g - halo          # the tile's corner in the image
+        r0, r1 = max(top, 0), min(top + size, h)
+        c0, c1 = max(left, 0), min(left + span, w)
+        rows = slice(r0 - top, r1 - top)
+        cols = slice(column + c0 - left, column + c1 - left)
+        mosaic[0, :, rows, cols] = x[b, :, r0:r1, c0:c1]
+        valid[0, 0, rows, cols] = 1.0
+        placed.append((b, i, j0, j1, column))
+        column += span
+    return mosaic, valid, placed
 
 
-def scatter_add(x, results, index, granularity):
-    """A copy of ``x`` with ``results`` (P, C, G, G) added at the regions ``index``."""
-    out = np.array(x, dtype=np.float32, copy=True)
-    n, c, h, w = out.shape
+def scatter_add(x, out, placed, granularity):
+    """A copy of ``x`` with each run's result added: ``out`` is the patch graph's output on
+    the mosaic, ``(1, C, G, width - 2 * halo)``, a run's starting at its tile's column."""
+    y = np.array(x, dtype=np.float32, copy=True)
     g = granularity
-    regions = out.reshape(n, c, h // g, g, w // g, g).transpose(0, 2, 4, 1, 3, 5)
-    regions[index] += results   # regions are distinct: no index repeats
-    return out
+    for b, i, j0, j1, column in placed:
+        y[b, :, i * g:(i + 1) * g, j0 * g:j1 * g] += out[0, :, :, column:column + (j1 - j0) * g]
+    return y
 
 
 class SpatialStage(object):
@@ -90,6 +110,6 @@ class SpatialStage(object):
             return [np.array(x, dtype=np.float32, copy=True)]
         if keep.all():   # the same sum, without the halos' extra work
             return self.dense.run(state)
-        patches, valid, index = gather(x, keep, self.granularity, self.halo)
-        results = self.patch.run([patches, valid])[0]
-        return [scatter_add(x, results, index, self.granularity)]
+        mosaic, valid, placed = gather(x, keep, self.granularity, self.halo)
+        out = np.asarray(self.patch.run([mosaic, valid])[0])
+        return [scatter_add(x, out, placed, self.granularity)]

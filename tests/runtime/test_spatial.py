@@ -9,7 +9,7 @@ from edgesdk.converters import MultiExitModel, convert
 from edgesdk.converters.spatial import MaskedBlock, branch_halo
 from edgesdk.errors import ModelStructureError
 from edgesdk.runtime import load_bundle
-from edgesdk.runtime.spatial import gather, scatter_add
+from edgesdk.runtime.spatial import gather, runs, scatter_add
 from models import Head, conv
 
 
@@ -32,20 +32,26 @@ def _branch(c):
                          nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
 
 
-def test_gather_and_scatter_are_exact_views_of_the_regions():
+def test_gather_lays_regions_side_by_side_and_scatter_adds_them_back():
     rng = np.random.RandomState(0)
     x = rng.randn(2, 3, 8, 12).astype(np.float32)
     keep = np.zeros((2, 2, 3), bool)
-    keep[0, 1, 2] = keep[1, 0, 0] = True
-    patches, valid, index = gather(x, keep, 4, 1)
-    assert patches.shape == (2, 3, 6, 6) and valid.shape == (2, 1, 6, 6)
-    np.testing.assert_array_equal(patches[0, :, 1:5, 1:5], x[0, :, 4:8, 8:12])
-    assert valid[1, 0, 0].sum() == 0 and valid[1, 0, 1:, 1:].all()    # the image's top-left corner
-    out = scatter_add(x, np.ones((2, 3, 4, 4), np.float32), index, 4)
-    added = out - x
+    keep[0, 1, 1:] = keep[1, 0, 0] = True          # a run of two regions, and one alone
+    assert runs(keep) == [(0, 1, 1, 3), (1, 0, 0, 1)]
+    mosaic, valid, placed = gather(x, keep, 4, 1)
+    assert mosaic.shape == (1, 3, 6, 10 + 6) and valid.shape == (1, 1, 6, 16)
+    assert placed == [(0, 1, 1, 3, 0), (1, 0, 0, 1, 10)]
+    np.testing.assert_array_equal(mosaic[0, :, 1:5, 1:9], x[0, :, 4:8, 4:12])
+    np.testing.assert_array_equal(mosaic[0, :, 1:5, 11:15], x[1, :, 0:4, 0:4])
+    # Padding beyond the image: the first run's right and bottom halo, the corner's top-left.
+    assert valid[0, 0, 5, :10].sum() == 0 and valid[0, 0, :, 9].sum() == 0
+    assert valid[0, 0, 0, 10:].sum() == 0 and valid[0, 0, :, 10].sum() == 0
+    assert valid[0, 0, 1:, 11:].all() and valid[0, 0, :5, :9].all()
+    out = np.ones((1, 3, 4, 16 - 2), np.float32)     # what a 3x3 valid conv leaves
+    added = scatter_add(x, out, placed, 4) - x
     np.testing.assert_allclose(added[1, :, :4, :4], 1, atol=1e-6)
-    np.testing.assert_allclose(added[0, :, 4:, 8:], 1, atol=1e-6)
-    assert np.abs(added).sum() == pytest.approx(2 * 3 * 16, abs=1e-3)
+    np.testing.assert_allclose(added[0, :, 4:, 4:], 1, atol=1e-6)
+    assert np.abs(added).sum() == pytest.approx(3 * 16 * 3, abs=1e-3)
 
 
 def test_only_patch_replayable_branches_are_accepted():

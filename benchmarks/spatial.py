@@ -1,0 +1,199 @@
+"""Spatially sparse execution: a ResNet-style model with masked residual blocks on real MNIST
+digits upsampled to 56x56, sparse vs dense latency at 25/50/75% active regions, one run.
+
+Model: a stem (3x3 conv, 32 channels, 56x56) and two masked residual blocks (two 3x3 convs of
+32 channels each; a masker of average pooling and a 1x1 conv gives one logit per 14x14
+region, 16 regions per image), a pooled linear head per stage. Trained briefly (``--epochs``
+on the 3000 training digits, upsampled 2x) with the straight-through mask and a loss that
+keeps about half of the regions active. Converted once; for each target fraction every
+block's threshold is set on the calibration split (the quantile of its region logits that
+leaves that fraction active), then the bundle runs all stages with exits off on the test
+digits, sparse (active regions only) and dense (every region: the same network with the
+mask at 1), interleaved in rounds, at batch 1 and batch 16.
+
+Reported per fraction: measured active share, accuracy masked vs dense (the drop), latency
+sparse / dense, the MAC-predicted ratio (stem + masker + the patch graph's MACs per active
+region with its halo, over the dense MACs) and measured speedup / predicted speedup. Goals:
+<= 0.6x dense latency at 50% active with <= 0.5 points lost; measured speedup >= 0.8x the
+MAC-predicted one. The last line is one JSON object.
+"""
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from common import SAMPLE, cpu, sample_parser
+
+GOAL_RATIO, GOAL_DROP, GOAL_EFFICIENCY = 0.6, 0.5, 0.8
+WIDTH, SIZE, REGION = 32, 56, 14
+
+
+def masked_net():
+    """Stem + two masked residual blocks at 56x56, a pooled head per stage."""
+    from torch import nn
+    from edgesdk.converters import MultiExitModel
+    from edgesdk.converters.spatial import MaskedBlock
+
+    def conv_bn(c_in, c_out, relu=True):
+        layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)]
+        return layers + ([nn.ReLU()] if relu else [])
+
+    def block():
+        branch = nn.Sequential(*conv_bn(WIDTH, WIDTH) + conv_bn(WIDTH, WIDTH, relu=False))
+        masker = nn.Sequential(nn.AvgPool2d(REGION), nn.Conv2d(WIDTH, 1, 1))
+        return MaskedBlock(branch, masker, granularity=REGION, threshold=0.5)
+
+    def head():
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(WIDTH, 10))
+    return MultiExitModel([nn.Sequential(*conv_bn(1, WIDTH)), block(), block()],
+                          [head() for _ in range(3)])
+
+
+def upsampled(images):
+    """uint8 (N, 28, 28) digits as normalised float32 model input (N, 1, 56, 56)."""
+    from data import to_model_input
+    x = to_model_input(images)
+    return np.ascontiguousarray(x.repeat(2, axis=2).repeat(2, axis=3))
+
+
+def train(net, x, y, epochs, target=0.5, weight=2.0):
+    """Adam on every exit's cross-entropy plus ``weight`` x (active share - target)^2 per
+    masked block (its soft share of active regions)."""
+    import torch
+    blocks = [s for s in net.stages if getattr(s, "edgesdk_spatial", False)]
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    net.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(xt))
+        start = time.time()
+        for i in range(0, len(xt), 64):
+            idx = order[i:i + 64]
+            logits = net(xt[idx])
+            loss = sum(torch.nn.functional.cross_entropy(l, yt[idx]) for l in logits)
+            loss = loss + weight * sum((b.active_fraction - target) ** 2 for b in blocks)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        print("epoch {}/{}: loss {:.3f}, active {} ({:.0f}s)".format(
+            epoch + 1, epochs, float(loss), [round(float(b.active_fraction), 2) for b in blocks],
+            time.time() - start), file=sys.stderr)
+    return net.eval()
+
+
+def block_logits(net, x):
+    """Each masked block's region logits on ``x`` (PyTorch), in stage order."""
+    import torch
+    out, state = [], (torch.from_numpy(x),)
+    with torch.no_grad():
+        for stage in net.stages:
+            if getattr(stage, "edgesdk_spatial", False):
+                out.append(stage.masker(state[0]).numpy().ravel())
+            state = (stage(*state),)
+    return out
+
+
+def patch_macs(bundle, stage):
+    """MACs of one patch through a stage's patch graph."""
+    import onnx
+    from edgesdk.converters.macs import count_macs
+    spec = stage["spatial"]
+    size = spec["granularity"] + 2 * spec["halo"]
+    graph = onnx.load(bundle.path(spec["patch"]["file"]))
+    c = stage["output_shapes"][0][1]
+    return count_macs(graph, {"patches": np.zeros((1, c, size, size), np.float32),
+                              "valid": np.ones((1, 1, size, size), np.float32)}).total
+
+
+def mean_ms(model, x, batch):
+    start = time.perf_counter()
+    for i in range(0, len(x), batch):
+        model.run(x[i:i + batch], early_exit=False)
+    return (time.perf_counter() - start) * 1000.0 / len(x)
+
+
+def main(argv=None):
+    parser = sample_parser(__doc__)
+    parser.set_defaults(epochs=3, samples=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    import torch
+    sys.path.insert(0, SAMPLE)
+    from data import load_splits
+    from edgesdk.converters import convert
+    from edgesdk.runtime import load_bundle
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    splits = load_splits()
+    (xtr, ytr), (xc, _), (xte, yte) = (splits[k] for k in ("train", "calibration", "test"))
+    xtr, xc, xte = upsampled(xtr), upsampled(xc), upsampled(xte)
+    net = train(masked_net(), xtr, ytr, args.epochs)
+    work = tempfile.mkdtemp(prefix="edgesdk-spatial-")
+    path = os.path.join(work, "masked.edgebundle")
+    convert(net, xc[:8], path, progress=False, threads=args.threads)
+    model = load_bundle(path, threads=args.threads)
+    m = model.bundle.manifest
+    stages = model.spatial_stages()
+    logits = block_logits(net, xc)
+    dense_macs = [e["macs"] for e in m["stages"]] + [m["exits"][-1]["macs"]]
+    spatial = [e for e in m["stages"] if e.get("spatial")]
+    per_patch = [patch_macs(model.bundle, e) for e in spatial]
+    regions = (SIZE // REGION) ** 2
+    xt = xte[:args.samples]
+    rows = []
+    for fraction in (0.25, 0.5, 0.75):
+        for stage, lg in zip(stages, logits):
+            stage.logit = float(np.quantile(lg, 1.0 - fraction))
+        times = {(kind, b): [] for kind in ("sparse", "dense") for b in (1, 16)}
+        for _ in range(args.rounds):
+            for (kind, b) in times:
+                for s in stages:
+                    s.enabled = kind == "sparse"
+                times[(kind, b)].append(mean_ms(model, xt, b))
+        for s in stages:
+            s.enabled, s.active, s.regions = True, 0, 0
+        labels = model.exit_logits(xte)[-1].argmax(axis=1)
+        active = [s.active / float(s.regions) for s in stages]
+        for s in stages:
+            s.enabled = False
+        dense_labels = model.exit_logits(xte)[-1].argmax(axis=1)
+        for s in stages:
+            s.enabled = True
+        # The masker's MACs (a 1x1 conv on 4x4 pooled values) are negligible beside these.
+        sparse_macs = sum(dense_macs) - sum(e["macs"] for e in spatial) + sum(
+            a * regions * p for a, p in zip(active, per_patch))
+        predicted = sparse_macs / float(sum(dense_macs))
+        row = {"target_active": fraction, "active": [round(a, 3) for a in active],
+               "accuracy": float((labels == yte).mean()),
+               "accuracy_dense": float((dense_labels == yte).mean())}
+        for b in (1, 16):
+            ratio = float(np.median(times[("sparse", b)]) / np.median(times[("dense", b)]))
+            row["ratio_b{}".format(b)] = round(ratio, 3)
+            row["efficiency_b{}".format(b)] = round((1 / ratio) / (1 / predicted), 3)
+        row["predicted_ratio"] = round(predicted, 3)
+        row["drop_points"] = round(100 * (row["accuracy_dense"] - row["accuracy"]), 2)
+        rows.append(row)
+        print("active {:.0%} (measured {}): accuracy {:.2%} vs dense {:.2%}; sparse/dense "
+              "{:.3f} at batch 1, {:.3f} at batch 16; MAC-predicted {:.3f}; measured speedup / "
+              "predicted {:.2f} (batch 1)".format(
+                  fraction, row["active"], row["accuracy"], row["accuracy_dense"],
+                  row["ratio_b1"], row["ratio_b16"], predicted, row["efficiency_b1"]))
+    half = rows[1]
+    goals = {"ratio_at_50": half["ratio_b1"] <= GOAL_RATIO,
+             "drop_at_50": half["drop_points"] <= GOAL_DROP,
+             "efficiency_at_50": half["efficiency_b1"] >= GOAL_EFFICIENCY}
+    print("goals met: {}".format(goals))
+    print(json.dumps({"date": datetime.date.today().isoformat(), "machine": "{} cores {}".format(
+        os.cpu_count(), platform.machine()), **cpu(), "threads": args.threads,
+        "epochs": args.epochs, "samples": int(len(xt)), "rounds": args.rounds,
+        "regions_per_block": regions, "halo": spatial[0]["spatial"]["halo"],
+        "patch_macs": per_patch, "dense_macs": dense_macs, "rows": rows, "goals_met": goals}))
+
+
+if __name__ == "__main__":
+    main()
