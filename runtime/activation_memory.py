@@ -8,11 +8,13 @@ and checks batches against the larger of the two (:mod:`.memory`). Weights are n
 declares (its inputs, outputs and ``value_info``), read from the protobuf by
 :mod:`edgesdk.onnx_scan`. Tensors of unknown shape count as the largest known one.
 
-Inference runs on a skeleton of the graph whose large weights are left out (their shapes
+Inference runs on a skeleton of a graph above 1 MiB, its large weights left out (their shapes
 kept), so it costs milliseconds even for graphs of hundreds of megabytes. Python 3.6
 compatible; ``onnx`` is imported only when a figure is asked for.
 """
-from edgesdk.onnx_scan import graph_outline, skeleton
+from edgesdk.onnx_scan import Outline, graph_outline, skeleton
+
+SKELETON_ABOVE = 1 << 20   # bytes: larger graphs are read without their large weights
 
 # bytes per element of ONNX TensorProto data types (STRING counted as a pointer)
 ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 8: 8, 9: 1, 10: 2, 11: 8, 12: 4,
@@ -60,15 +62,11 @@ def peak_bytes(inputs, nodes, outputs, sizes):
     return int(peak)
 
 
-def _inferred_types(data):
-    """``{tensor: (elem_type, dims)}`` from ONNX shape inference at batch 1, or None where
-    the ``onnx`` package is absent or cannot read the graph."""
+def _with_onnx(data, onnx):
+    """``(outline, types)`` from ONNX shape inference at batch 1 (types: tensor -> (elem_type,
+    dims)); None where onnx cannot read the graph. Large graphs are read as a skeleton."""
     try:
-        import onnx
-    except ImportError:
-        return None
-    try:
-        m = onnx.load_from_string(data)
+        m = onnx.load_from_string(skeleton(data) if len(data) > SKELETON_ABOVE else data)
         for inp in m.graph.input:
             dims = inp.type.tensor_type.shape.dim
             if dims and not dims[0].HasField("dim_value"):
@@ -76,23 +74,31 @@ def _inferred_types(data):
         m = onnx.shape_inference.infer_shapes(m)
     except Exception:  # noqa: BLE001 - an unreadable graph falls back to declared shapes
         return None
-    out = {}
+    weights = {t.name for t in m.graph.initializer}
+    outline = Outline([i.name for i in m.graph.input if i.name not in weights],
+                      [o.name for o in m.graph.output],
+                      [(list(n.input), list(n.output)) for n in m.graph.node], {})
+    types = {}
     for v in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
         t = v.type.tensor_type
         if v.type.HasField("tensor_type") and t.HasField("shape"):
-            out[v.name] = (t.elem_type, [d.dim_value if d.HasField("dim_value") else None
-                                         for d in t.shape.dim])
-    return out
+            types[v.name] = (t.elem_type, [d.dim_value if d.HasField("dim_value") else None
+                                           for d in t.shape.dim])
+    return outline, types
 
 
 def graph_activation_bytes(data, name="graph"):
     """Peak activation bytes per sample of the serialized ONNX graph ``data``
     (:class:`~edgesdk.errors.IntegrityError` where it is not readable ONNX)."""
-    outline = graph_outline(data, name)
-    types = dict(outline.types)
-    inferred = _inferred_types(skeleton(data, name))
-    if inferred:
-        types.update(inferred)
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    found = _with_onnx(data, onnx) if onnx is not None else None
+    if found is None:   # no onnx here (boards): the shapes the graph declares
+        outline = graph_outline(data, name)
+        found = outline, outline.types
+    outline, types = found
     sizes = {}
     for tensor in set(outline.inputs) | set(outline.outputs) | \
             set(n for _, outs in outline.nodes for n in outs):
