@@ -123,6 +123,16 @@ def add_builds(draft, precisions, x=None, method="minmax", symmetric=False, exit
     draft.add_files(b["file"] for v in new.values() for b in v)
 
 
+def record_providers(draft, target):
+    """Give every ONNX build of the draft the board's ONNX Runtime execution providers for
+    its precision (``target.onnxruntime_providers``), the runtime's default at load."""
+    for entry in graph_entries(draft.manifest):
+        for record in [entry] + list(entry.get("builds") or []):
+            wanted = target.onnxruntime_providers.get(precision_of(record))
+            if record["format"] == "onnx" and wanted:
+                record["providers"] = list(wanted)
+
+
 def top1_labels(model, x):
     """Top-1 class at every exit for ``x``: a list of (N,) arrays."""
     return [l.argmax(axis=1) for l in model.exit_logits(x)]

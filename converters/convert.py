@@ -222,7 +222,7 @@ def convert(model, example_input, output, options=None, **overrides):
 def _extra_builds(draft, report, plan, target, x, y, opts):
     """Reduced-precision builds, their agreement with FP32, the selection (the plan's, or the
     profile's per graph) and the per-exit table on the calibration data."""
-    from edgesdk.converters.builds import add_builds, record_agreement
+    from edgesdk.converters.builds import add_builds, record_agreement, record_providers
     from edgesdk.converters.precision import check_int8_rules, exit_agreement_table, select_precision
     baseline = None
     if len(plan.precisions) > 1:
@@ -241,6 +241,7 @@ def _extra_builds(draft, report, plan, target, x, y, opts):
                                        opts.exit_accuracy_drop, baseline)
         plan.warnings += report.choices["slower_than_fp32"]
     select_precision(draft, plan, per_graph=opts.profile is not None)
+    record_providers(draft, target)
     report.precision_warnings = plan.warnings
     if x is not None and len(plan.precisions) > 1:
         report.exit_table = exit_agreement_table(draft, x, y)

@@ -19,6 +19,7 @@ DTYPES = ("float32",)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _HEX128 = re.compile(r"^[0-9a-f]{128}$")
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_ID_TEXT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")   # e.g. CUDAExecutionProvider
 # A manifest is small; refusing huge ones keeps a hostile file from exhausting memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_DIM = 1 << 20
@@ -59,8 +60,12 @@ def precision_of(build):
 def selected_build(entry):
     """The build a graph entry selects, as a build record (its listed one, if listed)."""
     listed = next((b for b in entry.get("builds") or [] if b["file"] == entry["file"]), None)
-    return listed if listed is not None else {
-        "file": entry["file"], "format": entry["format"], "precision": precision_of(entry)}
+    if listed is not None:
+        return listed
+    record = {"file": entry["file"], "format": entry["format"], "precision": precision_of(entry)}
+    if entry.get("providers"):
+        record["providers"] = entry["providers"]
+    return record
 
 
 def entry_builds(entry):
@@ -162,6 +167,10 @@ def _check_build(entry, path, files):
     if precision not in PRECISIONS:
         _fail(path + ".precision", "'{}' is not a known precision; accepted: {}".format(
             precision, ", ".join(PRECISIONS)))
+    providers = _get(entry, "providers", path, (list, type(None)), optional=True)
+    if providers is not None and (len(providers) > 16 or not all(
+            isinstance(p, str) and _ID_TEXT.match(p) for p in providers)):
+        _fail(path + ".providers", "expected up to 16 ONNX Runtime execution provider names")
     return rel, fmt, precision
 
 

@@ -41,10 +41,14 @@ def graph_builds(entry):
 
 
 def build_name(build):
-    """``"tvm fp32 (jetson-tx2 cpu)"``: a build in words."""
+    """``"tvm fp32 (jetson-tx2 cpu)"``: a build in words (with the execution providers it
+    ran on, where one is not the CPU's)."""
     where = " ".join(v for v in (build.get("device"), build.get("processor")) if v)
-    return "{} {}{}".format(build["format"], precision_of(build),
-                            " ({})".format(where) if where else "")
+    providers = build.get("providers") or []
+    via = " via " + ", ".join(providers) if any(p != "CPUExecutionProvider" for p in providers) \
+        else ""
+    return "{} {}{}{}".format(build["format"], precision_of(build),
+                              " ({})".format(where) if where else "", via)
 
 
 def describe_builds(builds):

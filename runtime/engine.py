@@ -132,9 +132,12 @@ class EdgeModel(object):
     """
 
     def __init__(self, bundle, threads=None, builds=None, memory_limit_mb=None, fallback=False,
-                 graph_cache=None):
+                 graph_cache=None, providers=None):
         self.bundle = bundle
         m = bundle.manifest
+        if providers is not None:   # checked before anything loads
+            from edgesdk.runtime.executors.ort import usable_providers
+            providers = usable_providers(providers, explicit=True)
         self.input_spec = m["inputs"][0]
         self.input_guard = InputGuard(self.input_spec)  # warns on inputs far off the recorded
         self.num_classes = m["num_classes"]
@@ -147,6 +150,8 @@ class EdgeModel(object):
         for e in m["stages"] + m["exits"]:   # stages first: the order `run` prints builds in
             want = builds.get(e["id"]) if isinstance(builds, dict) else builds
             self.builds[e["id"]] = pick_build(e, want, fallback)
+            if providers is not None and self.builds[e["id"]]["format"] == "onnx":
+                self.builds[e["id"]] = dict(self.builds[e["id"]], providers=providers)
         # What ran, per graph: every RunResult carries it (one shared dict, built once).
         self.ran = dict((gid, ran(b)) for gid, b in self.builds.items())
         # Before any graph is loaded; a build compiled for a fixed batch pads to it.
@@ -158,6 +163,9 @@ class EdgeModel(object):
         self.stages = [self._graph(s, threads) for s in m["stages"]]
         self.heads = [self._graph(e, threads) for e in m["exits"]]
         self._keep_host_side()
+        for e, g in zip(m["stages"] + m["exits"], self.stages + self.heads):   # what runs each
+            if getattr(g, "providers", None):
+                self.ran[e["id"]]["providers"] = list(g.providers)
         self.stages = [self._adaptive(k, e, threads) for k, e in enumerate(m["stages"])]
         # The manifest's activation figure is a claim: the graphs' own counts bound it below.
         self.memory.use_graph_counts([g.activation_bytes for g in self._loaded])
@@ -177,7 +185,8 @@ class EdgeModel(object):
         executor = EXECUTORS.get(build["format"])
         cache = self._graph_cache if executor.thread_safe else None
         key = (build["file"], self.bundle.manifest["files"][build["file"]]["sha256"],
-               tuple(entry["inputs"]), tuple(entry["outputs"]), threads)
+               tuple(entry["inputs"]), tuple(entry["outputs"]), threads,
+               tuple(build.get("providers") or ()))
         if cache is not None and key in cache:
             self._loaded.append(cache[key])
             return cache[key]
@@ -413,7 +422,7 @@ class EdgeModel(object):
 
 
 def load_bundle(path, threads=None, verify=True, builds=None, memory_limit_mb=None,
-                fallback=False, trusted_keys=None):
+                fallback=False, trusted_keys=None, providers=None):
     """Open and verify a bundle and prepare its graphs for running.
 
     ``threads``: CPU threads for the executors (default: all cores). ``verify=False`` skips
@@ -423,11 +432,14 @@ def load_bundle(path, threads=None, verify=True, builds=None, memory_limit_mb=No
     (default: the smaller of the target's declared memory and this machine's).
     ``trusted_keys``: Ed25519 public keys (32 bytes, hex, or files holding hex); the bundle
     must then carry a valid signature by one of them (:mod:`edgesdk.signing`), or it is
-    refused before any graph is loaded.
+    refused before any graph is loaded. ``providers``: ONNX Runtime execution providers for
+    the ONNX builds, preferred first (``["QNNExecutionProvider"]``; the CPU's is added last),
+    each of which this onnxruntime must have; default: the board's preference recorded at
+    conversion, of those it has. Each graph's ``ran`` entry names the providers it got.
     """
     bundle = read_bundle(path, verify=verify)
     if trusted_keys is not None:
         from edgesdk.signing import check_signature
         check_signature(bundle.manifest, trusted_keys, bundle.root)
     return EdgeModel(bundle, threads=threads, builds=builds, memory_limit_mb=memory_limit_mb,
-                     fallback=fallback)
+                     fallback=fallback, providers=providers)

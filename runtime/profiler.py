@@ -234,9 +234,18 @@ class _NoRecorder(object):
         pass
 
 
+def model_providers(model):
+    """The execution providers the model's ONNX graphs got, in order of first use (the CPU's
+    alone where it has none)."""
+    seen = []
+    for r in model.ran.values():
+        seen += [p for p in r.get("providers") or [] if p not in seen]
+    return seen or ["CPUExecutionProvider"]
+
+
 def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS, db=None,
                    data=None, no_sensor=False, threads=None, progress=True, warmup_s=WARMUP_S,
-                   min_seconds=MIN_SECONDS):
+                   min_seconds=MIN_SECONDS, providers=None):
     """Profile a bundle on this device, as ``edgesdk profile`` does; returns a JSON-able dict.
 
     Every stage and head at each batch size (see :func:`profile_graphs`: ``warmup``,
@@ -249,7 +258,7 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS
     from edgesdk.runtime.datafiles import load_inputs
     from edgesdk.runtime.build_select import graph_builds
     from edgesdk.runtime.engine import EdgeModel, load_bundle
-    model = load_bundle(bundle_path, threads=threads)
+    model = load_bundle(bundle_path, threads=threads, providers=providers)
     # The selected builds first, then each other format and precision the bundle holds (that
     # this machine runs), chained as the runtime would run them; a build already measured is
     # not measured again.
@@ -257,8 +266,8 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS
     others = sorted({(b["format"], b["precision"])
                      for e in graph_entries(m) for b in graph_builds(e)[1:]})
     # Graphs without one of those builds run their selected one in that pass (fallback).
-    configs = [model] + [EdgeModel(model.bundle, threads=threads, builds=p, fallback=True)
-                         for p in others]
+    configs = [model] + [EdgeModel(model.bundle, threads=threads, builds=p, fallback=True,
+                                   providers=providers) for p in others]
     sensor = pick_sensor(no_sensor)
     if db:
         from edgesdk.profiles import ProfileRecorder
@@ -267,7 +276,8 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS
         # The threads the sessions really run on (the process's pool), not those asked for.
         record = ProfileRecorder(db, model.bundle.manifest,
                                  "{} {}".format(sensor.name, sensor.rail) if sensor else "none",
-                                 conditions.describe(conditions.current(threads_in_use(threads))))
+                                 conditions.describe(conditions.current(
+                                     threads_in_use(threads), model_providers(model))))
     else:
         record = _NoRecorder()
     # graphs + the runtime's own rows, per configuration

@@ -63,6 +63,9 @@ JETSON_TX2 = Target(
     os="linux",
     glibc="2.27",
     memory_mb=8192,  # 8 GB LPDDR4, shared by the CPU and the GPU
+    # The onnxruntime-gpu wheels built for JetPack carry the CUDA and TensorRT providers.
+    onnxruntime_providers={p: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                               "CPUExecutionProvider"] for p in ("fp32", "fp16", "int8")},
     notes=["TensorRT 8.2 reads ONNX opset <= 13 and needs Q/DQ zero points of 0",
            "TensorRT engines are built on the board itself",
            "glibc 2.27 (Ubuntu 18.04): every library built for it must need no newer symbol"],
@@ -82,6 +85,11 @@ SNAPDRAGON_865 = Target(
     os="linux",
     glibc="2.27",
     memory_mb=8192,  # RB5: 8 GB LPDDR5; phones ship 6-12 GB (the runtime also reads its own)
+    # onnxruntime-qnn: the Hexagon (HTP) backend runs quantized graphs; XNNPACK the float CPU
+    # kernels on ARM. Whatever neither takes falls to the CPU provider.
+    onnxruntime_providers={"int8": ["QNNExecutionProvider", "CPUExecutionProvider"],
+                           "fp16": ["XNNPACKExecutionProvider", "CPUExecutionProvider"],
+                           "fp32": ["XNNPACKExecutionProvider", "CPUExecutionProvider"]},
     notes=["INT8 (uint8 activations, int8 weights) uses the CPU's dot-product instructions and "
            "the Hexagon DSP; FP16 suits the Adreno GPU"],
 )
@@ -101,6 +109,9 @@ SNAPDRAGON_865_ANDROID = dataclasses.replace(
                      "aarch64-linux-android24-clang++ -shared -o stage.so *.o"),),
     os="android",
     glibc=None,
+    # Android's onnxruntime also carries NNAPI, the fallback where QNN is not packaged.
+    onnxruntime_providers=dict(SNAPDRAGON_865.onnxruntime_providers, int8=[
+        "QNNExecutionProvider", "NnapiExecutionProvider", "CPUExecutionProvider"]),
     notes=SNAPDRAGON_865.notes + [
         "Android linking needs the NDK, which is not part of edgesdk: the archive holds the "
         "object files and the link line"],
@@ -119,6 +130,8 @@ X86_NVIDIA = Target(
     int8_no_bool=True,
     toolchains=("onnxruntime", "tensorrt"),
     tensorrt="10",
+    onnxruntime_providers={p: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                               "CPUExecutionProvider"] for p in ("fp32", "fp16", "int8")},
     notes=["TensorRT engines are built on the machine with the GPU that runs them"],
 )
 

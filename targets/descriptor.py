@@ -66,6 +66,10 @@ class Target:
     ``memory_mb``: the board's RAM in MiB (shared with its GPU where it has one), recorded in
     bundles so the runtime refuses a bundle or a batch that cannot fit before loading it;
     ``None``: the memory of whichever machine runs the bundle.
+
+    ``onnxruntime_providers``: precision -> the ONNX Runtime execution providers the board's
+    onnxruntime builds carry, preferred first; recorded in each ONNX build of that precision,
+    and at load the runtime uses those the installed onnxruntime has (the CPU's last).
     """
 
     name: str
@@ -86,6 +90,7 @@ class Target:
     tensorrt: str = None
     fabric: Fabric = None
     memory_mb: int = None
+    onnxruntime_providers: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
     @property

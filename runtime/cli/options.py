@@ -32,6 +32,16 @@ def _build_request(text):
         raise argparse.ArgumentTypeError(str(exc))
 
 
+def add_providers_argument(p):
+    """``--providers``: ONNX Runtime execution providers for the ONNX builds."""
+    p.add_argument("--providers", type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
+                   metavar="NAME[,NAME...]",
+                   help="ONNX Runtime execution providers for the ONNX builds, preferred first "
+                        "(e.g. QNNExecutionProvider); the CPU's runs what they leave. Each "
+                        "must be in this onnxruntime. Default: the board's recorded at "
+                        "conversion, of those this onnxruntime has")
+
+
 def builds_option(args):
     """``(request, fallback)`` from ``--builds`` (``(None, False)`` without it)."""
     return args.builds if args.builds else (None, False)

@@ -6,7 +6,7 @@ import json
 import sys
 
 from edgesdk.errors import InputError
-from edgesdk.runtime.cli.options import parse_batch_sizes
+from edgesdk.runtime.cli.options import add_providers_argument, parse_batch_sizes
 from edgesdk.table import format_table
 
 
@@ -26,6 +26,7 @@ def add_arguments(p):
     p.add_argument("--no-sensor", action="store_true", help="measure latency only")
     p.add_argument("--db", help="profile database (SQLite) to record the rows in")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    add_providers_argument(p)
     p.add_argument("--rpc-tracker", metavar="HOST:PORT",
                    help="profile on a free board reserved through this TVM RPC tracker "
                         "(boards run `edgesdk rpc-server`); rows merge into --db")
@@ -72,7 +73,7 @@ def run(args):
         out = profile_bundle(args.bundle, batches, args.warmup, args.repeats, db=args.db,
                              data=args.data, no_sensor=args.no_sensor, threads=args.threads,
                              progress=not args.json, warmup_s=args.warmup_seconds,
-                             min_seconds=args.min_seconds)
+                             min_seconds=args.min_seconds, providers=args.providers)
     print_profile(out, args.json)
     return 0
 

@@ -4,7 +4,8 @@ import json
 import numpy as np
 
 from edgesdk.errors import InputError
-from edgesdk.runtime.cli.options import (add_builds_argument, add_trusted_key_argument, builds_option,
+from edgesdk.runtime.cli.options import (add_builds_argument, add_providers_argument,
+                                         add_trusted_key_argument, builds_option,
                                          parse_thresholds, print_builds)
 from edgesdk.table import format_table
 
@@ -20,6 +21,7 @@ def add_arguments(p):
     p.add_argument("--no-early-exit", action="store_true", help="run every stage for every sample")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     add_builds_argument(p, "run")
+    add_providers_argument(p)
     add_trusted_key_argument(p)
     p.add_argument("--memory-limit-mb", type=float,
                    help="refuse a bundle, input file or batch needing more (default: the smaller "
@@ -36,7 +38,8 @@ def run(args):
         raise InputError("--batch-size must be >= 1")
     request, fallback = builds_option(args)
     model = load_bundle(args.bundle, threads=args.threads, builds=request, fallback=fallback,
-                        memory_limit_mb=args.memory_limit_mb, trusted_keys=args.trusted_key)
+                        memory_limit_mb=args.memory_limit_mb, trusted_keys=args.trusted_key,
+                        providers=args.providers)
     x, y, names = load_inputs(args.input, model.input_spec, max_bytes=model.memory.limit)
     thr = model.resolve_thresholds(parse_thresholds(args.thresholds))
     parts = []

@@ -12,7 +12,7 @@ spinning disabled (the next best setting measured).
 import re
 
 from edgesdk.deps import require
-from edgesdk.errors import BundleError, IntegrityError, ResourceLimitError
+from edgesdk.errors import BundleError, InputError, IntegrityError, ResourceLimitError
 from edgesdk.runtime.executors.base import Executor
 from edgesdk.onnx_scan import external_data_locations
 from edgesdk.runtime.activation_memory import graph_activation_bytes
@@ -84,12 +84,32 @@ def needs_high_precision_int8(cpuinfo="/proc/cpuinfo"):
     return _cpu[cpuinfo]
 
 
-def make_session(model, threads=None, optimize=True):
-    """An InferenceSession on the CPU for a model path or serialized bytes, on the process's
-    shared thread pool where there is one (ONNX Runtime refuses per-session pools beside it).
+CPU = "CPUExecutionProvider"
+
+
+def usable_providers(wanted, explicit=False):
+    """The execution providers a session gets for ``wanted`` (a list, preferred first):
+    those this onnxruntime has, in order, with the CPU provider last (it runs what the others
+    leave). ``explicit`` (the user asked for them): each one must be available, else an
+    :class:`InputError` naming those that are."""
+    available = _ort().get_available_providers()
+    wanted = list(wanted or [CPU])
+    missing = [p for p in wanted if p not in available]
+    if explicit and missing:
+        raise InputError("onnxruntime {} has no {} (it has {}): install the onnxruntime build "
+                         "that carries it (onnxruntime-gpu, onnxruntime-qnn, ...)".format(
+                             _ort().__version__, ", ".join(missing), ", ".join(available)))
+    chosen = [p for p in wanted if p in available and p != CPU]
+    return chosen + [CPU]
+
+
+def make_session(model, threads=None, optimize=True, providers=None):
+    """An InferenceSession for a model path or serialized bytes, on the process's shared
+    thread pool where there is one (ONNX Runtime refuses per-session pools beside it).
 
     ``threads``: intra-op threads (default: all cores). ``optimize=False`` keeps the graph as
-    it is (every intermediate tensor can then be read as an output).
+    it is (every intermediate tensor can then be read as an output). ``providers``: the
+    execution providers, in order (:func:`usable_providers`; default the CPU's).
     """
     import os
     ort = _ort()
@@ -109,7 +129,7 @@ def make_session(model, threads=None, optimize=True):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, opts, providers=list(providers or [CPU]))
 
 # How onnxruntime reports a failed allocation (its arena, or the system allocator).
 _ALLOCATION_FAILED = ("bad_alloc", "Failed to allocate memory", "Available memory of")
@@ -140,11 +160,14 @@ class OrtGraph(Executor):
         external = sorted(set(external_data_locations(model, "'{}'".format(path))))
         # Batches are checked against this as well as the manifest's claim (EdgeModel).
         self.activation_bytes = graph_activation_bytes(model, "'{}'".format(path))
+        # The build's providers: the user's (checked by the engine) or the board's preference
+        # recorded at conversion, of which those this onnxruntime has.
+        providers = usable_providers((build or {}).get("providers"))
         try:
             if external:
-                self.session = self._with_external_data(path, external, threads)
+                self.session = self._with_external_data(path, external, threads, providers)
             else:
-                self.session = make_session(model, threads)
+                self.session = make_session(model, threads, providers=providers)
         except IntegrityError:
             raise
         except Exception as exc:  # onnxruntime raises its own types for bad or too-new graphs
@@ -168,6 +191,7 @@ class OrtGraph(Executor):
                                   "graph)".format(path, o.name, got, want))
         self.input_names = got_in
         self.output_names = got_out
+        self.providers = self.session.get_providers()   # what really runs the graph
         # InferenceSession.run checks in Python, on every call, that every input is fed, that
         # no OrtValue is borrowed and that no graph capture is active, then retries failed
         # execution providers: this executor feeds every input by name (checked above) as
@@ -178,7 +202,7 @@ class OrtGraph(Executor):
         self._direct = hasattr(self.session, "_sess")
 
     @staticmethod
-    def _with_external_data(path, names, threads):
+    def _with_external_data(path, names, threads, providers):
         """A session of a graph that keeps tensors in other files: only files the manifest
         lists beside it, checked, loaded from a private copy (never the paths the graph
         names, which ONNX Runtime releases resolve differently)."""
@@ -187,7 +211,7 @@ class OrtGraph(Executor):
                                  "from a bundle whose manifest lists those files".format(
                                      path, ", ".join(repr(n) for n in names)))
         with loadable_path(path.with_companions(names), named=True) as local:
-            return make_session(local, threads)
+            return make_session(local, threads, providers=providers)
 
     def run(self, tensors):
         """Run on a sequence of float32 arrays; returns a list of new arrays."""
