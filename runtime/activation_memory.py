@@ -3,16 +3,21 @@
 The converter records ``memory.activation_bytes_per_sample`` in the manifest; a manifest is
 only a claim, so the runtime recomputes the figure from each verified ONNX graph it loads
 and checks batches against the larger of the two (:mod:`.memory`). Weights are not counted
-(the graph files are). Shapes come from ONNX shape inference at a batch of 1 where the
-``onnx`` package is installed (the host); without it (boards) from the shapes the graph
+(the graph files are). Shapes come from ONNX shape inference where the ``onnx`` package is
+installed (the host); without it (boards) from the shapes the graph
 declares (its inputs, outputs and ``value_info``), read from the protobuf by
-:mod:`edgesdk.onnx_scan`. Tensors of unknown shape count as the largest known one.
+:mod:`edgesdk.onnx_scan`. Tensors of unknown shape count as the largest known one. The
+inference is ONNX's C++ one on the graph's bytes, with data propagation, the batch dimension
+left symbolic (counted as 1): its result is read by the same protobuf walk.
 
 Inference runs on a skeleton of a graph above 1 MiB, its large weights left out (their shapes
 kept), so it costs milliseconds even for graphs of hundreds of megabytes. Python 3.6
-compatible; ``onnx`` is imported only when a figure is asked for.
+compatible; the ``onnx`` package itself is never imported (see :func:`_shape_inference`).
 """
-from edgesdk.onnx_scan import Outline, graph_outline, skeleton
+import os
+import sys
+
+from edgesdk.onnx_scan import graph_outline, skeleton
 
 SKELETON_ABOVE = 1 << 20   # bytes: larger graphs are read without their large weights
 
@@ -62,47 +67,54 @@ def peak_bytes(inputs, nodes, outputs, sizes):
     return int(peak)
 
 
-def _with_onnx(data, onnx):
-    """``(outline, types)`` from ONNX shape inference at batch 1 (types: tensor -> (elem_type,
-    dims)); None where onnx cannot read the graph. Large graphs are read as a skeleton."""
-    try:
-        m = onnx.load_from_string(skeleton(data) if len(data) > SKELETON_ABOVE else data)
-        for inp in m.graph.input:
-            dims = inp.type.tensor_type.shape.dim
-            if dims and not dims[0].HasField("dim_value"):
-                dims[0].dim_value = 1
-        m = onnx.shape_inference.infer_shapes(m)
-    except Exception:  # noqa: BLE001 - an unreadable graph falls back to declared shapes
-        return None
-    weights = {t.name for t in m.graph.initializer}
-    outline = Outline([i.name for i in m.graph.input if i.name not in weights],
-                      [o.name for o in m.graph.output],
-                      [(list(n.input), list(n.output)) for n in m.graph.node], {})
-    types = {}
-    for v in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
-        t = v.type.tensor_type
-        if v.type.HasField("tensor_type") and t.HasField("shape"):
-            types[v.name] = (t.elem_type, [d.dim_value if d.HasField("dim_value") else None
-                                           for d in t.shape.dim])
-    return outline, types
+_INFERENCE = []   # ONNX's C++ shape inference, once loaded (or None where it is not)
+
+
+def _shape_inference():
+    """``infer_shapes(model bytes, check_type, strict_mode, data_prop) -> bytes`` from the onnx
+    package's C++ extension, loaded without the package itself: importing ``onnx`` takes
+    0.6 s (most of it its ml_dtypes dependency), the extension 4 ms. None where onnx is not
+    installed (boards)."""
+    if not _INFERENCE:
+        infer = None
+        try:
+            import glob
+            import importlib.machinery
+            import importlib.util
+            spec = importlib.util.find_spec("onnx")
+            found = glob.glob(os.path.join(os.path.dirname(spec.origin), "onnx_cpp2py_export*")) \
+                if spec is not None and spec.origin else []
+            if found:
+                name = "onnx.onnx_cpp2py_export"
+                module = sys.modules.get(name)
+                if module is None:
+                    loader = importlib.machinery.ExtensionFileLoader(name, found[0])
+                    module = importlib.util.module_from_spec(
+                        importlib.util.spec_from_file_location(name, found[0], loader=loader))
+                    loader.exec_module(module)
+                infer = module.shape_inference.infer_shapes
+        except Exception:  # noqa: BLE001 - another onnx layout: use the declared shapes
+            infer = None
+        _INFERENCE.append(infer)
+    return _INFERENCE[0]
 
 
 def graph_activation_bytes(data, name="graph"):
     """Peak activation bytes per sample of the serialized ONNX graph ``data``
     (:class:`~edgesdk.errors.IntegrityError` where it is not readable ONNX)."""
-    try:
-        import onnx
-    except ImportError:
-        onnx = None
-    found = _with_onnx(data, onnx) if onnx is not None else None
-    if found is None:   # no onnx here (boards): the shapes the graph declares
-        outline = graph_outline(data, name)
-        found = outline, outline.types
-    outline, types = found
+    infer = _shape_inference()
+    inferred = None
+    if infer is not None:
+        try:
+            inferred = infer(skeleton(data, name) if len(data) > SKELETON_ABOVE else bytes(data),
+                             False, False, True)
+        except Exception:  # noqa: BLE001 - ONNX cannot infer this graph: its declared shapes
+            inferred = None
+    outline = graph_outline(inferred if inferred is not None else data, name)
     sizes = {}
     for tensor in set(outline.inputs) | set(outline.outputs) | \
             set(n for _, outs in outline.nodes for n in outs):
-        elem, dims = types.get(tensor, (None, None))
+        elem, dims = outline.types.get(tensor, (None, None))
         if dims and dims[0] is None:
             dims = [1] + list(dims[1:])   # the batch dimension (edgesdk's graphs are batch-major)
         sizes[tensor] = tensor_bytes(elem, dims)

@@ -136,8 +136,7 @@ class EdgeModel(object):
         self.bundle = bundle
         m = bundle.manifest
         if providers is not None:   # checked before anything loads
-            from edgesdk.runtime.executors.ort import usable_providers
-            providers = usable_providers(providers, explicit=True)
+            providers = EXECUTORS.get("onnx").usable_providers(providers, explicit=True)
         self.input_spec = m["inputs"][0]
         self.input_guard = InputGuard(self.input_spec)  # warns on inputs far off the recorded
         self.num_classes = m["num_classes"]

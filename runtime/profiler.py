@@ -272,12 +272,13 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS
     if db:
         from edgesdk.profiles import ProfileRecorder
         from edgesdk.runtime import conditions
-        from edgesdk.runtime.executors.ort import threads_in_use
+        from edgesdk.runtime.executors import EXECUTORS
         # The threads the sessions really run on (the process's pool), not those asked for.
+        threads_used = EXECUTORS.get("onnx").threads_in_use(threads)
         record = ProfileRecorder(db, model.bundle.manifest,
                                  "{} {}".format(sensor.name, sensor.rail) if sensor else "none",
                                  conditions.describe(conditions.current(
-                                     threads_in_use(threads), model_providers(model))))
+                                     threads_used, model_providers(model))))
     else:
         record = _NoRecorder()
     # graphs + the runtime's own rows, per configuration

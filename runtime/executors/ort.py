@@ -149,6 +149,10 @@ class OrtGraph(Executor):
     # documented guarantee); other executors are serialized by the engine.
     thread_safe = True
 
+    # For the engine and the profiler, which reach executors through the registry only.
+    usable_providers = staticmethod(usable_providers)
+    threads_in_use = staticmethod(threads_in_use)
+
     @classmethod
     def steady_memory(cls):
         """Sessions made from now on keep no CPU memory arena (:func:`use_memory_arena`)."""

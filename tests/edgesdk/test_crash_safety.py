@@ -523,6 +523,9 @@ def _kill_profiling(zygote, tmp_path, points, seed):
         committed += [w[1:] for w in lines if w[0] == "committed"]
         runs += [w[1] for w in lines if w[0] == "run"]
         kills += 1
+        if not os.path.exists(db):   # killed before the store was made: nothing committed
+            assert not committed and not runs
+            continue
         with ProfileStore(db, create=False) as store:
             assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             keys = {}
