@@ -1,8 +1,8 @@
 """Spatially sparse execution: a ResNet-style model with masked residual blocks on real MNIST
 digits upsampled to 56x56, sparse vs dense latency at 25/50/75% active regions, one run.
 
-Model: a stem (3x3 conv, 32 channels, 56x56) and two masked residual blocks (two 3x3 convs of
-32 channels each; a masker of average pooling and a 1x1 conv gives one logit per 14x14
+Model: a stem (3x3 conv, 64 channels, 56x56) and two masked residual blocks (a 3x3 and a 1x1
+conv of 64 channels; a masker of average pooling and a 1x1 conv gives one logit per 14x14
 region, 16 regions per image), a linear head on 4x4 average-pooled features per stage. Trained briefly (``--epochs``
 on the 3000 training digits, upsampled 2x) with the straight-through mask and a loss that
 keeps about half of the regions active. Converted once; for each target fraction every
@@ -30,7 +30,7 @@ import numpy as np
 from common import SAMPLE, cpu, sample_parser
 
 GOAL_RATIO, GOAL_DROP, GOAL_EFFICIENCY = 0.6, 0.5, 0.8
-WIDTH, SIZE, REGION = 32, 56, 14
+WIDTH, SIZE, REGION = 64, 56, 14
 
 
 def masked_net():
@@ -43,8 +43,9 @@ def masked_net():
         layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)]
         return layers + ([nn.ReLU()] if relu else [])
 
-    def block():
-        branch = nn.Sequential(*conv_bn(WIDTH, WIDTH) + conv_bn(WIDTH, WIDTH, relu=False))
+    def block():   # a 3x3 then a 1x1 convolution: a halo of 1 pixel around each region
+        branch = nn.Sequential(*conv_bn(WIDTH, WIDTH) + [
+            nn.Conv2d(WIDTH, WIDTH, 1, bias=False), nn.BatchNorm2d(WIDTH)])
         masker = nn.Sequential(nn.AvgPool2d(REGION), nn.Conv2d(WIDTH, 1, 1))
         return MaskedBlock(branch, masker, granularity=REGION, threshold=0.5)
 
@@ -81,7 +82,7 @@ def train(net, x, y, epochs, target=0.5, weight=2.0):
             loss.backward()
             opt.step()
         print("epoch {}/{}: loss {:.3f}, active {} ({:.0f}s)".format(
-            epoch + 1, epochs, float(loss),
+            epoch + 1, epochs, float(loss.detach()),
             [round(float(b.active_fraction.detach()), 2) for b in blocks],
             time.time() - start), file=sys.stderr)
     return net.eval()

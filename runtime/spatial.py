@@ -22,12 +22,13 @@ from edgesdk.errors import BundleError
 def runs(keep):
     """The active regions as runs along rows: ``[(n, i, j0, j1)]``, regions ``j0 <= j < j1``
     of row ``i`` of image ``n`` (neighbours share one tile: no halo between them)."""
-    out = []
-    for b, i in zip(*np.nonzero(keep.any(axis=2))):
-        row = np.concatenate([[False], keep[b, i], [False]])
-        edges = np.flatnonzero(row[1:] != row[:-1])
-        out += [(int(b), int(i), int(j0), int(j1)) for j0, j1 in zip(edges[::2], edges[1::2])]
-    return out
+    n, rows, cols = keep.shape
+    edges = np.zeros((n, rows, cols + 2), dtype=np.int8)
+    edges[:, :, 1:-1] = keep
+    step = np.diff(edges, axis=2)
+    # Starts (0 -> 1) and ends (1 -> 0) in the same row-major order: they pair up.
+    starts, ends = np.argwhere(step == 1), np.argwhere(step == -1)
+    return [(int(b), int(i), int(j0), int(j1)) for (b, i, j0), (_, _, j1) in zip(starts, ends)]
 
 
 def gather(x, keep, granularity, halo):
