@@ -14,6 +14,8 @@ same work as the halos. The gather and the scatter are numpy slice copies outsid
 so the graph holds only dense convolutions (no NonZero: TensorRT 8.2 parses it).
 Python 3.6 / numpy 1.19 compatible.
 """
+import threading
+
 import numpy as np
 
 from edgesdk.errors import BundleError
@@ -76,9 +78,10 @@ class SpatialStage(object):
     """A stage that is one masked residual block, run on its active regions only.
 
     ``dense``: the stage graph (the whole masked block); ``masker``: state -> (N, 1, H/G,
-    W/G) logits; ``patch``: (patches, valid) -> branch output (P, C, G, G). Counts active and
-    total regions (``active``, ``regions``) for reports and tests; ``enabled`` False runs
-    the dense graph (to compare)."""
+    W/G) logits; ``patch``: (mosaic, valid) -> the branch's output on the mosaic
+    (:func:`gather`). Counts active and total regions (``active``, ``regions``, under a lock:
+    several threads may run one model) for reports and tests; ``enabled`` False runs the
+    dense graph (to compare)."""
 
     def __init__(self, sid, dense, masker, patch, granularity, halo, threshold):
         self.id, self.dense, self.masker, self.patch = sid, dense, masker, patch
@@ -89,6 +92,7 @@ class SpatialStage(object):
         self.enabled = True
         self.active = self.regions = 0
         self.device_arrays = False
+        self._count_lock = threading.Lock()
 
     def keep(self, state):
         """The (N, H/G, W/G) bool map of regions to compute."""
@@ -105,8 +109,9 @@ class SpatialStage(object):
             return self.dense.run(state)
         x = np.asarray(state[0])
         keep = self.keep(state)
-        self.active += int(keep.sum())
-        self.regions += int(keep.size)
+        with self._count_lock:
+            self.active += int(keep.sum())
+            self.regions += int(keep.size)
         if not keep.any():
             return [np.array(x, dtype=np.float32, copy=True)]
         if keep.all():   # the same sum, without the halos' extra work
