@@ -1,8 +1,8 @@
 """The profile store: measured costs in SQLite (stdlib), shared by the device and the host.
 
 One row per (device, target, bundle graphs sha256, graph, build, precision, batch,
-resolution, run conditions, metric) with the value (NULL = not measured, e.g. energy without a sensor), the
-sensor, the SDK version and the time. Re-measuring replaces a row; merging keeps the newer.
+resolution, run conditions, metric) with the value (NULL = not measured, e.g. energy without
+a sensor), the sensor, the SDK version and the time. Re-measuring replaces a row; merging keeps the newer.
 WAL journaling and one transaction per write: a profiler killed mid-run loses nothing that
 was committed and leaves a readable database. CSV/JSON export and import. Python 3.6.
 """
