@@ -3,8 +3,9 @@ digits upsampled to 56x56, sparse vs dense latency at 25/50/75% active regions, 
 
 Model: a stem (3x3 conv, 64 channels, 56x56) and two masked residual blocks (a 3x3 and a 1x1
 conv of 64 channels; a masker of average pooling and a 1x1 conv gives one logit per 14x14
-region, 16 regions per image), a linear head on 4x4 average-pooled features per stage. Trained briefly (``--epochs``
-on the 3000 training digits, upsampled 2x) with the straight-through mask and a loss that
+region, 16 regions per image), a linear head on 4x4 average-pooled features per stage.
+Trained briefly (``--epochs`` on the 3000 training digits, upsampled 2x) with the
+straight-through mask and a loss that
 keeps about half of the regions active. Converted once; for each target fraction every
 block's threshold is set on the calibration split (the quantile of its region logits that
 leaves that fraction active), then the bundle runs all stages with exits off on the test

@@ -240,7 +240,8 @@ def _learned_router(draft, entry, module, state, variants, skip):
     from edgesdk.runtime.adaptive_stages import GRAPH_ROUTER
     if skip and entry["output_shapes"] != [[None] + list(s.shape[1:]) for s in state]:
         raise InputError("stage {} changes the shape of its state, so a sample cannot skip it: "
-                         "skip=True needs a stage whose outputs match its inputs".format(entry["id"]))
+                         "skip=True needs a stage whose outputs match its inputs".format(
+                             entry["id"]))
     rel = "stages/{}.router.onnx".format(entry["id"])
     shapes = _export_checked(module, state, entry["inputs"], ["route"], draft.path(rel),
                              "the router of " + entry["id"])
