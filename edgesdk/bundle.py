@@ -91,8 +91,10 @@ def _resolve_inside(root, rel):
     return full
 
 
-def verify_files(root, manifest):
-    """Check every listed file: inside the bundle, a regular file, right size, right sha256."""
+def verify_files(root, manifest, hashed_when_read=()):
+    """Check every listed file: inside the bundle, a regular file, right size, right sha256.
+    ``hashed_when_read``: files whose sha256 the reader checks on the bytes it reads
+    (:mod:`edgesdk.verified`); hashing them here too would read them twice."""
     for rel, entry in sorted(manifest["files"].items()):
         full = _resolve_inside(root, rel)
         try:
@@ -106,6 +108,8 @@ def verify_files(root, manifest):
             raise IntegrityError("{}: '{}' has {} bytes, the manifest records {} (truncated or "
                                  "changed); copy the bundle again or convert again".format(
                                      root, rel, st.st_size, entry["bytes"]))
+        if rel in hashed_when_read:
+            continue
         digest = sha256_file(full)
         if digest != entry["sha256"]:
             raise IntegrityError("{}: '{}' sha256 {} does not match the manifest's {} (the file "
@@ -113,8 +117,10 @@ def verify_files(root, manifest):
                                  "again".format(root, rel, digest[:16], entry["sha256"][:16]))
 
 
-def read_bundle(root, verify=True):
-    """Open a bundle: parse and validate the manifest, check its digest and every file hash."""
+def read_bundle(root, verify=True, hashed_when_read=None):
+    """Open a bundle: parse and validate the manifest, check its digest and every file hash.
+    ``hashed_when_read``: a function of the manifest giving files whose hash their reader
+    checks instead (see :func:`verify_files`)."""
     root = os.path.abspath(root)
     if not os.path.lexists(root):
         atomic.recover(root)  # a writer killed while replacing it may have moved it aside
@@ -125,7 +131,8 @@ def read_bundle(root, verify=True):
             "Change thresholds with `edgesdk calibrate`, or convert the model again.".format(
                 root, MANIFEST))
     if verify:
-        verify_files(root, manifest)
+        verify_files(root, manifest,
+                     set(hashed_when_read(manifest)) if hashed_when_read else ())
     return Bundle(root, manifest)
 
 

@@ -140,17 +140,10 @@ class EdgeModel(object):
         self.input_spec = m["inputs"][0]
         self.input_guard = InputGuard(self.input_spec)  # warns on inputs far off the recorded
         self.num_classes = m["num_classes"]
-        self.builds = {}
-        if isinstance(builds, dict):
-            unknown = sorted(set(builds) - {e["id"] for e in graph_entries(m)})
-            if unknown:
-                raise InputError("builds= names graphs the bundle does not have: {}".format(
-                    ", ".join(unknown)))
-        for e in m["stages"] + m["exits"]:   # stages first: the order `run` prints builds in
-            want = builds.get(e["id"]) if isinstance(builds, dict) else builds
-            self.builds[e["id"]] = pick_build(e, want, fallback)
-            if providers is not None and self.builds[e["id"]]["format"] == "onnx":
-                self.builds[e["id"]] = dict(self.builds[e["id"]], providers=providers)
+        self.builds = chosen_builds(m, builds, fallback)
+        for gid, b in self.builds.items():
+            if providers is not None and b["format"] == "onnx":
+                self.builds[gid] = dict(b, providers=providers)
         # What ran, per graph: every RunResult carries it (one shared dict, built once).
         self.ran = dict((gid, ran(b)) for gid, b in self.builds.items())
         # Before any graph is loaded; a build compiled for a fixed batch pads to it.
@@ -420,6 +413,21 @@ class EdgeModel(object):
         return [softmax(l) for l in self.exit_logits(x, batch_size, progress)]
 
 
+def chosen_builds(manifest, builds=None, fallback=False):
+    """``{graph id: build record}`` of the builds :class:`EdgeModel` runs for the ``builds``
+    request (see there), stages first (the order ``run`` prints builds in)."""
+    if isinstance(builds, dict):
+        unknown = sorted(set(builds) - {e["id"] for e in graph_entries(manifest)})
+        if unknown:
+            raise InputError("builds= names graphs the bundle does not have: {}".format(
+                ", ".join(unknown)))
+    out = {}
+    for e in manifest["stages"] + manifest["exits"]:
+        want = builds.get(e["id"]) if isinstance(builds, dict) else builds
+        out[e["id"]] = pick_build(e, want, fallback)
+    return out
+
+
 def load_bundle(path, threads=None, verify=True, builds=None, memory_limit_mb=None,
                 fallback=False, trusted_keys=None, providers=None):
     """Open and verify a bundle and prepare its graphs for running.
@@ -436,7 +444,11 @@ def load_bundle(path, threads=None, verify=True, builds=None, memory_limit_mb=No
     each of which this onnxruntime must have; default: the board's preference recorded at
     conversion, of those it has. Each graph's ``ran`` entry names the providers it got.
     """
-    bundle = read_bundle(path, verify=verify)
+    # The graphs the engine loads are hashed by the executors on the bytes they load
+    # (edgesdk.verified), so opening the bundle checks their sizes only; every other file
+    # (other builds, references, caches) is hashed here.
+    bundle = read_bundle(path, verify=verify, hashed_when_read=lambda m: files_to_load(
+        m, chosen_builds(m, builds, fallback)))
     if trusted_keys is not None:
         from edgesdk.signing import check_signature
         check_signature(bundle.manifest, trusted_keys, bundle.root)

@@ -103,16 +103,19 @@ class MemoryPlan(object):
 def files_to_load(manifest, builds):
     """Bundle-relative files the engine loads: each graph's chosen build (``builds``: graph id
     -> build record), and the gates, width variants and learned routers of adaptive stages."""
-    files = [builds[e["id"]]["file"] for e in graph_entries(manifest)]
+    return [builds[e["id"]]["file"] for e in graph_entries(manifest)] + adaptive_files(manifest)
+
+
+def adaptive_files(manifest):
+    """The graph files of the stages' gates, width variants, learned routers and spatial
+    (masker and patch) graphs."""
+    files = []
     for stage in manifest["stages"]:
-        if stage.get("gate"):
-            files.append(stage["gate"]["file"])
         widths = stage.get("widths") or {}
-        files += [v["file"] for v in widths.get("variants", [])]
-        if "file" in widths.get("router", {}):
-            files.append(widths["router"]["file"])
-        if stage.get("spatial"):
-            files += [stage["spatial"][k]["file"] for k in ("masker", "patch")]
+        spatial = stage.get("spatial") or {}
+        parts = [stage.get("gate") or {}, widths.get("router") or {}] + \
+            widths.get("variants", []) + [spatial.get(k) or {} for k in ("masker", "patch")]
+        files += [p["file"] for p in parts if "file" in p]
     return files
 
 

@@ -26,8 +26,8 @@ def test_a_graph_swapped_after_the_check_is_refused(bundle, monkeypatch):
     check = bundle_io.verify_files
     head = os.path.join(bundle, "heads", "exit0.onnx")
 
-    def check_then_swap(root, manifest):
-        check(root, manifest)
+    def check_then_swap(root, manifest, *rest):
+        check(root, manifest, *rest)
         graph = onnx.load(head)              # same inputs and outputs, other bytes: the
         graph.doc_string = "swapped"         # swap a writer could make between the check
         onnx.save(graph, head)               # and the load
@@ -79,3 +79,17 @@ def test_libraries_loaded_one_after_another_are_each_their_own(tmp_path):
         with loadable_path(VerifiedFile(so, _record(so))) as local:
             values.append(ctypes.CDLL(local).which())
     assert values == [1, 2]
+
+
+def test_loaded_graphs_are_hashed_once_when_read_and_every_other_file_at_open(bundle,
+                                                                              monkeypatch):
+    from edgesdk.runtime.memory import files_to_load
+    hashed = []
+    real = bundle_io.sha256_file
+    monkeypatch.setattr(bundle_io, "sha256_file", lambda p, *a: hashed.append(p) or real(p, *a))
+    model = load_bundle(bundle)
+    loaded = {os.path.join(bundle, *f.split("/")) for f in files_to_load(
+        model.bundle.manifest, model.builds)}
+    listed = {os.path.join(bundle, *f.split("/")) for f in model.bundle.manifest["files"]}
+    assert loaded and not loaded & set(hashed)     # their executors hashed the bytes they load
+    assert set(hashed) == listed - loaded           # the reference and the rest, at open
