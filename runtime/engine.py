@@ -211,39 +211,42 @@ class EdgeModel(object):
         if gate is None and widths is None:
             return self.stages[k]
         from edgesdk.runtime.adaptive_stages import GRAPH_ROUTER, AdaptiveStage, make_router
-        onnx = EXECUTORS.get("onnx")
         where = "manifest.json: $.stages[{}]".format(k)
-        stage = self.stages[k] if not self.stages[k].device_arrays else \
-            _HostSide(self.stages[k], self.stages[k].to_host)
-        gate_graph = None if gate is None else onnx(
-            self._verified(gate["file"]), entry["inputs"], gate["outputs"],
-            gate["output_shapes"], threads, build={"file": gate["file"], "format": "onnx"})
-        variants = [onnx(self._verified(v["file"]), entry["inputs"], entry["outputs"],
-                         entry["output_shapes"], threads, build={"file": v["file"], "format": "onnx"})
+        gate_graph = None if gate is None else self._side_graph(
+            gate["file"], entry["inputs"], gate["outputs"], gate["output_shapes"], threads)
+        variants = [self._side_graph(v["file"], entry["inputs"], entry["outputs"],
+                                     entry["output_shapes"], threads)
                     for v in (widths or {}).get("variants", [])]
         spec = widths["router"] if widths else None
-        router_graph = None if spec is None or spec["name"] != GRAPH_ROUTER else onnx(
-            self._verified(spec["file"]), entry["inputs"], ["route"], [None], threads,
-            build={"file": spec["file"], "format": "onnx"})
-        self._loaded += [g for g in variants + [gate_graph, router_graph] if g is not None]
+        router_graph = None if spec is None or spec["name"] != GRAPH_ROUTER else \
+            self._side_graph(spec["file"], entry["inputs"], ["route"], [None], threads)
         router = make_router(spec, len(variants) + 1, where, router_graph) if widths else None
-        return AdaptiveStage(entry["id"], stage, gate_graph, gate["threshold"] if gate else None,
-                             variants, router, self.heads[k - 1] if k else None)
+        return AdaptiveStage(entry["id"], self._host_side(k), gate_graph,
+                             gate["threshold"] if gate else None, variants, router,
+                             self.heads[k - 1] if k else None)
+
+    def _side_graph(self, rel, inputs, outputs, output_shapes, threads):
+        """A stage's gate, width variant, router, masker or patch graph: ONNX, on the host
+        CPU, whichever executor runs the stage."""
+        graph = EXECUTORS.get("onnx")(self._verified(rel), inputs, outputs, output_shapes,
+                                      threads, build={"file": rel, "format": "onnx"})
+        self._loaded.append(graph)
+        return graph
+
+    def _host_side(self, k):
+        """Stage ``k``'s graph as one that takes and gives host arrays."""
+        stage = self.stages[k]
+        return _HostSide(stage, stage.to_host) if stage.device_arrays else stage
 
     def _spatial(self, k, entry, threads):
         """Stage ``k``, a masked block, run on its active regions (:mod:`.spatial`)."""
         from edgesdk.runtime.spatial import SpatialStage
-        onnx = EXECUTORS.get("onnx")
         spec = entry["spatial"]
-        graphs = [onnx(self._verified(spec[key]["file"]), spec[key]["inputs"],
-                       spec[key]["outputs"], [None], threads,
-                       build={"file": spec[key]["file"], "format": "onnx"})
-                  for key in ("masker", "patch")]
-        self._loaded += graphs
-        dense = self.stages[k] if not self.stages[k].device_arrays else \
-            _HostSide(self.stages[k], self.stages[k].to_host)
-        return SpatialStage(entry["id"], dense, graphs[0], graphs[1], spec["granularity"],
-                            spec["halo"], spec["threshold"])
+        masker, patch = [self._side_graph(spec[key]["file"], spec[key]["inputs"],
+                                          spec[key]["outputs"], [None], threads)
+                         for key in ("masker", "patch")]
+        return SpatialStage(entry["id"], self._host_side(k), masker, patch,
+                            spec["granularity"], spec["halo"], spec["threshold"])
 
     def spatial_stages(self):
         """The stages run on their active regions (:class:`~.spatial.SpatialStage`)."""
