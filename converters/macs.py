@@ -49,22 +49,6 @@ def _known_dims(value_info):
     return dims if all(d > 0 for d in dims) else None
 
 
-def infer_at_batch_1(model, why):
-    """A copy of ``model`` with a batch of 1 and shapes inferred, and ``{tensor: value_info}``
-    of every activation (inputs, intermediates, outputs) whose shape is known."""
-    onnx = require("onnx", "onnx", why)
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for inp in m.graph.input:
-        dims = inp.type.tensor_type.shape.dim
-        if dims:
-            dims[0].ClearField("dim_param")
-            dims[0].dim_value = 1
-    m = onnx.shape_inference.infer_shapes(m)
-    return m, {v.name: v for v in list(m.graph.value_info) + list(m.graph.input)
-               + list(m.graph.output)}
-
-
 def _example_shapes(model, example):
     """``{input name: concrete shape}`` and the batch, from ``example`` (name -> array or
     shape); without one, symbolic dimensions are 1 (one sample)."""
