@@ -113,7 +113,7 @@ def calibrate_gates(bundle_path, x, y, max_accuracy_drop, confidence=0.99, path=
     ``confidence`` (0: point estimates, no guarantee). ``path``: the common thresholds to
     test, most conservative first. Raises :class:`CalibrationError` when this many samples
     cannot certify the target, or when not even the first threshold is certified (the
-    bundle is then left as it was). Returns ``{"thresholds": {stage id: threshold},
+    bundle is then left as it was). Returns ``{"thresholds": {gate id: threshold},
     "chosen_from": record}``."""
     from edgesdk.converters import risk
     from edgesdk.converters.calibrate import _check_data
@@ -129,9 +129,11 @@ def calibrate_gates(bundle_path, x, y, max_accuracy_drop, confidence=0.99, path=
                          "(highest) first; got {}".format(path))
     model = load_bundle(bundle_path, threads=threads)
     y = _check_data(x, y, model.num_classes)
-    gated = [s for s in model.adaptive_stages() if s.gate is not None]
+    gated = [s for s in model.adaptive_stages() if getattr(s, "gate", None) is not None or
+             getattr(s, "blocks", None)]
     if not gated:
-        raise InputError("{} has no gates: add them with add_gate first".format(bundle_path))
+        raise InputError("{} has no gates: add them with add_gate, or convert a model with "
+                         "GatedBlock stages".format(bundle_path))
     n, allowed = len(y), max_accuracy_drop / 100.0
     risk.require_certifiable(allowed, n, confidence, "gate calibration")
     manifest = model.bundle.manifest
@@ -145,12 +147,13 @@ def calibrate_gates(bundle_path, x, y, max_accuracy_drop, confidence=0.99, path=
 
     def evaluate(threshold):
         for s in gated:
-            s.threshold, s.skipped = threshold, 0
+            s.threshold = threshold
+            s.reset_counts()
         right = model.run(x).labels == y
-        skipped = {s.id: s.skipped / float(n) for s in gated}
+        skipped = {gid: c / float(n) for s in gated for gid, c in s.skip_counts().items()}
         return _GateRun(int((reference & ~right).sum()), int((right & ~reference).sum()),
                         float(right.mean()), skipped,
-                        sum(f * macs[sid] for sid, f in skipped.items()) / full)
+                        sum(s.macs_skipped(macs[s.id]) for s in gated) / (n * full))
     good, tested, stop = risk.fixed_sequence(path, evaluate, n, allowed, confidence)
     if not good:
         t, r = stop if stop is not None else (path[0], evaluate(path[0]))
@@ -177,10 +180,13 @@ def calibrate_gates(bundle_path, x, y, max_accuracy_drop, confidence=0.99, path=
 
     def change(m):
         for entry in m["stages"]:
-            if entry.get("gate") is not None:
-                entry["gate"].update(threshold=threshold, chosen_from=record)
+            fused = entry.get("gated") or {}
+            blocks = [] if fused.get("dropped") else fused.get("blocks", [])
+            for gate in ([entry["gate"]] if entry.get("gate") is not None else []) + blocks:
+                gate.update(threshold=threshold, chosen_from=record)
     bundle_io.update_manifest(model.bundle.root, change)
-    return {"thresholds": {s.id: threshold for s in gated}, "chosen_from": record}
+    return {"thresholds": {g: threshold for s in gated for g in s.skip_counts()},
+            "chosen_from": record}
 
 
 def add_width_variants(bundle_path, stage, variants, x, bounds=None, router="confidence",

@@ -134,8 +134,9 @@ def record_providers(draft, target):
 
 
 def top1_labels(model, x):
-    """Top-1 class at every exit for ``x``: a list of (N,) arrays."""
-    return [l.argmax(axis=1) for l in model.exit_logits(x)]
+    """Top-1 class at every exit for ``x`` from the stages' own graphs (builds are compared
+    there): a list of (N,) arrays."""
+    return [l.argmax(axis=1) for l in model.exit_logits(x, adaptive=False)]
 
 
 def record_agreement(draft, x):

@@ -16,6 +16,7 @@ from edgesdk import bundle as bundle_io
 from edgesdk.deps import require
 from edgesdk.errors import ConversionError, InputError
 from edgesdk.converters.draft import open_draft
+from edgesdk.converters.gated import dense_gates
 from edgesdk.converters.model import chain, fold_previous_logits, split_model, trace_structure
 from edgesdk.converters.onnx_export import DEFAULT_OPSET
 from edgesdk.converters.precision import PrecisionPlan, check_calibration, plan_precisions
@@ -183,39 +184,42 @@ def convert(model, example_input, output, options=None, **overrides):
 
     was_training = model.training
     model.eval()
-    try:
-        # Trace with at least 2 samples so a tensor that lost its batch dimension shows up.
-        trace_input = example if example.shape[0] > 1 else torch.cat([example, example])
-        structure = trace_structure(model, stages, heads, trace_input)
-        thr = pol.check_threshold(opts.threshold, structure.num_classes, "threshold")
-        if opts.class_names is not None and len(opts.class_names) != structure.num_classes:
-            raise InputError("{} class names given, the heads have {} classes".format(
-                len(opts.class_names), structure.num_classes))
-        with torch.no_grad():
-            ref_logits = [t.numpy() for t in chain(stages, heads, (reference,))]
-        src = Source(model, stages, heads, structure, example, reference, ref_logits, qat)
-        # What inputs looked like (after preprocessing): the runtime warns on batches far
-        # outside it (raw pixels taken as model input).
-        stats = summarize(calib_x, "the calibration data") if calib_x is not None else \
-            summarize(example.numpy(), "the example input")
-        with open_draft(output, force=opts.force, threads=opts.threads) as draft:
-            structure_warnings = export_stages(draft, src, opts, tgt, pol, thr, stats)
-            m = draft.manifest
-            report = ConversionReport(
-                path=output, max_abs_error=[], warnings=structure_warnings,
-                stage_macs=[e["macs"] for e in m["stages"]],
-                exit_macs=[e["macs"] for e in m["exits"]], input_statistics=stats,
-                macs_uncounted={e["id"]: e["macs_uncounted"] for e in graph_entries(m)
-                                if e["macs_uncounted"]})
-            report.max_abs_error = _verify(draft.model(), reference.numpy(), ref_logits,
-                                           opts.atol, opts.rtol)
-            # Agreement of FP16 builds is checked on the reference inputs when no calibration
-            # data was given (FP16 needs none to build).
-            _extra_builds(draft, report, plan, tgt,
-                          calib_x if calib_x is not None else reference.numpy(), calib_y, opts)
-            report.files = draft.manifest["files"]
-    finally:
-        model.train(was_training)
+    # The stage graphs and reference outputs are of the ungated network; gated blocks are
+    # exported as pieces beside them (converters/gated.py).
+    with dense_gates(model):
+        try:
+            # Trace with at least 2 samples so a tensor that lost its batch dimension shows up.
+            trace_input = example if example.shape[0] > 1 else torch.cat([example, example])
+            structure = trace_structure(model, stages, heads, trace_input)
+            thr = pol.check_threshold(opts.threshold, structure.num_classes, "threshold")
+            if opts.class_names is not None and len(opts.class_names) != structure.num_classes:
+                raise InputError("{} class names given, the heads have {} classes".format(
+                    len(opts.class_names), structure.num_classes))
+            with torch.no_grad():
+                ref_logits = [t.numpy() for t in chain(stages, heads, (reference,))]
+            src = Source(model, stages, heads, structure, example, reference, ref_logits, qat)
+            # What inputs looked like (after preprocessing): the runtime warns on batches far
+            # outside it (raw pixels taken as model input).
+            stats = summarize(calib_x, "the calibration data") if calib_x is not None else \
+                summarize(example.numpy(), "the example input")
+            with open_draft(output, force=opts.force, threads=opts.threads) as draft:
+                structure_warnings = export_stages(draft, src, opts, tgt, pol, thr, stats)
+                m = draft.manifest
+                report = ConversionReport(
+                    path=output, max_abs_error=[], warnings=structure_warnings,
+                    stage_macs=[e["macs"] for e in m["stages"]],
+                    exit_macs=[e["macs"] for e in m["exits"]], input_statistics=stats,
+                    macs_uncounted={e["id"]: e["macs_uncounted"] for e in graph_entries(m)
+                                    if e["macs_uncounted"]})
+                report.max_abs_error = _verify(draft.model(), reference.numpy(), ref_logits,
+                                               opts.atol, opts.rtol)
+                # Agreement of FP16 builds is checked on the reference inputs when no calibration
+                # data was given (FP16 needs none to build).
+                _extra_builds(draft, report, plan, tgt,
+                              calib_x if calib_x is not None else reference.numpy(), calib_y, opts)
+                report.files = draft.manifest["files"]
+        finally:
+            model.train(was_training)
     return report
 
 
@@ -281,7 +285,7 @@ def _refresh_reference(draft):
     ref = manifest["reference"]
     with np.load(draft.path(ref["file"]), allow_pickle=False) as data:
         arrays = {"input": data["input"]}
-    logits = draft.model().exit_logits(arrays["input"])
+    logits = draft.model().exit_logits(arrays["input"], adaptive=False)
     arrays.update({"exit_{}".format(k): l for k, l in enumerate(logits)})
     np.savez(draft.path(ref["file"]), **arrays)
     draft.add_files([ref["file"]])
@@ -291,7 +295,7 @@ def _refresh_reference(draft):
 
 def _verify(model, x, expected, atol, rtol):
     from edgesdk.runtime.reference import compare_exits
-    errors, bad = compare_exits(model.exit_logits(x), expected, atol, rtol)
+    errors, bad = compare_exits(model.exit_logits(x, adaptive=False), expected, atol, rtol)
     if bad:
         raise ConversionError(
             "ONNX Runtime disagrees with PyTorch at exit(s) {}: max abs error per exit {} exceeds "

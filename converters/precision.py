@@ -126,7 +126,9 @@ def exit_agreement_table(draft, x, y=None, max_accuracy_drop=0.5):
     model's MACs. A list of dicts (the table convert prints)."""
     from edgesdk.converters.calibrate import choose_thresholds, simulator_for
     models = {"fp32": draft.model(builds="fp32"), "selected": draft.model()}
-    probs = {k: m.exit_probabilities(x) for k, m in models.items()}
+    # Builds are compared on the stages' own graphs (gated pieces run fp32 ONNX whatever
+    # the stage's build).
+    probs = {k: m.exit_probabilities(x, adaptive=False) for k, m in models.items()}
     rows = []
     for k, (a, b) in enumerate(zip(*(
             [p.argmax(1) for p in probs[name]] for name in ("fp32", "selected")))):

@@ -13,6 +13,7 @@ from edgesdk.deps import require
 from edgesdk.errors import ModelStructureError
 from edgesdk.manifest import SCHEMA_VERSION
 from edgesdk.progress import Progress
+from edgesdk.converters.gated import export_gated, gated_blocks
 from edgesdk.converters.macs import count_macs
 from edgesdk.runtime.activation_memory import graph_activation_bytes
 from edgesdk.converters.model import as_state
@@ -126,6 +127,11 @@ def _graph_entries(draft, src, opts, policy, threshold):
                                                           opts.opset)
                         files += [entry["spatial"]["masker"]["file"],
                                   entry["spatial"]["patch"]["file"]]
+                    if gated_blocks(module):
+                        entry["gated"], written = export_gated(
+                            draft, module, args, ins, outs, gid, lambda rel, feeds: count_macs(
+                                onnx.load(draft.path(rel)), feeds).total)
+                        files += written
                 else:
                     last = k == n_exits - 1
                     entry.update({"output_shapes": [[None, src.structure.num_classes]],

@@ -303,16 +303,58 @@ def _check_statistics(stats, path, shape):
 RESIZE_MODES = ("area", "linear", "nearest", "cubic")
 
 
+def _check_side_graph(graph, path, files):
+    """A graph a stage runs beside its own: a listed file and its tensor names."""
+    _listed_file(graph, path, files)
+    for names in ("inputs", "outputs"):
+        values = _get(graph, names, path, (list,))
+        if not values or not all(isinstance(v, str) and v for v in values):
+            _fail("{}.{}".format(path, names), "expected a list of tensor names")
+
+
+def _check_gated(gated, path, files, outputs):
+    """Gated blocks inside a stage: per block a segment (its state, skip logit and shortcut)
+    and a branch graph, each one's inputs the previous one's outputs, and a skip threshold;
+    the last graph gives the stage's outputs."""
+    blocks = _get(gated, "blocks", path, (list,))
+    if not blocks:
+        _fail(path + ".blocks", "at least one gated block")
+    last = None
+    for i, block in enumerate(blocks):
+        bp = "{}.blocks[{}]".format(path, i)
+        _get(block, "segment", bp, (dict,))
+        _get(block, "branch", bp, (dict,))
+        for key in ("segment", "branch"):
+            _check_side_graph(block[key], bp + "." + key, files)
+        seg, br = block["segment"]["outputs"], block["branch"]
+        if len(seg) not in (2, 3) or br["inputs"] != [seg[0]] + seg[2:] or len(br["outputs"]) != 1:
+            _fail(bp, "a segment gives (state, skip logit[, shortcut]); the branch reads the "
+                      "state and shortcut and gives one tensor")
+        if last is not None and block["segment"]["inputs"] != last:
+            _fail(bp + ".segment.inputs", "expected the previous branch's output {}".format(last))
+        last = br["outputs"]
+        threshold = _number(block, "threshold", bp)
+        if not 0 <= threshold <= 1:
+            _fail(bp + ".threshold", "a skip probability in [0, 1]")
+        macs = _get(block, "macs", bp, (int,))
+        if macs < 0:
+            _fail(bp + ".macs", "expected a non-negative integer")
+    _get(gated, "dropped", path, (dict, type(None)), optional=True)  # why profiling dropped them
+    tail = _get(gated, "tail", path, (dict, type(None)))
+    if tail is not None:
+        _check_side_graph(tail, path + ".tail", files)
+        if tail["inputs"] != last:
+            _fail(path + ".tail.inputs", "expected the last branch's output {}".format(last))
+        last = tail["outputs"]
+    if last != outputs:
+        _fail(path, "the gated pieces end in {}, the stage's outputs are {}".format(last, outputs))
+
+
 def _check_spatial(spatial, path, files):
     """A masked block's sparse execution: its masker and patch graphs, the region size, the
     halo and the threshold."""
     for key in ("masker", "patch"):
-        graph = _get(spatial, key, path, (dict,))
-        _listed_file(graph, path + "." + key, files)
-        for names in ("inputs", "outputs"):
-            values = _get(graph, names, path + "." + key, (list,))
-            if not values or not all(isinstance(v, str) and v for v in values):
-                _fail("{}.{}.{}".format(path, key, names), "expected a list of tensor names")
+        _check_side_graph(_get(spatial, key, path, (dict,)), path + "." + key, files)
     for key in ("granularity", "halo"):
         value = _get(spatial, key, path, (int,))
         if not (1 if key == "granularity" else 0) <= value <= MAX_DIM:
@@ -340,6 +382,9 @@ def _check_adaptive_stage(stage, path, files, index):
     spatial = _get(stage, "spatial", path, (dict, type(None)), optional=True)
     if spatial is not None:
         _check_spatial(spatial, path + ".spatial", files)
+    gated = _get(stage, "gated", path, (dict, type(None)), optional=True)
+    if gated is not None:
+        _check_gated(gated, path + ".gated", files, stage.get("outputs"))
     widths = _get(stage, "widths", path, (dict, type(None)), optional=True)
     if widths is None:
         return

@@ -101,6 +101,21 @@ class AdaptiveStage(object):
         self.routed = np.zeros(len(self.narrower) + 1, dtype=np.int64)
         self._count_lock = threading.Lock()
 
+    adaptive = True   # EdgeModel.adaptive_stages() lists it
+
+    def reset_counts(self):
+        with self._count_lock:
+            self.skipped = self.ran = 0
+            self.routed[:] = 0
+
+    def skip_counts(self):
+        """``{stage id: samples that skipped it}`` since the last reset."""
+        return {self.id: self.skipped}
+
+    def macs_skipped(self, stage_macs):
+        """MACs not computed by skipping, summed over samples (``stage_macs`` per sample)."""
+        return self.skipped * stage_macs
+
     def _count(self, skipped=0, ran=0, variant=None, rows=0):
         with self._count_lock:
             self.skipped += skipped

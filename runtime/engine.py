@@ -208,6 +208,8 @@ class EdgeModel(object):
         gate, widths = entry.get("gate"), entry.get("widths")
         if entry.get("spatial"):
             return self._spatial(k, entry, threads)
+        if entry.get("gated") and not entry["gated"].get("dropped"):
+            return self._gated(k, entry, threads)
         if gate is None and widths is None:
             return self.stages[k]
         from edgesdk.runtime.adaptive_stages import GRAPH_ROUTER, AdaptiveStage, make_router
@@ -248,14 +250,31 @@ class EdgeModel(object):
         return SpatialStage(entry["id"], self._host_side(k), masker, patch,
                             spec["granularity"], spec["halo"], spec["threshold"])
 
+    def _gated(self, k, entry, threads):
+        """Stage ``k`` run block by block, each sample skipping the branches its gates skip
+        (:mod:`.gated_stages`)."""
+        from edgesdk.runtime.gated_stages import GatedBlock, GatedStage
+        spec = entry["gated"]
+
+        def piece(graph):
+            return self._side_graph(graph["file"], graph["inputs"], graph["outputs"],
+                                    [None] * len(graph["outputs"]), threads)
+        blocks = [GatedBlock("{}/{}".format(entry["id"], i), piece(b["segment"]),
+                             piece(b["branch"]), b["threshold"], b["macs"],
+                             len(b["segment"]["outputs"]) == 3)
+                  for i, b in enumerate(spec["blocks"])]
+        return GatedStage(entry["id"], self._host_side(k), blocks,
+                          piece(spec["tail"]) if spec["tail"] else None)
+
     def spatial_stages(self):
         """The stages run on their active regions (:class:`~.spatial.SpatialStage`)."""
         from edgesdk.runtime.spatial import SpatialStage
         return [s for s in self.stages if isinstance(s, SpatialStage)]
 
     def adaptive_stages(self):
-        """The stages with a gate or width variants (:class:`~.adaptive_stages.AdaptiveStage`)."""
-        return [s for s in self.stages if hasattr(s, "routed")]
+        """The stages with a gate or width variants (:class:`~.adaptive_stages.AdaptiveStage`)
+        or gated blocks (:class:`~.gated_stages.GatedStage`)."""
+        return [s for s in self.stages if getattr(s, "adaptive", False)]
 
     def _keep_host_side(self):
         """Where executors keep outputs on a GPU (TensorRT): heads hand the host numpy logits,
@@ -397,7 +416,7 @@ class EdgeModel(object):
         x = check_batch(x, self.input_spec, convert=False)
         self.memory.check_batch(min(batch_size, x.shape[0]))
         out = [[] for _ in self.heads]
-        stages = self.stages if adaptive else [getattr(s, "stage", s) if hasattr(s, "routed")
+        stages = self.stages if adaptive else [s.stage if getattr(s, "adaptive", False)
                                                else s for s in self.stages]
         for i in range(0, x.shape[0], batch_size):
             part = check_batch(x[i:i + batch_size], self.input_spec, first=i)
@@ -411,9 +430,9 @@ class EdgeModel(object):
         empty = np.zeros((0, self.num_classes), dtype=np.float32)
         return [np.concatenate(o) if o else empty for o in out]
 
-    def exit_probabilities(self, x, batch_size=256, progress=None):
+    def exit_probabilities(self, x, batch_size=256, progress=None, adaptive=True):
         """Like :meth:`exit_logits`, as softmax probabilities."""
-        return [softmax(l) for l in self.exit_logits(x, batch_size, progress)]
+        return [softmax(l) for l in self.exit_logits(x, batch_size, progress, adaptive)]
 
 
 def chosen_builds(manifest, builds=None, fallback=False):

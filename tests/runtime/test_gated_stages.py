@@ -1,0 +1,169 @@
+"""Gated residual blocks inside a stage: each sample computes or skips each block's branch,
+downsampling blocks included, with no exit head per block; the bundle matches PyTorch's gated
+forward per sample, and the stage's own graph is the ungated network."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgesdk import bundle as bundle_io
+from edgesdk.converters import MultiExitModel, convert
+from edgesdk.converters.adaptive_stages import calibrate_gates
+from edgesdk.converters.gated import GatedBlock, dense_gates
+from edgesdk.errors import BundleError, ModelStructureError
+from edgesdk.runtime import load_bundle
+from edgesdk.runtime.gated_stages import GatedStage
+from models import Head, conv
+
+
+class SignGate(nn.Module):
+    """Skip logits far from any threshold: +-50 by the sign of one input pixel's mean over
+    channels, so PyTorch and ONNX Runtime always decide alike (and about half skip)."""
+
+    def __init__(self, offset=0.0):
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x):
+        return torch.sign(x.mean(dim=1)[:, :1, 0] - self.offset) * 50.0
+
+
+def _branch(c_in, c_out, stride=1):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                         nn.Conv2d(c_out, c_out, 3, 1, 1), nn.BatchNorm2d(c_out))
+
+
+def gated_model(offsets=(0.3, 0.3, 0.3)):
+    """Stage 0: a stem conv then two identity-shortcut gated blocks (the last without a ReLU
+    after its sum); stage 1: a downsampling gated block (projection shortcut) and a plain
+    conv after it. Two exits only."""
+    torch.manual_seed(0)
+    a, b, c = offsets
+    stage0 = nn.Sequential(conv(1, 8, 2),
+                           GatedBlock(_branch(8, 8), SignGate(a), post=nn.ReLU()),
+                           GatedBlock(_branch(8, 8), SignGate(b)))   # no post: no tail
+    down = GatedBlock(_branch(8, 16, 2), SignGate(c),
+                      shortcut=nn.Sequential(nn.Conv2d(8, 16, 1, 2), nn.BatchNorm2d(16)),
+                      post=nn.ReLU())
+    stage1 = nn.Sequential(down, conv(16, 16))
+    model = MultiExitModel([stage0, stage1], [Head(8), Head(16)])
+    for m in model.modules():    # non-trivial batch-norm statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _inputs(n, seed=0):
+    return np.random.RandomState(seed).randn(n, 1, 16, 16).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def gated_bundle(tmp_path_factory):
+    model = gated_model()
+    x = _inputs(8)
+    path = str(tmp_path_factory.mktemp("gated") / "gated.edgebundle")
+    convert(model, torch.from_numpy(x[:4]), path, target="host", progress=False)
+    return path, model
+
+
+def test_each_sample_skips_the_branches_its_gates_skip_and_matches_pytorch(gated_bundle):
+    path, model = gated_bundle
+    m = load_bundle(path)
+    stages = m.adaptive_stages()
+    assert [type(s) for s in stages] == [GatedStage, GatedStage]
+    assert [len(s.blocks) for s in stages] == [2, 1] and len(m.heads) == 2
+    x = _inputs(32, seed=1)
+    with torch.no_grad():
+        want = [l.numpy() for l in model(torch.from_numpy(x))]
+    got = m.exit_logits(x, batch_size=32)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-3)
+    skipped = [b.skipped for s in stages for b in s.blocks]
+    assert all(0 < k < 32 for k in skipped), skipped   # mixed batches in every block
+    # Batch 1 agrees with the batch, sample by sample (all-run and all-skip paths).
+    for i in (0, 1, 2, 3):
+        one = m.exit_logits(x[i:i + 1], batch_size=1)
+        np.testing.assert_allclose(one[1][0], got[1][i], atol=1e-4, rtol=1e-3)
+
+
+def test_the_stage_graph_and_references_are_the_ungated_network(gated_bundle):
+    path, model = gated_bundle
+    m = load_bundle(path)
+    x = _inputs(16, seed=2)
+    with torch.no_grad(), dense_gates(model):
+        dense = [l.numpy() for l in model(torch.from_numpy(x))]
+    with torch.no_grad():
+        gated = [l.numpy() for l in model(torch.from_numpy(x))]
+    assert np.abs(dense[1] - gated[1]).max() > 1e-2   # the gates change the answer
+    np.testing.assert_allclose(m.exit_logits(x, adaptive=False)[1], dense[1], atol=1e-4,
+                               rtol=1e-3)
+    for s in m.adaptive_stages():
+        s.enabled = False
+    np.testing.assert_allclose(m.exit_logits(x)[1], dense[1], atol=1e-4, rtol=1e-3)
+    assert model.stages[0][1].gating    # convert restored the model's gates
+
+
+def test_the_manifest_records_each_block_with_its_branch_macs(gated_bundle):
+    path, _ = gated_bundle
+    stages = bundle_io.read_bundle(path).manifest["stages"]
+    blocks = [b for e in stages for b in e["gated"]["blocks"]]
+    assert [len(b["segment"]["outputs"]) for b in blocks] == [2, 2, 3]  # projection shortcut
+    assert all(b["macs"] > 0 and b["threshold"] == 0.5 for b in blocks)
+    # Each branch is most of its block; the stem and the trailing conv sit outside them.
+    assert sum(b["macs"] for b in blocks[:2]) < stages[0]["macs"]
+    assert stages[0]["gated"]["tail"] is None and stages[1]["gated"]["tail"] is not None
+
+
+def test_force_run_computes_every_branch_through_the_pieces(gated_bundle):
+    path, model = gated_bundle
+    m = load_bundle(path)
+    x = _inputs(8, seed=3)
+    for s in m.adaptive_stages():
+        s.force_run = True
+    with torch.no_grad(), dense_gates(model):
+        dense = [l.numpy() for l in model(torch.from_numpy(x))]
+    np.testing.assert_allclose(m.exit_logits(x)[1], dense[1], atol=1e-4, rtol=1e-3)
+    assert sum(s.skipped for s in m.adaptive_stages()) == 0
+
+
+def test_calibrate_gates_sets_every_block_threshold(gated_bundle, tmp_path):
+    import shutil
+    path, model = gated_bundle
+    local = str(tmp_path / "g.edgebundle")
+    shutil.copytree(path, local)
+    x = _inputs(400, seed=4)
+    with torch.no_grad():   # labels: the ungated network's answers, so gating can only lose
+        with dense_gates(model):
+            y = model(torch.from_numpy(x))[-1].argmax(1).numpy()
+    chosen = calibrate_gates(local, x, y, max_accuracy_drop=100, confidence=0)
+    assert sorted(chosen["thresholds"]) == ["stage0/0", "stage0/1", "stage1/0"]
+    t = chosen["chosen_from"]["expected"]
+    assert t["macs_skipped_fraction"] > 0 and set(t["skipped_fraction"]) == set(chosen["thresholds"])
+    stages = bundle_io.read_bundle(local).manifest["stages"]
+    assert {b["threshold"] for e in stages for b in e["gated"]["blocks"]} == \
+        {next(iter(chosen["thresholds"].values()))}
+
+
+def test_gated_blocks_nested_below_the_stage_are_refused(tmp_path):
+    inner = nn.Sequential(conv(1, 8, 2), GatedBlock(_branch(8, 8), SignGate()))
+    model = MultiExitModel([nn.Sequential(nn.Sequential(inner))], [Head(8)]).eval()
+    with pytest.raises(ModelStructureError, match="direct children"):
+        convert(model, torch.from_numpy(_inputs(2)), str(tmp_path / "n.edgebundle"),
+                target="host", progress=False)
+
+
+def test_a_manifest_whose_pieces_do_not_chain_is_refused(gated_bundle, tmp_path):
+    import json
+    import shutil
+    path, _ = gated_bundle
+    local = str(tmp_path / "bad.edgebundle")
+    shutil.copytree(path, local)
+    mpath = local + "/manifest.json"
+    with open(mpath) as f:
+        m = json.load(f)
+    m["stages"][0]["gated"]["blocks"][1]["segment"]["inputs"] = ["h0"]
+    with open(mpath, "w") as f:
+        json.dump(m, f)
+    with pytest.raises(BundleError, match="previous branch's output"):
+        load_bundle(local)
