@@ -12,14 +12,19 @@
    dropped (that search already weighs each head's measured cost against what it saves).
    Without labels, a head is dropped when it costs at least as much as everything after it,
    the most it could ever save.
+3. **Gated blocks**: a stage's gates pay when the pieces they run as (each segment, each
+   branch at the share of samples its gate keeps on the calibration data, the tail) cost
+   less per sample than the stage's own graph, both measured side by side by the profiler.
+   Where they do not, the stage's gates are dropped and its own graph runs for every sample.
 
 The measured table must be of exactly these graphs (same graphs sha256) from one device;
 anything else is refused with the reason. Every choice, its costs and the table it came from
-go into the manifest: ``build_chosen_from`` on each graph, ``chosen_from`` on dropped exits.
+go into the manifest: ``build_chosen_from`` on each graph, ``chosen_from`` on dropped exits,
+``dropped`` on dropped gates.
 """
 
 from edgesdk.converters.builds import FEED_LIMIT, top1_labels
-from edgesdk.manifest import graph_entries
+from edgesdk.manifest import graph_entries, precision_of
 from edgesdk.converters.cost_model import build_costs, table_from_rows
 from edgesdk.costs import bundle_rows
 from edgesdk.runtime.build_select import graph_builds
@@ -132,6 +137,7 @@ def apply_profile(draft, db, x, y=None, device=None, metric="mean_ms", batch=1,
             "min_agreement": min_agreement,
             "reason": ("cheapest measured build agreeing with fp32" if entry["id"] in chosen else
                        "no other build is cheaper and agrees with fp32 well enough")}
+    gates = gates_that_pay(draft, costs, x, metric, source)
     model = draft.model()
     table = table_from_rows(rows, metric, [e["id"] for e in manifest["stages"]],
                             [e["id"] for e in manifest["exits"]], device, sha, batch, db,
@@ -145,5 +151,49 @@ def apply_profile(draft, db, x, y=None, device=None, metric="mean_ms", batch=1,
         ex["chosen_from"] = dict(how, method="dropped by profile", reason=reason, profile=source,
                                  head_cost=table.head[k])
     return {"builds": {e["id"]: _label(e) for e in graph_entries(manifest)},
-            "dropped_exits": sorted(drop), "top1_agreement": agreement,
+            "dropped_exits": sorted(drop), "top1_agreement": agreement, "gates": gates,
             "device": device, "metric": metric, "expected": how, "slower_than_fp32": slower}
+
+
+def gated_cost(costs, sid, keep, build):
+    """``(ungated, gated)`` predicted cost per sample reaching stage ``sid``: its own graph
+    (``build``, a ``(format, precision)``) and its pieces with each block's branch at its
+    ``keep`` share; None where the profile lacks a piece."""
+    ungated = costs.get(("{}/ungated".format(sid),) + build)
+    parts = [costs.get(("{}/gate{}".format(sid, i), "onnx", "fp32")) for i in range(len(keep))]
+    branches = [costs.get(("{}/branch{}".format(sid, i), "onnx", "fp32"))
+                for i in range(len(keep))]
+    if ungated is None or None in parts + branches:
+        return ungated, None
+    tail = costs.get(("{}/tail".format(sid), "onnx", "fp32"), 0.0)
+    return ungated, sum(parts) + sum(k * b for k, b in zip(keep, branches)) + tail
+
+
+def gates_that_pay(draft, costs, x, metric, source):
+    """Drop the gated blocks of each stage whose gating is predicted to cost at least what its
+    own graph costs (see the module docstring); ``{stage id: {"ungated", "gated", "keep",
+    "kept"}}`` for every stage with gates, costs in ``metric`` per sample."""
+    stages = [e for e in draft.manifest["stages"] if (e.get("gated") or {}).get("blocks")]
+    if not stages:
+        return {}
+    model = draft.model()
+    for s in model.adaptive_stages():
+        s.reset_counts()
+    for i in range(0, len(x), 256):   # the keep share of each block among samples reaching it
+        model.run(x[i:i + 256])
+    blocks = {s.id: s.blocks for s in model.adaptive_stages() if getattr(s, "blocks", None)}
+    out = {}
+    for entry in stages:
+        keep = [b.ran / float(b.ran + b.skipped) if b.ran + b.skipped else 1.0
+                for b in blocks.get(entry["id"], [])]
+        ungated, gated = gated_cost(costs, entry["id"], keep,
+                                    (entry["format"], precision_of(entry)))
+        kept = gated is None or gated < ungated
+        out[entry["id"]] = {"ungated": ungated, "gated": gated, "keep": keep, "kept": kept}
+        if not kept:
+            entry["gated"]["dropped"] = {
+                "method": "dropped by profile", "profile": source, "metric": metric,
+                "reason": "gated pieces predicted {:.4g} per sample at the gates' keep shares "
+                          "{}, the stage's own graph {:.4g}".format(
+                              gated, ["{:.2f}".format(k) for k in keep], ungated)}
+    return out

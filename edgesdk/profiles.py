@@ -71,6 +71,10 @@ def graphs_sha256(manifest):
                 h.update(manifest["files"][rel]["sha256"].encode("ascii"))
         else:
             h.update(manifest["files"][entry["file"]]["sha256"].encode("ascii"))
+        gated = entry.get("gated") or {}   # gated pieces are timed too
+        pieces = [b[key] for b in gated.get("blocks", []) for key in ("segment", "branch")]
+        for piece in pieces + ([gated["tail"]] if gated.get("tail") else []):
+            h.update(manifest["files"][piece["file"]]["sha256"].encode("ascii"))
     return h.hexdigest()
 
 

@@ -360,4 +360,10 @@ def run(args):
         print("chosen from the profile of device {} ({}):".format(c["device"], c["metric"]))
         print("  builds: {}".format(", ".join("{}={}".format(g, b) for g, b in c["builds"].items())))
         print("  dropped exits: {}".format(", ".join(map(str, c["dropped_exits"])) or "none"))
+        for sid, g in sorted(c.get("gates", {}).items()):
+            print("  gates of {}: {}".format(sid, "not measured (profile again): kept"
+                                             if g["gated"] is None else
+                                             "{:.4g} per sample gated vs {:.4g} ungated: {}".format(
+                                                 g["gated"], g["ungated"], "kept" if g["kept"]
+                                                 else "dropped, they cost more than they save")))
     return 0

@@ -167,3 +167,60 @@ def test_a_manifest_whose_pieces_do_not_chain_is_refused(gated_bundle, tmp_path)
         json.dump(m, f)
     with pytest.raises(BundleError, match="previous branch's output"):
         load_bundle(local)
+
+
+def test_the_profiler_times_the_ungated_stage_beside_each_piece(gated_bundle):
+    from edgesdk.runtime.profiler import profile_bundle
+    path, _ = gated_bundle
+    out = profile_bundle(path, [1, 4], warmup=1, repeats=3, min_seconds=0, warmup_s=0,
+                         progress=False)
+    gated = {(r["graph"], r["batch"]) for r in out["graphs"] if r["kind"] == "gated"}
+    pieces = ["stage0/ungated", "stage0/gate0", "stage0/branch0", "stage0/gate1",
+              "stage0/branch1", "stage1/ungated", "stage1/gate0", "stage1/branch0", "stage1/tail"]
+    assert gated == {(g, b) for g in pieces for b in (1, 4)}
+    assert all(r["mean_ms"] > 0 and r["repeats"] >= 3 for r in out["graphs"] if r["kind"] == "gated")
+
+
+def _profile_store(db, manifest, piece_ms):
+    """A store with every graph at 1 ms per call and the gated pieces at ``piece_ms(name)``."""
+    from edgesdk.profiles import ProfileStore, graphs_sha256
+    names = [e["id"] for e in manifest["stages"] + manifest["exits"]]
+    for e in manifest["stages"]:
+        names += ["{}/ungated".format(e["id"])]
+        names += ["{}/{}{}".format(e["id"], kind, i) for i in range(len(e["gated"]["blocks"]))
+                  for kind in ("gate", "branch")]
+        names += ["{}/tail".format(e["id"])] if e["gated"]["tail"] else []
+    rows = [{"device": "board", "target": "host", "bundle_sha256": graphs_sha256(manifest),
+             "graph": g, "build": "onnx", "precision": "fp32", "batch": 1, "resolution": "16x16",
+             "metric": "mean_ms", "value": piece_ms(g) if "/" in g else 1.0, "sensor": "none",
+             "sdk_version": "0.1.0", "measured_at": "2026-12-04T12:00:00Z"} for g in names]
+    with ProfileStore(db) as s:
+        s.write(rows)
+
+
+def test_convert_with_a_profile_drops_gates_that_cost_more_than_they_save(gated_bundle, tmp_path):
+    path, model = gated_bundle
+    manifest = bundle_io.read_bundle(path).manifest
+    x = _inputs(64, seed=5)
+    # stage0's gates pay (cheap segments, dear branches); stage1's do not (its segment alone
+    # costs more than the ungated stage).
+    cost = {"stage0/ungated": 2.0, "stage0/gate0": 0.1, "stage0/gate1": 0.1,
+            "stage0/branch0": 1.0, "stage0/branch1": 1.0,
+            "stage1/ungated": 1.0, "stage1/gate0": 1.5, "stage1/branch0": 0.5, "stage1/tail": 0.1}
+    db = str(tmp_path / "p.sqlite")
+    _profile_store(db, manifest, cost.get)
+    out = str(tmp_path / "chosen.edgebundle")
+    report = convert(model, torch.from_numpy(x[:4]), out, target="host", progress=False,
+                     calibration_data=(x, None), profile=db)
+    gates = report.choices["gates"]
+    assert gates["stage0"]["kept"] and not gates["stage1"]["kept"]
+    keep = gates["stage0"]["keep"]
+    assert all(0 < k < 1 for k in keep)      # measured on the calibration inputs
+    assert gates["stage0"]["gated"] == pytest.approx(0.2 + keep[0] + keep[1])
+    chosen = load_bundle(out)
+    assert [s.id for s in chosen.adaptive_stages()] == ["stage0"]
+    dropped = chosen.bundle.manifest["stages"][1]["gated"]["dropped"]
+    g1 = gates["stage1"]
+    assert g1["gated"] == pytest.approx(1.5 + 0.5 * g1["keep"][0] + 0.1) and g1["ungated"] == 1.0
+    assert dropped["method"] == "dropped by profile" and "{:.4g}".format(g1["gated"]) in \
+        dropped["reason"]
