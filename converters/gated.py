@@ -8,16 +8,20 @@ a skipped sample keeps ``post(shortcut(x))``. A stage is an ``nn.Sequential`` wh
 children may be gated blocks; the blocks need no exit head of their own.
 
 The converter writes the stage's dense graph (every branch computed: what the other backends,
-the reference outputs and ``gates off`` run) and, per gated block, two ONNX graphs:
+the reference outputs and "gates off" run) and the graphs the runtime chains instead:
 
-- a *segment*: everything since the previous gated block (its ``post`` first, then the plain
-  children), then the block's gate and shortcut: outputs ``h``, the skip logit, and the
-  shortcut's output (none for an identity shortcut);
-- the *branch*: ``(h, shortcut) -> shortcut + branch(h)``, run only on the samples whose gate
-  keeps the block;
+- the *entry*: the children before the first gated block, then that block's gate and
+  shortcut: outputs ``h``, the skip logit per sample, and the shortcut's output (none for an
+  identity shortcut);
+- per block, *run*: ``(h, shortcut) -> shortcut + branch(h)``, then what follows the block
+  (its ``post``, the plain children after it, the next block's gate and shortcut, or the
+  stage's end), for the samples that compute the block;
+- and *skip*: the same continuation from the shortcut's output alone, for the samples that
+  skip it (none when nothing follows the last block).
 
-and a *tail* for what follows the last gated block. The gate is computed inside the segment
-graph: no separate call. See :mod:`edgesdk.runtime.gated_stages` for how they run.
+The gate is an output of the graph before its block, and a sample computing or skipping a
+block costs one graph call either way: at batch 1 a stage with B gated blocks makes B + 1
+calls. See :mod:`edgesdk.runtime.gated_stages` for how they run.
 """
 import os
 
@@ -111,11 +115,14 @@ def stage_children(stage):
 
 
 def _pieces(children):
-    """``[(segment, branch)]`` modules per gated block, and the tail (None when nothing
-    follows the last gated block)."""
+    """The modules a gated stage runs as: the entry (the children before the first gated
+    block, then its gate and shortcut) and, per block, ``(run, skip)``: ``run(h[, shortcut])``
+    adds the branch and goes on to what follows the block (the next block's gate and
+    shortcut, or the stage's end), ``skip(shortcut)`` goes on from the shortcut alone (None
+    when nothing follows the last block)."""
     nn = _torch().nn
 
-    class Segment(nn.Module):
+    class Segment(nn.Module):   # post of the previous block, plain children, then a gate
         def __init__(self, before, plain, block):
             super().__init__()
             self.before = before if before is not None else nn.Identity()
@@ -123,53 +130,50 @@ def _pieces(children):
             self.block = block
 
         def forward(self, x):
-            h = self.plain(self.before(x))
+            h = self.before(x)
+            h = self.plain(h) if len(self.plain) else h
+            if self.block is None:   # the stage's end
+                return h
             out = (h, self.block.gate(h))
             return out if self.block.identity_shortcut else out + (self.block.shortcut(h),)
 
-    class Branch(nn.Module):
-        def __init__(self, block):
+    class Run(nn.Module):
+        def __init__(self, block, following):
             super().__init__()
-            self.block = block
+            self.block, self.following = block, following
 
         def forward(self, h, *short):
-            return (short[0] if short else h) + self.block.branch(h)
+            return self.following((short[0] if short else h) + self.block.branch(h))
 
-    class Tail(nn.Module):
-        def __init__(self, before, plain):
-            super().__init__()
-            self.before, self.plain = before, nn.Sequential(*plain)
-
-        def forward(self, z):
-            return self.plain(self.before(z))
-
-    pieces, before, plain = [], None, []
-    for child in children:
-        if getattr(child, "edgesdk_gated", False):
-            pieces.append((Segment(before, plain, child).eval(), Branch(child).eval()))
-            before, plain = child.post, []
-        else:
-            plain.append(child)
-    post_is_identity = isinstance(before, nn.Identity)
-    tail = None if post_is_identity and not plain else Tail(before, plain).eval()
-    return pieces, tail
+    gated = [i for i, c in enumerate(children) if getattr(c, "edgesdk_gated", False)]
+    entry = Segment(None, children[:gated[0]], children[gated[0]]).eval()
+    blocks = []
+    for j, i in enumerate(gated):
+        block = children[i]
+        end = gated[j + 1] if j + 1 < len(gated) else len(children)
+        following = Segment(block.post, children[i + 1:end],
+                            children[end] if end < len(children) else None).eval()
+        last_is_identity = end == len(children) and i + 1 == end and \
+            isinstance(block.post, nn.Identity)
+        blocks.append((block, Run(block, following).eval(),
+                       None if last_is_identity else following))
+    return entry, blocks
 
 
 def export_gated(draft, stage, args, inputs, outputs, gid, macs_of):
-    """The segment, branch and tail graphs of a stage with gated blocks (example input
-    ``args``, tensor names ``inputs``/``outputs`` of the stage graph) written into the draft,
-    each checked against PyTorch in ONNX Runtime; ``macs_of(path, feeds)`` counts a written
-    graph's MACs per sample. Returns the stage's ``gated`` record and the files written."""
+    """The graphs of a stage with gated blocks (example input ``args``, tensor names
+    ``inputs``/``outputs`` of the stage graph) written into the draft, each checked against
+    PyTorch in ONNX Runtime; ``macs_of(path, feeds)`` counts a written graph's MACs per
+    sample. Returns the stage's ``gated`` record and the files written."""
     torch = _torch()
     from edgesdk.converters.adaptive_stages import _export_checked
     if len(args) != 1:
         raise ModelStructureError("a stage with gated blocks takes one tensor, stage {} gets {}"
                                   .format(gid, len(args)))
     children, _ = stage_children(stage)
-    pieces, tail = _pieces(children)
+    entry, pieces = _pieces(children)
     os.makedirs(draft.path("stages"), exist_ok=True)
-    state, names = [args[0].numpy()], list(inputs)
-    blocks, files = [], []
+    files = []
 
     def export(module, state, ins, outs, rel, what):
         _export_checked(module, state, ins, outs, draft.path(rel), what)
@@ -178,33 +182,37 @@ def export_gated(draft, stage, args, inputs, outputs, gid, macs_of):
             got = module(*[torch.from_numpy(s) for s in state])
         return [g.numpy() for g in (got if isinstance(got, tuple) else (got,))]
 
-    for i, (segment, branch) in enumerate(pieces):
-        block = segment.block
-        seg_out = ["h{}".format(i), "skip_logit{}".format(i)]
-        seg_out += [] if block.identity_shortcut else ["shortcut{}".format(i)]
-        seg_rel = "stages/{}.gate{}.onnx".format(gid, i)
-        got = export(segment, state, names, seg_out, seg_rel,
-                     "the segment before gated block {} of {}".format(i, gid))
+    def gate_outputs(i, block):
+        names = ["h{}".format(i), "skip_logit{}".format(i)]
+        return names + ([] if block.identity_shortcut else ["shortcut{}".format(i)])
+
+    names = gate_outputs(0, pieces[0][0])
+    rel = "stages/{}.entry.onnx".format(gid)
+    got = export(entry, [args[0].numpy()], list(inputs), names, rel,
+                 "the part of {} before its first gated block".format(gid))
+    record = {"entry": {"file": rel, "inputs": list(inputs), "outputs": names}, "blocks": []}
+    for i, (block, run, skip) in enumerate(pieces):
         if list(got[1].shape[1:]) != [1]:
             raise ModelStructureError("the gate of block {} of {} returns {}, expected (N, 1) "
                                       "skip logits".format(i, gid, list(got[1].shape)))
-        br_in = [seg_out[0]] + seg_out[2:]
-        br_feed = [got[0]] + got[2:]
-        br_rel = "stages/{}.branch{}.onnx".format(gid, i)
-        z = "z{}".format(i) if i + 1 < len(pieces) or tail is not None else outputs[0]
-        state = export(branch, br_feed, br_in, [z], br_rel,
-                       "the branch of gated block {} of {}".format(i, gid))
-        blocks.append({"segment": {"file": seg_rel, "inputs": names, "outputs": seg_out},
-                       "branch": {"file": br_rel, "inputs": br_in, "outputs": [z]},
-                       "threshold": float(block.threshold),
-                       "macs": int(macs_of(br_rel, dict(zip(br_in, br_feed)))),
-                       "chosen_from": {"method": "the model's GatedBlock threshold "
-                                                 "(uncalibrated)"}})
-        names = [z]
-    record = {"blocks": blocks, "tail": None}
-    if tail is not None:
-        rel = "stages/{}.tail.onnx".format(gid)
-        export(tail, state, names, list(outputs), rel, "the tail after the gated blocks of " + gid)
-        record["tail"] = {"file": rel, "inputs": names, "outputs": list(outputs)}
+        last = i + 1 == len(pieces)
+        outs = list(outputs) if last else gate_outputs(i + 1, pieces[i + 1][0])
+        run_in, run_feed = [names[0]] + names[2:], [got[0]] + got[2:]
+        rel = "stages/{}.run{}.onnx".format(gid, i)
+        after_run = export(run, run_feed, run_in, outs, rel,
+                           "gated block {} of {}, computed".format(i, gid))
+        spec = {"run": {"file": rel, "inputs": run_in, "outputs": outs}, "skip": None,
+                "threshold": float(block.threshold), "shortcut": not block.identity_shortcut,
+                "chosen_from": {"method": "the model's GatedBlock threshold (uncalibrated)"}}
+        macs = macs_of(rel, dict(zip(run_in, run_feed)))
+        if skip is not None:   # from the shortcut's output (the block's input if identity)
+            short, short_name = (got[2], names[2]) if len(names) == 3 else (got[0], names[0])
+            rel = "stages/{}.skip{}.onnx".format(gid, i)
+            export(skip, [short], [short_name], outs, rel,
+                   "gated block {} of {}, skipped".format(i, gid))
+            spec["skip"] = {"file": rel, "inputs": [short_name], "outputs": outs}
+            macs -= macs_of(rel, {short_name: short})
+        spec["macs"] = int(max(macs, 0))   # what skipping the block saves per sample
+        record["blocks"].append(spec)
+        names, got = outs, after_run
     return record, files
-

@@ -12,9 +12,10 @@
    dropped (that search already weighs each head's measured cost against what it saves).
    Without labels, a head is dropped when it costs at least as much as everything after it,
    the most it could ever save.
-3. **Gated blocks**: a stage's gates pay when the pieces they run as (each segment, each
-   branch at the share of samples its gate keeps on the calibration data, the tail) cost
-   less per sample than the stage's own graph, both measured side by side by the profiler.
+3. **Gated blocks**: a stage's gates pay when the graphs they run as (the entry, each
+   block's run graph at the share of samples its gate keeps on the calibration data and its
+   skip graph at the rest) cost less per sample than the stage's own graph, all measured
+   side by side by the profiler.
    Where they do not, the stage's gates are dropped and its own graph runs for every sample.
 
 The measured table must be of exactly these graphs (same graphs sha256) from one device;
@@ -155,18 +156,22 @@ def apply_profile(draft, db, x, y=None, device=None, metric="mean_ms", batch=1,
             "device": device, "metric": metric, "expected": how, "slower_than_fp32": slower}
 
 
-def gated_cost(costs, sid, keep, build):
-    """``(ungated, gated)`` predicted cost per sample reaching stage ``sid``: its own graph
-    (``build``, a ``(format, precision)``) and its pieces with each block's branch at its
-    ``keep`` share; None where the profile lacks a piece."""
-    ungated = costs.get(("{}/ungated".format(sid),) + build)
-    parts = [costs.get(("{}/gate{}".format(sid, i), "onnx", "fp32")) for i in range(len(keep))]
-    branches = [costs.get(("{}/branch{}".format(sid, i), "onnx", "fp32"))
-                for i in range(len(keep))]
-    if ungated is None or None in parts + branches:
+def gated_cost(costs, entry, keep):
+    """``(ungated, gated)`` predicted cost per sample reaching the stage of manifest entry
+    ``entry``: its own graph (its selected build), and its entry graph plus each block's run
+    graph at its ``keep`` share and skip graph (if any) at the rest; gated is None where the
+    profile lacks a piece."""
+    sid = entry["id"]
+
+    def cost(name):
+        return costs.get(("{}/{}".format(sid, name), "onnx", "fp32"))
+    ungated = costs.get(("{}/ungated".format(sid), entry["format"], precision_of(entry)))
+    blocks = entry["gated"]["blocks"]
+    run = [cost("run{}".format(i)) for i in range(len(blocks))]
+    skip = [cost("skip{}".format(i)) if b["skip"] else 0.0 for i, b in enumerate(blocks)]
+    if ungated is None or None in [cost("entry")] + run + skip:
         return ungated, None
-    tail = costs.get(("{}/tail".format(sid), "onnx", "fp32"), 0.0)
-    return ungated, sum(parts) + sum(k * b for k, b in zip(keep, branches)) + tail
+    return ungated, cost("entry") + sum(k * r + (1 - k) * s for k, r, s in zip(keep, run, skip))
 
 
 def gates_that_pay(draft, costs, x, metric, source):
@@ -186,8 +191,7 @@ def gates_that_pay(draft, costs, x, metric, source):
     for entry in stages:
         keep = [b.ran / float(b.ran + b.skipped) if b.ran + b.skipped else 1.0
                 for b in blocks.get(entry["id"], [])]
-        ungated, gated = gated_cost(costs, entry["id"], keep,
-                                    (entry["format"], precision_of(entry)))
+        ungated, gated = gated_cost(costs, entry, keep)
         kept = gated is None or gated < ungated
         out[entry["id"]] = {"ungated": ungated, "gated": gated, "keep": keep, "kept": kept}
         if not kept:

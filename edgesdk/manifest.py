@@ -52,6 +52,16 @@ def graph_entries(manifest):
 # types): a graph entry is a stage or exit dict; a build record has at least ``file`` and
 # ``format``, and ``precision`` unless it is FP32.
 
+def gated_graphs(stage, dropped=True):
+    """The graph records of a stage's gated blocks, in the order they run: the entry, then
+    each block's run and skip graphs (``dropped`` False: none when profiling dropped the
+    gates, as the engine then loads none)."""
+    gated = stage.get("gated") or {}
+    if not gated or (gated.get("dropped") and not dropped):
+        return []
+    return [gated["entry"]] + [g for b in gated["blocks"] for g in (b["run"], b["skip"]) if g]
+
+
 def precision_of(build):
     """The precision of a build record or graph entry (FP32 where it is left out)."""
     return build.get("precision", "fp32")
@@ -313,41 +323,45 @@ def _check_side_graph(graph, path, files):
 
 
 def _check_gated(gated, path, files, outputs):
-    """Gated blocks inside a stage: per block a segment (its state, skip logit and shortcut)
-    and a branch graph, each one's inputs the previous one's outputs, and a skip threshold;
-    the last graph gives the stage's outputs."""
+    """Gated blocks inside a stage: an entry graph, then per block a run and an optional skip
+    graph with the same outputs, each block's graphs reading the previous graph's state (and
+    shortcut, where it has one), and a skip threshold; the last block gives the stage's
+    outputs."""
+    _check_side_graph(_get(gated, "entry", path, (dict,)), path + ".entry", files)
     blocks = _get(gated, "blocks", path, (list,))
     if not blocks:
         _fail(path + ".blocks", "at least one gated block")
-    last = None
+    before = gated["entry"]["outputs"]
     for i, block in enumerate(blocks):
         bp = "{}.blocks[{}]".format(path, i)
-        _get(block, "segment", bp, (dict,))
-        _get(block, "branch", bp, (dict,))
-        for key in ("segment", "branch"):
-            _check_side_graph(block[key], bp + "." + key, files)
-        seg, br = block["segment"]["outputs"], block["branch"]
-        if len(seg) not in (2, 3) or br["inputs"] != [seg[0]] + seg[2:] or len(br["outputs"]) != 1:
-            _fail(bp, "a segment gives (state, skip logit[, shortcut]); the branch reads the "
-                      "state and shortcut and gives one tensor")
-        if last is not None and block["segment"]["inputs"] != last:
-            _fail(bp + ".segment.inputs", "expected the previous branch's output {}".format(last))
-        last = br["outputs"]
+        _check_side_graph(_get(block, "run", bp, (dict,)), bp + ".run", files)
+        skip = _get(block, "skip", bp, (dict, type(None)))
+        shortcut = _get(block, "shortcut", bp, (bool,))
+        if len(before) != 2 + shortcut:
+            _fail(bp, "the graph before this block gives {} tensors, expected its state, the "
+                      "skip logit{}".format(len(before), " and the shortcut" if shortcut else ""))
+        if block["run"]["inputs"] != [before[0]] + before[2:]:
+            _fail(bp + ".run.inputs", "expected {}".format([before[0]] + before[2:]))
+        if skip is None and i + 1 < len(blocks):
+            _fail(bp + ".skip", "only the last block may lack a skip graph (its shortcut's "
+                                "output is then the stage's)")
+        if skip is not None:
+            _check_side_graph(skip, bp + ".skip", files)
+            if skip["inputs"] != [before[-1] if shortcut else before[0]] or \
+                    skip["outputs"] != block["run"]["outputs"]:
+                _fail(bp + ".skip", "a skip graph reads the shortcut's output and gives what "
+                                    "the run graph gives")
         threshold = _number(block, "threshold", bp)
         if not 0 <= threshold <= 1:
             _fail(bp + ".threshold", "a skip probability in [0, 1]")
         macs = _get(block, "macs", bp, (int,))
         if macs < 0:
             _fail(bp + ".macs", "expected a non-negative integer")
+        before = block["run"]["outputs"]
     _get(gated, "dropped", path, (dict, type(None)), optional=True)  # why profiling dropped them
-    tail = _get(gated, "tail", path, (dict, type(None)))
-    if tail is not None:
-        _check_side_graph(tail, path + ".tail", files)
-        if tail["inputs"] != last:
-            _fail(path + ".tail.inputs", "expected the last branch's output {}".format(last))
-        last = tail["outputs"]
-    if last != outputs:
-        _fail(path, "the gated pieces end in {}, the stage's outputs are {}".format(last, outputs))
+    if before != outputs:
+        _fail(path, "the last gated block gives {}, the stage's outputs are {}".format(
+            before, outputs))
 
 
 def _check_spatial(spatial, path, files):

@@ -15,6 +15,7 @@ import sqlite3
 
 import edgesdk
 from edgesdk.errors import InputError, ProfileStoreError
+from edgesdk.manifest import gated_graphs
 from edgesdk.profile_import import check_json_version, read_database
 
 STORE_FORMAT = "edgesdk-profiles"
@@ -71,9 +72,7 @@ def graphs_sha256(manifest):
                 h.update(manifest["files"][rel]["sha256"].encode("ascii"))
         else:
             h.update(manifest["files"][entry["file"]]["sha256"].encode("ascii"))
-        gated = entry.get("gated") or {}   # gated pieces are timed too
-        pieces = [b[key] for b in gated.get("blocks", []) for key in ("segment", "branch")]
-        for piece in pieces + ([gated["tail"]] if gated.get("tail") else []):
+        for piece in gated_graphs(entry):   # gated pieces are timed too
             h.update(manifest["files"][piece["file"]]["sha256"].encode("ascii"))
     return h.hexdigest()
 

@@ -259,12 +259,11 @@ class EdgeModel(object):
         def piece(graph):
             return self._side_graph(graph["file"], graph["inputs"], graph["outputs"],
                                     [None] * len(graph["outputs"]), threads)
-        blocks = [GatedBlock("{}/{}".format(entry["id"], i), piece(b["segment"]),
-                             piece(b["branch"]), b["threshold"], b["macs"],
-                             len(b["segment"]["outputs"]) == 3)
+        blocks = [GatedBlock("{}/{}".format(entry["id"], i), piece(b["run"]),
+                             piece(b["skip"]) if b["skip"] else None, b["threshold"], b["macs"],
+                             b["shortcut"])
                   for i, b in enumerate(spec["blocks"])]
-        return GatedStage(entry["id"], self._host_side(k), blocks,
-                          piece(spec["tail"]) if spec["tail"] else None)
+        return GatedStage(entry["id"], self._host_side(k), piece(spec["entry"]), blocks)
 
     def spatial_stages(self):
         """The stages run on their active regions (:class:`~.spatial.SpatialStage`)."""

@@ -1,15 +1,15 @@
 """Gated residual blocks inside a stage: each sample computes or skips each block's branch.
 
 A stage with gated blocks (see :mod:`edgesdk.converters.gated`) runs as a chain of graphs:
-per block a *segment* (everything since the previous block, then the block's gate and
-shortcut: state ``h``, a skip logit per sample, the shortcut's output) and a *branch*
-(``shortcut + branch(h)``), which runs only on the samples whose ``sigmoid(logit)`` is below
-the block's threshold; the others keep the shortcut's output (the block's residual branch is
-skipped, its shortcut kept, so downsampling blocks skip too). A *tail* graph runs what
-follows the last block. The gate costs no call of its own: it is an output of the segment.
+the *entry* gives the first block's input ``h``, a skip logit per sample and the shortcut's
+output; then per block, the samples whose skip logit is below the threshold's logit
+(``sigmoid(logit) < threshold``) run *run* (``shortcut + branch(h)``, then on to the next
+block's gate or the stage's end) and the others *skip* (the same continuation from the
+shortcut alone): the residual branch is skipped, the shortcut kept, so downsampling blocks
+skip too. The gate costs no call of its own, and at batch 1 each block is one call.
 
 With ``enabled`` False (or gates dropped at conversion because they cost more than they
-saved) the stage's own graph runs, every branch computed. The pieces are ONNX graphs run by
+saved) the stage's own graph runs, every branch computed. These graphs are ONNX graphs run by
 ONNX Runtime on the host CPU, whichever executor runs the stage's own graph.
 Python 3.6 / numpy 1.19 compatible.
 """
@@ -18,32 +18,47 @@ import threading
 import numpy as np
 
 
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
+def skip_limit(threshold):
+    """The skip logit at and above which a sample skips: ``sigmoid(z) >= t`` is ``z >=
+    log(t / (1 - t))``, compared without an exponential per call."""
+    if threshold <= 0.0:
+        return -np.inf
+    if threshold >= 1.0:
+        return np.inf
+    return float(np.log(threshold / (1.0 - threshold)))
 
 
 class GatedBlock(object):
-    """One gated block's two graphs, its skip threshold, its branch's MACs per sample and
-    what it skipped (samples)."""
+    """One gated block: its run and skip graphs (skip None: nothing follows it, the shortcut's
+    output is the stage's), whether it has a projection shortcut, its skip threshold, the MACs
+    per sample skipping it saves, and what it skipped and ran (samples)."""
 
-    def __init__(self, bid, segment, branch, threshold, macs, shortcut):
-        self.id, self.segment, self.branch = bid, segment, branch
-        self.threshold, self.macs, self.shortcut = threshold, macs, shortcut
+    def __init__(self, bid, run, skip, threshold, macs, shortcut):
+        self.id, self.run, self.skip, self.macs, self.shortcut = bid, run, skip, macs, shortcut
+        self.threshold = threshold
         self.skipped = self.ran = 0
+
+    @property
+    def threshold(self):
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value):
+        self._threshold, self.limit = value, skip_limit(value)
 
 
 class GatedStage(object):
     """A stage run block by block with per-sample skipping; runs like a stage graph.
 
-    ``stage``: the stage's own (dense) graph; ``blocks``: :class:`GatedBlock` in order;
-    ``tail``: the graph after the last block, or None. ``force_run`` makes every sample
+    ``stage``: the stage's own (dense) graph; ``entry``: the graph up to the first block's
+    gate; ``blocks``: :class:`GatedBlock` in order. ``force_run`` makes every sample
     compute every branch through the pieces (what the profiler times). Counts are kept under
     a lock: several threads may run one model."""
 
     adaptive = True   # EdgeModel.adaptive_stages() lists it
 
-    def __init__(self, sid, stage, blocks, tail):
-        self.id, self.stage, self.blocks, self.tail = sid, stage, list(blocks), tail
+    def __init__(self, sid, stage, entry, blocks):
+        self.id, self.stage, self.entry, self.blocks = sid, stage, entry, list(blocks)
         self.enabled, self.force_run = True, False
         self._count_lock = threading.Lock()
 
@@ -80,23 +95,29 @@ class GatedStage(object):
         n = len(state[0])
         if not self.enabled or n == 0:
             return self.stage.run(state)
-        z = state
+        out = self.entry.run(state)
         for b in self.blocks:
-            out = b.segment.run(z)
-            h, short = out[0], out[2] if b.shortcut else out[0]
-            run = None if self.force_run else \
-                _sigmoid(np.asarray(out[1]).reshape(n)) < b.threshold
+            h = out[0]
+            short = out[2] if b.shortcut else h
+            run_in = [h, short] if b.shortcut else [h]
+            run = None if self.force_run else np.asarray(out[1]).reshape(n) < b.limit
             if run is None or run.all():
-                z = b.branch.run(out[:1] + out[2:])
-                ran = n
+                out, ran = b.run.run(run_in), n
             else:
-                ran = int(run.sum())
-                merged = np.array(short)   # skipped rows keep the shortcut's output
+                ran, rest = int(run.sum()), ~run
+                skipped = b.skip.run([short[rest]]) if b.skip is not None else [short[rest]]
                 if ran:
-                    part = [np.asarray(t)[run] for t in out[:1] + out[2:]]
-                    merged[run] = b.branch.run(part)[0]
-                z = [merged]
+                    computed = b.run.run([t[run] for t in run_in])
+                    out = []
+                    for c, k in zip(computed, skipped):
+                        merged = np.empty((n,) + c.shape[1:], dtype=c.dtype)
+                        merged[run], merged[rest] = c, k
+                        out.append(merged)
+                elif b.skip is not None:
+                    out = skipped
+                else:
+                    out = [short]
             with self._count_lock:
                 b.skipped += n - ran
                 b.ran += ran
-        return self.tail.run(z) if self.tail is not None else list(z)
+        return list(out)

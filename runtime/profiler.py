@@ -130,48 +130,52 @@ def profile_graphs(model, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS, sens
 
 def gate_rows(model, inputs, batch, repeats=REPEATS, min_seconds=MIN_SECONDS):
     """Rows for the stages with gated blocks (:mod:`.gated_stages`): the stage's own graph
-    (``STAGE/ungated``) and each piece with every branch computed (``STAGE/gate<i>``, the
-    segment holding block i's gate; ``STAGE/branch<i>``; ``STAGE/tail``), timed side by side
-    in rounds (each graph in the same loop, so their costs compare). From them and the share
-    of samples each gate keeps, ``convert --profile`` predicts whether gating pays."""
+    (``STAGE/ungated``), its entry graph (``STAGE/entry``) and each block's graph for the
+    samples computing it (``STAGE/run<i>``) and skipping it (``STAGE/skip<i>``), each on the
+    whole batch, timed side by side in rounds (each graph in the same loop, so their costs
+    compare). From them and the share of samples each gate keeps, ``convert --profile``
+    predicts whether gating pays."""
     rows = []
     for kind, k, graph, tensors in inputs:
         stage = model.stages[k] if kind == "stage" else None
         if not getattr(stage, "blocks", None) or not stage.enabled:
             continue
-        calls = [("{}/ungated".format(stage.id), model.builds[stage.id], stage.stage, None,
-                  model.bundle.manifest["stages"][k]["macs"])]
-        for i, b in enumerate(stage.blocks):
-            calls += [("{}/gate{}".format(stage.id, i), None, b.segment, "segment", None),
-                      ("{}/branch{}".format(stage.id, i), None, b.branch, "branch", b.macs)]
-        if stage.tail is not None:
-            calls.append(("{}/tail".format(stage.id), None, stage.tail, "tail", None))
+        calls = _gated_calls(stage, list(tensors))
         times = [[] for _ in calls]
         end, done = _clock() + min_seconds, -WARMUP   # the first rounds warm up
         while done < repeats or _clock() < end:
-            z, seg = list(tensors), None
-            for slot, (_, _, g, role, _) in enumerate(calls):
-                feed = {None: tensors, "segment": z, "tail": z,
-                        "branch": None if seg is None else seg[:1] + seg[2:]}[role]
+            for slot, (_, g, feed) in enumerate(calls):
                 t0 = _clock()
-                out = g.run(list(feed))
-                dt = _clock() - t0
-                if role == "segment":
-                    seg = out
-                elif role == "branch":
-                    z = out
+                g.run(feed)
                 if done >= 0:
-                    times[slot].append(dt * 1000.0)
+                    times[slot].append((_clock() - t0) * 1000.0)
             done += 1
-        for (gid, build, _, _, macs), ms in zip(calls, times):
-            row = {"graph": gid, "kind": "gated", "index": k, "batch": batch,
-                   "build": build["format"] if build else "onnx",
-                   "precision": build["precision"] if build else "fp32", "macs": macs,
+        for (name, _, _), ms in zip(calls, times):
+            build = model.builds[stage.id] if name == "ungated" else None
+            row = {"graph": "{}/{}".format(stage.id, name), "kind": "gated", "index": k,
+                   "batch": batch, "build": build["format"] if build else "onnx",
+                   "precision": build["precision"] if build else "fp32",
+                   "macs": model.bundle.manifest["stages"][k]["macs"] if build else None,
                    "peak_rss_mb": peak_rss_mb(), "energy_mj": None, "idle_power_w": None,
                    "energy_status": "not measured separately"}
             row.update(latency_stats(ms))
             rows.append(row)
     return rows
+
+
+def _gated_calls(stage, tensors):
+    """``[(name, graph, inputs)]``: a gated stage's own graph and each of its pieces with
+    the inputs a pass computing every block gives it."""
+    calls = [("ungated", stage.stage, tensors), ("entry", stage.entry, tensors)]
+    out = stage.entry.run(tensors)
+    for i, b in enumerate(stage.blocks):
+        short = out[2] if b.shortcut else out[0]
+        if b.skip is not None:
+            calls.append(("skip{}".format(i), b.skip, [short]))
+        feed = [out[0], short] if b.shortcut else [out[0]]
+        calls.append(("run{}".format(i), b.run, feed))
+        out = b.run.run(feed)
+    return calls
 
 
 def engine_rows(engine, kinds, batch):
@@ -329,8 +333,8 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS
     else:
         record = _NoRecorder()
     # graphs + the runtime's own rows, per configuration
-    gated = sum(2 * len(s.blocks) + 1 + (s.tail is not None) for s in model.adaptive_stages()
-                if getattr(s, "blocks", None))
+    gated = sum(2 + len(s.blocks) + sum(b.skip is not None for b in s.blocks)
+                for s in model.adaptive_stages() if getattr(s, "blocks", None))
     total = (2 * model.num_exits + len(RUNTIME_ROWS) + gated) * len(batch_sizes) * len(configs)
     rows, seen = [], set()
     try:

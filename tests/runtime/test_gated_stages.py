@@ -41,7 +41,7 @@ def gated_model(offsets=(0.3, 0.3, 0.3)):
     a, b, c = offsets
     stage0 = nn.Sequential(conv(1, 8, 2),
                            GatedBlock(_branch(8, 8), SignGate(a), post=nn.ReLU()),
-                           GatedBlock(_branch(8, 8), SignGate(b)))   # no post: no tail
+                           GatedBlock(_branch(8, 8), SignGate(b)))   # no post: no skip graph
     down = GatedBlock(_branch(8, 16, 2), SignGate(c),
                       shortcut=nn.Sequential(nn.Conv2d(8, 16, 1, 2), nn.BatchNorm2d(16)),
                       post=nn.ReLU())
@@ -108,11 +108,15 @@ def test_the_manifest_records_each_block_with_its_branch_macs(gated_bundle):
     path, _ = gated_bundle
     stages = bundle_io.read_bundle(path).manifest["stages"]
     blocks = [b for e in stages for b in e["gated"]["blocks"]]
-    assert [len(b["segment"]["outputs"]) for b in blocks] == [2, 2, 3]  # projection shortcut
-    assert all(b["macs"] > 0 and b["threshold"] == 0.5 for b in blocks)
-    # Each branch is most of its block; the stem and the trailing conv sit outside them.
-    assert sum(b["macs"] for b in blocks[:2]) < stages[0]["macs"]
-    assert stages[0]["gated"]["tail"] is None and stages[1]["gated"]["tail"] is not None
+    assert [b["shortcut"] for b in blocks] == [False, False, True]   # the projection
+    assert [len(b["run"]["inputs"]) for b in blocks] == [1, 1, 2]
+    assert all(b["threshold"] == 0.5 for b in blocks)
+    # What skipping saves: the branch's two 3x3 convolutions (the strided one at 4x4 output).
+    assert [b["macs"] for b in blocks] == [2 * 8 * 8 * 8 * 8 * 9] * 2 + [
+        16 * 8 * 9 * 16 + 16 * 16 * 9 * 16]
+    # The last block of stage 0 ends the stage without a ReLU: a skip there is the shortcut.
+    assert blocks[1]["skip"] is None and blocks[0]["skip"] and blocks[2]["skip"]
+    assert stages[0]["gated"]["entry"]["outputs"] == ["h0", "skip_logit0"]
 
 
 def test_force_run_computes_every_branch_through_the_pieces(gated_bundle):
@@ -162,10 +166,10 @@ def test_a_manifest_whose_pieces_do_not_chain_is_refused(gated_bundle, tmp_path)
     mpath = local + "/manifest.json"
     with open(mpath) as f:
         m = json.load(f)
-    m["stages"][0]["gated"]["blocks"][1]["segment"]["inputs"] = ["h0"]
+    m["stages"][0]["gated"]["blocks"][1]["run"]["inputs"] = ["h0"]
     with open(mpath, "w") as f:
         json.dump(m, f)
-    with pytest.raises(BundleError, match="previous branch's output"):
+    with pytest.raises(BundleError, match=r"blocks\[1\]\.run\.inputs.*expected \['h1'\]"):
         load_bundle(local)
 
 
@@ -175,8 +179,8 @@ def test_the_profiler_times_the_ungated_stage_beside_each_piece(gated_bundle):
     out = profile_bundle(path, [1, 4], warmup=1, repeats=3, min_seconds=0, warmup_s=0,
                          progress=False)
     gated = {(r["graph"], r["batch"]) for r in out["graphs"] if r["kind"] == "gated"}
-    pieces = ["stage0/ungated", "stage0/gate0", "stage0/branch0", "stage0/gate1",
-              "stage0/branch1", "stage1/ungated", "stage1/gate0", "stage1/branch0", "stage1/tail"]
+    pieces = ["stage0/ungated", "stage0/entry", "stage0/run0", "stage0/skip0", "stage0/run1",
+              "stage1/ungated", "stage1/entry", "stage1/run0", "stage1/skip0"]
     assert gated == {(g, b) for g in pieces for b in (1, 4)}
     assert all(r["mean_ms"] > 0 and r["repeats"] >= 3 for r in out["graphs"] if r["kind"] == "gated")
 
@@ -187,9 +191,9 @@ def _profile_store(db, manifest, piece_ms):
     names = [e["id"] for e in manifest["stages"] + manifest["exits"]]
     for e in manifest["stages"]:
         names += ["{}/ungated".format(e["id"])]
-        names += ["{}/{}{}".format(e["id"], kind, i) for i in range(len(e["gated"]["blocks"]))
-                  for kind in ("gate", "branch")]
-        names += ["{}/tail".format(e["id"])] if e["gated"]["tail"] else []
+        names += ["{}/entry".format(e["id"])]
+        names += ["{}/{}{}".format(e["id"], kind, i) for i, b in enumerate(e["gated"]["blocks"])
+                  for kind in ("run", "skip") if kind == "run" or b["skip"]]
     rows = [{"device": "board", "target": "host", "bundle_sha256": graphs_sha256(manifest),
              "graph": g, "build": "onnx", "precision": "fp32", "batch": 1, "resolution": "16x16",
              "metric": "mean_ms", "value": piece_ms(g) if "/" in g else 1.0, "sensor": "none",
@@ -202,11 +206,11 @@ def test_convert_with_a_profile_drops_gates_that_cost_more_than_they_save(gated_
     path, model = gated_bundle
     manifest = bundle_io.read_bundle(path).manifest
     x = _inputs(64, seed=5)
-    # stage0's gates pay (cheap segments, dear branches); stage1's do not (its segment alone
-    # costs more than the ungated stage).
-    cost = {"stage0/ungated": 2.0, "stage0/gate0": 0.1, "stage0/gate1": 0.1,
-            "stage0/branch0": 1.0, "stage0/branch1": 1.0,
-            "stage1/ungated": 1.0, "stage1/gate0": 1.5, "stage1/branch0": 0.5, "stage1/tail": 0.1}
+    # stage0's gates pay (a cheap entry, dear blocks, cheap skips); stage1's do not (its
+    # entry alone costs more than the ungated stage).
+    cost = {"stage0/ungated": 2.0, "stage0/entry": 0.1, "stage0/run0": 1.0, "stage0/skip0": 0.1,
+            "stage0/run1": 1.0,
+            "stage1/ungated": 1.0, "stage1/entry": 1.5, "stage1/run0": 0.5, "stage1/skip0": 0.1}
     db = str(tmp_path / "p.sqlite")
     _profile_store(db, manifest, cost.get)
     out = str(tmp_path / "chosen.edgebundle")
@@ -216,11 +220,12 @@ def test_convert_with_a_profile_drops_gates_that_cost_more_than_they_save(gated_
     assert gates["stage0"]["kept"] and not gates["stage1"]["kept"]
     keep = gates["stage0"]["keep"]
     assert all(0 < k < 1 for k in keep)      # measured on the calibration inputs
-    assert gates["stage0"]["gated"] == pytest.approx(0.2 + keep[0] + keep[1])
+    assert gates["stage0"]["gated"] == pytest.approx(0.1 + keep[0] + 0.1 * (1 - keep[0]) + keep[1])
     chosen = load_bundle(out)
     assert [s.id for s in chosen.adaptive_stages()] == ["stage0"]
     dropped = chosen.bundle.manifest["stages"][1]["gated"]["dropped"]
     g1 = gates["stage1"]
-    assert g1["gated"] == pytest.approx(1.5 + 0.5 * g1["keep"][0] + 0.1) and g1["ungated"] == 1.0
+    assert g1["gated"] == pytest.approx(1.5 + 0.5 * g1["keep"][0] + 0.1 * (1 - g1["keep"][0]))
+    assert g1["ungated"] == 1.0
     assert dropped["method"] == "dropped by profile" and "{:.4g}".format(g1["gated"]) in \
         dropped["reason"]

@@ -1,0 +1,267 @@
+"""Gated residual blocks inside stages on real MNIST: gated vs ungated latency, what the
+profile predicts, and whether ``convert --profile`` keeps the gates, at two sizes, one run.
+
+Model (per input size S and width C): stage 0 = a stride-2 stem (C channels, S/2) and two
+gated residual blocks; stage 1 = a gated *downsampling* block (stride 2 to 2C channels at
+S/4, projection shortcut) and a gated block; a pooled linear head per stage (two exits, none
+per block). Sizes: the digits upsampled to 56x56 with C = 32, and at 28x28 with C = 8.
+Trained briefly (``--epochs``, the 3000 training digits) with every branch dropped for 20%
+of the samples (stochastic depth through the gates), then each gate (pool + linear on the
+block's input) is trained to predict that skipping its block alone keeps the answer right.
+Converted, the gates' common threshold certified on the calibration split by
+``calibrate_gates`` (within 0.5 points of the ungated bundle, 90% confidence), profiled
+(``profile_graphs``: each stage's own graph beside its pieces), converted again with that
+profile (``convert --profile``, which drops the gates of a stage whose pieces cost more than
+its graph at the measured keep shares).
+
+Reported per size: skip share per block, accuracy gated vs ungated, batch-1 latency gated /
+ungated with exits off (interleaved rounds), the MAC-predicted ratio, the ratio the profile
+predicts, and the stages whose gates the profile kept and what that bundle measures.
+The last line is one JSON object.
+"""
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from common import SAMPLE, cpu, sample_parser
+
+# (input size, width C): blocks large enough for skipping to pay, and small ones where the
+# extra graph calls cost more than the skipped branches.
+CONFIGS = ((56, 32), (28, 8))
+SKIP_SHARE = 0.2    # stochastic depth in training
+
+
+def gate_module(c):
+    """A gate: pooled features -> a skip logit; ``mode`` "random" skips each sample with
+    probability SKIP_SHARE (training), "skip"/"run" force it (labelling), "learned" scores."""
+    import torch
+    from torch import nn
+
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.score = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 1))
+            self.mode = "learned"
+
+        def forward(self, x):
+            if self.mode == "learned":
+                return self.score(x)
+            n = x.shape[0]
+            if self.mode == "random":
+                return (torch.rand(n, 1) < SKIP_SHARE).float() * 100.0 - 50.0
+            return torch.full((n, 1), 50.0 if self.mode == "skip" else -50.0)
+    return Gate()
+
+
+def gated_net(c):
+    from torch import nn
+    from edgesdk.converters import MultiExitModel
+    from edgesdk.converters.gated import GatedBlock
+
+    def conv_bn(c_in, c_out, stride=1, relu=True):
+        layers = [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out)]
+        return layers + ([nn.ReLU()] if relu else [])
+
+    def block(c_in, c_out, stride=1):
+        branch = nn.Sequential(*conv_bn(c_in, c_out, stride) + conv_bn(c_out, c_out, relu=False))
+        shortcut = None if stride == 1 else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        return GatedBlock(branch, gate_module(c_in), shortcut=shortcut, post=nn.ReLU())
+
+    def head(ch):
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, 10))
+    stages = [nn.Sequential(*conv_bn(1, c, 2), block(c, c), block(c, c)),
+              nn.Sequential(block(c, 2 * c, 2), block(2 * c, 2 * c))]
+    return MultiExitModel(stages, [head(c), head(2 * c)])
+
+
+def set_gates(net, mode):
+    from edgesdk.converters.gated import gated_blocks
+    for b in gated_blocks(net):
+        b.gate.mode = mode
+
+
+def train(net, x, y, epochs):
+    import torch
+    import torch.nn.functional as F
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * ((len(y) + 63) // 64))
+    rng = np.random.default_rng(0)
+    set_gates(net, "random")
+    net.train()
+    for _ in range(epochs):
+        order = torch.from_numpy(rng.permutation(len(y)))
+        for i in range(0, len(y), 64):
+            idx = order[i:i + 64]
+            loss = sum(F.cross_entropy(o, yt[idx]) for o in net(xt[idx]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    net.eval()
+    return train_gates(net, xt, y)
+
+
+def train_gates(net, xt, y, epochs=60):
+    """Each gate learns, on its block's input, whether skipping that block alone keeps the
+    final answer right."""
+    import torch
+    from torch import nn
+    from edgesdk.converters.gated import gated_blocks
+    blocks = gated_blocks(net)
+    inputs = {}
+    hooks = [b.register_forward_hook(lambda m, i, o, b=b: inputs.__setitem__(b, i[0]))
+             for b in blocks]
+    with torch.no_grad():
+        set_gates(net, "run")
+        net(xt)
+        for h in hooks:
+            h.remove()
+        targets = []
+        for b in blocks:
+            b.gate.mode = "skip"
+            targets.append((net(xt)[-1].argmax(1).numpy() == y).astype(np.float32))
+            b.gate.mode = "run"
+    set_gates(net, "learned")
+    for b, t in zip(blocks, targets):
+        opt = torch.optim.Adam(b.gate.parameters(), lr=1e-2)
+        t = torch.from_numpy(t)[:, None]
+        for _ in range(epochs):
+            loss = nn.functional.binary_cross_entropy_with_logits(b.gate(inputs[b]), t)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+def ms_per_sample(model, x):
+    start = time.perf_counter()
+    for i in range(len(x)):
+        model.run(x[i:i + 1], early_exit=False)
+    return (time.perf_counter() - start) * 1000.0 / len(x)
+
+
+def one_config(size, c, splits, args, work):
+    import torch
+    from edgesdk.converters import convert
+    from edgesdk.converters.adaptive_stages import calibrate_gates
+    from edgesdk.converters.cost_model import build_costs
+    from edgesdk.converters.gated import gated_blocks
+    from edgesdk.converters.selection import gated_cost
+    from edgesdk.errors import CalibrationError
+    from edgesdk.profiles import ProfileRecorder
+    from edgesdk.runtime import load_bundle
+    from edgesdk.runtime.profiler import profile_graphs
+    from data import to_model_input
+    from spatial import upsampled
+    (xtr, ytr), (xc, yc), (xte, yte) = [(upsampled(x) if size == 56 else to_model_input(x), y)
+                                        for x, y in splits]
+    torch.manual_seed(0)
+    net = train(gated_net(c), xtr, ytr, args.epochs)
+    path = os.path.join(work, "gated{}.edgebundle".format(size))
+    convert(net, xc[:8], path, progress=False, threads=args.threads)
+    try:
+        chosen = calibrate_gates(path, xc, yc, max_accuracy_drop=0.5, confidence=0.9,
+                                 threads=args.threads)
+        threshold = next(iter(chosen["thresholds"].values()))
+    except CalibrationError as e:   # nothing certified: the model's own threshold
+        print("{}x{}: {}".format(size, size, e), file=sys.stderr)
+        threshold = None
+    model = load_bundle(path, threads=args.threads)
+    stages = model.adaptive_stages()
+    xt = xte[:args.samples]
+
+    def switch(on):
+        for s in stages:
+            s.enabled = on
+            s.reset_counts()
+    switch(True)
+    gated_labels = model.exit_logits(xte)[-1].argmax(1)
+    keep = {s.id: [b.ran / float(b.ran + b.skipped) for b in s.blocks] for s in stages}
+    switch(False)
+    dense_labels = model.exit_logits(xte)[-1].argmax(1)
+    times = {"gated": [], "ungated": []}
+    for _ in range(args.rounds):
+        for kind in times:
+            switch(kind == "gated")
+            times[kind].append(ms_per_sample(model, xt))
+    switch(True)
+    # The profile: the graphs in real runs, each gated stage's own graph beside its pieces.
+    db = os.path.join(work, "profile{}.sqlite".format(size))
+    record = ProfileRecorder(db, model.bundle.manifest)
+    rows = profile_graphs(model, [1], progress=record)
+    record.close()
+    costs, _ = build_costs([dict(r, metric="mean_ms", value=r["mean_ms"]) for r in rows],
+                           "mean_ms")
+    m = model.bundle.manifest
+    predicted = {}
+    for e in m["stages"]:
+        ungated, gated = gated_cost(costs, e, keep[e["id"]])
+        predicted[e["id"]] = {"ungated_ms": ungated, "gated_ms": gated}
+    rest = sum(costs[(g, "onnx", "fp32")] for g in ("exit1",))
+    pred_ratio = (sum(p["gated_ms"] for p in predicted.values()) + rest) / \
+        (sum(p["ungated_ms"] for p in predicted.values()) + rest)
+    total = float(sum(e["macs"] for e in m["stages"]) + m["exits"][-1]["macs"])
+    skipped = sum((1 - k) * b["macs"] for e in m["stages"]
+                  for k, b in zip(keep[e["id"]], e["gated"]["blocks"]))
+    # Convert again with the calibrated threshold and the profile: the gates that pay stay.
+    for b in gated_blocks(net):
+        b.threshold = threshold if threshold is not None else b.threshold
+    chosen_path = os.path.join(work, "chosen{}.edgebundle".format(size))
+    report = convert(net, xc[:8], chosen_path, progress=False, threads=args.threads,
+                     calibration_data=(xc, yc), profile=db)
+    kept = sorted(sid for sid, g in report.choices["gates"].items() if g["kept"])
+    chosen_model = load_bundle(chosen_path, threads=args.threads)
+    chosen_ms = []
+    for _ in range(args.rounds):
+        chosen_ms.append(ms_per_sample(chosen_model, xt))
+        switch(False)
+        times["ungated"].append(ms_per_sample(model, xt))
+    ratio = float(np.median(times["gated"]) / np.median(times["ungated"][:args.rounds]))
+    row = {"size": size, "width": c, "threshold": threshold,
+           "keep": {k: [round(v, 3) for v in vs] for k, vs in keep.items()},
+           "accuracy_gated": float((gated_labels == yte).mean()),
+           "accuracy_ungated": float((dense_labels == yte).mean()),
+           "gated_vs_ungated": round(ratio, 3),
+           "mac_predicted": round(1 - skipped / total, 3),
+           "profile_predicted": round(pred_ratio, 3),
+           "per_stage_predicted_ms": predicted,
+           "profile_kept_gates_of": kept,
+           "profile_chosen_vs_ungated": round(float(
+               np.median(chosen_ms) / np.median(times["ungated"][args.rounds:])), 3)}
+    print("{}x{}, width {}: skip threshold {}; keep shares {}; accuracy gated {:.2%} vs ungated "
+          "{:.2%}; batch-1 gated/ungated {:.3f} (MACs predict {:.3f}, the profile {:.3f}); "
+          "convert --profile kept the gates of {}: that bundle / ungated {:.3f}".format(
+              size, size, c, threshold, row["keep"], row["accuracy_gated"], row["accuracy_ungated"], ratio,
+              row["mac_predicted"], row["profile_predicted"], kept or "no stage",
+              row["profile_chosen_vs_ungated"]))
+    return row
+
+
+def main(argv=None):
+    parser = sample_parser(__doc__)
+    parser.set_defaults(epochs=4, samples=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    import torch
+    sys.path.insert(0, SAMPLE)
+    from data import load_splits
+    torch.set_num_threads(args.threads)
+    s = load_splits()
+    splits = [s[k] for k in ("train", "calibration", "test")]
+    work = tempfile.mkdtemp(prefix="edgesdk-gating-")
+    rows = [one_config(size, c, splits, args, work) for size, c in CONFIGS]
+    print(json.dumps({"date": datetime.date.today().isoformat(), "machine": "{} cores {}".format(
+        os.cpu_count(), platform.machine()), **cpu(), "threads": args.threads,
+        "epochs": args.epochs, "samples": args.samples, "rounds": args.rounds, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
