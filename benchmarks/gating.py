@@ -35,6 +35,7 @@ from common import SAMPLE, cpu, sample_parser
 # extra graph calls cost more than the skipped branches.
 CONFIGS = ((56, 32), (28, 8))
 SKIP_SHARE = 0.2    # stochastic depth in training
+SKIP_SHARES = (0.25, 0.5, 0.75)   # skip shares swept (thresholds from the gates' quantiles)
 
 
 def gate_module(c):
@@ -148,13 +149,79 @@ def ms_per_sample(model, x):
     return (time.perf_counter() - start) * 1000.0 / len(x)
 
 
+def gate_logits(net, x):
+    """Each gated block's learned skip logits on ``x``, every block computed."""
+    import torch
+    from edgesdk.converters.gated import gated_blocks
+    blocks, seen = gated_blocks(net), {}
+    hooks = [b.register_forward_hook(lambda m, i, o, b=b: seen.__setitem__(b, b.gate.score(i[0])))
+             for b in blocks]
+    set_gates(net, "run")
+    try:
+        with torch.no_grad():
+            net(torch.from_numpy(x))
+    finally:
+        set_gates(net, "learned")
+        for h in hooks:
+            h.remove()
+    return [seen[b].numpy().ravel() for b in blocks]
+
+
+class Setting(object):
+    """Measures the converted bundle at one set of block thresholds (gates vs its own graphs,
+    interleaved rounds, batch 1, exits off)."""
+
+    def __init__(self, model, xt, xte, yte, rounds):
+        self.model, self.xt, self.xte, self.yte, self.rounds = model, xt, xte, yte, rounds
+        self.stages = model.adaptive_stages()
+        self.blocks = [b for s in self.stages for b in s.blocks]
+
+    def switch(self, on):
+        for s in self.stages:
+            s.enabled = on
+            s.reset_counts()
+
+    def measure(self, thresholds, costs, manifest):
+        for b, t in zip(self.blocks, thresholds):
+            b.threshold = t
+        self.switch(True)
+        labels = self.model.exit_logits(self.xte)[-1].argmax(1)
+        keep = {s.id: [b.ran / float(b.ran + b.skipped) for b in s.blocks] for s in self.stages}
+        self.switch(False)
+        dense = self.model.exit_logits(self.xte)[-1].argmax(1)
+        times = {"gated": [], "ungated": []}
+        for _ in range(self.rounds):
+            for kind in times:
+                self.switch(kind == "gated")
+                times[kind].append(ms_per_sample(self.model, self.xt))
+        self.switch(True)
+        return dict(self.predict(keep, costs, manifest),
+                    keep={k: [round(v, 3) for v in vs] for k, vs in keep.items()},
+                    accuracy_gated=float((labels == self.yte).mean()),
+                    accuracy_ungated=float((dense == self.yte).mean()),
+                    gated_vs_ungated=round(float(np.median(times["gated"]) /
+                                                 np.median(times["ungated"])), 3))
+
+    @staticmethod
+    def predict(keep, costs, manifest):
+        """Gated / ungated as the profile and as MACs predict it (stages and the final head)."""
+        from edgesdk.converters.selection import gated_cost
+        head = costs[(manifest["exits"][-1]["id"], "onnx", "fp32")]
+        per_stage = [gated_cost(costs, e, keep[e["id"]]) for e in manifest["stages"]]
+        total = float(sum(e["macs"] for e in manifest["stages"]) + manifest["exits"][-1]["macs"])
+        skipped = sum((1 - k) * b["macs"] for e in manifest["stages"]
+                      for k, b in zip(keep[e["id"]], e["gated"]["blocks"]))
+        return {"profile_predicted": round((sum(g for _, g in per_stage) + head) /
+                                           (sum(u for u, _ in per_stage) + head), 3),
+                "mac_predicted": round(1 - skipped / total, 3)}
+
+
 def one_config(size, c, splits, args, work):
     import torch
     from edgesdk.converters import convert
     from edgesdk.converters.adaptive_stages import calibrate_gates
     from edgesdk.converters.cost_model import build_costs
     from edgesdk.converters.gated import gated_blocks
-    from edgesdk.converters.selection import gated_cost
     from edgesdk.errors import CalibrationError
     from edgesdk.profiles import ProfileRecorder
     from edgesdk.runtime import load_bundle
@@ -170,29 +237,11 @@ def one_config(size, c, splits, args, work):
     try:
         chosen = calibrate_gates(path, xc, yc, max_accuracy_drop=0.5, confidence=0.9,
                                  threads=args.threads)
-        threshold = next(iter(chosen["thresholds"].values()))
-    except CalibrationError as e:   # nothing certified: the model's own threshold
+        calibrated = next(iter(chosen["thresholds"].values()))
+    except CalibrationError as e:   # nothing certified: the gates never skip
         print("{}x{}: {}".format(size, size, e), file=sys.stderr)
-        threshold = None
+        calibrated = 1.0
     model = load_bundle(path, threads=args.threads)
-    stages = model.adaptive_stages()
-    xt = xte[:args.samples]
-
-    def switch(on):
-        for s in stages:
-            s.enabled = on
-            s.reset_counts()
-    switch(True)
-    gated_labels = model.exit_logits(xte)[-1].argmax(1)
-    keep = {s.id: [b.ran / float(b.ran + b.skipped) for b in s.blocks] for s in stages}
-    switch(False)
-    dense_labels = model.exit_logits(xte)[-1].argmax(1)
-    times = {"gated": [], "ungated": []}
-    for _ in range(args.rounds):
-        for kind in times:
-            switch(kind == "gated")
-            times[kind].append(ms_per_sample(model, xt))
-    switch(True)
     # The profile: the graphs in real runs, each gated stage's own graph beside its pieces.
     db = os.path.join(work, "profile{}.sqlite".format(size))
     record = ProfileRecorder(db, model.bundle.manifest)
@@ -200,49 +249,32 @@ def one_config(size, c, splits, args, work):
     record.close()
     costs, _ = build_costs([dict(r, metric="mean_ms", value=r["mean_ms"]) for r in rows],
                            "mean_ms")
-    m = model.bundle.manifest
-    predicted = {}
-    for e in m["stages"]:
-        ungated, gated = gated_cost(costs, e, keep[e["id"]])
-        predicted[e["id"]] = {"ungated_ms": ungated, "gated_ms": gated}
-    rest = sum(costs[(g, "onnx", "fp32")] for g in ("exit1",))
-    pred_ratio = (sum(p["gated_ms"] for p in predicted.values()) + rest) / \
-        (sum(p["ungated_ms"] for p in predicted.values()) + rest)
-    total = float(sum(e["macs"] for e in m["stages"]) + m["exits"][-1]["macs"])
-    skipped = sum((1 - k) * b["macs"] for e in m["stages"]
-                  for k, b in zip(keep[e["id"]], e["gated"]["blocks"]))
-    # Convert again with the calibrated threshold and the profile: the gates that pay stay.
-    for b in gated_blocks(net):
-        b.threshold = threshold if threshold is not None else b.threshold
-    chosen_path = os.path.join(work, "chosen{}.edgebundle".format(size))
-    report = convert(net, xc[:8], chosen_path, progress=False, threads=args.threads,
-                     calibration_data=(xc, yc), profile=db)
-    kept = sorted(sid for sid, g in report.choices["gates"].items() if g["kept"])
-    chosen_model = load_bundle(chosen_path, threads=args.threads)
-    chosen_ms = []
-    for _ in range(args.rounds):
-        chosen_ms.append(ms_per_sample(chosen_model, xt))
-        switch(False)
-        times["ungated"].append(ms_per_sample(model, xt))
-    ratio = float(np.median(times["gated"]) / np.median(times["ungated"][:args.rounds]))
-    row = {"size": size, "width": c, "threshold": threshold,
-           "keep": {k: [round(v, 3) for v in vs] for k, vs in keep.items()},
-           "accuracy_gated": float((gated_labels == yte).mean()),
-           "accuracy_ungated": float((dense_labels == yte).mean()),
-           "gated_vs_ungated": round(ratio, 3),
-           "mac_predicted": round(1 - skipped / total, 3),
-           "profile_predicted": round(pred_ratio, 3),
-           "per_stage_predicted_ms": predicted,
-           "profile_kept_gates_of": kept,
-           "profile_chosen_vs_ungated": round(float(
-               np.median(chosen_ms) / np.median(times["ungated"][args.rounds:])), 3)}
-    print("{}x{}, width {}: skip threshold {}; keep shares {}; accuracy gated {:.2%} vs ungated "
-          "{:.2%}; batch-1 gated/ungated {:.3f} (MACs predict {:.3f}, the profile {:.3f}); "
-          "convert --profile kept the gates of {}: that bundle / ungated {:.3f}".format(
-              size, size, c, threshold, row["keep"], row["accuracy_gated"], row["accuracy_ungated"], ratio,
-              row["mac_predicted"], row["profile_predicted"], kept or "no stage",
-              row["profile_chosen_vs_ungated"]))
-    return row
+    setting = Setting(model, xte[:args.samples], xte, yte, args.rounds)
+    logits = gate_logits(net, xc)
+    settings = [("calibrated", [calibrated] * len(logits))]
+    for share in SKIP_SHARES:   # thresholds skipping about this share in every block
+        settings.append(("skip {:.0%}".format(share), [
+            float(1 / (1 + np.exp(-np.quantile(l, 1 - share)))) for l in logits]))
+    out = []
+    for name, thresholds in settings:
+        row = dict(setting.measure(thresholds, costs, model.bundle.manifest), setting=name,
+                   thresholds=[round(t, 4) for t in thresholds])
+        # Converted again at these thresholds with the profile: the gates that pay stay.
+        for b, t in zip(gated_blocks(net), thresholds):
+            b.threshold = t
+        chosen_path = os.path.join(work, "chosen{}.edgebundle".format(size))
+        report = convert(net, xc[:8], chosen_path, progress=False, threads=args.threads,
+                         calibration_data=(xc, yc), profile=db, force=True)
+        row["profile_kept_gates_of"] = sorted(
+            sid for sid, g in report.choices["gates"].items() if g["kept"])
+        out.append(row)
+        print("{}x{} width {}, {} (thresholds {}): keep shares {}; accuracy gated {:.2%} vs "
+              "ungated {:.2%}; batch-1 gated/ungated {:.3f} (the profile predicts {:.3f}, MACs "
+              "{:.3f}); convert --profile keeps the gates of {}".format(
+                  size, size, c, name, row["thresholds"], row["keep"], row["accuracy_gated"],
+                  row["accuracy_ungated"], row["gated_vs_ungated"], row["profile_predicted"],
+                  row["mac_predicted"], ", ".join(row["profile_kept_gates_of"]) or "no stage"))
+    return {"size": size, "width": c, "settings": out}
 
 
 def main(argv=None):
@@ -257,10 +289,11 @@ def main(argv=None):
     s = load_splits()
     splits = [s[k] for k in ("train", "calibration", "test")]
     work = tempfile.mkdtemp(prefix="edgesdk-gating-")
-    rows = [one_config(size, c, splits, args, work) for size, c in CONFIGS]
+    configs = [one_config(size, c, splits, args, work) for size, c in CONFIGS]
     print(json.dumps({"date": datetime.date.today().isoformat(), "machine": "{} cores {}".format(
         os.cpu_count(), platform.machine()), **cpu(), "threads": args.threads,
-        "epochs": args.epochs, "samples": args.samples, "rounds": args.rounds, "rows": rows}))
+        "epochs": args.epochs, "samples": args.samples, "rounds": args.rounds,
+        "configs": configs}))
 
 
 if __name__ == "__main__":

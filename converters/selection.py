@@ -158,9 +158,9 @@ def apply_profile(draft, db, x, y=None, device=None, metric="mean_ms", batch=1,
 
 def gated_cost(costs, entry, keep):
     """``(ungated, gated)`` predicted cost per sample reaching the stage of manifest entry
-    ``entry``: its own graph (its selected build), and its entry graph plus each block's run
-    graph at its ``keep`` share and skip graph (if any) at the rest; gated is None where the
-    profile lacks a piece."""
+    ``entry``: its own graph (its selected build), and its entry graph, the runtime's block
+    loop, each block's run graph at its ``keep`` share and skip graph (if any) at the rest;
+    gated is None where the profile lacks a piece."""
     sid = entry["id"]
 
     def cost(name):
@@ -169,9 +169,10 @@ def gated_cost(costs, entry, keep):
     blocks = entry["gated"]["blocks"]
     run = [cost("run{}".format(i)) for i in range(len(blocks))]
     skip = [cost("skip{}".format(i)) if b["skip"] else 0.0 for i, b in enumerate(blocks)]
-    if ungated is None or None in [cost("entry")] + run + skip:
+    if ungated is None or None in [cost("entry"), cost("engine")] + run + skip:
         return ungated, None
-    return ungated, cost("entry") + sum(k * r + (1 - k) * s for k, r, s in zip(keep, run, skip))
+    return ungated, cost("entry") + cost("engine") + sum(
+        k * r + (1 - k) * s for k, r, s in zip(keep, run, skip))
 
 
 def gates_that_pay(draft, costs, x, metric, source):

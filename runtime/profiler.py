@@ -133,24 +133,37 @@ def gate_rows(model, inputs, batch, repeats=REPEATS, min_seconds=MIN_SECONDS):
     (``STAGE/ungated``), its entry graph (``STAGE/entry``) and each block's graph for the
     samples computing it (``STAGE/run<i>``) and skipping it (``STAGE/skip<i>``), each on the
     whole batch, timed side by side in rounds (each graph in the same loop, so their costs
-    compare). From them and the share of samples each gate keeps, ``convert --profile``
-    predicts whether gating pays."""
+    compare), and ``STAGE/engine``: what the runtime's block loop adds to its graphs (the
+    stage run through every block, less its graphs in the same round; may be below 0 on a
+    noisy machine). From them and the share of samples each gate keeps, ``convert
+    --profile`` predicts whether gating pays."""
     rows = []
     for kind, k, graph, tensors in inputs:
         stage = model.stages[k] if kind == "stage" else None
         if not getattr(stage, "blocks", None) or not stage.enabled:
             continue
         calls = _gated_calls(stage, list(tensors))
-        times = [[] for _ in calls]
+        times = [[] for _ in calls] + [[]]
+        pieces = [slot for slot, c in enumerate(calls) if c[0] == "entry" or
+                  c[0].startswith("run")]
         end, done = _clock() + min_seconds, -WARMUP   # the first rounds warm up
-        while done < repeats or _clock() < end:
-            for slot, (_, g, feed) in enumerate(calls):
+        stage.force_run = True
+        try:
+            while done < repeats or _clock() < end:
+                for slot, (_, g, feed) in enumerate(calls):
+                    t0 = _clock()
+                    g.run(feed)
+                    if done >= 0:
+                        times[slot].append((_clock() - t0) * 1000.0)
                 t0 = _clock()
-                g.run(feed)
-                if done >= 0:
-                    times[slot].append((_clock() - t0) * 1000.0)
-            done += 1
-        for (name, _, _), ms in zip(calls, times):
+                stage.run(list(tensors))   # the pieces inside the runtime's own loop
+                if done >= 0:   # what the loop adds to its graphs (each sample's decisions)
+                    times[-1].append((_clock() - t0) * 1000.0 -
+                                     sum(times[slot][-1] for slot in pieces))
+                done += 1
+        finally:
+            stage.force_run = False
+        for (name, _, _), ms in zip(calls + [("engine", None, None)], times):
             build = model.builds[stage.id] if name == "ungated" else None
             row = {"graph": "{}/{}".format(stage.id, name), "kind": "gated", "index": k,
                    "batch": batch, "build": build["format"] if build else "onnx",
@@ -333,7 +346,7 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS
     else:
         record = _NoRecorder()
     # graphs + the runtime's own rows, per configuration
-    gated = sum(2 + len(s.blocks) + sum(b.skip is not None for b in s.blocks)
+    gated = sum(3 + len(s.blocks) + sum(b.skip is not None for b in s.blocks)
                 for s in model.adaptive_stages() if getattr(s, "blocks", None))
     total = (2 * model.num_exits + len(RUNTIME_ROWS) + gated) * len(batch_sizes) * len(configs)
     rows, seen = [], set()
