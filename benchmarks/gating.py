@@ -8,15 +8,16 @@ per block). Sizes: the digits upsampled to 56x56 with C = 32, and at 28x28 with 
 Trained briefly (``--epochs``, the 3000 training digits) with every branch dropped for 20%
 of the samples (stochastic depth through the gates), then each gate (pool + linear on the
 block's input) is trained to predict that skipping its block alone keeps the answer right.
-Converted, the gates' common threshold certified on the calibration split by
-``calibrate_gates`` (within 0.5 points of the ungated bundle, 90% confidence), profiled
-(``profile_graphs``: each stage's own graph beside its pieces), converted again with that
-profile (``convert --profile``, which drops the gates of a stage whose pieces cost more than
-its graph at the measured keep shares).
+Converted and profiled once (``profile_graphs``: each gated stage's own graph beside its
+pieces and the block loop's own cost). Settings: the gates' common threshold certified on the
+calibration split by ``calibrate_gates`` (within 0.5 points of the ungated bundle, 90%
+confidence), and thresholds under which 25%, 50% and 75% of the calibration digits skip each
+block (set block by block, in order, by bisection in the bundle's own runs).
 
-Reported per size: skip share per block, accuracy gated vs ungated, batch-1 latency gated /
-ungated with exits off (interleaved rounds), the MAC-predicted ratio, the ratio the profile
-predicts, and the stages whose gates the profile kept and what that bundle measures.
+Reported per setting: the share of test digits each block keeps, accuracy gated vs ungated,
+batch-1 latency gated / ungated with exits off (interleaved rounds), the ratio the profile
+predicts from its rows and the measured keep shares, the MAC-predicted ratio, and the stages
+whose gates ``convert --profile`` keeps when the model is converted again at that setting.
 The last line is one JSON object.
 """
 import datetime
@@ -35,7 +36,7 @@ from common import SAMPLE, cpu, sample_parser
 # extra graph calls cost more than the skipped branches.
 CONFIGS = ((56, 32), (28, 8))
 SKIP_SHARE = 0.2    # stochastic depth in training
-SKIP_SHARES = (0.25, 0.5, 0.75)   # skip shares swept (thresholds from the gates' quantiles)
+SKIP_SHARES = (0.25, 0.5, 0.75)   # skip shares swept (thresholds set on the calibration split)
 
 
 def gate_module(c):
@@ -149,22 +150,26 @@ def ms_per_sample(model, x):
     return (time.perf_counter() - start) * 1000.0 / len(x)
 
 
-def gate_logits(net, x):
-    """Each gated block's learned skip logits on ``x``, every block computed."""
-    import torch
-    from edgesdk.converters.gated import gated_blocks
-    blocks, seen = gated_blocks(net), {}
-    hooks = [b.register_forward_hook(lambda m, i, o, b=b: seen.__setitem__(b, b.gate.score(i[0])))
-             for b in blocks]
-    set_gates(net, "run")
-    try:
-        with torch.no_grad():
-            net(torch.from_numpy(x))
-    finally:
-        set_gates(net, "learned")
-        for h in hooks:
-            h.remove()
-    return [seen[b].numpy().ravel() for b in blocks]
+def thresholds_for_share(model, x, share, steps=12):
+    """Block thresholds under which about ``share`` of ``x`` skips each block, the blocks set
+    in order (a block's inputs depend on what the blocks before it skipped): bisection on
+    each threshold, measured in the bundle's own gated runs (exits off)."""
+    blocks = [b for s in model.adaptive_stages() for b in s.blocks]
+    for b in blocks:
+        b.threshold = 1.0
+    for b in blocks:
+        lo, hi = 0.0, 1.0     # skipping grows as the threshold falls
+        for _ in range(steps):
+            b.threshold = (lo + hi) / 2
+            for s in model.adaptive_stages():
+                s.reset_counts()
+            model.exit_logits(x)
+            if b.skipped / float(b.skipped + b.ran) > share:
+                lo = b.threshold
+            else:
+                hi = b.threshold
+        b.threshold = (lo + hi) / 2
+    return [b.threshold for b in blocks]
 
 
 class Setting(object):
@@ -250,11 +255,9 @@ def one_config(size, c, splits, args, work):
     costs, _ = build_costs([dict(r, metric="mean_ms", value=r["mean_ms"]) for r in rows],
                            "mean_ms")
     setting = Setting(model, xte[:args.samples], xte, yte, args.rounds)
-    logits = gate_logits(net, xc)
-    settings = [("calibrated", [calibrated] * len(logits))]
+    settings = [("calibrated", [calibrated] * len(setting.blocks))]
     for share in SKIP_SHARES:   # thresholds skipping about this share in every block
-        settings.append(("skip {:.0%}".format(share), [
-            float(1 / (1 + np.exp(-np.quantile(l, 1 - share)))) for l in logits]))
+        settings.append(("skip {:.0%}".format(share), thresholds_for_share(model, xc, share)))
     out = []
     for name, thresholds in settings:
         row = dict(setting.measure(thresholds, costs, model.bundle.manifest), setting=name,

@@ -17,15 +17,7 @@ import threading
 
 import numpy as np
 
-
-def skip_limit(threshold):
-    """The skip logit at and above which a sample skips: ``sigmoid(z) >= t`` is ``z >=
-    log(t / (1 - t))``, compared without an exponential per call."""
-    if threshold <= 0.0:
-        return -np.inf
-    if threshold >= 1.0:
-        return np.inf
-    return float(np.log(threshold / (1.0 - threshold)))
+from edgesdk.runtime.policies import sigmoid_limit
 
 
 class GatedBlock(object):
@@ -44,7 +36,7 @@ class GatedBlock(object):
 
     @threshold.setter
     def threshold(self, value):
-        self._threshold, self.limit = value, skip_limit(value)
+        self._threshold, self.limit = value, sigmoid_limit(value)   # skip at or above
 
 
 class GatedStage(object):

@@ -27,6 +27,17 @@ def softmax(logits):
     return z
 
 
+def sigmoid_limit(p):
+    """The logit at and above which ``sigmoid(z) >= p``: ``log(p / (1 - p))`` (-inf for 0,
+    inf for 1), so gates and maskers compare logits without an exponential per value."""
+    p = float(p)
+    if p <= 0.0:
+        return -np.inf
+    if p >= 1.0:
+        return np.inf
+    return float(np.log(p / (1.0 - p)))
+
+
 class Policy(object):
     """Base class: ``name``, ``higher_is_confident`` and ``score(probs)``."""
 

@@ -19,6 +19,7 @@ import threading
 import numpy as np
 
 from edgesdk.errors import BundleError
+from edgesdk.runtime.policies import sigmoid_limit
 
 
 def runs(keep):
@@ -85,14 +86,21 @@ class SpatialStage(object):
 
     def __init__(self, sid, dense, masker, patch, granularity, halo, threshold):
         self.id, self.dense, self.masker, self.patch = sid, dense, masker, patch
-        self.granularity, self.halo, self.threshold = int(granularity), int(halo), threshold
-        # sigmoid(z) >= t  <=>  z >= log(t / (1 - t)): compare logits, no exp per region
-        t = float(threshold)
-        self.logit = -np.inf if t <= 0 else np.inf if t >= 1 else float(np.log(t / (1 - t)))
+        self.granularity, self.halo = int(granularity), int(halo)
+        self.threshold = threshold
         self.enabled = True
         self.active = self.regions = 0
         self.device_arrays = False
         self._count_lock = threading.Lock()
+
+    @property
+    def threshold(self):
+        """The keep probability at or above which a region is computed."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value):
+        self._threshold, self.logit = value, sigmoid_limit(value)   # compared as logits
 
     def keep(self, state):
         """The (N, H/G, W/G) bool map of regions to compute."""

@@ -65,6 +65,33 @@ def _calibration_lines(m):
     return lines
 
 
+def _adaptive_lines(m):
+    """What runs in place of a stage's own graph: a gate, width variants, a masked block's
+    sparse graphs, gated blocks."""
+    lines = []
+    for e in m["stages"]:
+        parts = []
+        if e.get("gate"):
+            parts.append("skipped when its gate's sigmoid >= {:.4g}".format(e["gate"]["threshold"]))
+        if e.get("widths"):
+            w = e["widths"]
+            parts.append("width variants {} ({} router)".format(
+                ", ".join("{:.0%}".format(v["width"]) for v in w["variants"]), w["router"]["name"]))
+        if e.get("spatial"):
+            parts.append("run on active {g}x{g} regions (keep when sigmoid >= {t:.4g})".format(
+                g=e["spatial"]["granularity"], t=e["spatial"]["threshold"]))
+        gated = e.get("gated")
+        if gated:
+            blocks = ", ".join("{:.4g} (saves {:.2f}M MACs)".format(b["threshold"], b["macs"] / 1e6)
+                               for b in gated["blocks"])
+            parts.append("{} gated blocks, skip thresholds {}{}".format(
+                len(gated["blocks"]), blocks, "; DROPPED: " + gated["dropped"]["reason"]
+                if gated.get("dropped") else ""))
+        if parts:
+            lines.append("  {}: {}".format(e["id"], "; ".join(parts)))
+    return ["", "input-adaptive stages:"] + lines if lines else []
+
+
 def run(args):
     """Print the bundle summary (hashes are verified first)."""
     bundle = read_bundle(args.bundle)
@@ -112,7 +139,7 @@ def run(args):
                          f["sha256"][:12], policy, thr, chosen])
     print(format_table(["graph", "build (other builds)", "pruned", "MACs", "size", "sha256",
                         "policy", "threshold", "chosen by"], rows))
-    for line in _uncounted_lines(m):
+    for line in _uncounted_lines(m) + _adaptive_lines(m):
         print(line)
     for line in _calibration_lines(m):
         print(line)

@@ -233,3 +233,12 @@ def test_convert_with_a_profile_drops_gates_that_cost_more_than_they_save(gated_
     assert g1["ungated"] == 1.0
     assert dropped["method"] == "dropped by profile" and "{:.4g}".format(g1["gated"]) in \
         dropped["reason"]
+
+
+def test_inspect_lists_each_stages_gated_blocks(gated_bundle, capsys):
+    from edgesdk.cli import main
+    path, _ = gated_bundle
+    assert main(["inspect", path]) == 0
+    out = capsys.readouterr().out
+    assert "stage0: 2 gated blocks, skip thresholds 0.5 (saves 0.07M MACs)" in out
+    assert "stage1: 1 gated blocks" in out
