@@ -121,6 +121,7 @@ def profile_graphs(model, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS, sens
             if progress:
                 progress(row)
         for row in engine_rows(engine, kinds, int(batch)) + gate_rows(
+                model, inputs, int(batch), repeats, min_seconds) + spatial_rows(
                 model, inputs, int(batch), repeats, min_seconds):
             rows.append(row)
             if progress:
@@ -142,38 +143,78 @@ def gate_rows(model, inputs, batch, repeats=REPEATS, min_seconds=MIN_SECONDS):
         stage = model.stages[k] if kind == "stage" else None
         if not getattr(stage, "blocks", None) or not stage.enabled:
             continue
-        calls = _gated_calls(stage, list(tensors))
-        times = [[] for _ in calls] + [[]]
+        calls = [(name, lambda g=g, feed=feed: g.run(feed))
+                 for name, g, feed in _gated_calls(stage, list(tensors))]
         pieces = [slot for slot, c in enumerate(calls) if c[0] == "entry" or
                   c[0].startswith("run")]
-        end, done = _clock() + min_seconds, -WARMUP   # the first rounds warm up
+        # The pieces inside the runtime's own loop, every block computed.
+        calls.append(("engine", lambda: stage.run(list(tensors))))
         stage.force_run = True
         try:
-            while done < repeats or _clock() < end:
-                for slot, (_, g, feed) in enumerate(calls):
-                    t0 = _clock()
-                    g.run(feed)
-                    if done >= 0:
-                        times[slot].append((_clock() - t0) * 1000.0)
-                t0 = _clock()
-                stage.run(list(tensors))   # the pieces inside the runtime's own loop
-                if done >= 0:   # what the loop adds to its graphs (each sample's decisions)
-                    times[-1].append((_clock() - t0) * 1000.0 -
-                                     sum(times[slot][-1] for slot in pieces))
-                done += 1
+            times = _side_by_side([fn for _, fn in calls], repeats, min_seconds)
         finally:
             stage.force_run = False
-        for (name, _, _), ms in zip(calls + [("engine", None, None)], times):
-            build = model.builds[stage.id] if name == "ungated" else None
-            row = {"graph": "{}/{}".format(stage.id, name), "kind": "gated", "index": k,
-                   "batch": batch, "build": build["format"] if build else "onnx",
-                   "precision": build["precision"] if build else "fp32",
-                   "macs": model.bundle.manifest["stages"][k]["macs"] if build else None,
-                   "peak_rss_mb": peak_rss_mb(), "energy_mj": None, "idle_power_w": None,
-                   "energy_status": "not measured separately"}
-            row.update(latency_stats(ms))
-            rows.append(row)
+        times[-1] = [t - sum(times[slot][r] for slot in pieces) for r, t in enumerate(times[-1])]
+        rows += [_side_row(model, k, "gated", name, "ungated", batch, ms)
+                 for (name, _), ms in zip(calls, times)]
     return rows
+
+
+# Active fractions a masked block is timed at (its latency predictor's points).
+SPATIAL_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def spatial_rows(model, inputs, batch, repeats=REPEATS, min_seconds=MIN_SECONDS):
+    """Rows for the masked blocks (:mod:`.spatial`): the stage's own graph (``STAGE/dense``)
+    and the block run on a random pattern of regions at each of :data:`SPATIAL_FRACTIONS`
+    (``STAGE/active25`` ...: masker, gather, patch graph, scatter), timed side by side in
+    rounds. :func:`edgesdk.converters.spatial.spatial_cost` interpolates between them."""
+    from edgesdk.runtime.spatial import region_pattern
+    rows = []
+    for kind, k, graph, tensors in inputs:
+        stage = model.stages[k] if kind == "stage" else None
+        if not hasattr(stage, "run_regions") or not stage.enabled:
+            continue
+        x, g = tensors[0], stage.granularity
+        calls = [("dense", lambda: stage.dense.run(list(tensors)))]
+        for f in SPATIAL_FRACTIONS:
+            keep = region_pattern(len(x), x.shape[2] // g, x.shape[3] // g, f, seed=k)
+            calls.append(("active{}".format(int(round(100 * f))), lambda keep=keep: (
+                stage.masker.run(list(tensors)), stage.run_regions(list(tensors), keep))))
+        times = _side_by_side([fn for _, fn in calls], repeats, min_seconds)
+        rows += [_side_row(model, k, "spatial", name, "dense", batch, ms)
+                 for (name, _), ms in zip(calls, times)]
+    return rows
+
+
+def _side_by_side(calls, repeats, min_seconds):
+    """Milliseconds of each of ``calls`` (no arguments) per round, all in every round, after
+    ``WARMUP`` rounds: until ``repeats`` rounds and ``min_seconds``."""
+    times = [[] for _ in calls]
+    end, done = _clock() + min_seconds, -WARMUP
+    while done < repeats or _clock() < end:
+        for slot, fn in enumerate(calls):
+            t0 = _clock()
+            fn()
+            if done >= 0:
+                times[slot].append((_clock() - t0) * 1000.0)
+        done += 1
+    return times
+
+
+def _side_row(model, k, kind, name, own, batch, ms):
+    """A row of stage ``k``'s side measurement ``name`` (``own``: the name of the stage's own
+    graph, which runs its selected build; the rest are ONNX FP32 graphs)."""
+    sid = model.bundle.manifest["stages"][k]["id"]
+    build = model.builds[sid] if name == own else None
+    row = {"graph": "{}/{}".format(sid, name), "kind": kind, "index": k, "batch": batch,
+           "build": build["format"] if build else "onnx",
+           "precision": build["precision"] if build else "fp32",
+           "macs": model.bundle.manifest["stages"][k]["macs"] if build else None,
+           "peak_rss_mb": peak_rss_mb(), "energy_mj": None, "idle_power_w": None,
+           "energy_status": "not measured separately"}
+    row.update(latency_stats(ms))
+    return row
 
 
 def _gated_calls(stage, tensors):
@@ -348,6 +389,7 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS
     # graphs + the runtime's own rows, per configuration
     gated = sum(3 + len(s.blocks) + sum(b.skip is not None for b in s.blocks)
                 for s in model.adaptive_stages() if getattr(s, "blocks", None))
+    gated += (1 + len(SPATIAL_FRACTIONS)) * len(model.spatial_stages())
     total = (2 * model.num_exits + len(RUNTIME_ROWS) + gated) * len(batch_sizes) * len(configs)
     rows, seen = [], set()
     try:

@@ -115,11 +115,15 @@ class SpatialStage(object):
     def run(self, state):
         if not self.enabled or len(state[0]) == 0:
             return self.dense.run(state)
-        x = np.asarray(state[0])
         keep = self.keep(state)
         with self._count_lock:
             self.active += int(keep.sum())
             self.regions += int(keep.size)
+        return self.run_regions(state, keep)
+
+    def run_regions(self, state, keep):
+        """The block's output computing the regions ``keep`` (N, H/G, W/G) says."""
+        x = np.asarray(state[0])
         if not keep.any():
             return [np.array(x, dtype=np.float32, copy=True)]
         if keep.all():   # the same sum, without the halos' extra work
@@ -127,3 +131,12 @@ class SpatialStage(object):
         mosaic, valid, placed = gather(x, keep, self.granularity, self.halo)
         out = np.asarray(self.patch.run([mosaic, valid])[0])
         return [scatter_add(x, out, placed, self.granularity)]
+
+
+def region_pattern(n, rows, cols, fraction, seed=0):
+    """A keep map (n, rows, cols) with ``round(fraction * size)`` regions on, placed at
+    random (fixed ``seed``): what the profiler times the block on at each active fraction."""
+    size = n * rows * cols
+    keep = np.zeros(size, dtype=bool)
+    keep[np.random.RandomState(seed).permutation(size)[:int(round(fraction * size))]] = True
+    return keep.reshape(n, rows, cols)

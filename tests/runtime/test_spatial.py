@@ -89,3 +89,85 @@ def test_a_masked_block_runs_on_its_active_regions_as_the_dense_block_computes(
         assert 0.1 < active < 0.9 and stage.active == round(active * stage.regions)
     else:
         assert active in (0.0, 1.0)
+
+
+class SpreadMasker(nn.Module):
+    """Region logits from the pooled feature intensity, spread so that thresholds along the
+    calibration path keep different shares of regions (strokes more than background)."""
+
+    def __init__(self, g):
+        super().__init__()
+        self.pool = nn.AvgPool2d(g)
+
+    def forward(self, x):
+        return (self.pool(x).mean(dim=1, keepdim=True) - 0.15) * 20.0
+
+
+@pytest.fixture(scope="module")
+def spread_bundle(tmp_path_factory, mnist_split):
+    torch.manual_seed(1)
+    block = MaskedBlock(_branch(8), SpreadMasker(4), granularity=4)
+    net = MultiExitModel([conv(1, 8), block], [Head(8), Head(8)]).eval()
+    path = str(tmp_path_factory.mktemp("spread") / "spread.edgebundle")
+    convert(net, mnist_split[1][0][:8], path, progress=False)
+    return path
+
+
+def test_the_profiler_times_a_masked_block_at_each_active_fraction(spread_bundle):
+    from edgesdk.runtime.profiler import SPATIAL_FRACTIONS, profile_bundle
+    from edgesdk.runtime.spatial import region_pattern
+    out = profile_bundle(spread_bundle, [2], warmup=1, repeats=3, min_seconds=0, warmup_s=0,
+                         progress=False)
+    rows = {r["graph"]: r for r in out["graphs"] if r["kind"] == "spatial"}
+    assert sorted(rows) == sorted(["stage1/dense"] + ["stage1/active{}".format(int(100 * f))
+                                                      for f in SPATIAL_FRACTIONS])
+    assert all(r["batch"] == 2 and r["repeats"] >= 3 and r["mean_ms"] > 0 for r in rows.values())
+    keep = region_pattern(2, 7, 7, 0.25)
+    assert keep.sum() == round(0.25 * 98) and region_pattern(2, 7, 7, 0.25).tolist() == keep.tolist()
+
+
+def _spatial_store(db, manifest, active_ms):
+    """Every graph at 1 ms per sample, the masked block at ``active_ms(fraction)``."""
+    from edgesdk.profiles import ProfileStore, graphs_sha256
+    from edgesdk.runtime.profiler import SPATIAL_FRACTIONS
+    values = {e["id"]: 1.0 for e in manifest["stages"] + manifest["exits"]}
+    values.update({"stage1/active{}".format(int(100 * f)): active_ms(f) for f in SPATIAL_FRACTIONS})
+    rows = [{"device": "board", "target": manifest["target"], "bundle_sha256": graphs_sha256(manifest),
+             "graph": g, "build": "onnx", "precision": "fp32", "batch": 1, "resolution": "28x28",
+             "metric": "mean_ms", "value": v, "sensor": "none", "sdk_version": "0.1.0",
+             "measured_at": "2026-12-04T12:00:00Z"} for g, v in values.items()]
+    with ProfileStore(db) as s:
+        s.write(rows)
+
+
+def test_calibrate_spatial_keeps_the_most_regions_that_fit_the_budget(spread_bundle, tmp_path,
+                                                                      mnist_split):
+    import shutil
+    from edgesdk import bundle as bundle_io
+    from edgesdk.converters.spatial_calibration import calibrate_spatial, spatial_cost
+    from edgesdk.errors import CalibrationError
+    path = str(tmp_path / "s.edgebundle")
+    shutil.copytree(spread_bundle, path)
+    db = str(tmp_path / "p.sqlite")
+    manifest = bundle_io.read_bundle(path).manifest
+    _spatial_store(db, manifest, lambda f: 0.2 + 2.0 * f)     # 0.2 ms, +2 ms when all active
+    assert spatial_cost({("stage1/active0", "onnx", "fp32"): 0.2,
+                         ("stage1/active100", "onnx", "fp32"): 2.2}, "stage1", 0.3) == \
+        pytest.approx(0.8)
+    x, y = mnist_split[1]
+    # stage0 + the final head cost 2 ms: a budget of 3 ms leaves 0.8 ms, 30% of the regions.
+    record = calibrate_spatial(path, x[:200], 3.0, db, y=y[:200])
+    tried, chosen = record["tried"], record["chosen"]
+    fractions = [t["active_fraction"]["stage1"] for t in tried]
+    assert fractions == sorted(fractions, reverse=True) and fractions[0] > fractions[-1]
+    for t, f in zip(tried, fractions):
+        assert t["predicted_ms"] == pytest.approx(2.0 + 0.2 + 2.0 * f)
+    fits = [t for t in tried if t["predicted_ms"] <= 3.0]
+    assert fits and chosen == fits[0] and chosen["active_fraction"]["stage1"] <= 0.4
+    spec = bundle_io.read_bundle(path).manifest["stages"][1]["spatial"]
+    assert spec["threshold"] == chosen["threshold"] and spec["chosen_from"]["budget_ms"] == 3.0
+    assert load_bundle(path).spatial_stages()[0].threshold == chosen["threshold"]
+    with pytest.raises(CalibrationError, match="no keep threshold fits 1 ms"):
+        calibrate_spatial(path, x[:50], 1.0, db)
+    assert bundle_io.read_bundle(path).manifest["stages"][1]["spatial"]["threshold"] == \
+        chosen["threshold"]   # unchanged
