@@ -10,7 +10,11 @@ keeps about half of the regions active. Converted once; for each target fraction
 block's threshold is set on the calibration split (the quantile of its region logits that
 leaves that fraction active), then the bundle runs all stages with exits off on the test
 digits, sparse (active regions only) and dense (every region: the same network with the
-mask at 1), interleaved in rounds, at batch 1 and batch 16.
+mask at 1), interleaved in rounds, at batch 1 and batch 16. Then calibrated: the bundle is
+profiled (each masked block timed at 0/25/50/75/100% active regions) and
+``calibrate_spatial`` picks the common keep threshold that computes the most regions within
+a budget of 0.9x the dense batch-1 latency measured at the 50% setting; that setting is
+measured the same way, its predicted latency beside the measured one.
 
 Reported per fraction: measured active share, accuracy masked vs dense (the drop), latency
 sparse / dense, the MAC-predicted ratio (stem + masker + the patch graph's MACs per active
@@ -31,6 +35,7 @@ import numpy as np
 from common import SAMPLE, cpu, sample_parser
 
 GOAL_RATIO, GOAL_DROP, GOAL_EFFICIENCY = 0.6, 0.5, 0.8
+BUDGET_SHARE = 0.9   # the calibrated setting's budget: this share of the dense latency
 WIDTH, SIZE, REGION = 64, 56, 14
 
 
@@ -129,11 +134,15 @@ def main(argv=None):
     sys.path.insert(0, SAMPLE)
     from data import load_splits
     from edgesdk.converters import convert
+    from edgesdk.converters.spatial_calibration import calibrate_spatial
+    from edgesdk.errors import CalibrationError
+    from edgesdk.profiles import ProfileRecorder
     from edgesdk.runtime import load_bundle
+    from edgesdk.runtime.profiler import profile_graphs
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     splits = load_splits()
-    (xtr, ytr), (xc, _), (xte, yte) = (splits[k] for k in ("train", "calibration", "test"))
+    (xtr, ytr), (xc, yc), (xte, yte) = (splits[k] for k in ("train", "calibration", "test"))
     xtr, xc, xte = upsampled(xtr), upsampled(xc), upsampled(xte)
     net = train(masked_net(), xtr, ytr, args.epochs)
     work = tempfile.mkdtemp(prefix="edgesdk-spatial-")
@@ -149,9 +158,10 @@ def main(argv=None):
     regions = (SIZE // REGION) ** 2
     xt = xte[:args.samples]
     rows = []
-    for fraction in (0.25, 0.5, 0.75):
-        for stage, lg in zip(stages, logits):
-            stage.logit = float(np.quantile(lg, 1.0 - fraction))
+
+    def measure(row):
+        """Latency sparse vs dense (interleaved rounds, batch 1 and 16), active shares and
+        accuracy at the stages' current thresholds, into ``row``."""
         times = {(kind, b): [] for kind in ("sparse", "dense") for b in (1, 16)}
         for _ in range(args.rounds):
             for (kind, b) in times:
@@ -171,21 +181,49 @@ def main(argv=None):
         sparse_macs = sum(dense_macs) - sum(e["macs"] for e in spatial) + sum(
             a * regions * p for a, p in zip(active, per_patch))
         predicted = sparse_macs / float(sum(dense_macs))
-        row = {"target_active": fraction, "active": [round(a, 3) for a in active],
-               "accuracy": float((labels == yte).mean()),
-               "accuracy_dense": float((dense_labels == yte).mean())}
+        row.update({"active": [round(a, 3) for a in active],
+                    "accuracy": float((labels == yte).mean()),
+                    "accuracy_dense": float((dense_labels == yte).mean()),
+                    "dense_ms_b1": float(np.median(times[("dense", 1)]))})
         for b in (1, 16):
             ratio = float(np.median(times[("sparse", b)]) / np.median(times[("dense", b)]))
             row["ratio_b{}".format(b)] = round(ratio, 3)
             row["efficiency_b{}".format(b)] = round((1 / ratio) / (1 / predicted), 3)
         row["predicted_ratio"] = round(predicted, 3)
         row["drop_points"] = round(100 * (row["accuracy_dense"] - row["accuracy"]), 2)
-        rows.append(row)
-        print("active {:.0%} (measured {}): accuracy {:.2%} vs dense {:.2%}; sparse/dense "
+        print("active {} (measured {}): accuracy {:.2%} vs dense {:.2%}; sparse/dense "
               "{:.3f} at batch 1, {:.3f} at batch 16; MAC-predicted {:.3f}; measured speedup / "
               "predicted {:.2f} (batch 1)".format(
-                  fraction, row["active"], row["accuracy"], row["accuracy_dense"],
+                  row["setting"], row["active"], row["accuracy"], row["accuracy_dense"],
                   row["ratio_b1"], row["ratio_b16"], predicted, row["efficiency_b1"]))
+        return row
+
+    for fraction in (0.25, 0.5, 0.75):
+        for stage, lg in zip(stages, logits):
+            stage.logit = float(np.quantile(lg, 1.0 - fraction))
+        rows.append(measure({"target_active": fraction,
+                             "setting": "{:.0%}".format(fraction)}))
+    # Calibrated: the profile's latency predictor per active fraction, a budget of
+    # BUDGET_SHARE x the dense model's measured batch-1 latency, the most regions within it.
+    db = os.path.join(work, "profile.sqlite")
+    record = ProfileRecorder(db, m)
+    profile_graphs(model, [1], progress=record)
+    record.close()
+    budget = BUDGET_SHARE * rows[1]["dense_ms_b1"]
+    try:
+        chosen = calibrate_spatial(path, xc, budget, db, y=yc, threads=args.threads)
+        model = load_bundle(path, threads=args.threads)
+        stages = model.spatial_stages()
+        calibrated = measure({"setting": "calibrated", "budget_ms": round(budget, 4),
+                              "threshold": chosen["chosen"]["threshold"],
+                              "predicted_ms": round(chosen["chosen"]["predicted_ms"], 4)})
+        calibrated["measured_ms"] = round(calibrated["ratio_b1"] * calibrated["dense_ms_b1"], 4)
+        print("calibrated under {:.4f} ms: threshold {}, predicted {:.4f} ms, measured {:.4f} "
+              "ms".format(budget, calibrated["threshold"], calibrated["predicted_ms"],
+                          calibrated["measured_ms"]))
+    except CalibrationError as e:
+        calibrated = {"setting": "calibrated", "budget_ms": round(budget, 4), "refused": str(e)}
+        print("calibration: {}".format(e))
     half = rows[1]
     goals = {"ratio_at_50": half["ratio_b1"] <= GOAL_RATIO,
              "drop_at_50": half["drop_points"] <= GOAL_DROP,
@@ -195,7 +233,8 @@ def main(argv=None):
         os.cpu_count(), platform.machine()), **cpu(), "threads": args.threads,
         "epochs": args.epochs, "samples": int(len(xt)), "rounds": args.rounds,
         "regions_per_block": regions, "halo": spatial[0]["spatial"]["halo"],
-        "patch_macs": per_patch, "dense_macs": dense_macs, "rows": rows, "goals_met": goals}))
+        "patch_macs": per_patch, "dense_macs": dense_macs, "rows": rows,
+        "calibrated": calibrated, "goals_met": goals}))
 
 
 if __name__ == "__main__":

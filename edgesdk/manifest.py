@@ -62,6 +62,17 @@ def gated_graphs(stage, dropped=True):
     return [gated["entry"]] + [g for b in gated["blocks"] for g in (b["run"], b["skip"]) if g]
 
 
+def side_graphs(stage, dropped=True):
+    """The graph records a stage runs beside or instead of its own graph, each with a
+    ``file``: its gate, width variants, learned router, a masked block's masker and patch
+    graphs, and its gated blocks' graphs (``dropped`` as for :func:`gated_graphs`)."""
+    widths = stage.get("widths") or {}
+    spatial = stage.get("spatial") or {}
+    parts = [stage.get("gate") or {}, widths.get("router") or {}] + \
+        widths.get("variants", []) + [spatial.get(k) or {} for k in ("masker", "patch")]
+    return [p for p in parts if "file" in p] + gated_graphs(stage, dropped)
+
+
 def precision_of(build):
     """The precision of a build record or graph entry (FP32 where it is left out)."""
     return build.get("precision", "fp32")
@@ -314,12 +325,18 @@ RESIZE_MODES = ("area", "linear", "nearest", "cubic")
 
 
 def _check_side_graph(graph, path, files):
-    """A graph a stage runs beside its own: a listed file and its tensor names."""
+    """A graph a stage runs beside its own: a listed file, its tensor names and its other
+    builds (TVM libraries), each a listed file."""
     _listed_file(graph, path, files)
     for names in ("inputs", "outputs"):
         values = _get(graph, names, path, (list,))
         if not values or not all(isinstance(v, str) and v for v in values):
             _fail("{}.{}".format(path, names), "expected a list of tensor names")
+    for j, build in enumerate(_get(graph, "builds", path, (list,), optional=True) or []):
+        bp = "{}.builds[{}]".format(path, j)
+        _listed_file(build, bp, files)
+        if _get(build, "format", bp, (str,)) not in FORMATS:
+            _fail(bp + ".format", "expected one of {}".format(", ".join(FORMATS)))
 
 
 def _check_gated(gated, path, files, outputs):

@@ -204,7 +204,7 @@ class EdgeModel(object):
                             [(self.bundle.path(c), files[c]) for c in companions], beside)
 
     def _adaptive(self, k, entry, threads):
-        """Stage ``k`` with its gate and width variants (ONNX graphs, host CPU), if any."""
+        """Stage ``k`` with its gate and width variants, if any."""
         gate, widths = entry.get("gate"), entry.get("widths")
         if entry.get("spatial"):
             return self._spatial(k, entry, threads)
@@ -215,25 +215,33 @@ class EdgeModel(object):
         from edgesdk.runtime.adaptive_stages import GRAPH_ROUTER, AdaptiveStage, make_router
         where = "manifest.json: $.stages[{}]".format(k)
         gate_graph = None if gate is None else self._side_graph(
-            gate["file"], entry["inputs"], gate["outputs"], gate["output_shapes"], threads)
-        variants = [self._side_graph(v["file"], entry["inputs"], entry["outputs"],
-                                     entry["output_shapes"], threads)
+            k, gate, entry["inputs"], gate["outputs"], threads)
+        variants = [self._side_graph(k, v, entry["inputs"], entry["outputs"], threads)
                     for v in (widths or {}).get("variants", [])]
         spec = widths["router"] if widths else None
         router_graph = None if spec is None or spec["name"] != GRAPH_ROUTER else \
-            self._side_graph(spec["file"], entry["inputs"], ["route"], [None], threads)
+            self._side_graph(k, spec, entry["inputs"], ["route"], threads)
         router = make_router(spec, len(variants) + 1, where, router_graph) if widths else None
         return AdaptiveStage(entry["id"], self._host_side(k), gate_graph,
                              gate["threshold"] if gate else None, variants, router,
                              self.heads[k - 1] if k else None)
 
-    def _side_graph(self, rel, inputs, outputs, output_shapes, threads):
-        """A stage's gate, width variant, router, masker or patch graph: ONNX, on the host
-        CPU, whichever executor runs the stage."""
-        graph = EXECUTORS.get("onnx")(self._verified(rel), inputs, outputs, output_shapes,
-                                      threads, build={"file": rel, "format": "onnx"})
+    def _side_graph(self, k, record, inputs=None, outputs=None, threads=None):
+        """A graph stage ``k`` runs beside its own (gate, width variant, router, masker, patch,
+        gated block): its TVM CPU build for the device whose TVM build runs the stage where
+        it has one, else ONNX on the host CPU. ``inputs``/``outputs``: the tensor names, the
+        record's own by default."""
+        inputs, outputs = inputs or record["inputs"], outputs or record["outputs"]
+        stage = self.builds[self.bundle.manifest["stages"][k]["id"]]
+        build = next((b for b in record.get("builds") or [] if stage["format"] == "tvm" and
+                      b["format"] == "tvm" and b.get("device") == stage.get("device")),
+                     {"file": record["file"], "format": "onnx"})
+        executor = EXECUTORS.get(build["format"])
+        graph = executor(self._verified(build["file"]), inputs, outputs, [None] * len(outputs),
+                         threads, build=build)
+        graph.side_graph = record["file"]   # which of the stage's graphs (for checks)
         self._loaded.append(graph)
-        return graph
+        return graph if executor.thread_safe else _Serialized(graph)
 
     def _host_side(self, k):
         """Stage ``k``'s graph as one that takes and gives host arrays."""
@@ -244,8 +252,7 @@ class EdgeModel(object):
         """Stage ``k``, a masked block, run on its active regions (:mod:`.spatial`)."""
         from edgesdk.runtime.spatial import SpatialStage
         spec = entry["spatial"]
-        masker, patch = [self._side_graph(spec[key]["file"], spec[key]["inputs"],
-                                          spec[key]["outputs"], [None], threads)
+        masker, patch = [self._side_graph(k, spec[key], threads=threads)
                          for key in ("masker", "patch")]
         return SpatialStage(entry["id"], self._host_side(k), masker, patch,
                             spec["granularity"], spec["halo"], spec["threshold"])
@@ -257,8 +264,7 @@ class EdgeModel(object):
         spec = entry["gated"]
 
         def piece(graph):
-            return self._side_graph(graph["file"], graph["inputs"], graph["outputs"],
-                                    [None] * len(graph["outputs"]), threads)
+            return self._side_graph(k, graph, threads=threads)
         blocks = [GatedBlock("{}/{}".format(entry["id"], i), piece(b["run"]),
                              piece(b["skip"]) if b["skip"] else None, b["threshold"], b["macs"],
                              b["shortcut"])

@@ -9,7 +9,7 @@ converter's liveness estimate) per sample on top. Numbers read from a manifest a
 compared, never allocated. Python 3.6 compatible.
 """
 from edgesdk.errors import ResourceLimitError
-from edgesdk.manifest import gated_graphs, graph_entries
+from edgesdk.manifest import graph_entries, side_graphs
 
 MIB = float(1 << 20)
 
@@ -107,16 +107,9 @@ def files_to_load(manifest, builds):
 
 
 def adaptive_files(manifest):
-    """The graph files of the stages' gates, width variants, learned routers, spatial
-    (masker and patch) graphs and gated blocks."""
-    files = []
-    for stage in manifest["stages"]:
-        widths = stage.get("widths") or {}
-        spatial = stage.get("spatial") or {}
-        parts = [stage.get("gate") or {}, widths.get("router") or {}] + \
-            widths.get("variants", []) + [spatial.get(k) or {} for k in ("masker", "patch")]
-        files += [p["file"] for p in parts + gated_graphs(stage, dropped=False) if "file" in p]
-    return files
+    """The ONNX files of the stages' gates, width variants, learned routers, spatial (masker
+    and patch) graphs and gated blocks (their TVM builds are not counted: an estimate)."""
+    return [g["file"] for stage in manifest["stages"] for g in side_graphs(stage, dropped=False)]
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter

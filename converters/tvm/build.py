@@ -22,7 +22,7 @@ from edgesdk.converters.draft import edit_bundle
 from edgesdk.converters.tvm.elf_check import check_library
 from edgesdk.deps import require
 from edgesdk.errors import BuildError, InputError, UnsupportedOpError
-from edgesdk.manifest import graph_entries, put_build
+from edgesdk.manifest import graph_entries, put_build, side_graphs
 from edgesdk.targets import get_target
 
 log = logging.getLogger(__name__)
@@ -85,18 +85,26 @@ def check_supported(graphs):
                 "\n".join("  {}: node '{}' ({})".format(g, n, op) for g, n, op in found)))
 
 
+def _input_dims(model):
+    return [(i.name, [d.dim_value if d.HasField("dim_value") else None
+                      for d in i.type.tensor_type.shape.dim]) for i in model.graph.input]
+
+
+def batch_for(model, batch):
+    """The batch to compile ``model`` for: ``batch``, or None (symbolic) where an input has
+    symbolic dimensions besides the batch (a masked block's patch graph takes a mosaic of any
+    width), which TVM's frontend can only keep symbolic all together."""
+    return None if any(None in dims[1:] for _, dims in _input_dims(model)) else batch
+
+
 def import_onnx(model, batch=None):
-    """Relax IRModule of an ONNX model; ``batch``: fix the first dimension of every input to
-    this size (None keeps the symbolic batch)."""
+    """Relax IRModule of an ONNX model; ``batch``: fix the symbolic first dimension of every
+    input to this size (None keeps it symbolic; see :func:`batch_for`)."""
     tvm_module()
     from tvm.relax.frontend.onnx import from_onnx
     shapes = None
     if batch is not None:
-        shapes = {}
-        for i in model.graph.input:
-            dims = [d.dim_value if d.HasField("dim_value") else None
-                    for d in i.type.tensor_type.shape.dim]
-            shapes[i.name] = [batch] + [d for d in dims[1:]]
+        shapes = {name: [batch] + dims[1:] for name, dims in _input_dims(model)}
     try:
         return from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
     except Exception as exc:  # the frontend raises TVM and Python errors alike
@@ -237,6 +245,28 @@ def build_tvm(bundle, target="host", processor="cpu", batch=1, database=None,
                     record["elf"] = check_library(draft.path(rel), proc.arch, board.glibc)
                 records[gid] = record
                 bar.update(note=gid)
+        # The graphs a stage runs beside its own (gates, masked blocks' patches, gated
+        # blocks), for CPU processors: the runtime runs them with the stage's TVM build.
+        side = [g for e in manifest["stages"] for g in side_graphs(e)] \
+            if proc.name == "cpu" and proc.artifact == "shared-library" else []
+        with Progress(len(side), "tvm build " + name + " (side graphs)",
+                      enabled=progress and bool(side)) as bar:
+            for graph in side:
+                rel = "/".join((TVM_DIR, name, graph["file"].rsplit("/", 1)[-1][:-5] + suffix))
+                model = onnx.load(draft.path(graph["file"]))
+                check_supported({graph["file"]: model})
+                compiled = batch_for(model, batch)
+                export(compile_module(import_onnx(model, compiled), tvm_target, db),
+                       draft.path(rel), proc)
+                record = {"file": rel, "format": "tvm", "precision": "fp32", "device": name,
+                          "arch": proc.arch, "processor": proc.name, "artifact": proc.artifact,
+                          "batch": compiled,
+                          "elf": check_library(draft.path(rel), proc.arch, board.glibc),
+                          "tvm": {"version": tvm.__version__, "target": target_dict,
+                                  "tuning_database_sha256": db_sha, "source": graph["file"]}}
+                graph["builds"] = [b for b in graph.get("builds") or []
+                                   if b.get("device") != name] + [record]
+                bar.update(note=graph["file"])
         if database is not None:
             _copy_database(database, os.path.join(out_dir, "tuning"))
         for entry in entries:
