@@ -52,4 +52,6 @@ class TvmToolchain(Toolchain):
                                      ", ".join("{:.2e}".format(e) for e in check["max_abs_error"]),
                                      "ok" if check["passed"] else
                                      "FAILED (> {})".format(check["atol"])))
+        for rel, err in sorted(check["side_graphs"].items()):
+            print("  side graph {}: max abs error {:.2e}".format(rel, err))
         return 0 if check["passed"] else 1
