@@ -158,3 +158,28 @@ def test_calibration_benchmark_smoke_prints_the_json_summary_last():
         for m in ("exact", "split", "old"):
             assert 0 <= c[m]["violation_rate"] <= 1 and 0 < c[m]["mean_cost_fraction"] <= 1
     assert isinstance(summary["goals_met"], bool)
+
+
+@pytest.mark.slow
+def test_gating_benchmark_prints_the_json_summary_last(sample_run):
+    summary, _ = benchmark_summary("gating.py", sample_run[0], "--epochs", "1", "--samples", "20",
+                                   "--rounds", "1")
+    assert [(c["size"], c["width"]) for c in summary["configs"]] == [(56, 32), (28, 8)]
+    for config in summary["configs"]:
+        names = [s["setting"] for s in config["settings"]]
+        assert names == ["calibrated", "skip 25%", "skip 50%", "skip 75%"]
+        for s in config["settings"]:
+            assert all(0 <= k <= 1 for ks in s["keep"].values() for k in ks)
+            assert s["gated_vs_ungated"] > 0 and s["profile_predicted"] > 0
+            assert set(s["profile_kept_gates_of"]) <= {"stage0", "stage1"}
+
+
+@pytest.mark.slow
+def test_spatial_benchmark_prints_the_json_summary_last(sample_run):
+    summary, _ = benchmark_summary("spatial.py", sample_run[0], "--epochs", "1", "--samples", "20",
+                                   "--rounds", "1")
+    assert [r["setting"] for r in summary["rows"]] == ["25%", "50%", "75%"]
+    calibrated = summary["calibrated"]
+    assert calibrated["budget_ms"] > 0
+    assert "refused" in calibrated or (calibrated["predicted_ms"] <= calibrated["budget_ms"] and
+                                       0 < calibrated["threshold"] < 1)
