@@ -271,6 +271,12 @@ class EdgeModel(object):
                   for i, b in enumerate(spec["blocks"])]
         return GatedStage(entry["id"], self._host_side(k), piece(spec["entry"]), blocks)
 
+    def own_graphs(self):
+        """Each stage's own graph (the build in use), without its gate, width variants, gated
+        blocks or sparse execution: what the reference outputs are of and builds compare on."""
+        return [getattr(s, "stage", s) if getattr(s, "adaptive", False) else
+                getattr(s, "dense", s) if hasattr(s, "run_regions") else s for s in self.stages]
+
     def spatial_stages(self):
         """The stages run on their active regions (:class:`~.spatial.SpatialStage`)."""
         from edgesdk.runtime.spatial import SpatialStage
@@ -421,8 +427,7 @@ class EdgeModel(object):
         x = check_batch(x, self.input_spec, convert=False)
         self.memory.check_batch(min(batch_size, x.shape[0]))
         out = [[] for _ in self.heads]
-        stages = self.stages if adaptive else [s.stage if getattr(s, "adaptive", False)
-                                               else s for s in self.stages]
+        stages = self.stages if adaptive else self.own_graphs()
         for i in range(0, x.shape[0], batch_size):
             part = check_batch(x[i:i + batch_size], self.input_spec, first=i)
             self.input_guard.check(part)

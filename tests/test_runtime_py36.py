@@ -140,6 +140,13 @@ def test_packed_runtime_on_python36_matches_the_host(py36, tmp_path, bundle_mast
     assert val.returncode == 0, val.stderr
     assert json.loads(val.stdout)["reference"]["passed"]
 
+    # Outputs saved by the device runtime compare with the host's on the same inputs.
+    cmp = _device(py36, pyz, "compare", bundle, "--data", "in.npz", "--save-outputs",
+                  "board.npz", cwd=tmp_path)
+    assert cmp.returncode == 0, cmp.stderr
+    from edgesdk.cli import main
+    assert main(["compare", bundle, "--load-outputs", str(tmp_path / "board.npz")]) == 0
+
     run = _device(py36, pyz, "run", bundle, "in.npz", "--batch-size", "8", "--json", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     samples = json.loads(run.stdout)["samples"]

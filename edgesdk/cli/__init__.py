@@ -23,6 +23,8 @@ VERBS = {
     "inspect": ("inspect", "summarise a bundle: stages, exits, thresholds, sizes, hashes"),
     "validate": ("edgesdk.runtime.cli.validate",
                  "check a bundle's hashes (and reference outputs with --check)"),
+    "compare": ("edgesdk.runtime.cli.compare",
+                "compare builds (or bundles) tensor by tensor on the same inputs"),
     "profile": ("edgesdk.runtime.cli.profile",
                 "measure latency (and energy) of every stage and head on this machine"),
     "rpc-server": ("edgesdk.runtime.cli.rpc_server",

@@ -12,6 +12,7 @@ VERBS = {
     "run": ("run", "run a bundle over inputs"),
     "validate": ("validate", "check a bundle's integrity (and reference outputs with --check)"),
     "profile": ("profile", "measure stages, heads and the engine's own work on this device"),
+    "compare": ("compare", "compare builds (or bundles) tensor by tensor on the same inputs"),
     "rpc-server": ("rpc_server", "serve profiling to a TVM RPC tracker"),
     "build-engines": ("build_engines", "build the bundle's TensorRT engines on this device"),
 }

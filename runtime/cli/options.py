@@ -17,14 +17,15 @@ def parse_thresholds(text):
 
 def add_builds_argument(p, verb):
     """``--builds``, as run and validate take it."""
-    p.add_argument("--builds", type=_build_request, metavar="BUILD[,fallback]",
+    p.add_argument("--builds", type=parse_build_request, metavar="BUILD[,fallback]",
                    help="{} other builds than the selected ones: a precision (int8), a format "
                         "(tvm) or FORMAT:PRECISION (onnx:fp32). A graph without that build is "
                         "an error, unless ',fallback' is added (it then uses its selected "
                         "build)".format(verb))
 
 
-def _build_request(text):
+def parse_build_request(text):
+    """One ``--builds`` value, for argparse (its error says what is wrong)."""
     from edgesdk.runtime.build_select import parse_request
     try:
         return parse_request(text)
