@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS exit_scores (
     sample INTEGER NOT NULL, exit INTEGER NOT NULL, score REAL NOT NULL, correct INTEGER NOT NULL,
     PRIMARY KEY (bundle_sha256, dataset_sha256, policy, sample, exit)
 );
+CREATE TABLE IF NOT EXISTS layer_times (
+    device TEXT NOT NULL, bundle_sha256 TEXT NOT NULL, graph TEXT NOT NULL,
+    build TEXT NOT NULL, precision TEXT NOT NULL, batch INTEGER NOT NULL,
+    conditions TEXT NOT NULL, node TEXT NOT NULL, op TEXT NOT NULL, calls INTEGER NOT NULL,
+    mean_ms REAL NOT NULL, share REAL, measured_at TEXT NOT NULL,
+    PRIMARY KEY (device, bundle_sha256, graph, build, precision, batch, conditions, node)
+);
 CREATE TABLE IF NOT EXISTS runs (
     device TEXT NOT NULL, bundle_sha256 TEXT NOT NULL, dataset_sha256 TEXT NOT NULL,
     batch INTEGER NOT NULL, thresholds TEXT NOT NULL, samples INTEGER NOT NULL,
@@ -266,6 +273,31 @@ class ProfileStore(object):
         sql += " ORDER BY " + ", ".join(KEY)
         return [dict(zip(COLUMNS, r)) for r in self.db.execute(sql, list(where.values()))]
 
+    def write_layers(self, device, bundle, conditions, rows, measured_at):
+        """Store per-node times (``rows`` from :func:`edgesdk.runtime.profiler.layer_rows`),
+        replacing the same graph's, build's and batch's earlier ones, in one transaction."""
+        with self.db:
+            for key in {(r["graph"], r["build"], r["precision"], r["batch"]) for r in rows}:
+                self.db.execute("DELETE FROM layer_times WHERE device = ? AND bundle_sha256 = ? "
+                                "AND graph = ? AND build = ? AND precision = ? AND batch = ? AND "
+                                "conditions = ?", (device, bundle) + key + (conditions,))
+            self.db.executemany(
+                "INSERT INTO layer_times VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(device, bundle, r["graph"], r["build"], r["precision"], int(r["batch"]),
+                  conditions, r["node"], r["op"], int(r["calls"]), float(r["mean_ms"]),
+                  r["share"], measured_at) for r in rows])
+
+    def layers(self, bundle=None):
+        """Stored per-node times as dicts, slowest first within each graph."""
+        cols = ("device", "bundle_sha256", "graph", "build", "precision", "batch", "conditions",
+                "node", "op", "calls", "mean_ms", "share", "measured_at")
+        sql = "SELECT {} FROM layer_times".format(", ".join(cols))
+        args = ()
+        if bundle is not None:
+            sql, args = sql + " WHERE bundle_sha256 = ?", (bundle,)
+        sql += " ORDER BY device, graph, build, precision, batch, mean_ms DESC"
+        return [dict(zip(cols, r)) for r in self.db.execute(sql, args)]
+
     def write_exit_scores(self, bundle, dataset, policy, scores, correct):
         """Per-sample policy scores and correctness at every exit (lists of 1-D sequences),
         so thresholds can be replayed later without the bundle or the data."""
@@ -470,7 +502,7 @@ def merge_into(store, path):
 COST_STATISTIC = "mean_ms"
 NOISY_SPREAD = 1.5  # p90 / p50 above this flags a row as noisy
 PROFILE_METRICS = ("mean_ms", "std_ms", "trimmed_mean_ms", "p10_ms", "p50_ms", "p90_ms",
-                   "p99_ms", "min_ms", "spread", "noisy", "peak_rss_mb", "energy_mj")
+                   "p99_ms", "min_ms", "max_ms", "spread", "noisy", "peak_rss_mb", "energy_mj")
 
 
 def noisy_graphs(rows):
@@ -521,6 +553,11 @@ class ProfileRecorder(object):
         self.store.write(rows_from_profile([graph_row], self.manifest, self.device,
                                            self.sensor_name, self._now(),
                                            conditions=self.conditions))
+
+    def layers(self, rows):
+        """Store per-node times measured under this recorder's conditions."""
+        self.store.write_layers(self.device, graphs_sha256(self.manifest), self.conditions,
+                                rows, self._now())
 
     def end_to_end(self, model, x, y, e2e):
         """Store a labelled end-to-end run: every sample's score and correctness at every exit

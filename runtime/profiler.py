@@ -232,6 +232,37 @@ def _gated_calls(stage, tensors):
     return calls
 
 
+# Runs per graph of the per-layer pass (each format's own per-node timing).
+LAYER_CALLS = 50
+
+
+def layer_rows(model, batch, calls=LAYER_CALLS):
+    """Per-node times of every stage's own graph and every head at ``batch``, by each
+    format's own profiler (:meth:`~.executors.base.Executor.layer_times`: ONNX Runtime's
+    session profiling, the Relax VM's instrumentation, TensorRT's ``IProfiler``): one row
+    per node with ``graph``, ``build``, ``precision``, ``batch``, ``node``, ``op``, ``calls``,
+    ``mean_ms`` (per call) and ``share`` (of the graph's nodes' time). Graphs whose format
+    has no such timing have no rows."""
+    m = model.bundle.manifest
+    rows, state = [], (example_batch(model, batch),)
+    for k, (stage, head) in enumerate(zip(model.own_graphs(), model.heads)):
+        graphs = [(m["stages"][k], stage, state)]
+        state = tuple(stage.run(state))
+        graphs.append((m["exits"][k], head, state))
+        for entry, graph, tensors in graphs:
+            times = graph.layer_times(list(tensors), calls)
+            if not times:
+                continue
+            total = sum(ms for _, _, ms, _ in times)
+            build = model.builds[entry["id"]]
+            rows += [{"graph": entry["id"], "build": build["format"],
+                      "precision": build["precision"], "batch": batch, "node": node, "op": op,
+                      "calls": calls, "mean_ms": ms / calls,
+                      "share": ms / total if total > 0 else None}
+                     for node, op, ms, _ in sorted(times, key=lambda t: -t[2])]
+    return rows
+
+
 def engine_rows(engine, kinds, batch):
     """The engine's own rows (:data:`RUNTIME_ROWS`) from the engine time of each run kind:
     every statistic fitted on its own; the spread and flag are those of the run kind with
@@ -335,6 +366,9 @@ class _NoRecorder(object):
     def __call__(self, row):
         pass
 
+    def layers(self, rows):
+        pass
+
     def close(self):
         pass
 
@@ -350,7 +384,7 @@ def model_providers(model):
 
 def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS, db=None,
                    data=None, no_sensor=False, threads=None, progress=True, warmup_s=WARMUP_S,
-                   min_seconds=MIN_SECONDS, providers=None):
+                   min_seconds=MIN_SECONDS, providers=None, per_layer=False):
     """Profile a bundle on this device, as ``edgesdk profile`` does; returns a JSON-able dict.
 
     Every stage and head at each batch size (see :func:`profile_graphs`: ``warmup``,
@@ -358,6 +392,8 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS
     board-total power sensor found unless ``no_sensor``; with ``data`` (an .npz or image
     folder) also an end-to-end early-exit run. With ``db`` each graph's rows are committed
     to that profile store as soon as they are measured (and the labelled end-to-end run too).
+    ``per_layer``: also each graph's per-node times (:func:`layer_rows`), in ``layers``
+    and the store's ``layer_times`` table.
     """
     from edgesdk.progress import Progress
     from edgesdk.runtime.datafiles import load_inputs
@@ -410,6 +446,17 @@ def profile_bundle(bundle_path, batch_sizes=(1,), warmup=WARMUP, repeats=REPEATS
                                warmup_s=warmup_s, min_seconds=min_seconds, mix=mix)
         out = {"bundle": model.bundle.root, "sensor": sensor.describe() if sensor else None,
                "graphs": rows, "builds": [c.ran for c in configs], "exit_mix": mix}
+        if per_layer:
+            seen_layers, out["layers"] = set(), []
+            for config in configs:
+                for batch in batch_sizes:
+                    new = [r for r in layer_rows(config, int(batch)) if
+                           (r["graph"], r["build"], r["precision"], r["batch"]) not in seen_layers]
+                    seen_layers |= {(r["graph"], r["build"], r["precision"], r["batch"])
+                                    for r in new}
+                    out["layers"] += new
+            if db:
+                record.layers(out["layers"])
         if data:
             out["end_to_end"] = profile_end_to_end(model, x, y, sensor=sensor)
             if db and y is not None:

@@ -50,7 +50,7 @@ def latency_stats(ms):
     spread = p90 / p50 if p50 > 0 else None
     return {"mean_ms": float(a.mean()), "std_ms": float(a.std()),
             "trimmed_mean_ms": trimmed_mean(a), "p10_ms": p10, "p50_ms": p50, "p90_ms": p90,
-            "p99_ms": p99, "min_ms": float(a.min()), "spread": spread,
+            "p99_ms": p99, "min_ms": float(a.min()), "max_ms": float(a.max()), "spread": spread,
             "noisy": spread is not None and spread > NOISY_SPREAD, "repeats": int(a.size)}
 
 

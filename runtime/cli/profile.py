@@ -33,6 +33,11 @@ def add_arguments(p):
     p.add_argument("--key", help="with --rpc-tracker: the kind of board, e.g. jetson-tx2")
     p.add_argument("--session-timeout", type=float, default=0,
                    help="with --rpc-tracker: seconds before the board ends the session (0: none)")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also time every node of every graph with its format's own profiler "
+                        "(ONNX Runtime's, the TVM VM's instrumentation, TensorRT's IProfiler), "
+                        "stored in --db, and print the slowest (as trtexec --dumpProfile)")
+    p.add_argument("--top", type=int, default=5, help="with --per-layer: nodes shown per graph")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -73,13 +78,17 @@ def run(args):
         out = profile_bundle(args.bundle, batches, args.warmup, args.repeats, db=args.db,
                              data=args.data, no_sensor=args.no_sensor, threads=args.threads,
                              progress=not args.json, warmup_s=args.warmup_seconds,
-                             min_seconds=args.min_seconds, providers=args.providers)
-    print_profile(out, args.json)
+                             min_seconds=args.min_seconds, providers=args.providers,
+                             per_layer=args.per_layer)
+    if args.per_layer and (args.rpc_tracker or args.key):
+        raise InputError("--per-layer runs on this machine: profile on the board itself")
+    print_profile(out, args.json, args.top)
     return 0
 
 
-def print_profile(out, as_json):
-    """Print :func:`~edgesdk.runtime.profiler.profile_bundle`'s result as JSON or tables."""
+def print_profile(out, as_json, top=5):
+    """Print :func:`~edgesdk.runtime.profiler.profile_bundle`'s result as JSON or tables (with
+    the ``top`` slowest nodes of each graph, where layers were timed)."""
     if as_json:
         print(json.dumps(out))
         return
@@ -88,11 +97,14 @@ def print_profile(out, as_json):
                               "no sensor (latency only, energy not measured)"))
     rows = out["graphs"]
     ms = lambda v: "-" if v is None else "{:.4f}".format(v)  # noqa: E731
+    per_s = lambda r: "-" if not r.get("mean_ms") or r["mean_ms"] <= 0 or r.get(  # noqa: E731
+        "kind") == "runtime" else "{:.0f}".format(r["batch"] * 1000.0 / r["mean_ms"])
     print(format_table(
-        ["graph", "batch", "mean ms", "trimmed", "p10", "p50", "p90", "p99", "spread", "",
-         "energy mJ", "peak RSS MiB"],
+        ["graph", "batch", "mean ms", "trimmed", "min", "p10", "p50", "p90", "p99", "max",
+         "samples/s", "spread", "", "energy mJ", "peak RSS MiB"],
         [[r["graph"], r["batch"], ms(r["mean_ms"]), ms(r.get("trimmed_mean_ms")),
-          ms(r.get("p10_ms")), ms(r["p50_ms"]), ms(r["p90_ms"]), ms(r["p99_ms"]),
+          ms(r.get("min_ms")), ms(r.get("p10_ms")), ms(r["p50_ms"]), ms(r["p90_ms"]),
+          ms(r["p99_ms"]), ms(r.get("max_ms")), per_s(r),
           "-" if r.get("spread") is None else "{:.2f}".format(r["spread"]),
           "NOISY" if r.get("noisy") else "",
           "{:.3f}".format(r["energy_mj"]) if r["energy_mj"] is not None else r["energy_status"],
@@ -106,8 +118,30 @@ def print_profile(out, as_json):
         print("NOISY (p90/p50 > {}): {}: the timings spread widely (a loaded machine or "
               "scheduler spikes); profile again when the machine is quiet, or with a longer "
               "--min-seconds".format(NOISY_SPREAD, ", ".join(noisy)))
+    _print_layers(out.get("layers"), top, ms)
     e2e = out.get("end_to_end")
     if e2e:
         print("\nend to end ({} samples, batch 1): {:.3f} ms/sample, exits {}{}".format(
             e2e["samples"], e2e["mean_ms_per_sample"], e2e["exit_counts"],
             ", accuracy {:.2%}".format(e2e["accuracy"]) if e2e["accuracy"] is not None else ""))
+
+
+def _print_layers(layers, top, ms):
+    """The ``top`` slowest nodes of each graph, per build and batch."""
+    if layers is None:
+        return
+    if not layers:
+        print("\nper-layer: none of these builds' formats can time their nodes")
+        return
+    groups = {}
+    for r in layers:
+        groups.setdefault((r["graph"], r["build"], r["precision"], r["batch"]), []).append(r)
+    for (graph, build, precision, batch), rows in groups.items():
+        rows = sorted(rows, key=lambda r: -r["mean_ms"])
+        print("\n{} ({} {}, batch {}): {} nodes, {} ms per call in all; slowest {}:".format(
+            graph, build, precision, batch, len(rows), ms(sum(r["mean_ms"] for r in rows)),
+            min(top, len(rows))))
+        print(format_table(["node", "op", "ms per call", "share"],
+                           [[r["node"], r["op"], ms(r["mean_ms"]),
+                             "-" if r["share"] is None else "{:.1%}".format(r["share"])]
+                            for r in rows[:top]]))

@@ -13,7 +13,10 @@ arrays fed by position. The engine reads only what is defined here:
   ``to_host(array)`` to copy one back (identity for host arrays);
 - ``close()``: give the loaded graph's resources back;
 - ``steady_memory()``: from now on keep no memory pools that never shrink (services call it
-  through :func:`edgesdk.runtime.memory.steady_memory`).
+  through :func:`edgesdk.runtime.memory.steady_memory`);
+- ``layer_times(tensors, calls)``: the graph run ``calls`` times on ``tensors`` with its
+  format's own per-node timing, ``[(node, op type, total ms over the calls, runs)]``, or
+  None where the format has none (``edgesdk profile --per-layer``).
 
 Python 3.6 compatible.
 """
@@ -40,6 +43,10 @@ class Executor(object):
     # :mod:`..activation_memory`); None where the format cannot be read (compiled code, whose
     # integrity the hashes and signature cover).
     activation_bytes = None
+
+    def layer_times(self, tensors, calls):
+        """Per-node times (see the module docstring); None: this format has no such timing."""
+        return None
 
     @classmethod
     def available(cls, build):

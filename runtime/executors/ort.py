@@ -103,13 +103,14 @@ def usable_providers(wanted, explicit=False):
     return chosen + [CPU]
 
 
-def make_session(model, threads=None, optimize=True, providers=None):
+def make_session(model, threads=None, optimize=True, providers=None, profile_prefix=None):
     """An InferenceSession for a model path or serialized bytes, on the process's shared
     thread pool where there is one (ONNX Runtime refuses per-session pools beside it).
 
     ``threads``: intra-op threads (default: all cores). ``optimize=False`` keeps the graph as
     it is (every intermediate tensor can then be read as an output). ``providers``: the
     execution providers, in order (:func:`usable_providers`; default the CPU's).
+    ``profile_prefix``: record ONNX Runtime's per-node profile to files with this prefix.
     """
     import os
     ort = _ort()
@@ -120,6 +121,9 @@ def make_session(model, threads=None, optimize=True, providers=None):
     opts.log_severity_level = 3
     if needs_high_precision_int8():
         opts.add_session_config_entry("session.x64quantprecision", "1")
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     if not _arena["enabled"]:
         opts.enable_cpu_mem_arena = False
         opts.enable_mem_pattern = False
@@ -204,6 +208,38 @@ class OrtGraph(Executor):
         # batch-1 heads (57 -> 22 us for the last one; onnxruntime 1.31, loaded 2-core x86).
         self._run = getattr(self.session, "_sess", self.session).run
         self._direct = hasattr(self.session, "_sess")
+        self._source = (path, threads, providers, bool(external))
+
+    def layer_times(self, tensors, calls):
+        """ONNX Runtime's own profile of a second session of this graph (the bytes checked
+        again): each node's kernel time summed over ``calls`` runs."""
+        import json
+        import os
+        import shutil
+        import tempfile
+        path, threads, providers, external = self._source
+        if external:
+            return None
+        tmp = tempfile.mkdtemp(prefix="edgesdk-ort-profile-")
+        try:
+            session = make_session(read_bytes(path), threads, providers=providers,
+                                   profile_prefix=os.path.join(tmp, "profile"))
+            feed = dict(zip(self.input_names, tensors))
+            for _ in range(calls):
+                session.run(self.output_names, feed)
+            with open(session.end_profiling()) as f:
+                events = json.load(f)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        nodes = {}
+        for e in events:
+            name = e.get("name", "")
+            if e.get("cat") == "Node" and name.endswith("_kernel_time"):
+                node = nodes.setdefault(name[:-len("_kernel_time")],
+                                        [(e.get("args") or {}).get("op_name", "?"), 0.0, 0])
+                node[1] += e.get("dur", 0) / 1000.0
+                node[2] += 1
+        return [(name, op, ms, runs) for name, (op, ms, runs) in nodes.items()]
 
     @staticmethod
     def _with_external_data(path, names, threads, providers):

@@ -175,6 +175,31 @@ class TvmGraph(Executor):
         """Run on a sequence of float32 arrays; returns a list of new arrays."""
         return run_in_slices(self._call, tensors, self.batch)
 
+    def layer_times(self, tensors, calls):
+        """Each compiled kernel's wall time, summed over ``calls`` runs, from the Relax VM's
+        instrumentation hook (called before and after every packed function; the VM's own
+        builtins, allocation and shape checks, are left out). The hook's Python call adds a
+        few microseconds to each kernel."""
+        import time
+        clock, started, kernels = time.perf_counter, [], {}
+
+        def instrument(func, name, before_run, ret_value, *args):
+            if before_run:
+                started.append(clock())
+            else:
+                t = kernels.setdefault(str(name), [0.0, 0])
+                t[0] += (clock() - started.pop()) * 1000.0
+                t[1] += 1
+            return 0
+        self.vm["set_instrument"](instrument)
+        try:
+            for _ in range(calls):
+                self.run(tensors)
+        finally:
+            self.vm["set_instrument"](None)
+        return [(name, "kernel", ms, runs) for name, (ms, runs) in kernels.items()
+                if not name.startswith("vm.builtin.")]
+
 
 def run_in_slices(call, tensors, batch):
     """``call(tensors)`` for a graph compiled for a fixed ``batch`` (None: any), over inputs of

@@ -175,3 +175,16 @@ def test_a_tensorrt_without_the_precision_flag_is_a_clear_error(tx2_bundle, monk
     prepare_tensorrt(tx2_bundle, "x86-nvidia", precision="fp16")
     with pytest.raises(BuildError, match="no FP16 builder flag"):
         build_engines(tx2_bundle, progress=False)
+
+
+def test_per_layer_times_come_from_an_iprofiler_on_the_context(engines, mnist_split):
+    from edgesdk.runtime.profiler import layer_rows
+    path, trt, _ = engines
+    model = load_bundle(path, builds="tensorrt")
+    rows = layer_rows(model, 2, calls=3)
+    assert sorted({r["graph"] for r in rows}) == sorted(model.builds)
+    assert all(r["build"] == "tensorrt" and r["calls"] == 3 and r["mean_ms"] > 0 and
+               r["share"] == 1.0 and r["node"].startswith("fake engine ") for r in rows)
+    # The profiler is taken off again: later runs report nothing.
+    stage = model.stages[0]
+    assert getattr(stage, "graph", stage).context.profiler is None

@@ -208,3 +208,15 @@ def test_profiler_measures_the_tvm_builds_this_machine_runs(tvm_bundle):
     out = profile_bundle(tvm_bundle, [1], warmup=1, repeats=3, progress=False, no_sensor=True)
     measured = {(r["graph"], r["build"]) for r in out["graphs"]}
     assert {("stage0", "tvm"), ("exit2", "tvm"), ("stage0", "onnx")} <= measured
+
+
+def test_per_layer_times_of_tvm_builds_come_from_the_vm_instrumentation(tvm_bundle):
+    from edgesdk.runtime.profiler import layer_rows
+    model = load_bundle(tvm_bundle, builds="tvm", fallback=True)
+    host = [gid for gid, b in model.builds.items() if b["format"] == "tvm"]
+    rows = [r for r in layer_rows(model, 1, calls=4) if r["build"] == "tvm"]
+    assert sorted({r["graph"] for r in rows}) == sorted(host) and host
+    assert any("conv2d" in r["node"] for r in rows)
+    assert all(r["op"] == "kernel" and not r["node"].startswith("vm.builtin.") for r in rows)
+    # The hook is taken off again: a plain run still matches.
+    assert len(model.run(np.zeros((1, 1, 28, 28), np.float32)).labels) == 1
