@@ -1,6 +1,7 @@
 """Board descriptors: what each target runs, which formats and precisions apply.
 
-Descriptors are data (see :class:`Target`); the registry maps kebab-case names to them.
+Descriptors are data (see :class:`Target`); the registry maps kebab-case names to them, and
+``get_target`` also reads a user's board file (:mod:`.from_file`).
 """
 from edgesdk.registry import Registry
 from edgesdk.targets.descriptor import Fabric, Processor, Target  # noqa: F401
@@ -10,6 +11,11 @@ TARGETS = Registry("target", {
     "jetson-tx2": "edgesdk.targets.boards:JETSON_TX2",
     "snapdragon-865": "edgesdk.targets.boards:SNAPDRAGON_865",
     "snapdragon-865-android": "edgesdk.targets.boards:SNAPDRAGON_865_ANDROID",
+    "snapdragon-8-gen-3-android": "edgesdk.targets.boards:SNAPDRAGON_8_GEN_3_ANDROID",
+    "jetson-nano": "edgesdk.targets.jetson:JETSON_NANO",
+    "jetson-xavier-nx": "edgesdk.targets.jetson:JETSON_XAVIER_NX",
+    "jetson-orin-nano": "edgesdk.targets.jetson:JETSON_ORIN_NANO",
+    "jetson-agx-orin": "edgesdk.targets.jetson:JETSON_AGX_ORIN",
     "x86-nvidia": "edgesdk.targets.boards:X86_NVIDIA",
     "ultra96-v2": "edgesdk.targets.boards:ULTRA96_V2",
     "zcu104": "edgesdk.targets.boards:ZCU104",
@@ -18,5 +24,9 @@ TARGETS = Registry("target", {
 
 
 def get_target(name):
-    """The :class:`Target` registered as ``name``."""
+    """The :class:`Target` registered as ``name``, or described by the board file ``name``
+    (``.toml`` or ``.json``, see :mod:`.from_file`)."""
+    from edgesdk.targets.from_file import is_board_file, load_target
+    if is_board_file(name):
+        return load_target(name)
     return TARGETS.get(name)

@@ -6,6 +6,9 @@ from edgesdk.targets.descriptor import Fabric, Processor, Target
 
 AARCH64_GNU = "aarch64-linux-gnu-g++"
 AARCH64_PACKAGE = "g++-aarch64-linux-gnu"
+# The onnxruntime-gpu wheels built for JetPack carry the CUDA and TensorRT providers.
+JETPACK_PROVIDERS = {p: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                         "CPUExecutionProvider"] for p in ("fp32", "fp16", "int8")}
 
 TX2_CPU = Processor(
     name="cpu",
@@ -63,9 +66,7 @@ JETSON_TX2 = Target(
     os="linux",
     glibc="2.27",
     memory_mb=8192,  # 8 GB LPDDR4, shared by the CPU and the GPU
-    # The onnxruntime-gpu wheels built for JetPack carry the CUDA and TensorRT providers.
-    onnxruntime_providers={p: ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                               "CPUExecutionProvider"] for p in ("fp32", "fp16", "int8")},
+    onnxruntime_providers=JETPACK_PROVIDERS,
     notes=["TensorRT 8.2 reads ONNX opset <= 13 and needs Q/DQ zero points of 0",
            "TensorRT engines are built on the board itself",
            "glibc 2.27 (Ubuntu 18.04): every library built for it must need no newer symbol"],
@@ -178,3 +179,35 @@ PYNQ_Z2 = _zynq(
            ff=106400),
     512,
     ["A 7-series part: Vitis HLS supports it; the ARM cores are 32-bit"])
+
+
+# A current Snapdragon phone: 8 Gen 3 (SM8650), Android's C library, linked with the NDK.
+SNAPDRAGON_8_GEN_3_ANDROID = dataclasses.replace(
+    SNAPDRAGON_865_ANDROID,
+    name="snapdragon-8-gen-3-android",
+    description="A Snapdragon 8 Gen 3 (SM8650) phone on Android: Kryo CPU (1x Cortex-X4, 5x "
+                "Cortex-A720, 2x Cortex-A520; Armv9 with dot-product and int8 matrix "
+                "instructions), Adreno 750 GPU, Hexagon NPU; TVM stages as object archives "
+                "for the NDK",
+    processors=(Processor(
+        name="cpu",
+        description="Kryo: 1x Cortex-X4 + 5x Cortex-A720 + 2x A520; TVM code is tuned for "
+                    "the A720 cores (dot-product and i8mm instructions)",
+        tvm_target={"kind": "llvm", "mtriple": "aarch64-linux-android", "mcpu": "cortex-a720",
+                    "mattr": ["+neon", "+dotprod", "+i8mm"], "num-cores": 6},
+        arch="aarch64", artifact="object-archive",
+        device_build="link with the NDK: $NDK/toolchains/llvm/prebuilt/*/bin/"
+                     "aarch64-linux-android34-clang++ -shared -o stage.so *.o"),),
+    memory_mb=12288,   # 8-24 GB LPDDR5X in phones; the runtime also reads the phone's own
+    # The Hexagon NPU's HTP backend (QNN) takes INT8 and FP16 graphs; NNAPI and XNNPACK are
+    # the fallbacks Android's onnxruntime packages.
+    onnxruntime_providers={"int8": ["QNNExecutionProvider", "NnapiExecutionProvider",
+                                    "CPUExecutionProvider"],
+                           "fp16": ["QNNExecutionProvider", "XNNPACKExecutionProvider",
+                                    "CPUExecutionProvider"],
+                           "fp32": ["XNNPACKExecutionProvider", "CPUExecutionProvider"]},
+    notes=["INT8 on the Hexagon NPU through onnxruntime-qnn (HTP); the CPU's i8mm and "
+           "dot-product instructions run INT8 ONNX Runtime kernels",
+           "Android linking needs the NDK, which is not part of edgesdk: the archive holds the "
+           "object files and the link line"],
+)

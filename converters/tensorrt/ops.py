@@ -70,6 +70,16 @@ TENSORRT_8_2 = TensorRTOps(
     apis="bindings (num_bindings, execute_v2); Python 3.6 on JetPack 4.6",
     source="onnx-tensorrt docs/operators.md, 8.x opset-13 matrix")
 
+# JetPack 5.1 (Xavier, Orin): the 8.5 operator matrix; shapes and resize modes kept as 8.2's
+# where this table does not know better (a conservative check refuses, never lets through).
+TENSORRT_8_5 = TensorRTOps(
+    name="8.5", version="8.5.2", opsets=(7, 17), supported=_COMMON | _SINCE_8_5,
+    constant_inputs=dict(TENSORRT_8_2.constant_inputs),
+    resize_modes=("nearest", "linear"), quantized=("int8",), cache_version="8502",
+    apis="named I/O tensors (num_io_tensors, set_tensor_address, execute_async_v3); "
+         "Python 3.8 on JetPack 5.1",
+    source="onnx-tensorrt docs/operators.md, 8.5 matrix")
+
 TENSORRT_10 = TensorRTOps(
     name="10", version="10.x", opsets=(9, 20), supported=_COMMON | _SINCE_8_5 | _SINCE_10,
     constant_inputs={"CumSum": (1,)},
@@ -78,11 +88,11 @@ TENSORRT_10 = TensorRTOps(
     apis="named I/O tensors (num_io_tensors, set_tensor_address, execute_async_v3)",
     source="onnx-tensorrt docs/operators.md, 8.5 matrix + TensorRT 10.0 additions")
 
-TENSORRT_VERSIONS = {"8.2": TENSORRT_8_2, "10": TENSORRT_10}
+TENSORRT_VERSIONS = {"8.2": TENSORRT_8_2, "8.5": TENSORRT_8_5, "10": TENSORRT_10}
 
 
 def tensorrt_ops(name):
-    """The :class:`TensorRTOps` for a release name (``8.2``, ``10``)."""
+    """The :class:`TensorRTOps` for a release name (``8.2``, ``8.5``, ``10``)."""
     from edgesdk.errors import UnknownNameError
     if name not in TENSORRT_VERSIONS:
         raise UnknownNameError("no TensorRT operator table for '{}'; edgesdk has: {}".format(

@@ -177,8 +177,9 @@ def export(executable, path, processor):
 
 
 def build_name(target, processor):
-    """The folder (inside the bundle's ``tvm/``) of one board processor's builds."""
-    return "{}-{}".format(target, processor)
+    """The folder (inside the bundle's ``tvm/``) of one board processor's builds: the board's
+    name (a board file's own), then the processor."""
+    return "{}-{}".format(get_target(target).name, processor)
 
 
 def build_tvm(bundle, target="host", processor="cpu", batch=1, database=None,

@@ -26,7 +26,8 @@ def add_arguments(p):
     p.add_argument("bundle", help="path to NAME.edgebundle (rewritten in place, atomically)")
     p.add_argument("--toolchain", default="tvm", choices=TOOLCHAIN_NAMES,
                    help="default: tvm. " + toolchains_help())
-    p.add_argument("--target", help="board (see `edgesdk targets`; default: {})".format(
+    p.add_argument("--target", help="board (see `edgesdk targets`) or a board file (.toml/"
+                                    ".json); default: {}".format(
         ", ".join("{} for {}".format(tc.default_target, tc.name) for tc in _toolchains())))
     for flag, (kwargs, owners) in _options().items():
         kwargs["help"] = "; ".join("{}: {}".format(name, text) for name, text in owners)

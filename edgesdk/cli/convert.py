@@ -30,7 +30,7 @@ def add_arguments(p):
     p.add_argument("--input-shape", help="one sample's shape, e.g. 1,28,28 (or give --example-data)")
     p.add_argument("--example-data", help=".npz whose 'x' gives example and reference inputs")
     p.add_argument("-o", "--output", required=True, help="bundle path, NAME.edgebundle")
-    p.add_argument("--target", default="host", help="target board (default: host)")
+    p.add_argument("--target", default="host", help="target board (see `edgesdk targets`) or a board file (.toml/.json); default: host")
     p.add_argument("--opset", type=int, default=13, help="ONNX opset (default 13, TensorRT 8.2's)")
     p.add_argument("--policy", default="max-softmax", help="exit policy: max-softmax, entropy, margin")
     p.add_argument("--threshold", type=float, help="threshold for every early exit "

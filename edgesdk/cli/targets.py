@@ -3,18 +3,19 @@ targets or FPGA fabric, where builds happen, the C library floor and the power s
 import json
 
 from edgesdk.table import format_table
-from edgesdk.targets import TARGETS
+from edgesdk.targets import TARGETS, get_target
 
 
 def add_arguments(p):
-    p.add_argument("name", nargs="?", help="show one target in full")
+    p.add_argument("name", nargs="?", help="show one target in full (a name, or a board file "
+                                           "to check: .toml or .json)")
     p.add_argument("--json", action="store_true", help="print the descriptors as JSON")
 
 
 def run(args):
     """Print every target as a table (or one, or JSON)."""
     names = [args.name] if args.name else TARGETS.names()
-    described = [TARGETS.get(n).describe() for n in names]
+    described = [get_target(n).describe() for n in names]
     if args.json or args.name:
         print(json.dumps(described if not args.name else described[0], indent=2))
         return 0

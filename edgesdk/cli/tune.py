@@ -8,7 +8,7 @@ from edgesdk.runtime.cli.options import add_wait_argument
 def add_arguments(p):
     add_wait_argument(p)
     p.add_argument("bundle", help="path to NAME.edgebundle (rewritten in place, atomically)")
-    p.add_argument("--target", default="host", help="board (see `edgesdk targets`; default: host)")
+    p.add_argument("--target", default="host", help="board (see `edgesdk targets`) or a board file (.toml/.json); default: host")
     p.add_argument("--processor", default="cpu", help="the board's processor (default: cpu)")
     p.add_argument("--trials", type=int, default=32,
                    help="measured candidates per distinct workload, over all runs (default 32)")
