@@ -25,6 +25,7 @@ from edgesdk.converters.tensorrt.check import Problem, decompose, graph_problems
 from edgesdk.deps import require
 from edgesdk.errors import ConversionError, InputError
 from edgesdk.manifest import graph_entries
+from edgesdk.runtime.executors.tensorrt_build import DEFAULT_WORKSPACE_MB
 from edgesdk.targets import TARGETS, get_target
 from edgesdk.converters.tensorrt.ops import tensorrt_ops
 
@@ -52,9 +53,14 @@ def parse_batch_profile(text):
 
 
 def parse_shape_profile(text):
-    """``--shape NAME=MIN:OPT:MAX`` with shapes like ``1x3x64x64``; returns
-    ``(name, {"min": [...], "opt": [...], "max": [...]})``."""
-    name, _, spec = str(text).partition("=")
+    """``--shape NAME=MIN:OPT:MAX`` with shapes like ``1x3x64x64``, or trtexec's
+    ``NAME:1x3x64x64`` for one fixed shape (the name may hold colons, as TensorFlow's
+    ``input:0``); returns ``(name, {"min": [...], "opt": [...], "max": [...]})``."""
+    given = text = str(text)
+    if "=" not in text and ":" in text:
+        name, _, shape = text.rpartition(":")
+        text = "{}={}:{}:{}".format(name, shape, shape, shape)
+    name, _, spec = text.partition("=")
     try:
         shapes = [[int(d) for d in s.split("x")] for s in spec.split(":")]
     except ValueError:
@@ -63,7 +69,8 @@ def parse_shape_profile(text):
             any(d < 1 for s in shapes for d in s) or \
             any(not a <= b <= c for a, b, c in zip(*shapes)):
         raise InputError("--shape takes NAME=MIN:OPT:MAX with shapes like 1x3x64x64 and "
-                         "MIN <= OPT <= MAX in every dimension, got '{}'".format(text))
+                         "MIN <= OPT <= MAX in every dimension, or NAME:1x3x64x64, got "
+                         "'{}'".format(given))
     return name, dict(zip(("min", "opt", "max"), shapes))
 
 
@@ -102,11 +109,15 @@ def _shape_arg(profile, key):
                     for name, p in profile.items())
 
 
-def trtexec_line(onnx_rel, engine_rel, profile, precision, calib=None):
+def trtexec_line(onnx_rel, engine_rel, profile, precision, calib=None, workspace_mb=1024,
+                 release="8.2"):
     """The ``trtexec`` command that builds one graph's engine as edgesdk does (paths relative
-    to the bundle directory)."""
+    to the bundle directory), with the builder workspace ``build-engines`` uses: trtexec 8.2
+    spells it ``--workspace=MiB``, later releases ``--memPoolSize=workspace:MiB``."""
     args = ["trtexec", "--onnx=" + onnx_rel, "--saveEngine=" + engine_rel]
     args += ["--{}Shapes={}".format(k, _shape_arg(profile, k)) for k in ("min", "opt", "max")]
+    args.append("--workspace={}".format(workspace_mb) if release == "8.2" else
+                "--memPoolSize=workspace:{}".format(workspace_mb))
     if precision in ("fp16", "int8"):
         args.append("--fp16")
     if precision == "int8":
@@ -140,7 +151,7 @@ def _verify_rewrite(gid, before, after, profile):
 
 
 def prepare_tensorrt(bundle, target="jetson-tx2", precision=None, batch=DEFAULT_BATCH,
-                     shapes=None, decompose_ops=False):
+                     shapes=None, decompose_ops=False, workspace_mb=DEFAULT_WORKSPACE_MB):
     """Check every stage and head of ``bundle`` (a bundle path, or a draft of one) against
     the TensorRT release of ``target``, and write the TensorRT plan (see the module doc).
     ``precision``: ``fp32``,
@@ -148,7 +159,9 @@ def prepare_tensorrt(bundle, target="jetson-tx2", precision=None, batch=DEFAULT_
     (Q/DQ) builds. ``batch``: the ``(min, opt, max)`` batch of every optimization profile;
     ``shapes``: ``{input: {"min", "opt", "max"}}`` for inputs with other dynamic dimensions.
     ``decompose_ops``: rewrite operators the release lacks where a decomposition exists.
-    Everything TensorRT would refuse is reported at once. Returns the plan written."""
+    ``workspace_mb``: the builder workspace per engine, in the ``trtexec`` lines and the plan
+    (``build-engines`` uses it unless told otherwise). Everything TensorRT would refuse is
+    reported at once. Returns the plan written."""
     onnx = require("onnx", "onnx", "prepare TensorRT builds")
     board = get_target(target)
     if "tensorrt" not in board.toolchains or not board.tensorrt:
@@ -193,8 +206,11 @@ def prepare_tensorrt(bundle, target="jetson-tx2", precision=None, batch=DEFAULT_
             problems += graph_problems(gid, model, ops,
                                        no_bool=precision == "int8" and board.int8_no_bool)
         raise_problems(problems, ops)
+        if isinstance(workspace_mb, bool) or not isinstance(workspace_mb, int) or workspace_mb < 1:
+            raise InputError("the workspace is a number of MiB >= 1, got {!r}".format(workspace_mb))
         plan = {"release": ops.name, "target": target, "device": device, "precision": precision,
-                "source": ops.source, "warnings": warnings, "script": SCRIPT, "graphs": {}}
+                "source": ops.source, "warnings": warnings, "script": SCRIPT,
+                "workspace_mb": workspace_mb, "graphs": {}}
         manifest = draft.manifest
         _drop_old_plan(draft)
         lines, written = [], []
@@ -209,13 +225,14 @@ def prepare_tensorrt(bundle, target="jetson-tx2", precision=None, batch=DEFAULT_
             if cache:
                 written.append(cache)
             engine = engine_file(device, gid, precision)
-            line = trtexec_line(onnx_rel, engine, profiles[gid], precision)
+            line = trtexec_line(onnx_rel, engine, profiles[gid], precision,
+                                workspace_mb=workspace_mb, release=ops.name)
             lines.append(line)
             if cache and precision != "int8":
                 lines.append("#   INT8 calibrated by TensorRT from edgesdk's scales instead: " +
                              trtexec_line(sources[gid] if not rewrites.get(gid) else onnx_rel,
                                           engine_file(device, gid, "int8-calib"),
-                                          profiles[gid], "int8", cache))
+                                          profiles[gid], "int8", cache, workspace_mb, ops.name))
             plan["graphs"][gid] = {"onnx": onnx_rel, "precision": precision,
                                    "profile": profiles[gid], "calibration_cache": cache,
                                    "trtexec": line, "engine": engine,

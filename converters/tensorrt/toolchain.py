@@ -17,7 +17,8 @@ class TensorRTToolchain(Toolchain):
                                  "int8 parses the bundle's symmetric INT8 (Q/DQ) builds"}),
         ("--shape", {"action": "append", "default": [], "metavar": "NAME=MIN:OPT:MAX",
                      "help": "profile of an input with dynamic dimensions besides the batch, "
-                             "shapes like 1x3x64x64 (repeatable)"}),
+                             "shapes like 1x3x64x64 (repeatable); trtexec's NAME:1x3x64x64 "
+                             "for one fixed shape"}),
         ("--decompose", {"action": "store_true",
                          "help": "rewrite operators the TensorRT release lacks where a "
                                  "decomposition exists (checked against ONNX Runtime)"}),
@@ -25,20 +26,22 @@ class TensorRTToolchain(Toolchain):
                          "help": "also build the engines here with TensorRT's Python API "
                                  "(needs the GPU and TensorRT that will run them)"}),
         ("--workspace-mb", {"type": int,
-                            "help": "with --on-device: builder workspace per engine in MiB "
-                                    "(default 1024; a TX2 shares 8 GB between CPU and GPU)"}),
+                            "help": "builder workspace per engine in MiB, in trtexec.sh, for "
+                                    "build-engines on the board and with --on-device (default "
+                                    "1024; a TX2 shares 8 GB between CPU and GPU)"}),
     )
 
     def build(self, draft, target, args):
         from edgesdk.converters.tensorrt.prepare import (
-            DEFAULT_BATCH, parse_batch_profile, parse_shape_profile, prepare_tensorrt)
+            DEFAULT_BATCH, DEFAULT_WORKSPACE_MB, parse_batch_profile, parse_shape_profile,
+            prepare_tensorrt)
         from edgesdk.errors import InputError
-        if args.workspace_mb is not None and (args.workspace_mb < 1 or not args.on_device):
-            raise InputError("--workspace-mb takes a number >= 1 and applies with --on-device")
+        if args.workspace_mb is not None and args.workspace_mb < 1:
+            raise InputError("--workspace-mb takes a number of MiB >= 1")
         shapes = dict(parse_shape_profile(s) for s in args.shape)
         return prepare_tensorrt(draft, target, args.precision,
                                 parse_batch_profile(args.batch) if args.batch else DEFAULT_BATCH,
-                                shapes, args.decompose)
+                                shapes, args.decompose, args.workspace_mb or DEFAULT_WORKSPACE_MB)
 
     def report(self, plan, bundle, target, args):
         import json
@@ -54,7 +57,7 @@ class TensorRTToolchain(Toolchain):
                 print("warning: " + w)
         if args.on_device:
             from edgesdk.runtime.executors.tensorrt_build import build_engines
-            print_engine_records(build_engines(bundle, args.workspace_mb or 1024,
+            print_engine_records(build_engines(bundle, args.workspace_mb,
                                                progress=not args.json), args.json)
         elif args.json:
             print(json.dumps(plan, indent=2, sort_keys=True))

@@ -27,6 +27,8 @@ VERBS = {
                 "compare builds (or bundles) tensor by tensor on the same inputs"),
     "profile": ("edgesdk.runtime.cli.profile",
                 "measure latency (and energy) of every stage and head on this machine"),
+    "register-engines": ("edgesdk.runtime.cli.register_engines",
+                         "register TensorRT engines built by hand with trtexec on this machine"),
     "rpc-server": ("edgesdk.runtime.cli.rpc_server",
                    "serve profiling to a TVM RPC tracker (run on each board)"),
     "profiles": ("profiles", "import, export or show a profile database"),

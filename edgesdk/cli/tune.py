@@ -8,14 +8,17 @@ from edgesdk.runtime.cli.options import add_wait_argument
 def add_arguments(p):
     add_wait_argument(p)
     p.add_argument("bundle", help="path to NAME.edgebundle (rewritten in place, atomically)")
-    p.add_argument("--target", default="host", help="board (see `edgesdk targets`) or a board file (.toml/.json); default: host")
+    p.add_argument("--target", default="host",
+                   help="board (see `edgesdk targets`) or a board file (.toml/.json); "
+                        "default: host")
     p.add_argument("--processor", default="cpu", help="the board's processor (default: cpu)")
     p.add_argument("--trials", type=int, default=32,
                    help="measured candidates per distinct workload, over all runs (default 32)")
     p.add_argument("--batch", default="1", help="batch size compiled in (default 1)")
-    p.add_argument("--database",
-                   help="tuning database folder to create or extend (default: BUNDLE.tuning/"
-                        "TARGET-PROCESSOR); share one between models with the same layers")
+    p.add_argument("--tuning-db", metavar="DIR",
+                   help="tuning database folder to create or extend, as `edgesdk build "
+                        "--tuning-db` applies it (default: BUNDLE.tuning/TARGET-PROCESSOR); "
+                        "share one between models with the same layers")
     p.add_argument("--rpc-tracker", metavar="HOST:PORT",
                    help="measure on boards registered with this TVM tracker (default: here)")
     p.add_argument("--key", help="the boards' key at the tracker (with --rpc-tracker)")
@@ -35,7 +38,7 @@ def run(args):
             raise InputError("--rpc-tracker takes HOST:PORT and needs --key")
         rpc = (host, int(port), args.key)
     result = tune_bundle(args.bundle, args.target, args.processor, trials=args.trials,
-                         batch=parse_batch(args.batch), database=args.database, rpc=rpc)
+                         batch=parse_batch(args.batch), database=args.tuning_db, rpc=rpc)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

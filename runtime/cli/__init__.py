@@ -15,6 +15,8 @@ VERBS = {
     "compare": ("compare", "compare builds (or bundles) tensor by tensor on the same inputs"),
     "rpc-server": ("rpc_server", "serve profiling to a TVM RPC tracker"),
     "build-engines": ("build_engines", "build the bundle's TensorRT engines on this device"),
+    "register-engines": ("register_engines",
+                         "register TensorRT engines built by hand with trtexec on this device"),
 }
 
 

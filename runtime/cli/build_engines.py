@@ -10,16 +10,17 @@ def add_arguments(p):
     add_wait_argument(p)
     p.add_argument("bundle", help="path to NAME.edgebundle (prepared on the host with "
                                   "`edgesdk build --toolchain tensorrt`)")
-    p.add_argument("--workspace-mb", type=int, default=1024,
-                   help="TensorRT builder workspace per engine in MiB (default 1024; a TX2 "
-                        "shares 8 GB between CPU and GPU)")
+    p.add_argument("--workspace-mb", type=int,
+                   help="TensorRT builder workspace per engine in MiB (default: the plan's, "
+                        "as in its trtexec.sh; 1024 unless `edgesdk build` was given "
+                        "another; a TX2 shares 8 GB between CPU and GPU)")
     p.add_argument("--json", action="store_true", help="print the build records as JSON")
 
 
 def run(args):
     """Build the bundle's TensorRT engines on this device and print what was built."""
     from edgesdk.runtime.executors.tensorrt_build import build_engines
-    if args.workspace_mb < 1:
+    if args.workspace_mb is not None and args.workspace_mb < 1:
         raise InputError("--workspace-mb must be >= 1")
     records = build_engines(args.bundle, args.workspace_mb, progress=not args.json)
     print_engine_records(records, args.json)

@@ -40,7 +40,8 @@ def tensorrt(purpose="run TensorRT engines"):
     return trt
 
 
-def _runtime(trt):
+def trt_runtime(trt):
+    """The process's one TensorRT runtime (engines deserialize through it)."""
     if _state["runtime"] is None:
         _state["logger"] = trt.Logger(trt.Logger.WARNING)
         _state["runtime"] = trt.Runtime(_state["logger"])
@@ -145,7 +146,7 @@ class TensorRTGraph(Executor):
         check_built_with(path, (build or {}).get("built_with"), trt.__version__,
                          self.pool.device())
         plan = read_bytes(path)
-        engine = _runtime(trt).deserialize_cuda_engine(plan)
+        engine = trt_runtime(trt).deserialize_cuda_engine(plan)
         if engine is None:
             raise BundleError("TensorRT {} could not deserialize '{}'; {}".format(
                 trt.__version__, path, rebuild_hint()))

@@ -21,11 +21,11 @@ import time
 
 from edgesdk import atomic
 from edgesdk import bundle as bundle_io
-from edgesdk.errors import BuildError, BundleError
+from edgesdk.errors import BuildError, BundleError, InputError
 from edgesdk.manifest import graph_entries, precision_of, put_build
 from edgesdk.progress import Progress
 from edgesdk.runtime.cuda_memory import cuda
-from edgesdk.runtime.executors.tensorrt import tensorrt
+from edgesdk.runtime.executors.tensorrt import tensorrt, trt_runtime
 
 DEFAULT_WORKSPACE_MB = 1024
 
@@ -113,12 +113,49 @@ def build_engine(trt, logger, onnx_path, precision, profile, workspace_mb=DEFAUL
     return bytes(plan)
 
 
-def build_engines(bundle_path, workspace_mb=DEFAULT_WORKSPACE_MB, progress=True):
+def build_engines(bundle_path, workspace_mb=None, progress=True):
     """Build every engine of the bundle's TensorRT plan here and register them as builds
-    (replacing engines of the same device and precision). The bundle is rewritten in a
-    staging copy: a failure leaves it as it was. Returns the new build records."""
+    (replacing engines of the same device and precision), with ``workspace_mb`` MiB of
+    builder workspace each (default: the plan's, as its ``trtexec`` lines say). The bundle is
+    rewritten in a staging copy: a failure leaves it as it was. Returns the new build
+    records."""
     trt = tensorrt("build TensorRT engines")
     logger = trt.Logger(trt.Logger.WARNING)
+
+    def build(plan, g, tmp):
+        return build_engine(trt, logger, os.path.join(tmp, *g["onnx"].split("/")),
+                            g["precision"], g["profile"],
+                            workspace_mb or plan.get("workspace_mb") or DEFAULT_WORKSPACE_MB)
+    return _add_engines(bundle_path, trt, build, "tensorrt-build", progress)
+
+
+def register_engines(bundle_path, folder, progress=True):
+    """Register engines built by hand (``sh BUNDLE/tensorrt/trtexec.sh``, or trtexec with the
+    plan's lines) as the bundle's TensorRT builds, as :func:`build_engines` registers its
+    own: each graph's engine is ``folder/<the plan's engine file name>`` (e.g.
+    ``stage0.fp16.engine``), checked to deserialize with this device's TensorRT, copied into
+    the bundle, hashed, and recorded as built with this device's TensorRT and GPU (an engine
+    runs only there). Returns the build records."""
+    trt = tensorrt("register TensorRT engines")
+
+    def read(plan, g, tmp):
+        path = os.path.join(folder, os.path.basename(g["engine"]))
+        if not os.path.isfile(path):
+            raise InputError("no engine '{}' in {}: build it with the plan's trtexec line "
+                             "({})".format(os.path.basename(g["engine"]), folder, g["trtexec"]))
+        with open(path, "rb") as f:
+            data = f.read()
+        if trt_runtime(trt).deserialize_cuda_engine(data) is None:
+            raise BundleError("'{}' is not an engine TensorRT {} on this device can load; "
+                              "build it here with the plan's trtexec line".format(
+                                  path, trt.__version__))
+        return data
+    return _add_engines(bundle_path, trt, read, "tensorrt-register", progress)
+
+
+def _add_engines(bundle_path, trt, produce, pass_name, progress):
+    """Write ``produce(plan, graph plan, staging dir)``'s engine bytes for every graph of the
+    plan into a staging copy of the bundle and register them as builds."""
     with atomic.writer_lock(bundle_path):  # from the read on: no other writer starts from it
         bundle = bundle_io.read_bundle(bundle_path)
         plan = tensorrt_plan(bundle.manifest)
@@ -130,8 +167,7 @@ def build_engines(bundle_path, workspace_mb=DEFAULT_WORKSPACE_MB, progress=True)
                 for entry in entries:
                     g = plan["graphs"][entry["id"]]
                     t0 = time.time()
-                    data = build_engine(trt, logger, os.path.join(tmp, *g["onnx"].split("/")),
-                                        g["precision"], g["profile"], workspace_mb)
+                    data = produce(plan, g, tmp)
                     path = os.path.join(tmp, *g["engine"].split("/"))
                     if not os.path.isdir(os.path.dirname(path)):
                         os.makedirs(os.path.dirname(path))
@@ -150,7 +186,7 @@ def build_engines(bundle_path, workspace_mb=DEFAULT_WORKSPACE_MB, progress=True)
                 put_build(entry, new, lambda b: b["format"] == "tensorrt" and b.get("device") ==
                           new["device"] and precision_of(b) == new["precision"])
             manifest["files"].update(bundle_io.hash_files(tmp, [r["file"] for r in records.values()]))
-            manifest["provenance"]["passes"].append(dict(info, name="tensorrt-build",
+            manifest["provenance"]["passes"].append(dict(info, name=pass_name,
                                                          device=plan["device"]))
             bundle_io.write_manifest(tmp, manifest)
         return [records[e["id"]] for e in entries]

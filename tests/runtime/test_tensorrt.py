@@ -188,3 +188,51 @@ def test_per_layer_times_come_from_an_iprofiler_on_the_context(engines, mnist_sp
     # The profiler is taken off again: later runs report nothing.
     stage = model.stages[0]
     assert getattr(stage, "graph", stage).context.profiler is None
+
+
+def test_build_engines_takes_the_plans_workspace_as_trtexec_sh_does(tx2_bundle, monkeypatch):
+    trt = _gpu(monkeypatch, "8.2")
+    plan = prepare_tensorrt(tx2_bundle, "jetson-tx2", batch=(1, 1, 8), workspace_mb=256)
+    assert all("--workspace=256" in g["trtexec"] for g in plan["graphs"].values())
+    build_engines(tx2_bundle, progress=False)
+    assert {c[2] for c in trt.calls if c[0] == "build"} == {256 << 20}
+
+
+def test_engines_built_by_hand_are_registered_and_run(engines, tmp_path, mnist_split, capsys):
+    """Engines made outside edgesdk (here: the stand-in's, as trtexec would write them) are
+    checked, copied in and recorded, and then `--builds tensorrt` runs them."""
+    import shutil
+    from conftest import cli
+    from edgesdk.runtime.executors.tensorrt_build import register_engines
+    path, trt, records = engines
+    made = tmp_path / "by-hand"
+    made.mkdir()
+    for r in records:
+        shutil.copy(os.path.join(path, *r["file"].split("/")), str(made))
+    fresh = str(tmp_path / "fresh.edgebundle")
+    shutil.copytree(path, fresh)
+
+    def drop_engines(m):
+        for e in m["stages"] + m["exits"]:
+            e["builds"] = [b for b in e["builds"] if b["format"] != "tensorrt"]
+        for rel in [f for f in m["files"] if f.endswith(".engine")]:
+            del m["files"][rel]
+    from edgesdk import bundle as bundle_io
+    bundle_io.update_manifest(fresh, drop_engines)
+    with pytest.raises(Exception, match="no 'tensorrt' build"):
+        load_bundle(fresh, builds="tensorrt")
+    code, out, err = cli(capsys, "register-engines", fresh, str(made))
+    assert code == 0, err
+    m = read_bundle(fresh).manifest
+    assert all(any(b["format"] == "tensorrt" for b in e["builds"]) for e in m["stages"] + m["exits"])
+    assert m["provenance"]["passes"][-1]["name"] == "tensorrt-register"
+    _, (x, _) = mnist_split
+    np.testing.assert_allclose(load_bundle(fresh, builds="tensorrt").exit_logits(x[:4])[-1],
+                               load_bundle(fresh).exit_logits(x[:4])[-1], atol=1e-2)  # fp16
+    (made / os.path.basename(records[0]["file"])).write_bytes(b"not an engine")
+    with pytest.raises(Exception, match="not an engine TensorRT"):
+        register_engines(fresh, str(made), progress=False)
+    shutil.copy(os.path.join(path, *records[0]["file"].split("/")), str(made))
+    os.remove(str(made / os.path.basename(records[1]["file"])))
+    code, _, err = cli(capsys, "register-engines", fresh, str(made))
+    assert code == 4 and "no engine" in err

@@ -157,9 +157,16 @@ def test_profiles_cover_the_batch_and_dynamic_dimensions_need_one():
     assert profile == {"x": {"min": [1, 16, 7, 7], "opt": [4, 16, 7, 7], "max": [16, 16, 7, 7]}}
     assert trtexec_line("stages/s.onnx", "tensorrt/d/s.fp16.engine", profile, "fp16") == (
         "trtexec --onnx=stages/s.onnx --saveEngine=tensorrt/d/s.fp16.engine "
-        "--minShapes=x:1x16x7x7 --optShapes=x:4x16x7x7 --maxShapes=x:16x16x7x7 --fp16")
+        "--minShapes=x:1x16x7x7 --optShapes=x:4x16x7x7 --maxShapes=x:16x16x7x7 "
+        "--workspace=1024 --fp16")
     assert trtexec_line("a.onnx", "a.engine", profile, "int8", "c.cache").endswith(
         "--fp16 --int8 --calib=c.cache")
+    # trtexec after 8.2 spells the workspace as a memory pool.
+    assert "--memPoolSize=workspace:512 " in trtexec_line("a.onnx", "a.engine", profile, "fp16",
+                                                          workspace_mb=512, release="10")
+    # trtexec's NAME:SHAPE is one fixed shape; names may hold colons.
+    assert parse_shape_profile("input:0:1x3x8x8") == (
+        "input:0", {"min": [1, 3, 8, 8], "opt": [1, 3, 8, 8], "max": [1, 3, 8, 8]})
 
 
 @pytest.mark.parametrize("text", ["0", "4:2:8", "1:2", "a:b:c"])
@@ -189,7 +196,8 @@ def test_prepared_tx2_bundle_holds_checked_graphs_caches_and_trtexec_lines(tx2_b
     assert g["trtexec"] == ("trtexec --onnx=stages/stage0.onnx "
                             "--saveEngine=tensorrt/jetson-tx2-gpu/stage0.fp16.engine "
                             "--minShapes=x:1x1x28x28 --optShapes=x:1x1x28x28 "
-                            "--maxShapes=x:32x1x28x28 --fp16")
+                            "--maxShapes=x:32x1x28x28 --workspace=1024 --fp16")
+    assert plan["workspace_mb"] == 1024
     import onnx
     for gid in ids:
         assert max(o.version for o in onnx.load(bundle.path(plan["graphs"][gid]["onnx"]))
