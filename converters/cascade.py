@@ -118,7 +118,8 @@ def convert_cascade(models, resolutions, images, output, labels=None, calibratio
     ``models``: one model whose weights serve every resolution (fully convolutional with
     global pooling), or a list with one model per resolution; multi-exit models keep their
     exits inside each level. ``resolutions``: ints or ``(height, width)``, cheapest first; the
-    last is the full resolution. ``images``: raw example images ``(N, H, W[, C])`` (any size:
+    last is the full resolution. ``images``: raw example images ``(N, H, W[, C])`` or, as
+    ``convert``'s data holds them, ``(N, C, H, W)`` (any size:
     the pipeline crops and resizes them with OpenCV). ``calibration_images`` + ``labels``:
     raw labelled images to choose the thresholds (else they stay null, and every sample
     climbs to the last level), certified within ``max_accuracy_drop`` points of the full
@@ -129,7 +130,7 @@ def convert_cascade(models, resolutions, images, output, labels=None, calibratio
     arguments go to :func:`~edgesdk.converters.convert` for every level. The bundle is
     written whole or not at all."""
     from edgesdk.converters.convert import convert
-    from edgesdk.runtime.cascade import resize_images
+    from edgesdk.runtime.cascade import as_raw_images, resize_images
     from edgesdk.runtime.inputs import preprocess
     from edgesdk.runtime.policies import get_policy
     sizes = _resolutions(resolutions)
@@ -147,6 +148,7 @@ def convert_cascade(models, resolutions, images, output, labels=None, calibratio
     pol = get_policy(policy)
     if (labels is None) != (calibration_images is None):
         raise InputError("thresholds need both calibration_images and labels")
+    images = as_raw_images(images, "the example images")
     if labels is not None:   # refuse an uncertifiable target before converting anything
         from edgesdk.converters import risk
         risk.check_confidence(confidence)

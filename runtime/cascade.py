@@ -23,6 +23,23 @@ _INTERPOLATION = {"area": "INTER_AREA", "linear": "INTER_LINEAR", "nearest": "IN
                   "cubic": "INTER_CUBIC"}
 
 
+def as_raw_images(x, where="the images"):
+    """Raw images as the cascade pipeline takes them, ``(N, H, W)`` or ``(N, H, W, C)``, from
+    either layout: also ``(N, C, H, W)`` with 1, 3 or 4 channels (how ``convert``'s data
+    holds them). Float arrays are refused: they are model input already (normalized), and
+    each level normalizes after resizing."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+        raise InputError("{} are floats (model input): a cascade starts from raw pixels, each "
+                         "level crops, resizes and normalizes them; give integer images".format(
+                             where))
+    if x.ndim == 4 and x.shape[-1] not in (1, 3, 4) and x.shape[1] in (1, 3, 4):
+        x = x.transpose(0, 2, 3, 1)   # NCHW -> NHWC
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    return x
+
+
 def resize_images(raw, size, mode="area", crop=None):
     """Raw images ``(N, H, W)`` or ``(N, H, W, C)``, centre-cropped to the fraction ``crop``
     of each side (None: whole), resized to ``size`` = ``(height, width)`` with OpenCV."""
@@ -88,11 +105,12 @@ class Cascade(object):
         return preprocess(resized, model.input_spec)
 
     def run(self, raw, thresholds=None):
-        """Run raw images ``(N, H, W[, C])`` through the cascade; returns a
-        :class:`RunResult` whose ``exit_index`` is the level each sample left at and
-        ``stage_ms`` the time of each level (its preprocessing included)."""
+        """Run raw images ``(N, H, W[, C])`` (or ``(N, C, H, W)``, see :func:`as_raw_images`)
+        through the cascade; returns a :class:`RunResult` whose ``exit_index`` is the level
+        each sample left at and ``stage_ms`` the time of each level (its preprocessing
+        included)."""
         thr = self._thresholds(thresholds)
-        raw = np.asarray(raw)
+        raw = as_raw_images(raw)
         n, last = len(raw), len(self.levels) - 1
         classes = self.levels[-1].num_classes
         probs = np.empty((n, classes), dtype=np.float32)
@@ -122,6 +140,7 @@ class Cascade(object):
     def level_probabilities(self, raw):
         """Every level's answer for every image (no escalation): a list of (N, C) arrays,
         for calibrating the thresholds."""
+        raw = as_raw_images(raw)
         return [model.run(self.prepare(raw, k)).probabilities
                 for k, model in enumerate(self.levels)]
 
@@ -141,3 +160,33 @@ class Cascade(object):
 def load_cascade(path, threads=None, verify=True):
     """Open and verify a cascade bundle (every level's files) and load its levels."""
     return Cascade(read_bundle(path, verify=verify), threads=threads)
+
+
+def cascade_levels(path):
+    """``[(level id, bundle path)]`` of the resolution cascade at ``path``, cheapest first
+    (the last is ``path`` itself), or ``[]`` for a plain bundle (its manifest read, files not
+    hashed: the caller loads what it runs checked)."""
+    bundle = read_bundle(path, verify=False)
+    spec = bundle.manifest.get("cascade")
+    return [(level["id"], path if level["bundle"] == "." else bundle.path(level["bundle"]))
+            for level in spec["levels"]] if spec else []
+
+
+def is_cascade(path):
+    """Whether the bundle at ``path`` is a resolution cascade."""
+    return bool(cascade_levels(path))
+
+
+def raw_inputs(path, cascade):
+    """``(raw images, labels or None, sample names)`` for a cascade from an .npz (integer
+    ``x``, either layout, see :func:`as_raw_images`) or a folder of images (read at the full
+    level's size; each level resizes from there)."""
+    import os
+    from edgesdk.runtime.datafiles import load_image_folder, load_npz
+    if os.path.isdir(path):
+        raw, names = load_image_folder(path, cascade.levels[-1].input_spec)
+        return as_raw_images(raw, path), None, names
+    if not os.path.isfile(path) or not path.endswith(".npz"):
+        raise InputError("input '{}' must be an .npz file or a folder of images".format(path))
+    x, y = load_npz(path, cascade.levels[-1].memory.limit)
+    return as_raw_images(x, "{}'s x".format(path)), y, [str(i) for i in range(len(x))]

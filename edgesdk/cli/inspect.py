@@ -65,6 +65,26 @@ def _calibration_lines(m):
     return lines
 
 
+def _cascade_lines(bundle, m):
+    """A resolution cascade's levels: resolution, threshold, MACs per sample, where each is."""
+    spec = m.get("cascade")
+    if not spec:
+        return []
+    rows = []
+    for level in spec["levels"]:
+        sub = m if level["bundle"] == "." else read_bundle(bundle.path(level["bundle"]),
+                                                           verify=False).manifest
+        macs = sum(e["macs"] for e in sub["stages"]) + sub["exits"][-1]["macs"]
+        rows.append([level["id"], "{}x{}".format(*level["resolution"]), level["policy"],
+                     "last" if level["threshold"] is None else "{:.6g}".format(level["threshold"]),
+                     "{:.2f}M".format(macs / 1e6), printable(level["bundle"])])
+    pipe = spec["pipeline"]
+    return ["", "resolution cascade (raw images: crop {}, resize {}), cheapest level first:"
+            .format(pipe.get("crop") or "none", pipe["resize"]),
+            format_table(["level", "resolution", "policy", "threshold", "MACs (all stages)",
+                          "bundle"], rows)]
+
+
 def _adaptive_lines(m):
     """What runs in place of a stage's own graph: a gate, width variants, a masked block's
     sparse graphs, gated blocks."""
@@ -139,7 +159,7 @@ def run(args):
                          f["sha256"][:12], policy, thr, chosen])
     print(format_table(["graph", "build (other builds)", "pruned", "MACs", "size", "sha256",
                         "policy", "threshold", "chosen by"], rows))
-    for line in _uncounted_lines(m) + _adaptive_lines(m):
+    for line in _uncounted_lines(m) + _adaptive_lines(m) + _cascade_lines(bundle, m):
         print(line)
     for line in _calibration_lines(m):
         print(line)

@@ -74,12 +74,28 @@ def run(args):
             sys.stderr.write("profiled on a '{}' board through {}; {} rows merged into {}\n".format(
                 args.key, args.rpc_tracker, out["merged_rows"], args.db or "no database (no --db)"))
     else:
+        from edgesdk.runtime.cascade import cascade_levels
         from edgesdk.runtime.profiler import profile_bundle
-        out = profile_bundle(args.bundle, batches, args.warmup, args.repeats, db=args.db,
-                             data=args.data, no_sensor=args.no_sensor, threads=args.threads,
-                             progress=not args.json, warmup_s=args.warmup_seconds,
-                             min_seconds=args.min_seconds, providers=args.providers,
-                             per_layer=args.per_layer)
+        levels = cascade_levels(args.bundle)
+        if levels and args.data:
+            raise InputError("--data runs one bundle end to end: a cascade's levels take "
+                             "other resolutions; profile without --data (or each level)")
+        results = []
+        for lid, path in levels or [(None, args.bundle)]:
+            out = profile_bundle(path, batches, args.warmup, args.repeats, db=args.db,
+                                 data=args.data, no_sensor=args.no_sensor, threads=args.threads,
+                                 progress=not args.json, warmup_s=args.warmup_seconds,
+                                 min_seconds=args.min_seconds, providers=args.providers,
+                                 per_layer=args.per_layer)
+            results.append((lid, out))
+        if levels:   # each level of a resolution cascade is a bundle of its own
+            if args.json:
+                print(json.dumps({"levels": [dict(o, level=lid) for lid, o in results]}))
+            else:
+                for lid, o in results:
+                    print("\ncascade level {}:".format(lid))
+                    print_profile(o, False, args.top)
+            return 0
     if args.per_layer and (args.rpc_tracker or args.key):
         raise InputError("--per-layer runs on this machine: profile on the board itself")
     print_profile(out, args.json, args.top)

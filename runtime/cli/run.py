@@ -33,9 +33,12 @@ def run(args):
     """Run a bundle over an input file or folder; print per-sample results or a summary."""
     from edgesdk.progress import Progress
     from edgesdk.runtime.datafiles import load_inputs
+    from edgesdk.runtime.cascade import is_cascade
     from edgesdk.runtime.engine import load_bundle
     if args.batch_size < 1:
         raise InputError("--batch-size must be >= 1")
+    if is_cascade(args.bundle):
+        return _run_cascade(args)
     request, fallback = builds_option(args)
     model = load_bundle(args.bundle, threads=args.threads, builds=request, fallback=fallback,
                         memory_limit_mb=args.memory_limit_mb, trusted_keys=args.trusted_key,
@@ -85,4 +88,47 @@ def run(args):
     if summary["accuracy"] is not None:
         print("accuracy: {:.2%}".format(summary["accuracy"]))
     print_builds(model.ran)
+    return 0
+
+
+def _run_cascade(args):
+    """A resolution cascade over raw images: the level each sample left at."""
+    from edgesdk.runtime.cascade import load_cascade, raw_inputs
+    if args.builds or args.providers or args.no_early_exit:
+        raise InputError("a cascade runs each level's selected builds with its thresholds: "
+                         "--builds, --providers and --no-early-exit do not apply")
+    cascade = load_cascade(args.bundle, threads=args.threads)
+    if args.trusted_key:
+        from edgesdk.signing import check_signature
+        check_signature(cascade.bundle.manifest, args.trusted_key, cascade.bundle.root)
+    raw, y, names = raw_inputs(args.input, cascade)
+    thr = parse_thresholds(args.thresholds)
+    thr = [None if t is None else float(t) for t in thr] if thr is not None else None
+    parts = [cascade.run(raw[i:i + args.batch_size], thr)
+             for i in range(0, len(raw), args.batch_size)]
+    levels = np.concatenate([r.exit_index for r in parts]) if parts else np.zeros(0, np.int64)
+    labels = np.concatenate([r.labels for r in parts]) if parts else np.zeros(0, np.int64)
+    summary = {"samples": int(len(raw)), "batch_size": args.batch_size, "levels": cascade.ids,
+               "level_counts": np.bincount(levels, minlength=len(cascade.ids)).tolist(),
+               "mean_ms_per_sample": float(sum(r.total_ms for r in parts) / max(len(raw), 1)),
+               "accuracy": float((labels == y).mean()) if y is not None and len(y) else None,
+               "builds": cascade.ran}
+    records = [dict({"sample": names[i], "label": int(labels[i]),
+                     "level": cascade.ids[levels[i]]},
+                    **({"true_label": int(y[i])} if y is not None else {}))
+               for i in range(len(raw))]
+    if args.json:
+        print(json.dumps({"summary": summary, "samples": records}))
+        return 0
+    if records and len(records) <= MAX_ROWS:
+        keys = list(records[0])
+        print(format_table(keys, [[r[k] for k in keys] for r in records]) + "\n")
+    print(format_table(["level", "resolution", "samples", "share"],
+                       [[lid, "{}x{}".format(*res), c, "{:.1%}".format(c / max(len(raw), 1))]
+                        for lid, res, c in zip(cascade.ids, cascade.resolutions,
+                                               summary["level_counts"])]))
+    print("\nsamples: {}  mean latency: {:.3f} ms/sample (batch {})".format(
+        len(raw), summary["mean_ms_per_sample"], args.batch_size))
+    if summary["accuracy"] is not None:
+        print("accuracy: {:.2%}".format(summary["accuracy"]))
     return 0

@@ -34,6 +34,14 @@ def run(args):
         from edgesdk.runtime.reference import check_reference
         request, fallback = builds_option(args)
         out["reference"] = check_reference(EdgeModel(bundle, builds=request, fallback=fallback))
+        if bundle.manifest.get("cascade"):   # every level's own reference outputs too
+            from edgesdk.bundle import read_bundle as read
+            out["levels"] = {
+                level["id"]: check_reference(EdgeModel(
+                    bundle if level["bundle"] == "." else read(bundle.path(level["bundle"]),
+                                                              verify=False),
+                    builds=request, fallback=fallback))
+                for level in bundle.manifest["cascade"]["levels"]}
     elif args.builds:
         raise InputError("--builds chooses the builds --check runs: add --check")
     if args.json:
@@ -58,7 +66,13 @@ def run(args):
                       ", ".join("{:.3g}".format(e) for e in ref["max_abs_error"]),
                       ", ".join("{:.0%}".format(a) for a in ref["top1_agreement"])))
             print_builds(ref["builds"])
-    if args.check and not out["reference"]["passed"]:   # as compare and build --emulate: 1
+            for lid, lv in sorted((out.get("levels") or {}).items()):
+                print("cascade level {}: reference check {}; max abs error per exit: {}".format(
+                    lid, "passed" if lv["passed"] else "FAILED",
+                    ", ".join("{:.3g}".format(e) for e in lv["max_abs_error"])))
+    passed = args.check and out["reference"]["passed"] and all(
+        lv["passed"] for lv in (out.get("levels") or {}).values())
+    if args.check and not passed:   # as compare and build --emulate: 1
         sys.stderr.write("edgesdk validate: reference outputs do not match: the bundle's graphs "
                          "or this machine's executor produce different results than at "
                          "conversion\n")

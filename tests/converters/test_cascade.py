@@ -95,9 +95,10 @@ def test_separate_models_per_resolution_and_no_labels(tmp_path, shared_weights, 
     from models import ConvClassifier
     raw, _ = raw_digits
     out = str(tmp_path / "two.edgebundle")
+    # Example images in convert's (N, C, H, W) layout are taken as well.
     spec = convert_cascade([ConvClassifier(width=8).eval(), shared_weights], [(10, 12), 28],
-                           raw[:4], out, preprocessing=PREPROCESSING, resize="linear", crop=0.9,
-                           progress=False)
+                           raw[:4, None], out, preprocessing=PREPROCESSING, resize="linear",
+                           crop=0.9, progress=False)
     assert [lv["threshold"] for lv in spec["levels"]] == [None, None]
     assert spec["pipeline"] == {"resize": "linear", "crop": 0.9}
     cascade = load_cascade(out)
@@ -223,3 +224,37 @@ def test_cli_builds_a_cascade_from_a_model_file_and_raw_images(tmp_path, shared_
     unweighted = [a for a in args if a not in ("--weights", weights)]
     assert main(unweighted + ["--force"]) == 4
     assert "--random-weights" in capsys.readouterr().err
+
+
+def test_run_inspect_validate_and_profile_understand_a_cascade(cascade_path, raw_digits,
+                                                               tmp_path, capsys):
+    """The device verbs take a cascade bundle: raw images through every level, as
+    load_cascade runs them, and each level's own graphs checked and profiled."""
+    import json
+    from conftest import cli
+    raw, y = raw_digits
+    data = str(tmp_path / "raw.npz")
+    np.savez(data, x=raw[1300:1340][:, None], y=y[1300:1340])   # convert's (N, C, H, W) layout
+    code, out, err = cli(capsys, "run", cascade_path, data, "--batch-size", "8", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    want = load_cascade(cascade_path).run(raw[1300:1340])
+    assert [s["level"] for s in got["samples"]] == [["r14x14", "r28x28"][k]
+                                                    for k in want.exit_index]
+    assert got["summary"]["level_counts"] == np.bincount(want.exit_index, minlength=2).tolist()
+    assert [s["label"] for s in got["samples"]] == want.labels.tolist()
+    code, out, _ = cli(capsys, "inspect", cascade_path)
+    assert code == 0 and "resolution cascade" in out and "r14x14" in out and "14x14" in out
+    code, out, err = cli(capsys, "validate", cascade_path, "--check")
+    assert code == 0, err
+    assert "cascade level r14x14: reference check passed" in out
+    code, out, err = cli(capsys, "profile", cascade_path, "--repeats", "3", "--min-seconds", "0",
+                         "--warmup", "1", "--warmup-seconds", "0", "--json")
+    assert code == 0, err
+    levels = json.loads(out)["levels"]
+    assert [lv["level"] for lv in levels] == ["r14x14", "r28x28"]
+    assert all(any(r["graph"] == "exit0" for r in lv["graphs"]) for lv in levels)
+    # Float model input is not raw pixels: refused with the reason.
+    np.savez(data, x=raw[:4, None].astype(np.float32) / 255.0)
+    code, _, err = cli(capsys, "run", cascade_path, data)
+    assert code == 4 and "raw pixels" in err
