@@ -2,9 +2,10 @@
 the range a type holds.
 """
 import math
-import re
 
 import numpy as np
+
+from edgesdk.errors import InputError
 
 
 def integer_bits(low, high):
@@ -39,13 +40,23 @@ def grid_type(values, width):
 
 
 def type_range(text):
-    """``(low, high)`` that a ``fixed<W,I>``/``ufixed<W,I>`` type holds."""
-    m = re.match(r"\s*(u?)fixed<\s*(\d+)\s*,\s*(-?\d+)", str(text))
-    if not m:
+    """``(low, high)`` that a fixed-point or integer type holds, in any spelling hls4ml reads
+    (``fixed<W,I>``, ``ap_fixed<W,I,AP_RND,AP_SAT>``, ``ufixed``, ``ap_int<W>``, ...), parsed
+    by hls4ml itself; None for types without a fixed range (floats); a string hls4ml cannot
+    read is an :class:`InputError`."""
+    from edgesdk.deps import require
+    require("hls4ml", "fpga", "read fixed-point types")
+    from hls4ml.backends.fpga.fpga_backend import FPGABackend
+    try:
+        kind = FPGABackend.convert_precision_string(str(text))
+    except Exception as exc:   # hls4ml raises plain exceptions for unreadable strings
+        raise InputError("'{}' is not a type hls4ml reads: {}".format(text, exc))
+    width, integer = getattr(kind, "width", None), getattr(kind, "integer", None)
+    if width is None or integer is None or type(kind).__name__ not in (
+            "FixedPrecisionType", "IntegerPrecisionType"):
         return None
-    unsigned, width, integer = m.group(1) == "u", int(m.group(2)), int(m.group(3))
     step = 2.0 ** (integer - width)
-    if unsigned:
+    if not kind.signed:
         return 0.0, 2.0 ** integer - step
     return -2.0 ** (integer - 1), 2.0 ** (integer - 1) - step
 

@@ -111,3 +111,17 @@ def test_per_channel_weight_scales_get_exact_types_not_hls4mls_default(tmp_path)
     scales = np.asarray(net[1].quant_weight().scale.detach()).ravel()
     assert scales.min() < 2.0 ** -8                       # below fixed<16,8>'s resolution
     assert (scales <= high).all() and np.all(scales / step == np.round(scales / step))
+
+
+def test_types_in_every_spelling_hls4ml_reads_get_the_overflow_check():
+    """ap_fixed / ap_int spellings used to skip the check: hls4ml's own parser reads them."""
+    from edgesdk.converters.hls4ml.precision import check_overflow
+    from edgesdk.errors import CalibrationError, InputError
+    assert type_range("ap_fixed<12,4,AP_RND_CONV,AP_SAT>") == type_range("fixed<12,4>") == \
+        (-8.0, 8.0 - 2.0 ** -8)
+    assert type_range("ap_uint<4>") == (0.0, 15.0) and type_range("ap_int<8>") == (-128.0, 127.0)
+    with pytest.raises(CalibrationError, match="ap_fixed<8,2> holds"):
+        check_overflow("stage0", {"Conv_0": "ap_fixed<8,2>"}, {"Conv_0": (-5.0, 5.0)})
+    check_overflow("stage0", {"Conv_0": "ap_fixed<8,4>"}, {"Conv_0": (-5.0, 5.0)})   # fits
+    with pytest.raises(InputError, match="not a type hls4ml reads"):
+        type_range("fixd<8,2>")
