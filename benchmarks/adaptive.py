@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from common import SAMPLE, sample_parser
+from common import SAMPLE, cpu, print_cpu, sample_parser
 
 GOAL_CASCADE_RATIO, GOAL_CASCADE_DROP, GOAL_DEADLINE = 0.5, 0.5, 1.0
 
@@ -166,6 +166,7 @@ def main(argv=None):
     parser.add_argument("--adversarial", type=int, default=200,
                         help="noise and perturbed inputs for the deadline test (each)")
     args = parser.parse_args(argv)
+    print_cpu()
     import torch
     sys.path.insert(0, SAMPLE)
     from data import load_splits, to_model_input
@@ -288,6 +289,7 @@ def main(argv=None):
         out["goals_met"] = bool(out["cascade_vs_full_latency"] <= GOAL_CASCADE_RATIO and
                                 out["cascade_accuracy_drop_points"] <= GOAL_CASCADE_DROP and
                                 out["deadline_p99_ratio"] <= GOAL_DEADLINE)
+        out.update(cpu())
         print(json.dumps(out))
     finally:
         shutil.rmtree(work, ignore_errors=True)

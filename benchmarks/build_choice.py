@@ -19,7 +19,7 @@ import tempfile
 
 import numpy as np
 
-from common import sample_parser
+from common import cpu, print_cpu, sample_parser
 
 
 def full_model_ms(model, x):
@@ -32,6 +32,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per graph")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
     args = parser.parse_args(argv)
+    print_cpu()
 
     from data import PREPROCESSING
     from run import prepare
@@ -80,6 +81,7 @@ def main(argv=None):
             k, med[k], med[k] / med["fp32"], accuracy[k]))
     print(json.dumps({
         "date": datetime.date.today().isoformat(), "machine": "{} cores".format(os.cpu_count()),
+        **cpu(),
         "threads": args.threads, "samples": int(len(yt)),
         "int8_graphs": sum(b.endswith("int8") for b in builds.values()), "graphs": len(builds),
         "chosen_vs_fp32": round(med["chosen"] / med["fp32"], 4),

@@ -26,7 +26,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from common import cpu, sample_parser
+from common import cpu, print_cpu, sample_parser
 
 MIN_TEST = 50
 GOAL_SLACK = 0.03        # violation rate goal: <= 1 - confidence + this
@@ -240,7 +240,7 @@ def main(argv=None):
     sizes = [int(v) for v in args.sizes.split(",")]
     targets = [float(v) for v in args.targets.split(",")]
     machine = dict(cpu(), machine=platform.machine(), threads=args.threads)
-    print("CPU: {cpu} (avx2 {avx2}, avx512_vnni {avx512_vnni})".format(**machine))
+    print_cpu()
     out = {"date": datetime.date.today().isoformat(), **machine,
            "confidence": args.confidence, "splits": args.splits, "datasets": {}, "cells": []}
     work = tempfile.mkdtemp(prefix="edgesdk-calibration-")

@@ -20,16 +20,36 @@ def sample_parser(doc):
     return parser
 
 
+# The vector and dot-product features that change which kernels run (x86 flags, ARM Features).
+CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
+                "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "asimd", "asimddp", "i8mm",
+                "bf16", "sve", "sve2")
+
+
 def cpu():
-    """CPU model and the instruction-set flags that change kernels and float results."""
+    """CPU model and the instruction-set features that change kernels and float results:
+    ``{"cpu", "avx2", "avx512_vnni", "features": [...]}`` (see :data:`CPU_FEATURES`)."""
     model, flags = platform.processor() or "unknown", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                key = line.split(":", 1)[0].strip().lower()
+                if key in ("model name", "hardware") and model in ("unknown", ""):
                     model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
+                elif key == "model name":
+                    model = line.split(":", 1)[1].strip()
+                elif key in ("flags", "features"):
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"cpu": model, "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags}
+    return {"cpu": model, "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags,
+            "features": [f for f in CPU_FEATURES if f in flags]}
+
+
+def print_cpu():
+    """One line naming the CPU and its vector/dot-product features (every benchmark prints
+    it first: results depend on them)."""
+    info = cpu()
+    print("CPU: {} (avx2 {}, avx512_vnni {}; features: {})".format(
+        info["cpu"], info["avx2"], info["avx512_vnni"], " ".join(info["features"]) or "none"))
+    return info

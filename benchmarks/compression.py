@@ -23,7 +23,7 @@ import tempfile
 
 import numpy as np
 
-from common import cpu, sample_parser
+from common import cpu, print_cpu, sample_parser
 
 
 def resnet18_multi_exit(num_classes=1000):
@@ -158,7 +158,7 @@ def main(argv=None):
               args.image_size, args.image_size, ms["fp32"], ms["int8"], ms["fp32"] / ms["int8"],
               ms["pruned"], ms["fp32"] / ms["pruned"], record["macs_before"] / 1e6,
               record["macs_after"] / 1e6, size_ratio))
-    print("CPU: {}".format(cpu()))
+    print_cpu()
     print("sample model, {} test images: final exit / calibrated early exit (accuracy, ms per "
           "image at batch 1)".format(args.samples))
     for k, p in points.items():

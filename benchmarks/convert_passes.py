@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from common import cpu, sample_parser
+from common import cpu, print_cpu, sample_parser
 
 
 class Counter(object):
@@ -63,6 +63,7 @@ def count_conversion(convert_once):
 def main():
     parser = sample_parser(__doc__)
     args = parser.parse_args()
+    print_cpu()
     from data import PREPROCESSING, load_splits, to_model_input
     from run import prepare
     from edgesdk.converters import convert

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from common import cpu, sample_parser
+from common import cpu, print_cpu, sample_parser
 
 
 
@@ -138,6 +138,7 @@ def main(argv=None):
     parser = sample_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
+    print_cpu()
 
     import torch
     from run import prepare

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from common import sample_parser
+from common import cpu, print_cpu, sample_parser
 
 GOAL_AGREEMENT = 0.99
 GOAL_DROP_POINTS = 1.0
@@ -110,6 +110,7 @@ def main(argv=None):
     parser.add_argument("--qat-epochs", type=int, default=24,
                         help="fine-tuning epochs, for the float model as for the quantized one")
     args = parser.parse_args(argv)
+    print_cpu()
     import torch
     from data import load_splits
     from data import to_model_input
@@ -176,6 +177,7 @@ def main(argv=None):
             "fits_board": bool(board["fits"]),
             "goals_met": bool(min(agreement) >= GOAL_AGREEMENT and max(drop) <= GOAL_DROP_POINTS),
         }
+        out.update(cpu())
         print(json.dumps(out))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -29,7 +29,7 @@ import tempfile
 
 import numpy as np
 
-from common import SAMPLE, cpu, sample_parser
+from common import SAMPLE, cpu, print_cpu, sample_parser
 
 # (input size, width C): blocks large enough for skipping to pay, and small ones where the
 # extra graph calls cost more than the skipped branches.
@@ -283,6 +283,7 @@ def main(argv=None):
     parser.set_defaults(epochs=4, samples=300)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
+    print_cpu()
     import torch
     sys.path.insert(0, SAMPLE)
     from data import load_splits

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from common import cpu, sample_parser
+from common import cpu, print_cpu, sample_parser
 
 GOAL = 0.05        # |predicted - measured| / measured, every repeat
 MEASURE_S = 1.0    # at least this long of measured calls per figure
@@ -191,6 +191,7 @@ def main(argv=None):
                         help="profiler time floor (default: the profiler's)")
     parser.add_argument("--models", default="mnist,digits,lfw")
     args = parser.parse_args(argv)
+    print_cpu()
 
     from edgesdk.profiles import COST_STATISTIC
     from edgesdk.runtime import load_bundle

@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-from common import ROOT, sample_parser
+from common import ROOT, cpu, print_cpu, sample_parser
 
 GOAL_ERRORS, GOAL_RSS_MB, GOAL_DRIFT = 0, 5.0, 1.1
 BATCHES = [1, 2, 4, 8, 16, 32, 64]
@@ -260,6 +260,7 @@ def main(argv=None):
                         help="keep ONNX Runtime's arena and glibc's dynamic mmap threshold "
                              "(do not call steady_memory)")
     args = parser.parse_args(argv)
+    print_cpu()
     if args.threads < 1 or args.inferences < 10 or args.warmup < 0:
         parser.error("--threads >= 1, --inferences >= 10 and --warmup >= 0")
 
@@ -330,6 +331,7 @@ def main(argv=None):
     if png:
         print("series: {}".format(png))
     print("goals met: {}".format(summary["goals_met"]))
+    summary.update(cpu())
     print(json.dumps(summary))
     return 0
 

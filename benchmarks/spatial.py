@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from common import SAMPLE, cpu, sample_parser
+from common import SAMPLE, cpu, print_cpu, sample_parser
 
 GOAL_RATIO, GOAL_DROP, GOAL_EFFICIENCY = 0.6, 0.5, 0.8
 BUDGET_SHARE = 0.9   # the calibrated setting's budget: this share of the dense latency
@@ -130,6 +130,7 @@ def main(argv=None):
     parser.set_defaults(epochs=3, samples=300)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
+    print_cpu()
     import torch
     sys.path.insert(0, SAMPLE)
     from data import load_splits

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from common import ROOT, sample_parser
+from common import ROOT, cpu, print_cpu, sample_parser
 
 # This script's folder is first on sys.path, and this file is tvm.py: take the folder off so
 # that `import tvm` finds Apache TVM, not this script.
@@ -63,6 +63,7 @@ def main(argv=None):
     parser.add_argument("--tuning-db", help="database folder (default: the committed one for "
                                             "this CPU, benchmarks/tvm_tuning/host-CPU)")
     args = parser.parse_args(argv)
+    print_cpu()
 
     from run import prepare
     from edgesdk.manifest import graph_entries
@@ -152,6 +153,7 @@ def main(argv=None):
     ratio = whole["tvm_tuned"] / whole["ort"] if tuned else None
     print(json.dumps({
         "date": datetime.date.today().isoformat(), "machine": "{} cores".format(os.cpu_count()),
+        **cpu(),
         "threads": args.threads, "samples": int(len(xt)), "target_mcpu": target.get("mcpu"),
         "tvm_untuned_vs_ort": round(whole["tvm_untuned"] / whole["ort"], 3),
         "tvm_tuned_vs_ort": None if ratio is None else round(ratio, 3),

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from common import cpu, sample_parser
+from common import cpu, print_cpu, sample_parser
 
 
 def _by_path(paths, threads):
@@ -98,6 +98,7 @@ def main():
     parser = sample_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    print_cpu()
     from run import prepare
     from edgesdk.bundle import read_bundle
     bundle = read_bundle(prepare(args.workdir, epochs=args.epochs, threads=args.threads)[2])
