@@ -142,6 +142,7 @@ def _backends():
     assert all(folders[n] == "edgesdk.converters." + n for n in folders)
     # Verbs that exist for one backend, and TensorRT's engine builder on the board.
     out["tvm"] += ["edgesdk.cli.tune"]
+    out["hls4ml"] += ["edgesdk.cli.hls_reports"]
     out["tensorrt"] += ["edgesdk.runtime.executors.tensorrt_build",
                         "edgesdk.runtime.cli.build_engines", "edgesdk.runtime.cli.register_engines"]
     return out

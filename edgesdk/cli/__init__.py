@@ -35,6 +35,7 @@ VERBS = {
     "report": ("report", "write a Markdown/HTML report with plots from a profile database"),
     "sign": ("sign", "sign a bundle (Ed25519) so boards can require your signature"),
     "pack-runtime": ("pack_runtime", "write the standalone device runtime (.pyz)"),
+    "hls-reports": ("hls_reports", "read Vitis HLS synthesis reports into a bundle's FPGA builds"),
     "tune": ("tune", "tune a bundle's graphs for a board with TVM MetaSchedule, then build"),
     "targets": ("targets", "list the target boards: toolchains, processors, precisions"),
 }

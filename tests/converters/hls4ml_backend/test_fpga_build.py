@@ -312,3 +312,55 @@ def test_the_cli_drives_the_hls4ml_toolchain(w4a8_master, mnist_split, tmp_path,
     code, _, err = cli(capsys, "build", root, "--toolchain", "hls4ml", "--tuning-db", "db")
     assert code == 4 and "--tuning-db: these options do not apply to --toolchain hls4ml" in err
     assert snapshot(root) == before
+
+
+def _vitis_solution(project, name, dsp):
+    """What Vitis HLS leaves after C synthesis, as much as hls4ml's report parser reads."""
+    sln = os.path.join(project, name + "_prj")
+    os.makedirs(os.path.join(sln, "solution1", "syn", "report"))
+    with open(os.path.join(sln, "hls.app"), "w") as f:
+        f.write('<project xmlns="x"><solutions><solution name="solution1"/></solutions></project>')
+    with open(os.path.join(sln, "solution1", "syn", "report", name + "_csynth.xml"), "w") as f:
+        f.write("<profile><UserAssignments><TargetClockPeriod>5.00</TargetClockPeriod>"
+                "</UserAssignments><PerformanceEstimates><SummaryOfTimingAnalysis>"
+                "<EstimatedClockPeriod>4.10</EstimatedClockPeriod></SummaryOfTimingAnalysis>"
+                "<SummaryOfOverallLatency><Best-caseLatency>900</Best-caseLatency>"
+                "<Worst-caseLatency>1000</Worst-caseLatency><Interval-min>800</Interval-min>"
+                "<Interval-max>810</Interval-max></SummaryOfOverallLatency>"
+                "</PerformanceEstimates><AreaEstimates><Resources><BRAM_18K>6</BRAM_18K>"
+                "<DSP>{}</DSP><FF>5000</FF><LUT>7000</LUT><URAM>0</URAM></Resources>"
+                "<AvailableResources><BRAM_18K>432</BRAM_18K><DSP>360</DSP><FF>141120</FF>"
+                "<LUT>70560</LUT><URAM>0</URAM></AvailableResources></AreaEstimates>"
+                "</profile>".format(dsp))
+
+
+def test_synthesis_reports_are_read_beside_the_estimates(built, tmp_path, capsys):
+    import tarfile
+    from conftest import cli
+    root = str(tmp_path / "w4a8.edgebundle")
+    shutil.copytree(built[0], root)
+    projects = tmp_path / "vitis"
+    projects.mkdir()
+    code, _, err = cli(capsys, "hls-reports", root, str(projects))
+    assert code == 4 and "not the extracted HLS project" in err
+    m = read_bundle(root).manifest
+    for e in m["stages"] + m["exits"]:
+        (b,) = [b for b in e["builds"] if b["format"] == "fpga-csim"]
+        with tarfile.open(os.path.join(root, b["hls"]["project"])) as tar:
+            tar.extractall(str(projects))
+    code, _, err = cli(capsys, "hls-reports", root, str(projects))
+    assert code == 4 and "no C-synthesis report" in err
+    from edgesdk.converters.hls4ml.graph import project_name
+    for e in m["stages"] + m["exits"]:
+        name = project_name(e["id"])
+        _vitis_solution(str(projects / name), name, dsp=20)
+    code, out, err = cli(capsys, "hls-reports", root, str(projects))
+    assert code == 0, err
+    assert "synthesis / estimate" in out
+    (b,) = [b for b in read_bundle(root).manifest["stages"][0]["builds"]
+            if b["format"] == "fpga-csim"]
+    syn = b["hls"]["synthesis"]
+    assert (syn["dsp"], syn["lut"], syn["bram_18k"], syn["latency_cycles_worst"]) == \
+        (20, 7000, 6, 1000)
+    assert syn["latency_ms_worst"] == pytest.approx(1000 * 4.10 / 1e6)
+    assert syn["vs_estimate"]["lut"] == pytest.approx(7000 / b["estimate"]["lut"])
