@@ -45,15 +45,23 @@ HLS_DIR = "fpga"
 MAX_SAMPLES = 256
 
 
+STRATEGIES = ("Latency", "Resource")
+IO_TYPES = ("io_parallel", "io_stream")
+
+
 def build_fpga(bundle, target="ultra96-v2", calibration_data=None, width=16,
-               reuse_factor=1, precision=None, progress=True):
+               reuse_factor=1, precision=None, progress=True, strategy="Latency", io_type=None):
     """Build every stage and head of ``bundle`` (a bundle path, or a draft of one) with
     hls4ml for an FPGA ``target`` and record the builds (format ``fpga-csim``; see the
     module doc). ``calibration_data``: model inputs
     (default: the bundle's reference inputs), run through the bundle to get every graph's
     inputs. ``width``: total bits of the types chosen from data. ``reuse_factor``: hls4ml's
-    (1: fully parallel). ``precision``: ``{graph id: {layer: type}}`` set by hand. The bundle
-    is rewritten in a staging copy. Returns the build records."""
+    (1: fully parallel). ``precision``: ``{graph id: {layer: type}}`` set by hand.
+    ``strategy``: hls4ml's ``Latency`` (default) or ``Resource`` (multipliers reused over
+    ``reuse_factor`` cycles, weights in BRAM; edgesdk's estimate does not model the BRAM of
+    the weights). ``io_type``: ``io_parallel`` or ``io_stream`` for every graph (default:
+    streams for stages with convolutions, parallel for heads). The bundle is rewritten in a
+    staging copy. Returns the build records."""
     from edgesdk.converters.builds import graph_inputs
     from edgesdk.progress import Progress
     import onnx
@@ -66,6 +74,10 @@ def build_fpga(bundle, target="ultra96-v2", calibration_data=None, width=16,
         raise InputError("width must be an integer in 4..32, got {!r}".format(width))
     if not isinstance(reuse_factor, int) or reuse_factor < 1:
         raise InputError("reuse_factor must be a positive integer, got {!r}".format(reuse_factor))
+    if strategy not in STRATEGIES:
+        raise InputError("strategy is one of {}, got {!r}".format(", ".join(STRATEGIES), strategy))
+    if io_type not in (None,) + IO_TYPES:
+        raise InputError("io_type is one of {}, got {!r}".format(", ".join(IO_TYPES), io_type))
     with edit_bundle(bundle) as draft:
         entries = graph_entries(draft.manifest)
         precision = precision or {}
@@ -98,7 +110,7 @@ def build_fpga(bundle, target="ultra96-v2", calibration_data=None, width=16,
                     records[e["id"]] = _build_graph(
                         hls4ml, e, graphs[e["id"]], board, feeds[e["id"]], width, reuse_factor,
                         precision.get(e["id"], {}), work, draft.root, sources[e["id"]],
-                        onnxruntime[e["id"]])
+                        onnxruntime[e["id"]], strategy, io_type)
                     bar.update(note=e["id"])
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -108,7 +120,8 @@ def build_fpga(bundle, target="ultra96-v2", calibration_data=None, width=16,
         draft.add_files(f for r in records.values() for f in (r["file"], r["hls"]["project"]))
         m["provenance"]["passes"].append(
             {"name": "hls4ml-build", "device": target, "hls4ml": hls4ml.__version__,
-             "width": width, "reuse_factor": reuse_factor})
+             "width": width, "reuse_factor": reuse_factor, "strategy": strategy,
+             "io_type": io_type or "per graph"})
         total = {k: sum(r["estimate"][k] for r in records.values())
                  for k in ("dsp", "lut", "ff", "bram_18k")}
         m.setdefault("fpga", {})[target] = {
@@ -133,19 +146,22 @@ def _calibration_inputs(bundle, data):
 
 
 def _build_graph(hls4ml, entry, mw, board, feed, width, reuse, overrides, work, root, source,
-                 reference):
+                 reference, strategy="Latency", io_type=None):
     """Convert, compile, package and check one graph; returns its build record."""
     gid = entry["id"]
     name = project_name(gid)
-    io_type = choose_io_type(mw, head=entry.get("after_stage") is not None)
+    io_type = io_type or choose_io_type(mw, head=entry.get("after_stage") is not None)
     x = [hls_layout(feed[n], "NHWC") for n in entry["inputs"]]
     quantized = bool(entry.get("qonnx"))
     cfg, plan, ranges = choose_precision(hls4ml, mw, gid, name, board, io_type, x, width,
                                          quantized, overrides, os.path.join(work, gid))
     cfg["Model"]["ReuseFactor"] = reuse
+    cfg["Model"]["Strategy"] = strategy
     for layer in cfg["LayerName"].values():
         if "ReuseFactor" in layer:
             layer["ReuseFactor"] = reuse
+        if "Strategy" in layer:
+            layer["Strategy"] = strategy
     project = os.path.join(work, gid, "project")
     hm = convert_graph(hls4ml, mw, cfg, project, board, io_type, name)
     layers = list(hm.get_layers())
@@ -175,7 +191,8 @@ def _build_graph(hls4ml, entry, mw, board, feed, width, reuse, overrides, work, 
         "arch": platform.machine(), "artifact": "shared-library", "processor": "cpu",
         "hls": {"project": tar_rel, "function": name + "_float", "io_type": io_type,
                 "hls4ml": hls4ml.__version__, "part": board.fabric.part,
-                "clock_mhz": board.fabric.clock_mhz, "reuse_factor": reuse, "source": source,
+                "clock_mhz": board.fabric.clock_mhz, "reuse_factor": reuse,
+                "strategy": strategy, "source": source,
                 "input_layout": ["NHWC" if len(s) == 3 else "flat" for s in in_shapes],
                 "output_layout": ["NHWC" if len(s) == 3 else "flat" for s in out_shapes],
                 "input_shapes": in_shapes, "output_shapes": out_shapes,

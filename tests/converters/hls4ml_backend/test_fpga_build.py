@@ -364,3 +364,36 @@ def test_synthesis_reports_are_read_beside_the_estimates(built, tmp_path, capsys
         (20, 7000, 6, 1000)
     assert syn["latency_ms_worst"] == pytest.approx(1000 * 4.10 / 1e6)
     assert syn["vs_estimate"]["lut"] == pytest.approx(7000 / b["estimate"]["lut"])
+
+
+def test_hls4ml_strategy_io_type_and_config_files_are_taken(w4a8_master, mnist_split, tmp_path,
+                                                            capsys):
+    from conftest import cli
+    _, (xc, _) = mnist_split
+    root = str(tmp_path / "w4a8.edgebundle")
+    shutil.copytree(w4a8_master, root)
+    data = str(tmp_path / "cal.npz")
+    np.savez(data, x=xc[:32])
+    config = tmp_path / "hls.yml"
+    # A type the data overflows, given the way hls4ml configs give it: refused by layer.
+    config.write_text("Model:\n  ReuseFactor: 4\n  Strategy: Resource\nLayerName:\n"
+                      "  stage0:global_in:\n    Precision:\n      result: ap_fixed<8,1>\n")
+    code, _, err = cli(capsys, "build", root, "--toolchain", "hls4ml", "--hls-config",
+                       str(config), "--calibration-data", data)
+    assert code == 4 and "layer 'global_in' of stage0" in err and "ap_fixed<8,1>" in err
+    config.write_text("Model:\n  Precision: ap_fixed<16,6>\n")
+    code, _, err = cli(capsys, "build", root, "--toolchain", "hls4ml", "--hls-config",
+                       str(config))
+    assert code == 4 and "Model Precision" in err
+    config.write_text("Model:\n  ReuseFactor: 4\n  Strategy: Resource\n")
+    code, _, err = cli(capsys, "build", root, "--toolchain", "hls4ml", "--hls-config",
+                       str(config), "--io-type", "io_parallel", "--calibration-data", data)
+    assert code == 0, err
+    for e in read_bundle(root).manifest["stages"]:
+        (b,) = [b for b in e["builds"] if b["format"] == "fpga-csim"]
+        assert b["hls"]["strategy"] == "Resource" and b["hls"]["io_type"] == "io_parallel"
+        assert b["hls"]["reuse_factor"] == 4
+    _, (x, _) = mnist_split
+    csim = load_bundle(root, builds="fpga-csim").exit_logits(x[:8])
+    ref = load_bundle(root).exit_logits(x[:8])   # the QCDQ graphs ONNX Runtime runs
+    assert (csim[-1].argmax(1) == ref[-1].argmax(1)).mean() >= 0.75
