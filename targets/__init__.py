@@ -24,9 +24,13 @@ TARGETS = Registry("target", {
 
 
 def get_target(name):
-    """The :class:`Target` registered as ``name``, or described by the board file ``name``
-    (``.toml`` or ``.json``, see :mod:`.from_file`)."""
-    from edgesdk.targets.from_file import is_board_file, load_target
+    """The :class:`Target` registered as ``name``, described by the board file ``name``
+    (``.toml`` or ``.json``), or a TVM-only board from a TVM target string or tag (see
+    :mod:`.from_file`)."""
+    from edgesdk.targets.from_file import (is_board_file, is_tvm_target, load_target,
+                                           tvm_target_board)
     if is_board_file(name):
         return load_target(name)
+    if is_tvm_target(name):
+        return tvm_target_board(name)
     return TARGETS.get(name)

@@ -163,3 +163,78 @@ def _processor(c, obj, where):
     c.text(proc, "kernels", where, optional=True, choices=("cuda", "opencl"))
     c.text(proc, "artifact", where, optional=True, choices=("shared-library", "object-archive"))
     return Processor(**proc)
+
+
+# How a TVM target begins: a target string (``llvm -mtriple=... -mcpu=...``), a JSON dict
+# (``{"kind": "llvm", ...}``) or a tag (``nvidia/jetson-orin-nano``).
+TVM_KINDS = ("llvm", "cuda", "opencl")
+TVM_TAG_PREFIXES = ("nvidia/", "arm_cpu/", "qcom/", "raspberry-pi/")
+
+
+def is_tvm_target(name):
+    """Whether ``--target`` is a TVM target rather than a board."""
+    return isinstance(name, str) and (name.split(" ", 1)[0] in TVM_KINDS or
+                                      name.lstrip().startswith("{") or
+                                      name.startswith(TVM_TAG_PREFIXES))
+
+
+def parse_tvm_target(text):
+    """A TVM target as TVM 0.27 takes it: a dict from a JSON dict or from the target-string
+    form TVM no longer parses itself (``llvm -mtriple=aarch64-linux-gnu -mattr=+neon,+dotprod
+    -num-cores=4``: ``mattr`` and ``keys`` become lists, integers integers), or a tag as it
+    is."""
+    if text.startswith(TVM_TAG_PREFIXES):
+        return text
+    if text.lstrip().startswith("{"):
+        try:
+            target = json.loads(text)
+        except ValueError as exc:
+            raise InputError("--target '{}' is not a JSON dict: {}".format(text, exc))
+        if not isinstance(target, dict) or "kind" not in target:
+            raise InputError("a TVM target dict needs a kind, got '{}'".format(text))
+        return target
+    parts = text.split()
+    target = {"kind": parts[0]}
+    for part in parts[1:]:
+        key, eq, value = part.lstrip("-").partition("=")
+        if not part.startswith("-") or not eq or not key:
+            raise InputError("--target '{}': '{}' is not -key=value".format(text, part))
+        target[key] = value.split(",") if key in ("mattr", "keys") else \
+            int(value) if value.isdigit() else value
+    return target
+
+
+def tvm_target_board(text):
+    """A board for TVM builds only, from a TVM target (see :func:`parse_tvm_target`): one
+    processor (``cpu`` for ``llvm``, else ``gpu`` with CUDA or OpenCL kernels), the
+    architecture from the ``mtriple`` (the host's for a GPU; ``aarch64`` for Jetson tags;
+    this machine's without one), named ``tvm-`` and a hash of the text (its builds' folder).
+    Nothing else is known of such a board: no C library floor, memory or power sensor."""
+    import hashlib
+    import platform
+    from edgesdk.targets.boards import AARCH64_GNU, AARCH64_PACKAGE
+    target = parse_tvm_target(text)
+    if isinstance(target, str):   # a tag
+        kind, triple = "cuda" if target.startswith("nvidia/") else "llvm", \
+            "aarch64" if "jetson" in target else ""
+    else:
+        kind = target["kind"]
+        triple = target.get("mtriple") or (target.get("host") or {}).get("mtriple") or ""
+    arch = "aarch64" if triple.startswith("aarch64") else "armv7l" if triple.startswith("arm") \
+        else "x86_64" if triple.startswith("x86_64") else platform.machine()
+    gpu = kind != "llvm"
+    cross = arch == "aarch64" and platform.machine() != "aarch64"
+    proc = Processor(name="gpu" if gpu else "cpu", description="TVM target " + text,
+                     tvm_target=target, arch=arch,
+                     kernels=("opencl" if kind == "opencl" else "cuda") if gpu else None,
+                     cross_compiler=AARCH64_GNU if cross else None,
+                     cross_package=AARCH64_PACKAGE if cross else None,
+                     device_build="compile the kernel source for the board's GPU there "
+                                  "(nvcc -ptx for CUDA; the OpenCL driver at load time)"
+                     if gpu else None)
+    return Target(name="tvm-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:8],
+                  description="a board given as the TVM target '{}'".format(text), arch=arch,
+                  precisions=("fp32", "fp16", "int8"), toolchains=("onnxruntime", "tvm"),
+                  build_on={"onnxruntime": "host", "tvm": "host"}, processors=(proc,),
+                  notes=["given as a TVM target: no C library floor, memory or power sensor "
+                         "is known; describe the board in a file for those"])

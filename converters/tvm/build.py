@@ -40,6 +40,8 @@ def resolve_target(processor):
     """The processor's TVM target dict with ``None`` fields filled from LLVM's view of this
     machine (the ``host`` board)."""
     target = json.loads(json.dumps(processor.tvm_target))
+    if isinstance(target, str):   # a TVM target string or tag, given as --target
+        return target
     if any(v is None for v in target.values()):
         from tvm.target import codegen
         fill = {"mtriple": codegen.llvm_get_system_triple(), "mcpu": codegen.llvm_get_system_cpu()}

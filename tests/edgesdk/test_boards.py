@@ -122,3 +122,33 @@ def test_cli_checks_a_board_file_and_builds_for_it(tmp_path, bundle, capsys):
     from edgesdk.bundle import read_bundle
     builds = read_bundle(bundle).manifest["stages"][0]["builds"]
     assert [b["device"] for b in builds if b["format"] == "tvm"] == ["rock-5b-cpu"]
+
+
+def test_a_tvm_target_string_dict_or_tag_is_a_board_for_tvm_builds():
+    from edgesdk.targets.from_file import parse_tvm_target
+    text = "llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a55 -mattr=+neon,+dotprod -num-cores=4"
+    assert parse_tvm_target(text) == {"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+                                      "mcpu": "cortex-a55", "mattr": ["+neon", "+dotprod"],
+                                      "num-cores": 4}
+    board = get_target(text)
+    assert board.name.startswith("tvm-") and board.arch == "aarch64"
+    assert board.processor("cpu").cross_compiler == "aarch64-linux-gnu-g++"
+    assert get_target('{"kind": "llvm", "mcpu": "znver4"}').processor("cpu").tvm_target == \
+        {"kind": "llvm", "mcpu": "znver4"}
+    tag = get_target("nvidia/jetson-orin-nano")
+    assert tag.arch == "aarch64" and tag.processor("gpu").kernels == "cuda"
+    with pytest.raises(InputError, match="is not -key=value"):
+        get_target("llvm mcpu=x")
+    with pytest.raises(InputError, match="not a JSON dict"):
+        get_target("{kind")
+
+
+def test_a_tvm_target_string_builds_and_runs_under_qemu(bundle):
+    pytest.importorskip("tvm")
+    from edgesdk.converters.tvm.emulation import check_emulated
+    from edgesdk.converters.tvm.build import build_name, build_tvm
+    text = "llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a55 -mattr=+neon,+dotprod"
+    records = build_tvm(bundle, text, "cpu", progress=False)
+    assert all(r["arch"] == "aarch64" and r["tvm"]["target"]["mcpu"] == "cortex-a55"
+               for r in records)
+    assert check_emulated(bundle, build_name(text, "cpu"))["passed"]
