@@ -21,6 +21,7 @@ from edgesdk.runtime.policies import get_policy, softmax
 from edgesdk.verified import VerifiedFile
 
 count_nonzero = np.count_nonzero
+isfinite = np.isfinite
 
 SampleResult = collections.namedtuple(
     "SampleResult", ["label", "probabilities", "exit_index", "stage_ms"])
@@ -342,6 +343,7 @@ class EdgeModel(object):
             from edgesdk.runtime.anytime import run_bounded
             bounds = self._check_bounds(deadline_ms, budget_ms, max_exit)
             probs, exit_index, timeline, notes = run_bounded(self, x, thr, *bounds)
+            self._check_finite(probs, x)
             return RunResult(probs.argmax(axis=1), probs, exit_index,
                              stage_ms_table(timeline, n, self.num_exits),
                              (time.perf_counter() - start) * 1000.0, notes, self.ran)
@@ -382,9 +384,25 @@ class EdgeModel(object):
                 state = [s[keep] for s in state]
                 p = p[keep]
             hint = p  # the next stage's router reads this exit's probabilities
+        if not isfinite(probs.sum()):   # one check per call (a sum: ~1 us at batch 1)
+            self._check_finite(probs, x)
         return RunResult(probs.argmax(axis=1), probs, exit_index,
                          stage_ms_table(timeline, n, self.num_exits), (clock() - start) * 1000.0,
                          builds=self.ran)
+
+    def _check_finite(self, probs, x):
+        """Refuse answers the graphs could not compute: finite inputs so large that float32
+        arithmetic inside the network overflows give NaN or infinite probabilities."""
+        bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+        if bad.size:
+            stats = self.input_spec.get("statistics") or {}
+            raise InputError(
+                "the network's outputs are not finite for sample(s) {}{}: their inputs reach "
+                "|x| = {:.3g}, beyond what its float32 arithmetic holds{}".format(
+                    ", ".join(str(i) for i in bad[:10]), " ..." if bad.size > 10 else "",
+                    float(np.abs(x[bad]).max()),
+                    " (the conversion data reached [{:.3g}, {:.3g}])".format(
+                        min(stats["min"]), max(stats["max"])) if stats.get("min") else ""))
 
     def _check_bounds(self, deadline_ms, budget_ms, max_exit):
         if deadline_ms is not None and budget_ms is not None:

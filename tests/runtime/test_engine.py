@@ -218,3 +218,19 @@ def test_a_manifest_whose_shapes_do_not_describe_the_graphs_is_refused_at_load(b
     update_manifest(bundle, seven_classes)
     with pytest.raises(BundleError, match=r"has shape \[None, 10\], the manifest says \[None, 7\]"):
         load_bundle(bundle)
+
+
+def test_inputs_that_overflow_the_network_are_refused_not_answered_with_nan(bundle_master):
+    import numpy as np
+    import pytest
+    from edgesdk.errors import InputError
+    from edgesdk.runtime import load_bundle
+    model = load_bundle(bundle_master)
+    x = np.zeros((3, 1, 28, 28), np.float32)
+    # Finite, as hypothesis found (1.2e38 everywhere): rows of +-3.4e38 make the first
+    # convolution's sums overflow to inf of both signs, then NaN, on any kernel.
+    x[1, :, ::2], x[1, :, 1::2] = 3.4e38, -3.4e38
+    with pytest.warns(Warning):
+        with pytest.raises(InputError, match=r"not finite for sample\(s\) 1: their inputs reach"):
+            model.run(x)
+    assert np.isfinite(model.run(x[[0, 2]]).probabilities).all()
