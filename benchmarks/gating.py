@@ -161,7 +161,7 @@ def thresholds_for_share(model, x, share, steps=12):
             b.threshold = (lo + hi) / 2
             for s in model.adaptive_stages():
                 s.reset_counts()
-            model.exit_logits(x)
+            model.exit_logits(x, batch_size=32)
             if b.skipped / float(b.skipped + b.ran) > share:
                 lo = b.threshold
             else:
@@ -188,10 +188,10 @@ class Setting(object):
         for b, t in zip(self.blocks, thresholds):
             b.threshold = t
         self.switch(True)
-        labels = self.model.exit_logits(self.xte)[-1].argmax(1)
+        labels = self.model.exit_logits(self.xte, batch_size=32)[-1].argmax(1)
         keep = {s.id: [b.ran / float(b.ran + b.skipped) for b in s.blocks] for s in self.stages}
         self.switch(False)
-        dense = self.model.exit_logits(self.xte)[-1].argmax(1)
+        dense = self.model.exit_logits(self.xte, batch_size=32)[-1].argmax(1)
         times = {"gated": [], "ungated": []}
         for _ in range(self.rounds):
             for kind in times:

@@ -94,16 +94,19 @@ def train(net, x, y, epochs, target=0.5, weight=2.0):
     return net.eval()
 
 
-def block_logits(net, x):
-    """Each masked block's region logits on ``x`` (PyTorch), in stage order."""
+def block_logits(net, x, batch=100):
+    """Each masked block's region logits on ``x`` (PyTorch, in batches), in stage order."""
     import torch
-    out, state = [], (torch.from_numpy(x),)
+    parts = []
     with torch.no_grad():
-        for stage in net.stages:
-            if getattr(stage, "edgesdk_spatial", False):
-                out.append(stage.masker(state[0]).numpy().ravel())
-            state = (stage(*state),)
-    return out
+        for i in range(0, len(x), batch):
+            out, state = [], (torch.from_numpy(x[i:i + batch]),)
+            for stage in net.stages:
+                if getattr(stage, "edgesdk_spatial", False):
+                    out.append(stage.masker(state[0]).numpy().ravel())
+                state = (stage(*state),)
+            parts.append(out)
+    return [np.concatenate(p) for p in zip(*parts)]
 
 
 def patch_macs(bundle, stage):
@@ -171,11 +174,11 @@ def main(argv=None):
                 times[(kind, b)].append(mean_ms(model, xt, b))
         for s in stages:
             s.enabled, s.active, s.regions = True, 0, 0
-        labels = model.exit_logits(xte)[-1].argmax(axis=1)
+        labels = model.exit_logits(xte, batch_size=32)[-1].argmax(axis=1)
         active = [s.active / float(s.regions) for s in stages]
         for s in stages:
             s.enabled = False
-        dense_labels = model.exit_logits(xte)[-1].argmax(axis=1)
+        dense_labels = model.exit_logits(xte, batch_size=32)[-1].argmax(axis=1)
         for s in stages:
             s.enabled = True
         # The masker's MACs (a 1x1 conv on 4x4 pooled values) are negligible beside these.

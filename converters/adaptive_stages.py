@@ -94,6 +94,16 @@ def add_gate(bundle_path, stage, gate, x, threshold=0.5):
     return record
 
 
+# Samples per call when running calibration data: ONNX Runtime's arenas grow to the largest
+# batch a session ran, and keep it.
+CALIBRATION_BATCH = 64
+
+
+def _labels(model, x, batch=CALIBRATION_BATCH):
+    """The label of every sample of ``x`` as ``model.run`` answers, in batches."""
+    return np.concatenate([model.run(x[i:i + batch]).labels for i in range(0, len(x), batch)])
+
+
 class _GateRun(object):
     """One common gate threshold's outcome on the calibration data."""
 
@@ -141,7 +151,7 @@ def calibrate_gates(bundle_path, x, y, max_accuracy_drop, confidence=0.99, path=
     full = float(sum(macs.values()) + manifest["exits"][-1]["macs"])
     for s in model.adaptive_stages():
         s.enabled = False
-    reference = model.run(x).labels == y
+    reference = _labels(model, x) == y
     for s in model.adaptive_stages():
         s.enabled = True
 
@@ -149,7 +159,7 @@ def calibrate_gates(bundle_path, x, y, max_accuracy_drop, confidence=0.99, path=
         for s in gated:
             s.threshold = threshold
             s.reset_counts()
-        right = model.run(x).labels == y
+        right = _labels(model, x) == y
         skipped = {gid: c / float(n) for s in gated for gid, c in s.skip_counts().items()}
         return _GateRun(int((reference & ~right).sum()), int((right & ~reference).sum()),
                         float(right.mean()), skipped,

@@ -13,6 +13,7 @@ import numpy as np
 
 from edgesdk import bundle as bundle_io
 from edgesdk.errors import CalibrationError, InputError, ProfileStoreError
+from edgesdk.converters.adaptive_stages import CALIBRATION_BATCH
 from edgesdk.manifest import precision_of
 
 # Keep thresholds tried, most regions computed first (fixed before any data is seen).
@@ -71,7 +72,8 @@ def calibrate_spatial(bundle_path, x, budget_ms, db, y=None, device=None, metric
     y = None if y is None else np.asarray(y)
 
     def final_labels():
-        return model.exit_logits(x)[-1].argmax(axis=1)
+        # Small batches: ONNX Runtime's arenas keep the largest batch a session ran.
+        return model.exit_logits(x, batch_size=CALIBRATION_BATCH)[-1].argmax(axis=1)
     for s in stages:
         s.enabled = False
     dense = final_labels() if y is not None else None
