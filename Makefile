@@ -55,6 +55,8 @@ bench: venv
 	$(PY) benchmarks/adaptive.py
 	$(PY) benchmarks/fpga.py
 	$(PY) benchmarks/calibration.py
+	$(PY) benchmarks/gating.py
+	$(PY) benchmarks/spatial.py
 
 # Coverage-guided fuzzing (atheris) of the manifest parser, the bundle loader (manifest.json and
 # tar archives) and profile import, FUZZ_TIME seconds each. Corpora live outside the repository
