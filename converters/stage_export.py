@@ -153,7 +153,7 @@ def export_spatial(draft, block, args, inputs, gid, opset):
     """The masker and patch graphs of the masked block ``block`` (stage ``gid``, example
     input ``args``) written into the draft; returns the stage's ``spatial`` record."""
     import torch
-    from edgesdk.converters.spatial import patch_branch
+    from edgesdk.converters.spatial import needs_validity, patch_branch
     from edgesdk.runtime.spatial import gather
     onnx = require("onnx", "onnx", "write ONNX stages")
     if len(args) != 1:
@@ -162,13 +162,13 @@ def export_spatial(draft, block, args, inputs, gid, opset):
     x = args[0].numpy()
     g = block.granularity
     keep = np.ones((len(x), x.shape[2] // g, x.shape[3] // g), dtype=bool)
-    tiles, valid, _ = gather(x, keep, g, block.halo)
+    tiles, valid, _ = gather(x, keep, g, block.halo, with_valid=needs_validity(block.branch))
+    patch_in = [torch.from_numpy(tiles)] + ([] if valid is None else [torch.from_numpy(valid)])
     record = {"granularity": g, "halo": block.halo, "threshold": block.threshold}
     for key, module, example, ins, outs in (
             ("masker", block.masker, list(args), inputs, ["mask_logits"]),
-            ("patch", patch_branch(block),
-             [torch.from_numpy(tiles), torch.from_numpy(valid)],
-             ["patches", "valid"], ["branch"])):
+            ("patch", patch_branch(block), patch_in, ["patches", "valid"][:len(patch_in)],
+             ["block"])):
         rel = "stages/{}.{}.onnx".format(gid, key)
         graph = export_graph(module, example, ins, outs, opset,
                              "the {} of stage {}".format(key, gid),

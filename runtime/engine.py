@@ -256,7 +256,9 @@ class EdgeModel(object):
         masker, patch = [self._side_graph(k, spec[key], threads=threads)
                          for key in ("masker", "patch")]
         return SpatialStage(entry["id"], self._host_side(k), masker, patch,
-                            spec["granularity"], spec["halo"], spec["threshold"])
+                            spec["granularity"], spec["halo"], spec["threshold"],
+                            with_valid="valid" in spec["patch"]["inputs"],
+                            adds=spec["patch"]["outputs"] == ["branch"])
 
     def _gated(self, k, entry, threads):
         """Stage ``k`` run block by block, each sample skipping the branches its gates skip

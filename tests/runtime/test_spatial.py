@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from edgesdk.converters import MultiExitModel, convert
-from edgesdk.converters.spatial import MaskedBlock, branch_halo
+from edgesdk.converters.spatial import MaskedBlock, branch_halo, validity_layers
 from edgesdk.errors import ModelStructureError
 from edgesdk.runtime import load_bundle
-from edgesdk.runtime.spatial import gather, runs, scatter_add
+from edgesdk.runtime.spatial import gather, runs, scatter
 from models import Head, conv
 
 
@@ -32,7 +32,7 @@ def _branch(c):
                          nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
 
 
-def test_gather_lays_regions_side_by_side_and_scatter_adds_them_back():
+def test_gather_lays_regions_side_by_side_and_scatters_them_back():
     rng = np.random.RandomState(0)
     x = rng.randn(2, 3, 8, 12).astype(np.float32)
     keep = np.zeros((2, 2, 3), bool)
@@ -47,11 +47,29 @@ def test_gather_lays_regions_side_by_side_and_scatter_adds_them_back():
     assert valid[0, 0, 5, :10].sum() == 0 and valid[0, 0, :, 9].sum() == 0
     assert valid[0, 0, 0, 10:].sum() == 0 and valid[0, 0, :, 10].sum() == 0
     assert valid[0, 0, 1:, 11:].all() and valid[0, 0, :5, :9].all()
-    out = np.ones((1, 3, 4, 16 - 2), np.float32)     # what a 3x3 valid conv leaves
-    added = scatter_add(x, out, placed, 4) - x
-    np.testing.assert_allclose(added[1, :, :4, :4], 1, atol=1e-6)
-    np.testing.assert_allclose(added[0, :, 4:, 4:], 1, atol=1e-6)
-    assert np.abs(added).sum() == pytest.approx(3 * 16 * 3, abs=1e-3)
+    out = np.full((1, 3, 4, 16 - 2), 7.0, np.float32)     # what a 3x3 valid conv leaves
+    got = scatter(x, out, placed, 4)
+    computed = np.zeros(x.shape, bool)
+    computed[1, :, :4, :4] = computed[0, :, 4:, 4:] = True
+    assert (got[computed] == 7.0).all()
+    np.testing.assert_array_equal(got[~computed], x[~computed])
+    added = scatter(x, out, placed, 4, add=True) - x     # a patch graph of the branch alone
+    np.testing.assert_allclose(added[computed], 7.0, atol=1e-5)
+    assert (added[~computed] == 0).all()
+    assert gather(x, keep, 4, 1, with_valid=False)[1] is None
+
+
+def test_runs_cover_exactly_the_active_regions_in_maximal_runs():
+    keep = np.random.RandomState(3).rand(3, 4, 5) < 0.5
+    keep[2, 1, :] = True                              # a run across a whole row
+    rebuilt = np.zeros_like(keep)
+    found = runs(keep)
+    for b, i, j0, j1 in found:
+        assert not rebuilt[b, i, j0:j1].any() and j0 < j1
+        rebuilt[b, i, j0:j1] = True
+        assert (j0 == 0 or not keep[b, i, j0 - 1]) and (j1 == 5 or not keep[b, i, j1])
+    np.testing.assert_array_equal(rebuilt, keep)
+    assert (2, 1, 0, 5) in found and found == sorted(found)
 
 
 def test_only_patch_replayable_branches_are_accepted():
@@ -61,18 +79,44 @@ def test_only_patch_replayable_branches_are_accepted():
         branch_halo(nn.Sequential(nn.Conv2d(4, 4, 3, stride=2, padding=1)))
     with pytest.raises(ModelStructureError, match="MaxPool2d"):
         branch_halo(nn.Sequential(nn.MaxPool2d(2)))
+    # A convolution reading past the region after other layers needs the validity mask.
+    assert validity_layers(_branch(4)) == [3]
+    assert validity_layers(nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(),
+                                         nn.Conv2d(4, 4, 3, padding=1))) == [2]
+    assert validity_layers(nn.Sequential(nn.BatchNorm2d(4), nn.ReLU(),   # pre-activation
+                                         nn.Conv2d(4, 4, 3, padding=1))) == [2]
+    assert validity_layers(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                                         nn.Conv2d(4, 4, 1))) == []
 
 
-@pytest.mark.parametrize("bias", [-1e4, 0.0, 1e4])     # no region, a mix, every region
-def test_a_masked_block_runs_on_its_active_regions_as_the_dense_block_computes(
-        tmp_path, mnist_split, bias):
-    torch.manual_seed(0)
-    block = MaskedBlock(_branch(8), Masker(8, 4, bias), granularity=4)
-    net = MultiExitModel([conv(1, 8), block, conv(8, 8, 2)], [Head(8), Head(8), Head(8)]).eval()
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):   # not the identity: the patch graph must apply it
+def _shifted(module):
+    """``module`` with random batch-norm statistics: not the identity, so the patch graph
+    must apply them."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
+    return module
+
+
+BRANCHES = {   # name: (branch of 8 channels, halo, whether the patch graph takes validity)
+    "two 3x3": (lambda: _branch(8), 2, True),
+    "3x3 then 1x1": (lambda: nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
+                                           nn.ReLU(), nn.Conv2d(8, 8, 1)), 1, False),
+    "pre-activation": (lambda: nn.Sequential(nn.BatchNorm2d(8), nn.ReLU(),
+                                             nn.Conv2d(8, 8, 3, padding=1)), 1, True)}
+
+
+@pytest.mark.parametrize("bias,kind", [(-1e4, "two 3x3"), (0.0, "two 3x3"), (1e4, "two 3x3"),
+                                       (0.0, "3x3 then 1x1"), (0.0, "pre-activation")])
+def test_a_masked_block_runs_on_its_active_regions_as_the_dense_block_computes(
+        tmp_path, mnist_split, bias, kind):      # no region, a mix, every region; branches
+    torch.manual_seed(1)    # about a quarter of the regions active at bias 0
+    branch, halo, with_valid = BRANCHES[kind]
+    stem, masker = _shifted(conv(1, 8)), Masker(8, 4, bias)  # the same regions, any branch
+    block = MaskedBlock(_shifted(branch()), masker, granularity=4)
+    net = MultiExitModel([stem, block, _shifted(conv(8, 8, 2))],
+                         [Head(8), Head(8), Head(8)]).eval()
     x = mnist_split[1][0][:32]
     with torch.no_grad():
         expected = [t.numpy() for t in net(torch.from_numpy(x))]
@@ -81,7 +125,9 @@ def test_a_masked_block_runs_on_its_active_regions_as_the_dense_block_computes(
     convert(net, x[:8], path, progress=False)
     model = load_bundle(path)
     stage = model.spatial_stages()[0]
-    assert model.bundle.manifest["stages"][1]["spatial"]["halo"] == 2
+    spec = model.bundle.manifest["stages"][1]["spatial"]
+    assert spec["halo"] == halo and spec["patch"]["outputs"] == ["block"]
+    assert spec["patch"]["inputs"] == ["patches", "valid"][:1 + with_valid]
     got = model.exit_logits(x)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, atol=1e-5, rtol=1e-5)
