@@ -16,8 +16,9 @@ block (set block by block, in order, by bisection in the bundle's own runs).
 
 Reported per setting: the share of test digits each block keeps, accuracy gated vs ungated,
 batch-1 latency gated / ungated with exits off (interleaved rounds), the ratio the profile
-predicts from its rows and the measured keep shares, the MAC-predicted ratio, and the stages
-whose gates ``convert --profile`` keeps when the model is converted again at that setting.
+predicts from its rows and the measured keep shares, the MAC-predicted ratio, the blocks
+whose gates ``convert --profile`` keeps when the model is converted again at that setting,
+and that bundle's latency / ungated, timed in the same rounds.
 The last line is one JSON object.
 """
 import datetime
@@ -184,7 +185,9 @@ class Setting(object):
             s.enabled = on
             s.reset_counts()
 
-    def measure(self, thresholds, costs, manifest):
+    def measure(self, thresholds, costs, manifest, chosen):
+        """The setting's figures; ``chosen``: the bundle ``convert --profile`` made at these
+        thresholds, timed in the same interleaved rounds."""
         for b, t in zip(self.blocks, thresholds):
             b.threshold = t
         self.switch(True)
@@ -192,30 +195,33 @@ class Setting(object):
         keep = {s.id: [b.ran / float(b.ran + b.skipped) for b in s.blocks] for s in self.stages}
         self.switch(False)
         dense = self.model.exit_logits(self.xte, batch_size=32)[-1].argmax(1)
-        times = {"gated": [], "ungated": []}
+        times = {"gated": [], "ungated": [], "chosen": []}
         for _ in range(self.rounds):
             for kind in times:
                 self.switch(kind == "gated")
-                times[kind].append(ms_per_sample(self.model, self.xt))
+                times[kind].append(ms_per_sample(chosen if kind == "chosen" else self.model,
+                                                 self.xt))
         self.switch(True)
+        ratio = {k: round(float(np.median(times[k]) / np.median(times["ungated"])), 3)
+                 for k in ("gated", "chosen")}
         return dict(self.predict(keep, costs, manifest),
                     keep={k: [round(v, 3) for v in vs] for k, vs in keep.items()},
                     accuracy_gated=float((labels == self.yte).mean()),
                     accuracy_ungated=float((dense == self.yte).mean()),
-                    gated_vs_ungated=round(float(np.median(times["gated"]) /
-                                                 np.median(times["ungated"])), 3))
+                    gated_vs_ungated=ratio["gated"], chosen_vs_ungated=ratio["chosen"])
 
     @staticmethod
     def predict(keep, costs, manifest):
         """Gated / ungated as the profile and as MACs predict it (stages and the final head)."""
-        from edgesdk.converters.selection import gated_cost
+        from edgesdk.converters.selection import gate_savings
         head = costs[(manifest["exits"][-1]["id"], "onnx", "fp32")]
-        per_stage = [gated_cost(costs, e, keep[e["id"]]) for e in manifest["stages"]]
+        per_stage = [gate_savings(costs, e, keep[e["id"]]) for e in manifest["stages"]]
         total = float(sum(e["macs"] for e in manifest["stages"]) + manifest["exits"][-1]["macs"])
         skipped = sum((1 - k) * b["macs"] for e in manifest["stages"]
                       for k, b in zip(keep[e["id"]], e["gated"]["blocks"]))
-        return {"profile_predicted": round((sum(g for _, g in per_stage) + head) /
-                                           (sum(u for u, _ in per_stage) + head), 3),
+        ungated = sum(u for u, _ in per_stage) + head
+        return {"profile_predicted": round((ungated - sum(sum(v) for _, v in per_stage)) /
+                                           ungated, 3),
                 "mac_predicted": round(1 - skipped / total, 3)}
 
 
@@ -258,23 +264,26 @@ def one_config(size, c, splits, args, work):
         settings.append(("skip {:.0%}".format(share), thresholds_for_share(model, xc, share)))
     out = []
     for name, thresholds in settings:
-        row = dict(setting.measure(thresholds, costs, model.bundle.manifest), setting=name,
-                   thresholds=[round(t, 4) for t in thresholds])
         # Converted again at these thresholds with the profile: the gates that pay stay.
         for b, t in zip(gated_blocks(net), thresholds):
             b.threshold = t
         chosen_path = os.path.join(work, "chosen{}.edgebundle".format(size))
         report = convert(net, xc[:8], chosen_path, progress=False, threads=args.threads,
                          calibration_data=(xc, yc), profile=db, force=True)
-        row["profile_kept_gates_of"] = sorted(
-            sid for sid, g in report.choices["gates"].items() if g["kept"])
+        chosen = load_bundle(chosen_path, threads=args.threads)
+        row = dict(setting.measure(thresholds, costs, model.bundle.manifest, chosen),
+                   setting=name, thresholds=[round(t, 4) for t in thresholds])
+        row["profile_kept_gates"] = sorted(
+            "{}/{}".format(sid, j) for sid, g in report.choices["gates"].items()
+            for j in range(len(g["keep"])) if j not in g["dropped"])
         out.append(row)
         print("{}x{} width {}, {} (thresholds {}): keep shares {}; accuracy gated {:.2%} vs "
               "ungated {:.2%}; batch-1 gated/ungated {:.3f} (the profile predicts {:.3f}, MACs "
-              "{:.3f}); convert --profile keeps the gates of {}".format(
+              "{:.3f}); convert --profile keeps the gates of {}: {:.3f} of ungated".format(
                   size, size, c, name, row["thresholds"], row["keep"], row["accuracy_gated"],
                   row["accuracy_ungated"], row["gated_vs_ungated"], row["profile_predicted"],
-                  row["mac_predicted"], ", ".join(row["profile_kept_gates_of"]) or "no stage"))
+                  row["mac_predicted"], ", ".join(row["profile_kept_gates"]) or "no block",
+                  row["chosen_vs_ungated"]))
     return {"size": size, "width": c, "settings": out}
 
 

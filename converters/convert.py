@@ -216,16 +216,18 @@ def convert(model, example_input, output, options=None, **overrides):
                 # Agreement of FP16 builds is checked on the reference inputs when no calibration
                 # data was given (FP16 needs none to build).
                 _extra_builds(draft, report, plan, tgt,
-                              calib_x if calib_x is not None else reference.numpy(), calib_y, opts)
+                              calib_x if calib_x is not None else reference.numpy(), calib_y, opts,
+                              src.regate)
                 report.files = draft.manifest["files"]
         finally:
             model.train(was_training)
     return report
 
 
-def _extra_builds(draft, report, plan, target, x, y, opts):
+def _extra_builds(draft, report, plan, target, x, y, opts, regate):
     """Reduced-precision builds, their agreement with FP32, the selection (the plan's, or the
-    profile's per graph) and the per-exit table on the calibration data."""
+    profile's per graph; ``regate`` re-exports gated stages whose gates it drops) and the
+    per-exit table on the calibration data."""
     from edgesdk.converters.builds import add_builds, record_agreement, record_providers
     from edgesdk.converters.precision import check_int8_rules, exit_agreement_table, select_precision
     baseline = None
@@ -242,7 +244,7 @@ def _extra_builds(draft, report, plan, target, x, y, opts):
         from edgesdk.converters.selection import apply_profile
         report.choices = apply_profile(draft, opts.profile, x, y, opts.device, opts.profile_metric,
                                        opts.profile_batch, opts.min_agreement,
-                                       opts.exit_accuracy_drop, baseline)
+                                       opts.exit_accuracy_drop, baseline, regate)
         plan.warnings += report.choices["slower_than_fp32"]
     select_precision(draft, plan, per_graph=opts.profile is not None)
     record_providers(draft, target)

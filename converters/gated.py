@@ -114,13 +114,24 @@ def stage_children(stage):
     return children, top
 
 
-def _pieces(children):
+def _pieces(children, ungated=()):
     """The modules a gated stage runs as: the entry (the children before the first gated
-    block, then its gate and shortcut) and, per block, ``(run, skip)``: ``run(h[, shortcut])``
-    adds the branch and goes on to what follows the block (the next block's gate and
-    shortcut, or the stage's end), ``skip(shortcut)`` goes on from the shortcut alone (None
-    when nothing follows the last block)."""
+    block, then its gate and shortcut) and, per block, ``(index, block, run, skip)``:
+    ``run(h[, shortcut])`` adds the branch and goes on to what follows the block (the next
+    block's gate and shortcut, or the stage's end), ``skip(shortcut)`` goes on from the
+    shortcut alone (None when nothing follows the last block). ``index`` counts the stage's
+    gated blocks; those in ``ungated`` lose their gate and run as plain children, every
+    branch computed, inside the graph before them."""
     nn = _torch().nn
+
+    class Dense(nn.Module):   # a gated block whose gate was dropped: always computes its branch
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+        def forward(self, x):
+            b = self.block
+            return b.post(b.shortcut(x) + b.branch(x))
 
     class Segment(nn.Module):   # post of the previous block, plain children, then a gate
         def __init__(self, before, plain, block):
@@ -145,7 +156,16 @@ def _pieces(children):
         def forward(self, h, *short):
             return self.following((short[0] if short else h) + self.block.branch(h))
 
-    gated = [i for i, c in enumerate(children) if getattr(c, "edgesdk_gated", False)]
+    index = {}   # child position -> its index among the stage's gated blocks
+    for i, c in enumerate(children):
+        if getattr(c, "edgesdk_gated", False):
+            index[i] = len(index)
+    ungated = set(ungated)
+    if ungated - set(index.values()) or len(ungated) == len(index):
+        raise ModelStructureError("gates {} cannot be dropped from a stage with {} gated blocks "
+                                  "(at least one gate stays)".format(sorted(ungated), len(index)))
+    children = [Dense(c) if index.get(i) in ungated else c for i, c in enumerate(children)]
+    gated = [i for i in sorted(index) if index[i] not in ungated]
     entry = Segment(None, children[:gated[0]], children[gated[0]]).eval()
     blocks = []
     for j, i in enumerate(gated):
@@ -155,23 +175,25 @@ def _pieces(children):
                             children[end] if end < len(children) else None).eval()
         last_is_identity = end == len(children) and i + 1 == end and \
             isinstance(block.post, nn.Identity)
-        blocks.append((block, Run(block, following).eval(),
+        blocks.append((index[i], block, Run(block, following).eval(),
                        None if last_is_identity else following))
     return entry, blocks
 
 
-def export_gated(draft, stage, args, inputs, outputs, gid, macs_of):
+def export_gated(draft, stage, args, inputs, outputs, gid, macs_of, ungated=()):
     """The graphs of a stage with gated blocks (example input ``args``, tensor names
     ``inputs``/``outputs`` of the stage graph) written into the draft, each checked against
     PyTorch in ONNX Runtime; ``macs_of(path, feeds)`` counts a written graph's MACs per
-    sample. Returns the stage's ``gated`` record and the files written."""
+    sample. The gated blocks numbered in ``ungated`` (their index among the stage's gated
+    blocks) keep no gate: they run inside the graph before them, every sample computing them.
+    Returns the stage's ``gated`` record and the files written."""
     torch = _torch()
     from edgesdk.converters.adaptive_stages import _export_checked
     if len(args) != 1:
         raise ModelStructureError("a stage with gated blocks takes one tensor, stage {} gets {}"
                                   .format(gid, len(args)))
     children, _ = stage_children(stage)
-    entry, pieces = _pieces(children)
+    entry, pieces = _pieces(children, ungated)
     os.makedirs(draft.path("stages"), exist_ok=True)
     files = []
 
@@ -186,22 +208,23 @@ def export_gated(draft, stage, args, inputs, outputs, gid, macs_of):
         names = ["h{}".format(i), "skip_logit{}".format(i)]
         return names + ([] if block.identity_shortcut else ["shortcut{}".format(i)])
 
-    names = gate_outputs(0, pieces[0][0])
+    names = gate_outputs(0, pieces[0][1])
     rel = "stages/{}.entry.onnx".format(gid)
     got = export(entry, [args[0].numpy()], list(inputs), names, rel,
                  "the part of {} before its first gated block".format(gid))
     record = {"entry": {"file": rel, "inputs": list(inputs), "outputs": names}, "blocks": []}
-    for i, (block, run, skip) in enumerate(pieces):
+    for i, (index, block, run, skip) in enumerate(pieces):
         if list(got[1].shape[1:]) != [1]:
             raise ModelStructureError("the gate of block {} of {} returns {}, expected (N, 1) "
                                       "skip logits".format(i, gid, list(got[1].shape)))
         last = i + 1 == len(pieces)
-        outs = list(outputs) if last else gate_outputs(i + 1, pieces[i + 1][0])
+        outs = list(outputs) if last else gate_outputs(i + 1, pieces[i + 1][1])
         run_in, run_feed = [names[0]] + names[2:], [got[0]] + got[2:]
         rel = "stages/{}.run{}.onnx".format(gid, i)
         after_run = export(run, run_feed, run_in, outs, rel,
                            "gated block {} of {}, computed".format(i, gid))
-        spec = {"run": {"file": rel, "inputs": run_in, "outputs": outs}, "skip": None,
+        spec = {"block": index, "run": {"file": rel, "inputs": run_in, "outputs": outs},
+                "skip": None,
                 "threshold": float(block.threshold), "shortcut": not block.identity_shortcut,
                 "chosen_from": {"method": "the model's GatedBlock threshold (uncalibrated)"}}
         macs = macs_of(rel, dict(zip(run_in, run_feed)))

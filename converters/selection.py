@@ -12,17 +12,24 @@
    dropped (that search already weighs each head's measured cost against what it saves).
    Without labels, a head is dropped when it costs at least as much as everything after it,
    the most it could ever save.
-3. **Gated blocks**: a stage's gates pay when the graphs they run as (the entry, each
-   block's run graph at the share of samples its gate keeps on the calibration data and its
-   skip graph at the rest) cost less per sample than the stage's own graph, all measured
-   side by side by the profiler.
-   Where they do not, the stage's gates are dropped and its own graph runs for every sample.
+3. **Gated blocks**: each gate is kept only where it pays. From the profiler's side-by-side
+   measurements of a gated stage (its own graph ``U``, its entry graph, the block loop, each
+   block's run graph ``R`` and skip graph ``S``), every block boundary costs
+   ``c = (entry + loop + sum R - U) / blocks`` (one more graph call); a gate whose block is
+   skipped by the share ``1 - k`` of the calibration samples reaching it saves
+   ``(1 - k) (R - S) - c`` per sample. Gates saving nothing are dropped: their blocks run
+   inside the graph before them for every sample (the stage's pieces are exported again), and
+   where no gate pays the stage's own graph runs. The prediction for the gates kept is
+   ``U - sum of their savings``; with every gate kept that is the pieces' cost at the keep
+   shares.
 
 The measured table must be of exactly these graphs (same graphs sha256) from one device;
 anything else is refused with the reason. Every choice, its costs and the table it came from
 go into the manifest: ``build_chosen_from`` on each graph, ``chosen_from`` on dropped exits,
-``dropped`` on dropped gates.
+``dropped_gates`` (some blocks) or ``dropped`` (all of a stage's) on dropped gates.
 """
+
+import os
 
 from edgesdk.converters.builds import FEED_LIMIT, top1_labels
 from edgesdk.manifest import graph_entries, precision_of
@@ -105,9 +112,11 @@ def exits_to_drop(table, probs=None, y=None, policy=None, exit_accuracy_drop=DEF
 
 def apply_profile(draft, db, x, y=None, device=None, metric="mean_ms", batch=1,
                   min_agreement=DEFAULT_MIN_AGREEMENT, exit_accuracy_drop=DEFAULT_EXIT_ACCURACY_DROP,
-                  baseline=None):
-    """Choose builds and drop exits in the :class:`~.draft.BundleDraft` ``draft`` from the
-    profile store ``db``. Returns a summary dict of the choices."""
+                  baseline=None, regate=None):
+    """Choose builds, drop exits and gates in the :class:`~.draft.BundleDraft` ``draft`` from
+    the profile store ``db``; ``regate`` (``{stage id: f(ungated block indices)}``, what
+    :func:`~.stage_export.export_stages` leaves) re-exports a stage whose gates are dropped
+    only in part. Returns a summary dict of the choices."""
     manifest = draft.manifest
     rows, device, sha = bundle_rows(db, manifest, device)
     costs, interpolated = build_costs(rows, metric, batch)
@@ -138,7 +147,7 @@ def apply_profile(draft, db, x, y=None, device=None, metric="mean_ms", batch=1,
             "min_agreement": min_agreement,
             "reason": ("cheapest measured build agreeing with fp32" if entry["id"] in chosen else
                        "no other build is cheaper and agrees with fp32 well enough")}
-    gates = gates_that_pay(draft, costs, x, metric, source)
+    gates = gates_that_pay(draft, costs, x, metric, source, regate or {})
     model = draft.model()
     table = table_from_rows(rows, metric, [e["id"] for e in manifest["stages"]],
                             [e["id"] for e in manifest["exits"]], device, sha, batch, db,
@@ -156,11 +165,10 @@ def apply_profile(draft, db, x, y=None, device=None, metric="mean_ms", batch=1,
             "device": device, "metric": metric, "expected": how, "slower_than_fp32": slower}
 
 
-def gated_cost(costs, entry, keep):
-    """``(ungated, gated)`` predicted cost per sample reaching the stage of manifest entry
-    ``entry``: its own graph (its selected build), and its entry graph, the runtime's block
-    loop, each block's run graph at its ``keep`` share and skip graph (if any) at the rest;
-    gated is None where the profile lacks a piece."""
+def gate_savings(costs, entry, keep):
+    """``(ungated, savings)`` per sample reaching the stage of manifest entry ``entry``: the cost
+    of its own graph (its selected build) and what each gate saves at its block's ``keep``
+    share (see the module docstring); savings is None where the profile lacks a piece."""
     sid = entry["id"]
 
     def cost(name):
@@ -171,14 +179,16 @@ def gated_cost(costs, entry, keep):
     skip = [cost("skip{}".format(i)) if b["skip"] else 0.0 for i, b in enumerate(blocks)]
     if ungated is None or None in [cost("entry"), cost("engine")] + run + skip:
         return ungated, None
-    return ungated, cost("entry") + cost("engine") + sum(
-        k * r + (1 - k) * s for k, r, s in zip(keep, run, skip))
+    boundary = (cost("entry") + cost("engine") + sum(run) - ungated) / len(blocks)
+    return ungated, [(1 - k) * (r - s) - boundary for k, r, s in zip(keep, run, skip)]
 
 
-def gates_that_pay(draft, costs, x, metric, source):
-    """Drop the gated blocks of each stage whose gating is predicted to cost at least what its
-    own graph costs (see the module docstring); ``{stage id: {"ungated", "gated", "keep",
-    "kept"}}`` for every stage with gates, costs in ``metric`` per sample."""
+def gates_that_pay(draft, costs, x, metric, source, regate):
+    """Drop the gates that do not pay (see the module docstring), re-exporting with
+    ``regate[stage id]`` a stage that keeps some; ``{stage id: {"ungated", "gated", "keep",
+    "savings", "all_gates", "dropped", "kept"}}`` for every stage with gates, costs in
+    ``metric`` per sample (``gated``: the prediction with the gates kept, ``all_gates`` with
+    every gate; ``dropped``: the indices of the blocks losing their gates)."""
     stages = [e for e in draft.manifest["stages"] if (e.get("gated") or {}).get("blocks")]
     if not stages:
         return {}
@@ -192,13 +202,36 @@ def gates_that_pay(draft, costs, x, metric, source):
     for entry in stages:
         keep = [b.ran / float(b.ran + b.skipped) if b.ran + b.skipped else 1.0
                 for b in blocks.get(entry["id"], [])]
-        ungated, gated = gated_cost(costs, entry, keep)
-        kept = gated is None or gated < ungated
-        out[entry["id"]] = {"ungated": ungated, "gated": gated, "keep": keep, "kept": kept}
-        if not kept:
-            entry["gated"]["dropped"] = {
-                "method": "dropped by profile", "profile": source, "metric": metric,
-                "reason": "gated pieces predicted {:.4g} per sample at the gates' keep shares "
-                          "{}, the stage's own graph {:.4g}".format(
-                              gated, ["{:.2f}".format(k) for k in keep], ungated)}
+        ungated, savings = gate_savings(costs, entry, keep)
+        index = [b.get("block", i) for i, b in enumerate(entry["gated"]["blocks"])]
+        dropped = [] if savings is None else [j for j, v in zip(index, savings) if v <= 0]
+        gated = None if savings is None else ungated - sum(v for v in savings if v > 0)
+        out[entry["id"]] = {"ungated": ungated, "gated": gated, "keep": keep, "savings": savings,
+                            "all_gates": None if savings is None else ungated - sum(savings),
+                            "dropped": dropped, "kept": len(dropped) < len(index)}
+        if not dropped:
+            continue
+        why = {"method": "dropped by profile", "profile": source, "metric": metric,
+               "keep": keep, "savings": savings, "ungated": ungated,
+               "reason": "gates of blocks {} predicted to save {} per sample at keep shares "
+                         "{}".format(dropped, ["{:.4g}".format(v) for v in savings],
+                                     ["{:.2f}".format(k) for k in keep])}
+        if len(dropped) == len(index):
+            entry["gated"]["dropped"] = dict(why, reason="no gate pays: " + why["reason"] +
+                                             "; the stage's own graph costs {:.4g}".format(ungated))
+        else:
+            _regate(draft, entry, regate[entry["id"]], dropped, dict(why, predicted=gated))
     return out
+
+
+def _regate(draft, entry, export, dropped, why):
+    """Replace the gated pieces of stage ``entry`` in the draft by ``export(dropped)``'s."""
+    old = entry["gated"]
+    files = [old["entry"]["file"]] + [b[k]["file"] for b in old["blocks"] for k in ("run", "skip")
+                                      if b[k]]
+    for rel in files:
+        os.remove(draft.path(rel))
+        del draft.manifest["files"][rel]
+    entry["gated"], written = export(dropped)
+    entry["gated"]["dropped_gates"] = dict(why, blocks=dropped)
+    draft.add_files(written)

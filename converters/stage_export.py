@@ -4,7 +4,7 @@ import datetime
 import hashlib
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,6 +37,8 @@ class Source:
     reference: object        # torch tensor the outputs are checked and stored on
     ref_logits: list         # PyTorch's logits per exit on ``reference``
     qat: str = None          # quantization-aware training kind, if any
+    # stage id -> export_gated for that stage with some gates dropped (filled by the export)
+    regate: dict = field(default_factory=dict)
 
 
 def utc_now():
@@ -128,9 +130,8 @@ def _graph_entries(draft, src, opts, policy, threshold):
                         files += [entry["spatial"]["masker"]["file"],
                                   entry["spatial"]["patch"]["file"]]
                     if gated_blocks(module):
-                        entry["gated"], written = export_gated(
-                            draft, module, args, ins, outs, gid, lambda rel, feeds: count_macs(
-                                onnx.load(draft.path(rel)), feeds).total)
+                        src.regate[gid] = _regate(draft, module, args, ins, outs, gid)
+                        entry["gated"], written = src.regate[gid](())
                         files += written
                 else:
                     last = k == n_exits - 1
@@ -147,6 +148,17 @@ def _graph_entries(draft, src, opts, policy, threshold):
         validate_qat_graphs(exported)
     draft.add_files(files)
     return stage_entries, exit_entries, peak_bytes, warnings
+
+
+def _regate(draft, stage, args, inputs, outputs, gid):
+    """``f(ungated)``: the gated stage's pieces written into the draft with the gated blocks
+    numbered in ``ungated`` computed by every sample (see :func:`~.gated.export_gated`)."""
+    onnx = require("onnx", "onnx", "write ONNX stages")
+
+    def macs_of(rel, feeds):
+        return count_macs(onnx.load(draft.path(rel)), feeds).total
+    return lambda ungated: export_gated(draft, stage, args, inputs, outputs, gid, macs_of,
+                                        ungated)
 
 
 def export_spatial(draft, block, args, inputs, gid, opset):

@@ -348,7 +348,7 @@ def _check_gated(gated, path, files, outputs):
     blocks = _get(gated, "blocks", path, (list,))
     if not blocks:
         _fail(path + ".blocks", "at least one gated block")
-    before = gated["entry"]["outputs"]
+    before, seen = gated["entry"]["outputs"], set()
     for i, block in enumerate(blocks):
         bp = "{}.blocks[{}]".format(path, i)
         _check_side_graph(_get(block, "run", bp, (dict,)), bp + ".run", files)
@@ -371,11 +371,18 @@ def _check_gated(gated, path, files, outputs):
         threshold = _number(block, "threshold", bp)
         if not 0 <= threshold <= 1:
             _fail(bp + ".threshold", "a skip probability in [0, 1]")
+        index = _get(block, "block", bp, (int,), optional=True)   # among the model's blocks
+        if index is not None and (index < 0 or index in seen):
+            _fail(bp + ".block", "block indices are distinct and non-negative")
+        seen.add(index)
         macs = _get(block, "macs", bp, (int,))
         if macs < 0:
             _fail(bp + ".macs", "expected a non-negative integer")
         before = block["run"]["outputs"]
-    _get(gated, "dropped", path, (dict, type(None)), optional=True)  # why profiling dropped them
+    # Why profiling dropped all of the stage's gates, or some (their blocks run inside the
+    # graph before them).
+    _get(gated, "dropped", path, (dict, type(None)), optional=True)
+    _get(gated, "dropped_gates", path, (dict,), optional=True)
     if before != outputs:
         _fail(path, "the last gated block gives {}, the stage's outputs are {}".format(
             before, outputs))

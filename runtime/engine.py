@@ -268,7 +268,7 @@ class EdgeModel(object):
 
         def piece(graph):
             return self._side_graph(k, graph, threads=threads)
-        blocks = [GatedBlock("{}/{}".format(entry["id"], i), piece(b["run"]),
+        blocks = [GatedBlock("{}/{}".format(entry["id"], b.get("block", i)), piece(b["run"]),
                              piece(b["skip"]) if b["skip"] else None, b["threshold"], b["macs"],
                              b["shortcut"])
                   for i, b in enumerate(spec["blocks"])]

@@ -171,7 +171,9 @@ def test_gating_benchmark_prints_the_json_summary_last(sample_run):
         for s in config["settings"]:
             assert all(0 <= k <= 1 for ks in s["keep"].values() for k in ks)
             assert s["gated_vs_ungated"] > 0 and s["profile_predicted"] > 0
-            assert set(s["profile_kept_gates_of"]) <= {"stage0", "stage1"}
+            assert set(s["profile_kept_gates"]) <= {"stage0/0", "stage0/1", "stage1/0",
+                                                    "stage1/1"}
+            assert s["chosen_vs_ungated"] > 0
 
 
 @pytest.mark.slow

@@ -361,9 +361,18 @@ def run(args):
         print("  builds: {}".format(", ".join("{}={}".format(g, b) for g, b in c["builds"].items())))
         print("  dropped exits: {}".format(", ".join(map(str, c["dropped_exits"])) or "none"))
         for sid, g in sorted(c.get("gates", {}).items()):
-            print("  gates of {}: {}".format(sid, "not measured (profile again): kept"
-                                             if g["gated"] is None else
-                                             "{:.4g} per sample gated vs {:.4g} ungated: {}".format(
-                                                 g["gated"], g["ungated"], "kept" if g["kept"]
-                                                 else "dropped, they cost more than they save")))
+            print("  gates of {}: {}".format(sid, _gates_line(g)))
     return 0
+
+
+def _gates_line(g):
+    """What ``convert --profile`` did with one stage's gates, for its summary."""
+    if g["gated"] is None:
+        return "not measured (profile again): kept"
+    saves = ", ".join("{:.4g}".format(v) for v in g["savings"])
+    if not g["kept"]:
+        return "each saves {} per sample: dropped, the stage's own graph ({:.4g}) runs".format(
+            saves, g["ungated"])
+    return "each saves {} per sample; {:.4g} per sample with {} vs {:.4g} ungated".format(
+        saves, g["gated"], "blocks {} always computed".format(g["dropped"]) if g["dropped"]
+        else "every gate", g["ungated"])

@@ -104,9 +104,11 @@ def _adaptive_lines(m):
         if gated:
             blocks = ", ".join("{:.4g} (saves {:.2f}M MACs)".format(b["threshold"], b["macs"] / 1e6)
                                for b in gated["blocks"])
-            parts.append("{} gated blocks, skip thresholds {}{}".format(
+            parts.append("{} gated blocks, skip thresholds {}{}{}".format(
                 len(gated["blocks"]), blocks, "; DROPPED: " + gated["dropped"]["reason"]
-                if gated.get("dropped") else ""))
+                if gated.get("dropped") else "",
+                "; gates dropped (always computed): {}".format(gated["dropped_gates"]["reason"])
+                if gated.get("dropped_gates") else ""))
         if parts:
             lines.append("  {}: {}".format(e["id"], "; ".join(parts)))
     return ["", "input-adaptive stages:"] + lines if lines else []

@@ -1,6 +1,8 @@
 """Gated residual blocks inside a stage: each sample computes or skips each block's branch,
 downsampling blocks included, with no exit head per block; the bundle matches PyTorch's gated
 forward per sample, and the stage's own graph is the ungated network."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -229,10 +231,66 @@ def test_convert_with_a_profile_drops_gates_that_cost_more_than_they_save(gated_
     assert [s.id for s in chosen.adaptive_stages()] == ["stage0"]
     dropped = chosen.bundle.manifest["stages"][1]["gated"]["dropped"]
     g1 = gates["stage1"]
-    assert g1["gated"] == pytest.approx(1.51 + 0.5 * g1["keep"][0] + 0.1 * (1 - g1["keep"][0]))
-    assert g1["ungated"] == 1.0
-    assert dropped["method"] == "dropped by profile" and "{:.4g}".format(g1["gated"]) in \
+    assert g1["all_gates"] == pytest.approx(
+        1.51 + 0.5 * g1["keep"][0] + 0.1 * (1 - g1["keep"][0]))
+    assert g1["ungated"] == g1["gated"] == 1.0 and g1["dropped"] == [0]
+    assert dropped["method"] == "dropped by profile" and "{:.4g}".format(g1["savings"][0]) in \
         dropped["reason"]
+
+
+def test_convert_with_a_profile_drops_single_gates_and_computes_their_blocks(gated_bundle,
+                                                                             tmp_path, capsys):
+    from edgesdk.cli import main
+    path, model = gated_bundle
+    manifest = bundle_io.read_bundle(path).manifest
+    x = _inputs(64, seed=5)
+    # Stage 0: block 0's branch is dear and its gate pays; block 1's branch costs less than
+    # the graph call its gate adds (0.08 per boundary: (0.1 + 0.01 + 1 + 0.05 - 1) / 2).
+    cost = {"stage0/ungated": 1.0, "stage0/entry": 0.1, "stage0/run0": 1.0, "stage0/skip0": 0.1,
+            "stage0/run1": 0.05, "stage0/engine": 0.01,
+            "stage1/ungated": 1.0, "stage1/entry": 0.1, "stage1/run0": 1.0, "stage1/skip0": 0.1,
+            "stage1/engine": 0.01}
+    db = str(tmp_path / "p.sqlite")
+    _profile_store(db, manifest, cost.get)
+    out = str(tmp_path / "chosen.edgebundle")
+    report = convert(model, torch.from_numpy(x[:4]), out, target="host", progress=False,
+                     calibration_data=(x, None), profile=db)
+    g0 = report.choices["gates"]["stage0"]
+    k0, k1 = g0["keep"]
+    assert g0["savings"] == pytest.approx([(1 - k0) * 0.9 - 0.08, (1 - k1) * 0.05 - 0.08])
+    assert g0["dropped"] == [1] and g0["kept"]
+    assert g0["gated"] == pytest.approx(1.0 - g0["savings"][0])
+    assert report.choices["gates"]["stage1"]["dropped"] == []
+    chosen = load_bundle(out)
+    spec = chosen.bundle.manifest["stages"][0]["gated"]
+    assert [b["block"] for b in spec["blocks"]] == [0] and spec["dropped_gates"]["blocks"] == [1]
+    pieces = ["stage0.entry.onnx", "stage0.onnx", "stage0.run0.onnx", "stage0.skip0.onnx"]
+    assert sorted(f for f in os.listdir(os.path.join(out, "stages"))
+                  if f.startswith("stage0.")) == pieces   # no piece of the first export left
+    assert sorted(f for f in chosen.bundle.manifest["files"] if f.startswith("stages/stage0.")) \
+        == ["stages/" + p for p in pieces]
+    assert [b.id for b in chosen.adaptive_stages()[0].blocks] == ["stage0/0"]
+    # Per sample: block 0 and stage 1's block still gated, block 1 always computed.
+    xs = _inputs(32, seed=1)
+    second = model.stages[0][2]
+    second.gating = False
+    try:
+        with torch.no_grad():
+            want = [l.numpy() for l in model(torch.from_numpy(xs))]
+    finally:
+        second.gating = True
+    got = chosen.exit_logits(xs, batch_size=32)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-3)
+    assert 0 < chosen.adaptive_stages()[0].blocks[0].skipped < 32
+    with torch.no_grad():   # and the gate of block 1 did change answers: it was really dropped
+        gated = model(torch.from_numpy(xs))[1].numpy()
+    assert np.abs(gated - want[1]).max() > 1e-2
+    capsys.readouterr()
+    assert main(["inspect", out]) == 0
+    text = capsys.readouterr().out
+    assert "stage0: 1 gated blocks, skip thresholds 0.5" in text
+    assert "gates dropped (always computed): gates of blocks [1] predicted to save" in text
 
 
 def test_inspect_lists_each_stages_gated_blocks(gated_bundle, capsys):
@@ -242,3 +300,14 @@ def test_inspect_lists_each_stages_gated_blocks(gated_bundle, capsys):
     out = capsys.readouterr().out
     assert "stage0: 2 gated blocks, skip thresholds 0.5 (saves 0.07M MACs)" in out
     assert "stage1: 1 gated blocks" in out
+
+
+def test_convert_summarizes_what_the_profile_did_with_each_stages_gates():
+    from edgesdk.cli.convert import _gates_line
+    some = {"gated": 0.9, "ungated": 1.0, "savings": [0.1, -0.02], "dropped": [1], "kept": True}
+    assert _gates_line(some) == ("each saves 0.1, -0.02 per sample; 0.9 per sample with blocks "
+                                 "[1] always computed vs 1 ungated")
+    none = dict(some, gated=1.0, savings=[-0.1, -0.02], dropped=[0, 1], kept=False)
+    assert _gates_line(none) == ("each saves -0.1, -0.02 per sample: dropped, the stage's own "
+                                 "graph (1) runs")
+    assert _gates_line(dict(some, gated=None)) == "not measured (profile again): kept"
