@@ -87,29 +87,35 @@ class GatedStage(object):
         n = len(state[0])
         if not self.enabled or n == 0:
             return self.stage.run(state)
-        out = self.entry.run(state)
+        out, ran_per_block = self.entry.run(state), []
         for b in self.blocks:
             h = out[0]
             short = out[2] if b.shortcut else h
             run_in = [h, short] if b.shortcut else [h]
-            run = None if self.force_run else np.asarray(out[1]).reshape(n) < b.limit
-            if run is None or run.all():
-                out, ran = b.run.run(run_in), n
+            # One sample (the common case on a board): a float compare, no array work, which
+            # costs as much as a small block's graph call. The decision is made under
+            # force_run too, so the profiler's block loop includes its cost.
+            if n == 1:
+                run, ran = None, int(float(np.asarray(out[1]).item()) < b.limit)
             else:
-                ran, rest = int(run.sum()), ~run
+                run = np.asarray(out[1]).reshape(n) < b.limit
+                ran = int(np.count_nonzero(run))
+            if self.force_run or ran == n:
+                out, ran = b.run.run(run_in), n
+            elif ran == 0:
+                out = b.skip.run([short]) if b.skip is not None else [short]
+            else:
+                rest = ~run
                 skipped = b.skip.run([short[rest]]) if b.skip is not None else [short[rest]]
-                if ran:
-                    computed = b.run.run([t[run] for t in run_in])
-                    out = []
-                    for c, k in zip(computed, skipped):
-                        merged = np.empty((n,) + c.shape[1:], dtype=c.dtype)
-                        merged[run], merged[rest] = c, k
-                        out.append(merged)
-                elif b.skip is not None:
-                    out = skipped
-                else:
-                    out = [short]
-            with self._count_lock:
+                computed = b.run.run([t[run] for t in run_in])
+                out = []
+                for c, k in zip(computed, skipped):
+                    merged = np.empty((n,) + c.shape[1:], dtype=c.dtype)
+                    merged[run], merged[rest] = c, k
+                    out.append(merged)
+            ran_per_block.append(ran)
+        with self._count_lock:
+            for b, ran in zip(self.blocks, ran_per_block):
                 b.skipped += n - ran
                 b.ran += ran
         return list(out)

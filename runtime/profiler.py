@@ -134,9 +134,9 @@ def gate_rows(model, inputs, batch, repeats=REPEATS, min_seconds=MIN_SECONDS):
     (``STAGE/ungated``), its entry graph (``STAGE/entry``) and each block's graph for the
     samples computing it (``STAGE/run<i>``) and skipping it (``STAGE/skip<i>``), each on the
     whole batch, timed side by side in rounds (each graph in the same loop, so their costs
-    compare), and ``STAGE/engine``: what the runtime's block loop adds to its graphs (the
-    stage run through every block, less its graphs in the same round; may be below 0 on a
-    noisy machine). From them and the share of samples each gate keeps, ``convert
+    compare), and ``STAGE/engine``: what the runtime's block loop adds to its graphs, its
+    per-block decisions included (the stage run through every block, less its graphs in the
+    same round; may be below 0 on a noisy machine). From them and the share of samples each gate keeps, ``convert
     --profile`` predicts whether gating pays."""
     rows = []
     for kind, k, graph, tensors in inputs:
