@@ -1,7 +1,6 @@
 """What every benchmark shares: the sample's modules on the path and the common options."""
 import argparse
 import os
-import platform
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,29 +20,14 @@ def sample_parser(doc):
 
 
 # The vector and dot-product features that change which kernels run (x86 flags, ARM Features).
-CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
-                "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "asimd", "asimddp", "i8mm",
-                "bf16", "sve", "sve2")
-
-
 def cpu():
     """CPU model and the instruction-set features that change kernels and float results:
-    ``{"cpu", "avx2", "avx512_vnni", "features": [...]}`` (see :data:`CPU_FEATURES`)."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key = line.split(":", 1)[0].strip().lower()
-                if key in ("model name", "hardware") and model in ("unknown", ""):
-                    model = line.split(":", 1)[1].strip()
-                elif key == "model name":
-                    model = line.split(":", 1)[1].strip()
-                elif key in ("flags", "features"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model, "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags,
-            "features": [f for f in CPU_FEATURES if f in flags]}
+    ``{"cpu", "avx2", "avx512_vnni", "features": [...]}`` (see
+    :data:`edgesdk.runtime.cpu_features.KERNEL_FEATURES`)."""
+    from edgesdk.runtime.cpu_features import cpu_flags, cpu_model, kernel_features
+    flags = cpu_flags()
+    return {"cpu": cpu_model(), "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags,
+            "features": kernel_features()}
 
 
 def print_cpu():

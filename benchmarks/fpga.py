@@ -30,11 +30,12 @@ GOAL_AGREEMENT = 0.99
 GOAL_DROP_POINTS = 1.0
 
 
-def networks(weight_bits=4):
+def networks(weight_bits=4, first_act_bits=(8, 8)):
     """(float network, quantized network) of the same shape: the quantized one has
     ``weight_bits``-bit weights with power-of-two scales, per output channel in the
     convolutions and per tensor in the linear heads (hls4ml 1.3 cannot convert per-channel
-    scales on a linear layer), and 8-bit activations."""
+    scales on a linear layer), and 8-bit activations except in stage 0, whose input and
+    output (what the first exit reads) have ``first_act_bits`` bits."""
     import brevitas.nn as qnn
     from brevitas.quant import Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint
     from brevitas.quant import Uint8ActPerTensorFixedPoint
@@ -45,12 +46,12 @@ def networks(weight_bits=4):
     sizes = [7, 3, 2]  # feature maps 14, 7, 4, max-pooled by 2
 
     def build(quant):
-        def conv(c_in, c_out):
+        def conv(c_in, c_out, act_bits=8):
             if quant:
                 return [qnn.QuantConv2d(c_in, c_out, 3, padding=1, stride=2, bias=False,
                                         weight_bit_width=weight_bits,
                                         weight_quant=Int8WeightPerChannelFixedPoint),
-                        qnn.QuantReLU(bit_width=8, act_quant=Uint8ActPerTensorFixedPoint)]
+                        qnn.QuantReLU(bit_width=act_bits, act_quant=Uint8ActPerTensorFixedPoint)]
             return [nn.Conv2d(c_in, c_out, 3, padding=1, stride=2, bias=False), nn.ReLU()]
 
         def linear(n):
@@ -58,9 +59,10 @@ def networks(weight_bits=4):
                 return qnn.QuantLinear(n, 10, bias=True, weight_bit_width=weight_bits,
                                        weight_quant=Int8WeightPerTensorFixedPoint)
             return nn.Linear(n, 10)
-        stages = [nn.Sequential(*conv(*w)) for w in widths]
+        stages = [nn.Sequential(*conv(*w, act_bits=first_act_bits[1] if k == 0 else 8))
+                  for k, w in enumerate(widths)]
         if quant:
-            stages[0] = nn.Sequential(qnn.QuantIdentity(bit_width=8,
+            stages[0] = nn.Sequential(qnn.QuantIdentity(bit_width=first_act_bits[0],
                                                         act_quant=Int8ActPerTensorFixedPoint),
                                       *stages[0])
         heads = [nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), linear(c * s * s))

@@ -93,17 +93,6 @@ def dataset_sha256(x, y=None):
     return h.hexdigest()
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return line.split(":", 1)[1].strip()
-    except (IOError, OSError):
-        pass
-    return platform.processor() or "unknown cpu"
-
-
 def _gpu_model():
     """The NVIDIA GPU's name from its driver (/proc/driver/nvidia), or a Jetson's SoC."""
     import glob
@@ -136,11 +125,14 @@ def _software():
 
 def device_description():
     """What identifies this device for its measurements: what changes speed (architecture,
-    CPU model and cores, GPU or SoC, memory, OS, the software that runs graphs). The host
+    CPU model, its kernel-selecting features (AVX-512 VNNI, Arm dot product, ...) and cores,
+    GPU or SoC, memory, OS, the software that runs graphs). The host
     name and kernel release are left out: a reflashed or renamed board is the same device."""
     from edgesdk.runtime.memory import machine_memory_bytes
     memory = machine_memory_bytes()
-    return {"machine": platform.machine(), "cpu": _cpu_model(), "cores": os.cpu_count(),
+    from edgesdk.runtime.cpu_features import cpu_model, kernel_features
+    return {"machine": platform.machine(), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "cpu_features": kernel_features(),
             "gpu": _gpu_model(), "memory_gb": round(memory / 2.0 ** 30) if memory else None,
             "system": platform.system(), "software": _software()}
 

@@ -16,6 +16,7 @@ from edgesdk.errors import BundleError, InputError, IntegrityError, ResourceLimi
 from edgesdk.runtime.executors.base import Executor
 from edgesdk.onnx_scan import external_data_locations
 from edgesdk.runtime.activation_memory import graph_activation_bytes
+from edgesdk.runtime.cpu_features import cpu_flags
 from edgesdk.verified import VerifiedFile, loadable_path, read_bytes
 
 _pool = {"threads": None}
@@ -56,9 +57,6 @@ def threads_in_use(requested=None):
     return int(requested or os.cpu_count() or 1)
 
 
-_cpu = {}
-
-
 def needs_high_precision_int8(cpuinfo="/proc/cpuinfo"):
     """Whether INT8 sessions get ONNX Runtime's ``session.x64quantprecision`` on this CPU.
 
@@ -70,18 +68,7 @@ def needs_high_precision_int8(cpuinfo="/proc/cpuinfo"):
     without it on an Intel Xeon with AVX-512 VNNI (FP32: 2.6 ms). Other CPUs ignore it. Read
     from ``cpuinfo`` once; where the flags cannot be read, the safe setting (True).
     """
-    if cpuinfo not in _cpu:
-        flags = set()
-        try:
-            with open(cpuinfo) as f:
-                for line in f:
-                    if line.startswith("flags"):
-                        flags = set(line.split(":", 1)[1].split())
-                        break
-        except (OSError, IOError):
-            pass
-        _cpu[cpuinfo] = not flags & {"avx512_vnni", "avx_vnni"}
-    return _cpu[cpuinfo]
+    return not cpu_flags(cpuinfo) & {"avx512_vnni", "avx_vnni"}
 
 
 CPU = "CPUExecutionProvider"
