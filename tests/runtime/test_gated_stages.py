@@ -206,21 +206,27 @@ def _profile_store(db, manifest, piece_ms):
         s.write(rows)
 
 
-def test_convert_with_a_profile_drops_gates_that_cost_more_than_they_save(gated_bundle, tmp_path):
+def _convert_with_profile(gated_bundle, tmp_path, cost):
+    """The gated model converted again with a store holding ``cost`` for its gated pieces
+    (every other graph 1 ms), on 64 calibration inputs: ``(report, bundle path)``."""
     path, model = gated_bundle
-    manifest = bundle_io.read_bundle(path).manifest
-    x = _inputs(64, seed=5)
-    # stage0's gates pay (a cheap entry, dear blocks, cheap skips); stage1's do not (its
-    # entry alone costs more than the ungated stage).
-    cost = {"stage0/ungated": 2.0, "stage0/entry": 0.1, "stage0/run0": 1.0, "stage0/skip0": 0.1,
-            "stage0/run1": 1.0, "stage0/engine": 0.01,
-            "stage1/ungated": 1.0, "stage1/entry": 1.5, "stage1/run0": 0.5, "stage1/skip0": 0.1,
-            "stage1/engine": 0.01}
     db = str(tmp_path / "p.sqlite")
-    _profile_store(db, manifest, cost.get)
+    _profile_store(db, bundle_io.read_bundle(path).manifest, cost.get)
+    x = _inputs(64, seed=5)
     out = str(tmp_path / "chosen.edgebundle")
     report = convert(model, torch.from_numpy(x[:4]), out, target="host", progress=False,
                      calibration_data=(x, None), profile=db)
+    return report, out
+
+
+def test_convert_with_a_profile_drops_gates_that_cost_more_than_they_save(gated_bundle, tmp_path):
+    # stage0's gates pay (a cheap entry, dear blocks, cheap skips); stage1's do not (its
+    # entry alone costs more than the ungated stage).
+    report, out = _convert_with_profile(gated_bundle, tmp_path, {
+        "stage0/ungated": 2.0, "stage0/entry": 0.1, "stage0/run0": 1.0, "stage0/skip0": 0.1,
+        "stage0/run1": 1.0, "stage0/engine": 0.01,
+        "stage1/ungated": 1.0, "stage1/entry": 1.5, "stage1/run0": 0.5, "stage1/skip0": 0.1,
+        "stage1/engine": 0.01})
     gates = report.choices["gates"]
     assert gates["stage0"]["kept"] and not gates["stage1"]["kept"]
     keep = gates["stage0"]["keep"]
@@ -241,20 +247,14 @@ def test_convert_with_a_profile_drops_gates_that_cost_more_than_they_save(gated_
 def test_convert_with_a_profile_drops_single_gates_and_computes_their_blocks(gated_bundle,
                                                                              tmp_path, capsys):
     from edgesdk.cli import main
-    path, model = gated_bundle
-    manifest = bundle_io.read_bundle(path).manifest
-    x = _inputs(64, seed=5)
+    model = gated_bundle[1]
     # Stage 0: block 0's branch is dear and its gate pays; block 1's branch costs less than
     # the graph call its gate adds (0.08 per boundary: (0.1 + 0.01 + 1 + 0.05 - 1) / 2).
-    cost = {"stage0/ungated": 1.0, "stage0/entry": 0.1, "stage0/run0": 1.0, "stage0/skip0": 0.1,
-            "stage0/run1": 0.05, "stage0/engine": 0.01,
-            "stage1/ungated": 1.0, "stage1/entry": 0.1, "stage1/run0": 1.0, "stage1/skip0": 0.1,
-            "stage1/engine": 0.01}
-    db = str(tmp_path / "p.sqlite")
-    _profile_store(db, manifest, cost.get)
-    out = str(tmp_path / "chosen.edgebundle")
-    report = convert(model, torch.from_numpy(x[:4]), out, target="host", progress=False,
-                     calibration_data=(x, None), profile=db)
+    report, out = _convert_with_profile(gated_bundle, tmp_path, {
+        "stage0/ungated": 1.0, "stage0/entry": 0.1, "stage0/run0": 1.0, "stage0/skip0": 0.1,
+        "stage0/run1": 0.05, "stage0/engine": 0.01,
+        "stage1/ungated": 1.0, "stage1/entry": 0.1, "stage1/run0": 1.0, "stage1/skip0": 0.1,
+        "stage1/engine": 0.01})
     g0 = report.choices["gates"]["stage0"]
     k0, k1 = g0["keep"]
     assert g0["savings"] == pytest.approx([(1 - k0) * 0.9 - 0.08, (1 - k1) * 0.05 - 0.08])
