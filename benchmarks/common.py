@@ -19,7 +19,6 @@ def sample_parser(doc):
     return parser
 
 
-# The vector and dot-product features that change which kernels run (x86 flags, ARM Features).
 def cpu():
     """CPU model and the instruction-set features that change kernels and float results:
     ``{"cpu", "avx2", "avx512_vnni", "features": [...]}`` (see

@@ -372,9 +372,10 @@ def _check_gated(gated, path, files, outputs):
         if not 0 <= threshold <= 1:
             _fail(bp + ".threshold", "a skip probability in [0, 1]")
         index = _get(block, "block", bp, (int,), optional=True)   # among the model's blocks
-        if index is not None and (index < 0 or index in seen):
-            _fail(bp + ".block", "block indices are distinct and non-negative")
-        seen.add(index)
+        if index is not None:
+            if index < 0 or index in seen:
+                _fail(bp + ".block", "block indices are distinct and non-negative")
+            seen.add(index)
         macs = _get(block, "macs", bp, (int,))
         if macs < 0:
             _fail(bp + ".macs", "expected a non-negative integer")

@@ -126,11 +126,11 @@ def _software():
 def device_description():
     """What identifies this device for its measurements: what changes speed (architecture,
     CPU model, its kernel-selecting features (AVX-512 VNNI, Arm dot product, ...) and cores,
-    GPU or SoC, memory, OS, the software that runs graphs). The host
-    name and kernel release are left out: a reflashed or renamed board is the same device."""
+    GPU or SoC, memory, OS, the software that runs graphs). The host name and kernel release
+    are left out: a reflashed or renamed board is the same device."""
+    from edgesdk.runtime.cpu_features import cpu_model, kernel_features
     from edgesdk.runtime.memory import machine_memory_bytes
     memory = machine_memory_bytes()
-    from edgesdk.runtime.cpu_features import cpu_model, kernel_features
     return {"machine": platform.machine(), "cpu": cpu_model(), "cores": os.cpu_count(),
             "cpu_features": kernel_features(),
             "gpu": _gpu_model(), "memory_gb": round(memory / 2.0 ** 30) if memory else None,

@@ -14,16 +14,13 @@ import platform
 KERNEL_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
                    "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "asimd", "asimddp",
                    "i8mm", "bf16", "sve", "sve2")
-# Integer dot-product instructions that accumulate each u8 x s8 product in 32 bits.
-DOT_PRODUCT = ("avx512_vnni", "avx_vnni", "asimddp")
-
 _read = {}
 
 
 def _cpuinfo(path):
     """``(model, flags)`` from a cpuinfo file (model None, flags empty where unreadable)."""
     if path not in _read:
-        model, flags = None, set()
+        model, flags = None, frozenset()
         try:
             with open(path) as f:
                 for line in f:
@@ -33,7 +30,7 @@ def _cpuinfo(path):
                     if key in ("model name", "hardware", "cpu model") and model is None:
                         model = value
                     elif key in ("flags", "features") and not flags:
-                        flags = set(value.split())
+                        flags = frozenset(value.split())
         except (IOError, OSError):
             pass
         _read[path] = (model, flags)
@@ -46,8 +43,9 @@ def cpu_model(cpuinfo="/proc/cpuinfo"):
 
 
 def cpu_flags(cpuinfo="/proc/cpuinfo"):
-    """Every feature flag the first core lists (an empty set where they cannot be read)."""
-    return set(_cpuinfo(cpuinfo)[1])
+    """Every feature flag the first core lists, a frozenset (empty where they cannot be
+    read)."""
+    return _cpuinfo(cpuinfo)[1]
 
 
 def kernel_features(cpuinfo="/proc/cpuinfo"):

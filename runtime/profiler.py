@@ -136,8 +136,8 @@ def gate_rows(model, inputs, batch, repeats=REPEATS, min_seconds=MIN_SECONDS):
     whole batch, timed side by side in rounds (each graph in the same loop, so their costs
     compare), and ``STAGE/engine``: what the runtime's block loop adds to its graphs, its
     per-block decisions included (the stage run through every block, less its graphs in the
-    same round; may be below 0 on a noisy machine). From them and the share of samples each gate keeps, ``convert
-    --profile`` predicts whether gating pays."""
+    same round; may be below 0 on a noisy machine). From them and the share of samples each
+    gate keeps, ``convert --profile`` predicts which gates pay."""
     rows = []
     for kind, k, graph, tensors in inputs:
         stage = model.stages[k] if kind == "stage" else None
